@@ -1,0 +1,65 @@
+"""`clonefleet check` and `clonefleet status`."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from clonefleet.cli import Context, pass_context
+
+
+@click.command()
+@pass_context
+def check(ctx: Context) -> None:
+    """Validate the fleet file."""
+    fleet = ctx.fleet
+    ctx.emit(
+        {"fleet": fleet.name, "regions": sorted(fleet.regions), "nodes": sorted(fleet.nodes)},
+        f"{fleet.path}: ok ({len(fleet.regions)} regions, {len(fleet.nodes)} nodes)",
+    )
+
+
+@click.command()
+@click.argument("nodes", nargs=-1)
+@click.option("--history", is_flag=True, help="Show every recorded transition.")
+@pass_context
+def status(ctx: Context, nodes: tuple[str, ...], history: bool) -> None:
+    """Show each node's lifecycle state (and history)."""
+    fleet = ctx.fleet
+    names = list(nodes) or sorted(fleet.nodes)
+    rows = []
+    for name in names:
+        node = fleet.node(name)
+        record = ctx.store.get(name)
+        row = {
+            "node": name,
+            "region": node.region,
+            "provider": node.provider,
+            "state": record.state if record else "ordered",
+            "since": record.since if record else None,
+            "actor": record.actor if record else "",
+            "reason": record.reason if record else "",
+        }
+        if history:
+            row["history"] = [t.__dict__ for t in ctx.store.history(name)]
+        rows.append(row)
+    if ctx.as_json:
+        ctx.emit(rows)
+        return
+    click.echo(f"{'NODE':<14}{'REGION':<8}{'PROVIDER':<15}{'STATE':<11}{'SINCE':<21}REASON")
+    for row in rows:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["since"])) \
+            if row["since"] else "-"
+        click.echo(f"{row['node']:<14}{row['region']:<8}{row['provider']:<15}"
+                   f"{row['state']:<11}{since:<21}{row['reason']}")
+        for transition in row.get("history", []):
+            at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(transition["at"]))
+            click.echo(f"    {at}  {transition['from_state'] or '-'} -> "
+                       f"{transition['to_state']}  by {transition['actor']}  "
+                       f"{transition['reason']}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(check)
+    group.add_command(status)

@@ -1,0 +1,74 @@
+"""One exception root for everything a user can cause or fix.
+
+The CLI catches `ClonefleetError` only, prints its one-line message and exits with its
+`exit_code`; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class ClonefleetError(Exception):
+    """Base of every error the user can act on. `str(error)` is the one line to print."""
+
+    exit_code = 1
+
+
+class ConfigError(ClonefleetError):
+    """Bad input: inventory file, option, or missing local setup."""
+
+    exit_code = 2
+
+
+class InventoryError(ConfigError):
+    """The fleet file is invalid. The message names the file, the key and the fix."""
+
+    def __init__(self, path: str, key: str, problem: str, fix: str) -> None:
+        self.path, self.key, self.problem, self.fix = path, key, problem, fix
+        where = f"{path}: {key}: " if key else f"{path}: "
+        super().__init__(f"{where}{problem}; {fix}")
+
+
+class UnknownNodeError(ConfigError):
+    pass
+
+
+class StateError(ClonefleetError):
+    """The requested transition is not allowed from the node's current state."""
+
+    exit_code = 3
+
+
+class ProviderError(ClonefleetError):
+    """A provider refused or failed an operation."""
+
+    exit_code = 4
+
+
+class InstallError(ClonefleetError):
+    exit_code = 5
+
+
+class KeystoreError(ClonefleetError):
+    exit_code = 6
+
+
+class UnlockError(ClonefleetError):
+    """Remote unlock failed; subclasses say why so scripts can react."""
+
+    exit_code = 7
+
+
+class HostKeyMismatchError(UnlockError):
+    """A pinned host key changed: never auto-accepted."""
+
+    exit_code = 8
+
+
+class TimeoutError_(ClonefleetError):
+    """Waiting for a VM or node timed out. Named with a trailing underscore to keep the builtin."""
+
+    exit_code = 9
+
+
+class DeployError(ClonefleetError):
+    exit_code = 10

@@ -1,0 +1,90 @@
+"""Plain data for a validated fleet: regions, nodes, routed names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROVIDERS = ("lab", "hetzner-cloud", "hetzner-robot", "ovh")
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    provider: str
+    location: str
+    latitude: float
+    longitude: float
+    min_active: int = 1
+
+
+@dataclass(frozen=True)
+class StaticNetwork:
+    """Initramfs and boot network when the provider does not offer DHCP."""
+
+    address: str
+    prefix: int
+    gateway: str
+    interface: str = "eth0"
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    region: str
+    provider: str
+    disks: tuple[str, ...]
+    server_type: str = ""
+    server_id: str = ""
+    memory_mb: int = 2048
+    disk_size_gb: int = 8
+    ipv4: str = ""
+    ipv6: str = ""
+    network: StaticNetwork | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def raid(self) -> bool:
+        return len(self.disks) > 1
+
+
+@dataclass(frozen=True)
+class Admin:
+    name: str
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RoutedName:
+    name: str
+    ttl: int = 30
+
+
+@dataclass(frozen=True)
+class Fleet:
+    name: str
+    path: Path
+    domain: str
+    regions: dict[str, Region]
+    nodes: dict[str, Node]
+    routed: tuple[RoutedName, ...] = ()
+    admins: tuple[Admin, ...] = ()
+    ssh_key: str = ""
+    min_active_total: int = 1
+    dns_grace_seconds: int = 10
+    allowed_tcp_ports: tuple[int, ...] = (22,)
+    allowed_udp_ports: tuple[int, ...] = ()
+
+    def node(self, name: str) -> Node:
+        from clonefleet.errors import UnknownNodeError
+
+        try:
+            return self.nodes[name]
+        except KeyError:
+            known = ", ".join(sorted(self.nodes)) or "none"
+            raise UnknownNodeError(
+                f"unknown node {name!r} in fleet {self.name!r} ({self.path}); known nodes: {known}"
+            ) from None
+
+    def nodes_in_region(self, region: str) -> list[Node]:
+        return [node for node in self.nodes.values() if node.region == region]

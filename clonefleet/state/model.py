@@ -1,0 +1,88 @@
+"""What the state store records, and the protocol every backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+# A node's life. `draining`/`drained` sit beside `active`; `retired` is terminal.
+LIFECYCLE = (
+    "ordered",
+    "rescue",
+    "installed",
+    "locked",
+    "booted",
+    "deployed",
+    "active",
+    "draining",
+    "drained",
+    "retired",
+)
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    name: str
+    state: str
+    since: float
+    actor: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Transition:
+    id: int
+    node: str
+    from_state: str | None
+    to_state: str
+    actor: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    node: str
+    step: str
+    status: str  # "done" | "failed"
+    seconds: float
+    at: float
+    detail: str
+
+
+class StateStore(Protocol):
+    def get(self, node: str) -> NodeRecord | None: ...
+
+    def all(self) -> list[NodeRecord]: ...
+
+    def transition(
+        self,
+        node: str,
+        to_state: str,
+        *,
+        actor: str,
+        reason: str = "",
+        expect_from: Iterable[str | None] | None = None,
+    ) -> NodeRecord: ...
+
+    def history(self, node: str | None = None) -> list[Transition]: ...
+
+    def set_fact(self, node: str, key: str, value: Any) -> None: ...
+
+    def get_fact(self, node: str, key: str, default: Any = None) -> Any: ...
+
+    def facts(self, node: str) -> dict[str, Any]: ...
+
+    def delete_fact(self, node: str, key: str) -> None: ...
+
+    def record_step(
+        self, node: str, step: str, status: str, seconds: float, detail: str = ""
+    ) -> None: ...
+
+    def steps(self, node: str) -> list[StepRecord]: ...
+
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+

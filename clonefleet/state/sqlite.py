@@ -1,0 +1,207 @@
+"""SQLite (WAL) state store. Safe across processes: writes take an IMMEDIATE lock."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from clonefleet.errors import StateError
+from clonefleet.state.model import LIFECYCLE, NodeRecord, StepRecord, Transition
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    since REAL NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    node TEXT NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_node ON history (node, id);
+CREATE TABLE IF NOT EXISTS facts (
+    node TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (node, key)
+);
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    node TEXT NOT NULL,
+    step TEXT NOT NULL,
+    status TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    at REAL NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+"""
+
+
+class SqliteStateStore:
+    """Given a database path, keep node states, history, facts and step timings there."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._connection() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    def _connection(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA busy_timeout=30000")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+            self._local.depth = 0
+        return db
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic read-check-write across processes; nests by joining the outer one."""
+        db = self._connection()
+        if self._local.depth:
+            self._local.depth += 1
+            try:
+                yield
+            finally:
+                self._local.depth -= 1
+            return
+        db.execute("BEGIN IMMEDIATE")
+        self._local.depth = 1
+        try:
+            yield
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        else:
+            db.execute("COMMIT")
+        finally:
+            self._local.depth = 0
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    def get(self, node: str) -> NodeRecord | None:
+        row = self._connection().execute(
+            "SELECT name, state, since, actor, reason FROM nodes WHERE name = ?", (node,)
+        ).fetchone()
+        return NodeRecord(*row) if row else None
+
+    def all(self) -> list[NodeRecord]:
+        rows = self._connection().execute(
+            "SELECT name, state, since, actor, reason FROM nodes ORDER BY name"
+        ).fetchall()
+        return [NodeRecord(*row) for row in rows]
+
+    def transition(
+        self,
+        node: str,
+        to_state: str,
+        *,
+        actor: str,
+        reason: str = "",
+        expect_from: Iterable[str | None] | None = None,
+    ) -> NodeRecord:
+        """Move `node` to `to_state`, recording who and why; refuse if not in `expect_from`."""
+        if to_state not in LIFECYCLE:
+            raise StateError(f"unknown state {to_state!r}; use one of: {', '.join(LIFECYCLE)}")
+        with self.transaction():
+            current = self.get(node)
+            from_state = current.state if current else None
+            if expect_from is not None:
+                allowed = list(expect_from)
+                if from_state not in allowed:
+                    shown = ", ".join(str(state) for state in allowed)
+                    raise StateError(
+                        f"node {node!r} is {from_state or 'unknown'}, expected one of: {shown}"
+                    )
+            now = time.time()
+            db = self._connection()
+            db.execute(
+                "INSERT INTO nodes (name, state, since, actor, reason) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET state = excluded.state, since = excluded.since, "
+                "actor = excluded.actor, reason = excluded.reason",
+                (node, to_state, now, actor, reason),
+            )
+            db.execute(
+                "INSERT INTO history (node, from_state, to_state, actor, reason, at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (node, from_state, to_state, actor, reason, now),
+            )
+            return NodeRecord(node, to_state, now, actor, reason)
+
+    def history(self, node: str | None = None) -> list[Transition]:
+        query = "SELECT id, node, from_state, to_state, actor, reason, at FROM history"
+        params: tuple[str, ...] = ()
+        if node is not None:
+            query += " WHERE node = ?"
+            params = (node,)
+        rows = self._connection().execute(query + " ORDER BY id", params).fetchall()
+        return [Transition(*row) for row in rows]
+
+    def set_fact(self, node: str, key: str, value: Any) -> None:
+        with self.transaction():
+            self._connection().execute(
+                "INSERT INTO facts (node, key, value) VALUES (?, ?, ?) "
+                "ON CONFLICT(node, key) DO UPDATE SET value = excluded.value",
+                (node, key, json.dumps(value)),
+            )
+
+    def get_fact(self, node: str, key: str, default: Any = None) -> Any:
+        row = self._connection().execute(
+            "SELECT value FROM facts WHERE node = ? AND key = ?", (node, key)
+        ).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def facts(self, node: str) -> dict[str, Any]:
+        rows = self._connection().execute(
+            "SELECT key, value FROM facts WHERE node = ? ORDER BY key", (node,)
+        ).fetchall()
+        return {key: json.loads(value) for key, value in rows}
+
+    def delete_fact(self, node: str, key: str) -> None:
+        with self.transaction():
+            self._connection().execute(
+                "DELETE FROM facts WHERE node = ? AND key = ?", (node, key)
+            )
+
+    def record_step(
+        self, node: str, step: str, status: str, seconds: float, detail: str = ""
+    ) -> None:
+        with self.transaction():
+            self._connection().execute(
+                "INSERT INTO steps (node, step, status, seconds, at, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (node, step, status, seconds, time.time(), detail),
+            )
+
+    def steps(self, node: str) -> list[StepRecord]:
+        rows = self._connection().execute(
+            "SELECT node, step, status, seconds, at, detail FROM steps WHERE node = ? ORDER BY id",
+            (node,),
+        ).fetchall()
+        return [StepRecord(*row) for row in rows]
+
+
+def open_store(state_dir: str | Path) -> SqliteStateStore:
+    """The fleet's default store: `<state_dir>/state.sqlite`."""
+    return SqliteStateStore(Path(state_dir) / "state.sqlite")
