@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
 
@@ -28,7 +29,7 @@ def status(ctx: Context, nodes: tuple[str, ...], history: bool) -> None:
     """Show each node's lifecycle state (and history)."""
     fleet = ctx.fleet
     names = list(nodes) or sorted(fleet.nodes)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in names:
         node = fleet.node(name)
         record = ctx.store.get(name)

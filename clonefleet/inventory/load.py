@@ -241,9 +241,8 @@ def _nodes(check: _Checker, table: dict[str, Any], regions: dict[str, Region]) -
         if "network" in body:
             network = _network(check, check.table(body["network"], f"{prefix}.network"),
                                f"{prefix}.network")
-        elif provider == "hetzner-cloud" or provider == "hetzner-robot" or provider == "ovh":
-            if not ipv4:
-                raise check.fail(f"{prefix}.ipv4", "missing for a provider node",
+        elif provider != "lab" and not ipv4:
+            raise check.fail(f"{prefix}.ipv4", "missing for a provider node",
                                  "add the server's public IPv4 address")
         memory = check.typed(body, "memory_mb", prefix, int, default=2048)
         if memory < 1024:
