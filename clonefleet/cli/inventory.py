@@ -33,7 +33,7 @@ def status(ctx: Context, nodes: tuple[str, ...], history: bool) -> None:
     for name in names:
         node = fleet.node(name)
         record = ctx.store.get(name)
-        row = {
+        row: dict[str, Any] = {
             "node": name,
             "region": node.region,
             "provider": node.provider,
