@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from clonefleet.state.model import (
     LIFECYCLE,
+    DnsServerRecord,
+    HealthCheck,
     NodeRecord,
     StateStore,
     StepRecord,
@@ -17,6 +19,8 @@ from clonefleet.state.sqlite import SqliteStateStore, open_store
 
 __all__ = [
     "LIFECYCLE",
+    "DnsServerRecord",
+    "HealthCheck",
     "NodeRecord",
     "SqliteStateStore",
     "StateStore",

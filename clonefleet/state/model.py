@@ -52,6 +52,26 @@ class StepRecord:
     detail: str
 
 
+@dataclass(frozen=True)
+class HealthCheck:
+    node: str
+    ok: bool
+    source: str  # who or what checked, e.g. "smartwatch", "rollout", "operator"
+    detail: str
+    at: float
+
+
+@dataclass(frozen=True)
+class DnsServerRecord:
+    """Outcome of the latest push of the DNS map to one node's PowerDNS."""
+
+    node: str
+    serial: int | None  # the last serial that server accepted
+    ok: bool
+    error: str
+    at: float
+
+
 class StateStore(Protocol):
     def get(self, node: str) -> NodeRecord | None: ...
 
@@ -84,5 +104,23 @@ class StateStore(Protocol):
     def steps(self, node: str) -> list[StepRecord]: ...
 
     def transaction(self) -> AbstractContextManager[None]: ...
+
+    def record_health(
+        self, node: str, ok: bool, *, source: str, detail: str = ""
+    ) -> HealthCheck: ...
+
+    def health(self, node: str, limit: int = 1) -> list[HealthCheck]: ...
+
+    def next_dns_serial(self, actor: str, summary: str = "") -> int: ...
+
+    def last_dns_serial(self) -> int | None: ...
+
+    def record_dns_server(
+        self, node: str, serial: int | None, ok: bool, error: str = ""
+    ) -> None: ...
+
+    def dns_servers(self) -> list[DnsServerRecord]: ...
+
+    def lock(self, name: str, timeout: float = 60.0) -> AbstractContextManager[None]: ...
 
 

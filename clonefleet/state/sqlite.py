@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -12,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from clonefleet.errors import StateError
-from clonefleet.state.model import LIFECYCLE, NodeRecord, StepRecord, Transition
+from clonefleet.state.model import (
+    LIFECYCLE,
+    DnsServerRecord,
+    HealthCheck,
+    NodeRecord,
+    StepRecord,
+    Transition,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -46,6 +55,28 @@ CREATE TABLE IF NOT EXISTS steps (
     seconds REAL NOT NULL,
     at REAL NOT NULL,
     detail TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS health_checks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    node TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS health_checks_node ON health_checks (node, id);
+CREATE TABLE IF NOT EXISTS dns_publishes (
+    serial INTEGER PRIMARY KEY,
+    actor TEXT NOT NULL,
+    at REAL NOT NULL,
+    summary TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS dns_servers (
+    node TEXT PRIMARY KEY,
+    serial INTEGER,
+    ok INTEGER NOT NULL,
+    error TEXT NOT NULL DEFAULT '',
+    at REAL NOT NULL
 );
 """
 
@@ -200,6 +231,90 @@ class SqliteStateStore:
             (node,),
         ).fetchall()
         return [StepRecord(*row) for row in rows]
+
+    def record_health(self, node: str, ok: bool, *, source: str, detail: str = "") -> HealthCheck:
+        now = time.time()
+        with self.transaction():
+            self._connection().execute(
+                "INSERT INTO health_checks (node, ok, source, detail, at) VALUES (?, ?, ?, ?, ?)",
+                (node, int(ok), source, detail, now),
+            )
+        return HealthCheck(node, ok, source, detail, now)
+
+    def health(self, node: str, limit: int = 1) -> list[HealthCheck]:
+        """The node's latest health checks, newest first."""
+        rows = self._connection().execute(
+            "SELECT node, ok, source, detail, at FROM health_checks WHERE node = ? "
+            "ORDER BY id DESC LIMIT ?",
+            (node, limit),
+        ).fetchall()
+        return [HealthCheck(row[0], bool(row[1]), row[2], row[3], row[4]) for row in rows]
+
+    def next_dns_serial(self, actor: str, summary: str = "") -> int:
+        """Allocate a zone serial above every earlier one (seconds since 1970 when possible)."""
+        with self.transaction():
+            db = self._connection()
+            (last,) = db.execute("SELECT COALESCE(MAX(serial), 0) FROM dns_publishes").fetchone()
+            # Time-based serials stay above what a server was given before the database was
+            # recreated; the +1 keeps them strictly increasing within one second.
+            serial = max(int(last) + 1, int(time.time()))
+            db.execute(
+                "INSERT INTO dns_publishes (serial, actor, at, summary) VALUES (?, ?, ?, ?)",
+                (serial, actor, time.time(), summary),
+            )
+            return serial
+
+    def last_dns_serial(self) -> int | None:
+        (last,) = self._connection().execute("SELECT MAX(serial) FROM dns_publishes").fetchone()
+        return int(last) if last is not None else None
+
+    def record_dns_server(self, node: str, serial: int | None, ok: bool, error: str = "") -> None:
+        """Remember the outcome of the latest push to a node's DNS server."""
+        with self.transaction():
+            self._connection().execute(
+                "INSERT INTO dns_servers (node, serial, ok, error, at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(node) DO UPDATE SET serial = CASE WHEN excluded.ok "
+                "THEN excluded.serial ELSE dns_servers.serial END, ok = excluded.ok, "
+                "error = excluded.error, at = excluded.at",
+                (node, serial, int(ok), error, time.time()),
+            )
+
+    def dns_servers(self) -> list[DnsServerRecord]:
+        rows = self._connection().execute(
+            "SELECT node, serial, ok, error, at FROM dns_servers ORDER BY node"
+        ).fetchall()
+        return [DnsServerRecord(row[0], row[1], bool(row[2]), row[3], row[4]) for row in rows]
+
+    @contextmanager
+    def lock(self, name: str, timeout: float = 60.0) -> Iterator[None]:
+        """A named lock across processes, held over slow work outside a transaction.
+
+        A file lock next to the database: the kernel releases it when a holder dies, so a crash
+        never leaves it stuck. Raises `StateError` after `timeout` seconds.
+        """
+        if not name.replace("-", "").isalnum():
+            raise StateError(f"invalid lock name {name!r}; use letters, digits and '-'")
+        path = self.path.with_name(f"{self.path.name}.{name}.lock")
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StateError(
+                            f"lock {name!r} ({path}) still held after {timeout:.0f} s; "
+                            "another clonefleet process is working, retry later"
+                        ) from None
+                    time.sleep(0.02)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        finally:
+            os.close(handle)
 
 
 def open_store(state_dir: str | Path) -> SqliteStateStore:

@@ -1,0 +1,68 @@
+"""The PowerDNS Authoritative settings clonefleet's map needs on a node.
+
+One function so the node deploy and the test servers run PowerDNS the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+# Debian's sqlite3 schema for the gsqlite3 backend; the database must be created from it.
+SQLITE_SCHEMA = Path("/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql")
+
+
+def powerdns_settings(
+    *,
+    database: str | Path,
+    geoip_databases: Sequence[str | Path],
+    geoip_zones_file: str | Path,
+    api_key: str,
+    dns_address: str = "0.0.0.0",
+    dns_port: int = 53,
+    api_address: str = "127.0.0.1",
+    api_port: int = 8081,
+    api_allow_from: str = "127.0.0.1,::1",
+    small: bool = False,
+) -> dict[str, str]:
+    """Given paths and addresses, return pdns.conf settings (key → value).
+
+    - `launch=gsqlite3,geoip`: zones live in SQLite so the HTTP API can create and change them
+      (the bind backend cannot); the geoip backend only supplies the GeoIP lookups that LUA's
+      `pickclosest` uses, with no zones of its own (`geoip_zones_file` holds `domains: []`).
+    - `geoip_databases`: clonefleet's node database first, then optionally a client database
+      such as GeoLite2-City; PowerDNS asks them in order.
+    - `small`: one thread each and small caches, for running dozens of servers on one machine.
+    """
+    settings = {
+        "launch": "gsqlite3,geoip",
+        "gsqlite3-database": str(database),
+        "geoip-database-files": " ".join(f"mmdb:{path}" for path in geoip_databases),
+        "geoip-zones-file": str(geoip_zones_file),
+        "enable-lua-records": "yes",
+        "edns-subnet-processing": "yes",
+        "local-address": dns_address,
+        "local-port": str(dns_port),
+        "api": "yes",
+        "api-key": api_key,
+        "webserver": "yes",
+        "webserver-address": api_address,
+        "webserver-port": str(api_port),
+        "webserver-allow-from": api_allow_from,
+        # The version check is a DNS query to the internet; nodes and tests do without it.
+        "security-poll-suffix": "",
+        "default-soa-edit": "",
+    }
+    if small:
+        settings.update({
+            "distributor-threads": "1",
+            "receiver-threads": "1",
+            "max-cache-entries": "1000",
+            "max-packet-cache-entries": "1000",
+            "webserver-max-bodysize": "2",
+        })
+    return settings
+
+
+def render_config(settings: dict[str, str]) -> str:
+    return "".join(f"{key}={value}\n" for key, value in sorted(settings.items()))
