@@ -85,6 +85,9 @@ def _register() -> None:
     from clonefleet.cli import inventory as inventory_commands
 
     inventory_commands.register(cli)
+    from clonefleet.cli import dns as dns_commands
+
+    dns_commands.register(cli)
 
 
 def main() -> None:

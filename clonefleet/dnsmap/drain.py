@@ -84,6 +84,26 @@ def plan_drain(fleet: Fleet, store: StateStore, node: str, *, reason: str,
     return DrainPlan(node, state, len(active), len(in_region), refusals)
 
 
+def plan_undrain(fleet: Fleet, store: StateStore, node: str, *,
+                 force: bool = False) -> tuple[str, list[str]]:
+    """Given the current state and health record, return (state, reasons to refuse)."""
+    record = store.get(fleet.node(node).name)
+    state = record.state if record else UNKNOWN_STATE
+    refusals = []
+    if state not in ("active", *DRAIN_STATES):
+        refusals.append(f"it is {state}, not draining or drained; bring it to active through "
+                        "its lifecycle instead")
+    elif state != "active":
+        checks = store.health(node, limit=1)
+        if checks and not checks[0].ok and not force:
+            check = checks[0]
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(check.at))
+            refusals.append(f"its last health check failed ({when} UTC, by {check.source}: "
+                            f"{check.detail or 'no detail'}); record a passing check first "
+                            "or use --force")
+    return state, refusals
+
+
 def _addresses(fleet: Fleet, node: str) -> frozenset[str]:
     target = fleet.node(node)
     return frozenset(str(ipaddress.ip_address(address))
@@ -194,21 +214,11 @@ def undrain_node(fleet: Fleet, store: StateStore, node: str, *, actor: str, reas
     started = time.monotonic()
     deadline = started + timeout
     with store.transaction():
-        record = store.get(fleet.node(node).name)
-        state = record.state if record else UNKNOWN_STATE
-        if state not in ("active", *DRAIN_STATES):
-            raise DrainRefused(f"undrain of {node!r} refused: it is {state}, not draining or "
-                               "drained; bring it to active through its lifecycle instead")
+        state, refusals = plan_undrain(fleet, store, node, force=force)
+        if refusals:
+            raise DrainRefused(f"undrain of {node!r} refused: {'; '.join(refusals)}")
         changed = state != "active"
         if changed:
-            checks = store.health(node, limit=1)
-            if checks and not checks[0].ok and not force:
-                check = checks[0]
-                when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(check.at))
-                raise DrainRefused(
-                    f"undrain of {node!r} refused: its last health check failed ({when} UTC, "
-                    f"by {check.source}: {check.detail or 'no detail'}); record a passing "
-                    "check first or use --force")
             store.transition(node, "active", actor=actor,
                              reason=reason.strip() or f"undrained (was {state})",
                              expect_from=list(DRAIN_STATES))
@@ -242,26 +252,28 @@ def _publish_and_confirm(fleet: Fleet, store: StateStore, node: str,
 
 
 def wait_until_drained(fleet: Fleet, store: StateStore, node: str, *, timeout: float = 600.0,
-                       sleep: Callable[[float], None] = time.sleep) -> str:
+                       sleep: Callable[[float], None] = time.sleep,
+                       clock: Callable[[], float] = time.time) -> str:
     """Block until `node`'s TTL + grace period is over, promote it to drained, return its state.
 
     For callers (rollout) that must not touch the node while clients may still use it.
+    `sleep` and `clock` are injectable so tests never really wait.
     """
-    deadline = time.time() + timeout
+    deadline = clock() + timeout
     wait = max((entry.ttl for entry in fleet.routed), default=0) + fleet.dns_grace_seconds
     while True:
         record = store.get(node)
         if record is None or record.state != "draining":
             return record.state if record else UNKNOWN_STATE
         due = record.since + wait
-        if time.time() >= due:
-            settle(fleet, store)
+        if clock() >= due:
+            settle(fleet, store, now=clock())
             continue
         if due > deadline:
             raise DnsError(f"node {node!r} becomes drained at "
                            f"{time.strftime('%H:%M:%S', time.gmtime(due))} UTC, after the "
                            f"{timeout:.0f} s timeout; wait longer")
-        sleep(min(1.0, due - time.time()))
+        sleep(min(1.0, due - clock()))
 
 
 def record_health(store: StateStore, node: str, ok: bool, *, source: str,

@@ -25,9 +25,9 @@ from pdns_fixture import (
     stop_all,
 )
 
-from clonefleet.dnsmap import Endpoints, build_geoip_database
+from clonefleet.dnsmap import ENDPOINT_FACT, Endpoints, build_geoip_database
 from clonefleet.inventory import Fleet, load_fleet
-from clonefleet.state import SqliteStateStore
+from clonefleet.state import SqliteStateStore, open_store
 
 LAB_FLEET = """
 [fleet]
@@ -141,6 +141,7 @@ class DnsLab:
     store: SqliteStateStore
     servers: dict[str, PowerDnsServer]
     geoip: Path
+    state_root: Path  # CLONEFLEET_STATE_DIR for CLI runs; the store is <root>/<fleet>/
 
     @property
     def endpoints(self) -> Endpoints:
@@ -160,11 +161,15 @@ def activate_all(fleet: Fleet, store: SqliteStateStore) -> None:
 
 @pytest.fixture
 def dns_lab(tmp_path: Path, pdns_factory: ServerFactory) -> Iterator[DnsLab]:
+    """Five active nodes, one PowerDNS each, endpoints also stored as `dns_endpoint` facts."""
     fleet = write_lab_fleet(tmp_path)
-    store = SqliteStateStore(tmp_path / "state" / "state.sqlite")
+    state_root = tmp_path / "state"
+    store = open_store(state_root / fleet.name)
     activate_all(fleet, store)
     geoip = build_geoip_database(fleet, tmp_path / "geo" / "nodes.mmdb", CLIENT_NETWORKS)
     names = sorted(fleet.nodes)
-    servers = pdns_factory(len(names), [geoip], names)
-    yield DnsLab(fleet, store, dict(zip(names, servers, strict=True)), geoip)
+    servers = dict(zip(names, pdns_factory(len(names), [geoip], names), strict=True))
+    for name, server in servers.items():
+        store.set_fact(name, ENDPOINT_FACT, server.endpoint.as_fact())
+    yield DnsLab(fleet, store, servers, geoip, state_root)
     store.close()
