@@ -1,0 +1,272 @@
+"""Read every disk's SMART data through pySMART into plain `DiskReading`s.
+
+pySMART parses smartctl's text output and throws smartctl's exit status away; `RecordingSmartctl`
+keeps both the status (its bits tell a disk failure from a command problem) and the raw lines
+(for the few fields pySMART 1.4.3 does not parse, such as the overall-health line of an ATA
+disk whose attribute is failing and the NVMe temperature thresholds).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pySMART import Device
+from pySMART.interface import AtaAttributes, NvmeAttributes
+from pySMART.smartctl import Smartctl
+
+from smartwatch.mdstat import MdArray, controller_of, disk_of, read_mdstat
+
+# smartctl's exit status bits (smartctl(8), "RETURN VALUES").
+EXIT_COMMAND_LINE = 1 << 0
+EXIT_OPEN_FAILED = 1 << 1
+EXIT_COMMAND_FAILED = 1 << 2  # a SMART command or checksum failed: not a disk failure
+EXIT_DISK_FAILING = 1 << 3
+EXIT_PREFAIL_NOW = 1 << 4
+EXIT_PREFAIL_PAST = 1 << 5
+EXIT_ERROR_LOG = 1 << 6
+EXIT_SELFTEST_LOG = 1 << 7
+
+SCAN_LINE = re.compile(r"^(\S+)\s+-d\s+(\S+)")
+
+
+class RecordingSmartctl(Smartctl):  # type: ignore[misc]
+    """A pySMART `Smartctl` that remembers the exit status and lines of every call per device."""
+
+    def __init__(self, smartctl_path: str, options: list[str] | None = None) -> None:
+        super().__init__(smartctl_path=smartctl_path, options=list(options or []), sudo=False)
+        self.exit_status: dict[str, int] = {}
+        self.lines: dict[str, list[str]] = {}
+
+    def generic_call(self, params: list[str], pass_options: bool = False) -> tuple[list[str], int]:
+        lines, status = super().generic_call(params, pass_options)
+        if params and params[-1].startswith("/"):
+            # Keyed by device path; the `--all` call comes last and is the one that counts.
+            self.exit_status[params[-1]] = status
+            self.lines[params[-1]] = list(lines)
+        return lines, status
+
+
+@dataclass(frozen=True)
+class AtaAttribute:
+    id: int
+    name: str
+    value: int
+    worst: int
+    threshold: int | None
+    type: str
+    when_failed: str
+    raw: str
+    raw_value: int | None
+
+
+@dataclass(frozen=True)
+class NvmeHealth:
+    critical_warning: int | None
+    available_spare: int | None
+    available_spare_threshold: int | None
+    percentage_used: int | None
+    media_errors: int | None
+    error_log_entries: int | None
+    warning_temperature: int | None
+    critical_temperature: int | None
+
+
+@dataclass(frozen=True)
+class SelfTest:
+    number: int | None
+    kind: str
+    status: str
+    hours: str
+    first_error_lba: str
+
+
+@dataclass
+class DiskReading:
+    """What one smartctl reading says about one disk; serial is the disk's identity."""
+
+    device: str
+    interface: str | None
+    model: str = ""
+    serial: str = ""
+    firmware: str = ""
+    capacity_bytes: int = 0
+    is_ssd: bool = False
+    temperature: int | None = None
+    power_on_hours: int | None = None
+    overall_health: str | None = None  # "PASSED" | "FAILED" | None (not reported)
+    smartctl_exit_status: int = 0
+    attributes: dict[int, AtaAttribute] = field(default_factory=dict)
+    nvme: NvmeHealth | None = None
+    selftests: list[SelfTest] = field(default_factory=list)
+    selftest_running: bool = False
+    smart_capable: bool = False
+    md_arrays: list[str] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def identity(self) -> str:
+        """The key the history is kept under: the serial, or the device when none is known."""
+        return self.serial or self.device
+
+    @property
+    def label(self) -> str:
+        """How a human recognises the disk in a data centre ticket: model and serial."""
+        model = self.model or "unknown model"
+        serial = self.serial or "unknown serial"
+        return f"{model} serial {serial} ({self.device})"
+
+    @property
+    def is_nvme(self) -> bool:
+        return self.nvme is not None or (self.interface or "").startswith("nvme")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["attributes"] = {str(key): value for key, value in data["attributes"].items()}
+        data["label"] = self.label
+        return data
+
+
+def scan(smartctl: RecordingSmartctl) -> list[tuple[str, str | None]]:
+    """(device, interface) pairs from `smartctl --scan-open`, like pySMART's DeviceList."""
+    found: list[tuple[str, str | None]] = []
+    for line in smartctl.scan():
+        if not line.strip() or "failed:" in line or line.startswith("#"):
+            continue
+        match = SCAN_LINE.match(line)
+        if match:
+            found.append((match.group(1), match.group(2)))
+    return found
+
+
+def read_device(smartctl: RecordingSmartctl, device: str, interface: str | None) -> DiskReading:
+    """Read one disk; a disk that cannot be read yields a reading with `error` set."""
+    reading = DiskReading(device=device, interface=interface)
+    try:
+        pysmart = Device(device, interface=interface, smartctl=smartctl)
+    except Exception as error:  # pySMART raises bare exceptions on output it cannot parse
+        reading.error = f"pySMART could not parse smartctl output: {error}"
+        return reading
+    reading.interface = pysmart.interface or interface
+    # pySMART 1.4.3 takes any line containing "Product" as the model, so smartctl 7.3's
+    # "Add. Product Id:" line overrides "Device Model:"; read the model line ourselves.
+    reading.model = _model(smartctl.lines.get(pysmart.dev_reference, [])) \
+        or (pysmart.model or "").strip()
+    reading.serial = (pysmart.serial or "").strip()
+    reading.firmware = (pysmart.firmware or "").strip()
+    reading.capacity_bytes = int(pysmart.size or 0)
+    reading.is_ssd = bool(pysmart.is_ssd)
+    reading.temperature = pysmart.temperature
+    reading.smart_capable = bool(pysmart.smart_capable)
+    # pySMART keeps "a self-test is running" private; it decides whether to start a new one.
+    reading.selftest_running = bool(getattr(pysmart, "_test_running", False))
+    path = pysmart.dev_reference
+    reading.smartctl_exit_status = smartctl.exit_status.get(path, 0)
+    lines = smartctl.lines.get(path, [])
+    reading.overall_health = _overall_health(lines)
+    for entry in pysmart.tests or []:
+        reading.selftests.append(SelfTest(
+            number=entry.num if isinstance(entry.num, int) else None,
+            kind=str(entry.type or ""), status=str(entry.status or ""),
+            hours=str(entry.hours or ""), first_error_lba=str(entry.LBA or ""),
+        ))
+    attributes = pysmart.if_attributes
+    if isinstance(attributes, AtaAttributes):
+        for attribute in attributes.legacyAttributes:
+            if attribute is None:
+                continue
+            reading.attributes[attribute.num] = AtaAttribute(
+                id=attribute.num, name=attribute.name, value=attribute.value_int,
+                worst=attribute.worst, threshold=attribute.thresh, type=attribute.type,
+                when_failed=attribute.when_failed, raw=str(attribute.raw).strip(),
+                raw_value=attribute.raw_int,
+            )
+        hours = reading.attributes.get(9)
+        reading.power_on_hours = hours.raw_value if hours else None
+    elif isinstance(attributes, NvmeAttributes):
+        reading.nvme = NvmeHealth(
+            critical_warning=attributes.criticalWarning,
+            available_spare=attributes.availableSpare,
+            available_spare_threshold=attributes.availableSpareThreshold,
+            percentage_used=attributes.percentageUsed,
+            media_errors=attributes.integrityErrors,
+            error_log_entries=attributes.errorEntries,
+            warning_temperature=_celsius_after(lines, "Warning  Comp. Temp. Threshold:"),
+            critical_temperature=_celsius_after(lines, "Critical Comp. Temp. Threshold:"),
+        )
+        reading.power_on_hours = attributes.powerOnHours
+    if not reading.model and not reading.serial:
+        status = reading.smartctl_exit_status
+        if status & (EXIT_COMMAND_LINE | EXIT_OPEN_FAILED):
+            reading.error = f"smartctl could not open the device (exit status {status})"
+        elif not lines:
+            reading.error = "smartctl printed nothing"
+        else:
+            reading.error = "smartctl output named no model or serial"
+    return reading
+
+
+def _model(lines: list[str]) -> str:
+    for line in lines:
+        for prefix in ("Device Model:", "Model Number:", "Product:"):
+            if line.startswith(prefix):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def _overall_health(lines: list[str]) -> str | None:
+    for line in lines:
+        if "SMART overall-health self-assessment test result:" in line:
+            return "PASSED" if line.split(":", 1)[1].strip() == "PASSED" else "FAILED"
+        if "SMART Health Status:" in line:  # SCSI/SAS
+            return "PASSED" if line.split(":", 1)[1].strip() == "OK" else "FAILED"
+    return None
+
+
+def _celsius_after(lines: list[str], prefix: str) -> int | None:
+    for line in lines:
+        if line.startswith(prefix):
+            match = re.search(r"(-?\d+)\s+Celsius", line)
+            return int(match.group(1)) if match else None
+    return None
+
+
+def collect(
+    smartctl_path: str,
+    mdstat_path: str | Path = "/proc/mdstat",
+    devices: list[str] | None = None,
+    smartctl_options: list[str] | None = None,
+) -> tuple[list[DiskReading], list[MdArray]]:
+    """Read every disk smartctl finds plus every md member it missed; return disks and arrays."""
+    smartctl = RecordingSmartctl(smartctl_path, smartctl_options)
+    targets: list[tuple[str, str | None]] = (
+        [(device, None) for device in devices] if devices else scan(smartctl)
+    )
+    arrays = read_mdstat(mdstat_path)
+    known = {controller_of(Path(device).name) for device, _ in targets}
+    members_of: dict[str, list[str]] = {}
+    for array in arrays:
+        for member in array.members:
+            disk = controller_of(disk_of(member))
+            members_of.setdefault(disk, []).append(array.name)
+            if disk not in known:
+                # A RAID member behind a path smartctl --scan did not list: read it anyway.
+                targets.append((f"/dev/{disk_of(member)}", None))
+                known.add(disk)
+    readings = []
+    for device, interface in targets:
+        reading = read_device(smartctl, device, interface)
+        reading.md_arrays = sorted(set(members_of.get(controller_of(Path(device).name), [])))
+        readings.append(reading)
+    return readings, arrays
+
+
+def reread(smartctl_path: str, reading: DiskReading,
+           smartctl_options: list[str] | None = None) -> DiskReading:
+    """A second reading of the same disk, used to confirm a critical finding before a drain."""
+    smartctl = RecordingSmartctl(smartctl_path, smartctl_options)
+    again = read_device(smartctl, reading.device, reading.interface)
+    again.md_arrays = list(reading.md_arrays)
+    return again
