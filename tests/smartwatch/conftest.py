@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The project root first: an editable install made while smartwatch/ was empty maps
+# `smartwatch` as a namespace package; the checkout's regular package must win.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from smartwatch_replay import ReplayedMachine
