@@ -38,6 +38,7 @@ class DrainResult:
     changed: bool = True  # False when the node already was in the requested state
     clients_gone_at: float | None = None  # draining: when TTL + grace are over
     seconds: float = 0.0  # from the call to the last confirmation
+    confirmed_after: dict[str, float] = field(default_factory=dict)  # server → seconds
 
     @property
     def ok(self) -> bool:
@@ -125,7 +126,7 @@ def _serves(endpoint: Endpoint, names: list[str], addresses: frozenset[str],
 
 
 def _confirm(fleet: Fleet, node: str, endpoints: Endpoints, published: PublishResult,
-             want_served: bool, deadline: float, result: DrainResult,
+             want_served: bool, started: float, deadline: float, result: DrainResult,
              clock: Callable[[], float]) -> list[str]:
     """Poll the servers that took the push until each answers as wanted. Fills `result`;
     returns the servers still answering the old way at the deadline."""
@@ -136,6 +137,7 @@ def _confirm(fleet: Fleet, node: str, endpoints: Endpoints, published: PublishRe
         result.errors[server] = error
     pending = [endpoints[server] for server in published.pushed]
     if not names or not addresses:
+        # Nothing routed or no address: no answer can contain the node.
         result.confirmed.extend(endpoint.node for endpoint in pending)
         return []
 
@@ -153,6 +155,7 @@ def _confirm(fleet: Fleet, node: str, endpoints: Endpoints, published: PublishRe
         for endpoint, outcome in zip(pending, outcomes, strict=True):
             if outcome is True:
                 result.confirmed.append(endpoint.node)
+                result.confirmed_after[endpoint.node] = clock() - started
             elif isinstance(outcome, str):
                 result.unreachable.append(endpoint.node)
                 result.errors[endpoint.node] = outcome
@@ -239,8 +242,8 @@ def _publish_and_confirm(fleet: Fleet, store: StateStore, node: str,
     if state == "draining" and record is not None:
         wait = max((entry.ttl for entry in fleet.routed), default=0) + fleet.dns_grace_seconds
         result.clients_gone_at = record.since + wait
-    lagging = _confirm(fleet, node, endpoints, published, want_served, deadline, result,
-                       time.monotonic)
+    lagging = _confirm(fleet, node, endpoints, published, want_served, started, deadline,
+                       result, time.monotonic)
     result.seconds = time.monotonic() - started
     if lagging:
         verb = "still serves" if not want_served else "does not serve yet"

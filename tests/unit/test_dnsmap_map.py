@@ -1,0 +1,201 @@
+"""Building the map, rendering it as PowerDNS rrsets, endpoints and verify's expectations."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from clonefleet.dnsmap import ENDPOINT_FACT, DnsError, Endpoint, EndpointError, Endpoints
+from clonefleet.dnsmap.model import build_map
+from clonefleet.dnsmap.verify import expectations
+from clonefleet.dnsmap.zone import lua_program, render_rrsets
+from clonefleet.errors import StateError
+from clonefleet.inventory import Fleet, load_fleet
+from clonefleet.state import SqliteStateStore
+
+pytestmark = pytest.mark.unit
+
+FLEET = """
+[fleet]
+name = "mapping"
+domain = "map.clonefleet.test"
+
+[[routed]]
+name = "edge"
+ttl = 20
+
+[[routed]]
+name = "{second}"
+ttl = 60
+
+[regions.fsn]
+provider = "lab"
+latitude = 50.47
+longitude = 12.37
+
+[regions.ash]
+provider = "lab"
+latitude = 39.04
+longitude = -77.49
+
+[nodes.fsn-1]
+region = "fsn"
+disks = ["M-FSN1"]
+ipv4 = "192.0.2.11"
+ipv6 = "2001:db8:1::11"
+
+[nodes.fsn-2]
+region = "fsn"
+disks = ["M-FSN2"]
+ipv4 = "192.0.2.12"
+
+[nodes.ash-1]
+region = "ash"
+disks = ["M-ASH1"]
+ipv4 = "198.51.100.21"
+ipv6 = "2001:db8:2::21"
+
+[nodes.ash-2]
+region = "ash"
+disks = ["M-ASH2"]
+"""
+
+
+def make_fleet(directory: Path, second: str = "api") -> Fleet:
+    path = directory / "mapping.toml"
+    path.write_text(FLEET.format(second=second))
+    return load_fleet(path)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStateStore:
+    return SqliteStateStore(tmp_path / "state.sqlite")
+
+
+def lua_rrset(rrsets: list[dict[str, object]], name: str) -> list[str]:
+    for rrset in rrsets:
+        if rrset["name"] == name and rrset["type"] == "LUA":
+            records = rrset["records"]
+            assert isinstance(records, list)
+            return [record["content"] for record in records]
+    return []
+
+
+def test_map_lists_only_active_nodes_with_addresses_behind_every_routed_name(
+        tmp_path: Path, store: SqliteStateStore) -> None:
+    fleet = make_fleet(tmp_path)
+    for name in ("fsn-1", "fsn-2", "ash-1", "ash-2"):
+        store.transition(name, "active", actor="test")
+    store.transition("fsn-2", "draining", actor="ops", reason="disk")
+    dns_map = build_map(fleet, store)
+    assert dns_map.domain == "map.clonefleet.test."
+    assert [entry.name for entry in dns_map.routed] == [
+        "edge.map.clonefleet.test.", "api.map.clonefleet.test."]
+    for entry in dns_map.routed:
+        # ash-2 is active but has no address; fsn-2 is draining.
+        assert [node.name for node in entry.nodes] == ["ash-1", "fsn-1"]
+        assert entry.ipv4 == ("198.51.100.21", "192.0.2.11")
+    drained = dns_map.node("fsn-2")
+    assert (drained.state, drained.actor, drained.reason) == ("draining", "ops", "disk")
+
+
+def test_node_unknown_to_the_store_is_ordered_and_not_routed(
+        tmp_path: Path, store: SqliteStateStore) -> None:
+    dns_map = build_map(make_fleet(tmp_path), store)
+    assert {node.state for node in dns_map.nodes} == {"ordered"}
+    assert all(entry.nodes == () for entry in dns_map.routed)
+
+
+def test_rendered_lua_lists_exactly_the_active_addresses_per_family(
+        tmp_path: Path, store: SqliteStateStore) -> None:
+    fleet = make_fleet(tmp_path)
+    for name in ("fsn-1", "fsn-2", "ash-1"):
+        store.transition(name, "active", actor="test")
+    store.transition("fsn-1", "drained", actor="ops", reason="x")
+    rrsets = render_rrsets(build_map(fleet, store), serial=2026112301)
+    programs = lua_rrset(rrsets, "edge.map.clonefleet.test.")
+    assert programs == [
+        f'A "{lua_program(("198.51.100.21", "192.0.2.12"))}"',
+        f'AAAA "{lua_program(("2001:db8:2::21",))}"',
+    ]
+    assert "192.0.2.11" not in " ".join(programs)
+    soa = next(rrset for rrset in rrsets if rrset["type"] == "SOA")
+    assert " 2026112301 " in soa["records"][0]["content"]
+
+
+def test_lua_program_answers_all_nodes_for_unknown_location_else_pickclosest() -> None:
+    program = lua_program(("192.0.2.11", "198.51.100.21"))
+    assert program == (";local nodes = {'192.0.2.11','198.51.100.21'} "
+                       "if latlon() == '0.000000 0.000000' then return nodes end "
+                       "return pickclosest(nodes)")
+
+
+def test_no_active_node_renders_no_routed_rrset_so_no_address_is_served(
+        tmp_path: Path, store: SqliteStateStore) -> None:
+    rrsets = render_rrsets(build_map(make_fleet(tmp_path), store), serial=1)
+    assert lua_rrset(rrsets, "edge.map.clonefleet.test.") == []
+    assert {rrset["type"] for rrset in rrsets} == {"SOA", "NS", "A", "AAAA"}
+
+
+def test_routed_name_equal_to_a_node_host_name_is_an_error(
+        tmp_path: Path, store: SqliteStateStore) -> None:
+    fleet = make_fleet(tmp_path, second="fsn-1")
+    with pytest.raises(DnsError, match="also node 'fsn-1'"):
+        render_rrsets(build_map(fleet, store), serial=1)
+
+
+def test_verify_expects_a_regions_clients_to_get_that_regions_active_nodes(
+        tmp_path: Path, store: SqliteStateStore) -> None:
+    fleet = make_fleet(tmp_path)
+    for name in ("fsn-1", "fsn-2", "ash-1"):
+        store.transition(name, "active", actor="test")
+    questions = {(q.name, q.kind, q.client): q for q in expectations(build_map(fleet, store))}
+    from_fsn = questions[("edge.map.clonefleet.test.", "A", "192.0.2.11/32")]
+    assert from_fsn.allowed == {"192.0.2.11", "192.0.2.12"} and not from_fsn.exactly
+    anywhere = questions[("edge.map.clonefleet.test.", "A", "0.0.0.0/0")]
+    assert anywhere.allowed == {"192.0.2.11", "192.0.2.12", "198.51.100.21"} and anywhere.exactly
+    store.transition("ash-1", "draining", actor="ops", reason="x")
+    questions = {(q.name, q.kind, q.client): q for q in expectations(build_map(fleet, store))}
+    from_ash = questions[("edge.map.clonefleet.test.", "A", "198.51.100.21/32")]
+    assert from_ash.allowed == {"192.0.2.11", "192.0.2.12"}
+
+
+def test_endpoint_fact_without_api_key_is_rejected_with_the_missing_key() -> None:
+    with pytest.raises(EndpointError, match="lacks api_key"):
+        Endpoint.from_fact("fsn-1", {"api_url": "http://127.0.0.1:8081", "dns_host": "127.0.0.1"})
+
+
+def test_endpoint_fact_with_a_bad_port_is_rejected() -> None:
+    fact = {"api_url": "http://x", "api_key": "k", "dns_host": "127.0.0.1", "dns_port": 70000}
+    with pytest.raises(EndpointError, match="not a port"):
+        Endpoint.from_fact("fsn-1", fact)
+
+
+def test_endpoints_from_store_read_each_nodes_fact_and_skip_nodes_without_one(
+        tmp_path: Path, store: SqliteStateStore) -> None:
+    fleet = make_fleet(tmp_path)
+    endpoint = Endpoint("fsn-1", "http://127.0.0.1:8081", "key", "127.0.0.1", 5300)
+    store.set_fact("fsn-1", ENDPOINT_FACT, endpoint.as_fact())
+    endpoints = Endpoints.from_store(fleet, store)
+    assert endpoints == {"fsn-1": endpoint}
+    assert endpoint.zones_url == "http://127.0.0.1:8081/api/v1/servers/localhost/zones"
+
+
+def test_dns_serials_strictly_increase_and_are_at_least_the_current_time(
+        store: SqliteStateStore) -> None:
+    before = int(time.time())
+    serials = [store.next_dns_serial("test") for _ in range(3)]
+    assert serials[0] >= before
+    assert serials == sorted(set(serials))
+    assert store.last_dns_serial() == serials[-1]
+
+
+def test_named_lock_held_elsewhere_times_out_with_a_clear_error(
+        store: SqliteStateStore) -> None:
+    with store.lock("dns-publish"), pytest.raises(StateError, match="still held"), \
+            store.lock("dns-publish", timeout=0.2):
+        pass
+    with store.lock("dns-publish", timeout=0.2):
+        pass  # released: taken again at once
