@@ -83,8 +83,12 @@ def cli(ctx: click.Context, fleet_path: str, as_json: bool) -> None:
 
 def _register() -> None:
     from clonefleet.cli import inventory as inventory_commands
+    from clonefleet.cli import lab as lab_commands
+    from clonefleet.cli import provision as provision_commands
 
     inventory_commands.register(cli)
+    provision_commands.register(cli)
+    lab_commands.register(cli)
     from clonefleet.cli import dns as dns_commands
 
     dns_commands.register(cli)

@@ -1,0 +1,94 @@
+"""Run a pyinfra deploy on fleet nodes, in its own process.
+
+pyinfra needs gevent's monkey patching before anything imports ssl or socket, which must not
+leak into the control plane (paramiko, sqlite, click): so clonefleet runs deploys as
+`python -m clonefleet.deploy_runner` and reads a JSON summary back.
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+
+def run(fleet_path: str, nodes: list[str], deploy_ref: str) -> dict[str, Any]:
+    from pyinfra.api.config import Config
+    from pyinfra.api.connect import connect_all, disconnect_all
+    from pyinfra.api.deploy import add_deploy
+    from pyinfra.api.inventory import Inventory
+    from pyinfra.api.operations import run_ops
+    from pyinfra.api.state import State, StateStage
+
+    from clonefleet.inventory import load_fleet
+    from clonefleet.paths import PROJECT_ROOT, fleet_state_dir
+    from clonefleet.pyinfra_inventory import host_data
+    from clonefleet.state import open_store
+
+    fleet = load_fleet(fleet_path)
+    state_dir = fleet_state_dir(fleet.name)
+    hosts = host_data(fleet, open_store(state_dir), state_dir, nodes)
+    missing = sorted(set(nodes) - {name for name, _ in hosts})
+    module_name, _, function_name = deploy_ref.partition(":")
+    deploy_function = getattr(importlib.import_module(module_name), function_name)
+
+    inventory = Inventory((hosts, {}))  # type: ignore[no-untyped-call]
+    config = Config(PARALLEL=20, CONNECT_TIMEOUT=20)  # type: ignore[no-untyped-call]
+    state = State(inventory=inventory, config=config)
+    state.cwd = str(PROJECT_ROOT)
+    state.set_stage(StateStage.Connect)
+    connect_all(state)
+    state.set_stage(StateStage.Prepare)
+    add_deploy(state, deploy_function)
+    state.set_stage(StateStage.Execute)
+    run_ops(state)
+
+    results: dict[str, Any] = {name: {"connected": False, "failed": True, "changed": [],
+                                      "unchanged": 0, "errors": ["no recorded ssh address"]}
+                               for name in missing}
+    activated = set(inventory.iter_activated_hosts())
+    for host in inventory:
+        changed, errors, unchanged = [], [], 0
+        for op_hash in state.get_op_order():  # type: ignore[no-untyped-call]
+            if op_hash not in state.ops[host]:
+                continue
+            meta = state.ops[host][op_hash].operation_meta
+            name = ", ".join(state.op_meta[op_hash].names) or op_hash
+            if not meta.did_succeed(_raise_if_not_complete=False):
+                errors.append(name)
+            elif meta.did_change():
+                changed.append(name)
+            else:
+                unchanged += 1
+        results[host.name] = {
+            "connected": host in activated or host in state.failed_hosts,
+            "failed": host in state.failed_hosts or host not in activated or bool(errors),
+            "changed": changed, "unchanged": unchanged, "errors": errors,
+        }
+    state.set_stage(StateStage.Disconnect)
+    disconnect_all(state)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--fleet", required=True)
+    parser.add_argument("--deploy", default="deploys.base:base")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("nodes", nargs="+")
+    arguments = parser.parse_args()
+    sys.path.insert(0, str(Path(arguments.fleet).resolve().parent.parent))
+    results = run(arguments.fleet, arguments.nodes, arguments.deploy)
+    Path(arguments.out).write_text(json.dumps(results, indent=2))
+    sys.exit(1 if any(result["failed"] for result in results.values()) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Build the cached Debian 12 root filesystem every node is a clone of.
+
+The slow work (debootstrap, package configuration) happens once on the controller; nodes
+get a compressed tarball of it plus a small per-node layer (see `clonefleet.image.node`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from clonefleet.errors import InstallError
+from clonefleet.image.chroot import in_chroot, mounted, run
+
+SUITE = "bookworm"
+# Everything a full-clone node runs is in the image, so deploys find it installed and the
+# slow in-VM apt work never happens under emulation.
+PACKAGES = (
+    "linux-image-amd64", "systemd-sysv", "openssh-server", "cryptsetup", "cryptsetup-initramfs",
+    "dropbear-initramfs", "ifupdown", "isc-dhcp-client", "python3", "mdadm", "grub-pc", "zstd",
+    "gdisk", "e2fsprogs", "nftables", "chrony", "unattended-upgrades", "smartmontools", "sudo",
+    "iproute2", "procps", "kmod", "udev", "apt-utils", "needrestart", "less",
+)
+# Modules the initramfs must carry whatever the build host sees (it cannot probe the node).
+INITRAMFS_MODULES = (
+    "dm-crypt", "xts", "aesni-intel", "virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi",
+    "raid1", "md_mod", "e1000e", "igb", "ixgbe", "r8169", "ext4",
+)
+DROPBEAR_PORT = 2222
+BUILD_VERSION = "3"  # bump when the configuration below changes
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    root: Path  # the unpacked root filesystem (overlay lower layer for node builds)
+    tarball: Path  # rootfs.tar.zst streamed to the rescue system
+    kernel_version: str
+    directory: Path
+
+    @property
+    def vmlinuz(self) -> Path:
+        return self.root / "boot" / f"vmlinuz-{self.kernel_version}"
+
+
+def mirror() -> str:
+    return os.environ.get("CLONEFLEET_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+
+
+def image_key() -> str:
+    text = json.dumps([SUITE, PACKAGES, INITRAMFS_MODULES, DROPBEAR_PORT, BUILD_VERSION])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """One builder at a time across processes (parallel tests share the cache)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_base_image(cache: Path, log: Callable[[str], None] = print) -> BaseImage:
+    """Given the cache folder, build the base image if missing, return it."""
+    directory = cache / "images" / f"debian-{SUITE}-{image_key()}"
+    meta_path = directory / "image.json"
+    with cache_lock(cache / "images" / ".lock"):
+        if not meta_path.exists():
+            _build(directory, log)
+        meta = json.loads(meta_path.read_text())
+    return BaseImage(root=directory / "rootfs", tarball=directory / "rootfs.tar.zst",
+                     kernel_version=meta["kernel_version"], directory=directory)
+
+
+def _build(directory: Path, log: Callable[[str], None]) -> None:
+    if os.geteuid() != 0:
+        raise InstallError("building the node image needs root (debootstrap, chroot); "
+                           "run as root or use a prebuilt cache (CLONEFLEET_CACHE_DIR)")
+    if shutil.which("debootstrap") is None:
+        raise InstallError("debootstrap is not installed; run scripts/setup first")
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    root = directory / "rootfs"
+    started = time.monotonic()
+    log(f"image: debootstrap {SUITE} from {mirror()} (about 2 minutes, once)")
+    run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE,
+         str(root), mirror()], what="debootstrap", timeout=3600)
+    log("image: configuring")
+    _configure(root)
+    kernels = sorted(path.name.removeprefix("vmlinuz-") for path in (root / "boot").glob(
+        "vmlinuz-*"))
+    if len(kernels) != 1:
+        raise InstallError(f"image has {len(kernels)} kernels, expected one: {kernels}")
+    log("image: packing rootfs.tar.zst")
+    run(["tar", "-C", str(root), "--numeric-owner", "--xattrs", "--xattrs-include=*",
+         "-I", "zstd -T0 -3", "-cf", str(directory / "rootfs.tar.zst"), "."],
+        what="pack rootfs", timeout=1800)
+    (directory / "image.json").write_text(json.dumps(
+        {"kernel_version": kernels[0], "suite": SUITE, "packages": PACKAGES,
+         "built": time.time(), "seconds": round(time.monotonic() - started, 1)}))
+    log(f"image: built in {time.monotonic() - started:.0f} s")
+
+
+def _configure(root: Path) -> None:
+    """Settings shared by every node; anything per-node is written by the node layer."""
+    modules = root / "etc/initramfs-tools/modules"
+    modules.write_text(modules.read_text() + "\n".join(INITRAMFS_MODULES) + "\n")
+    conf_hook = root / "etc/cryptsetup-initramfs/conf-hook"
+    conf_hook.write_text(conf_hook.read_text() + "\nCRYPTSETUP=y\n")
+    (root / "etc/dropbear/initramfs/dropbear.conf").write_text(
+        "# clonefleet: unlock-only Dropbear: no passwords, no forwarding, idle timeout\n"
+        f'DROPBEAR_OPTIONS="-p {DROPBEAR_PORT} -s -j -k -I 120"\n'
+    )
+    grub_d = root / "etc/default/grub.d"
+    grub_d.mkdir(parents=True, exist_ok=True)
+    (grub_d / "00-clonefleet-console.cfg").write_text(
+        'GRUB_TIMEOUT=1\nGRUB_TERMINAL="console serial"\n'
+        'GRUB_SERIAL_COMMAND="serial --speed=115200"\n'
+        'GRUB_CMDLINE_LINUX_DEFAULT=""\n'
+    )
+    (root / "etc/needrestart/conf.d").mkdir(parents=True, exist_ok=True)
+    # needrestart must never prompt: rollouts and unattended upgrades run without a TTY.
+    (root / "etc/needrestart/conf.d/50-clonefleet.conf").write_text("$nrconf{restart} = 'l';\n")
+    with mounted(root):
+        in_chroot(root, "apt-get clean", what="apt-get clean")
+    # Per-node secrets and identities must never be cloned.
+    for pattern in ("etc/ssh/ssh_host_*", "etc/dropbear/initramfs/dropbear_*_host_key",
+                    "etc/dropbear/dropbear_*_host_key", "boot/initrd.img-*"):
+        for path in root.glob(pattern):
+            path.unlink()
+    (root / "etc/machine-id").write_text("")
+    dbus_id = root / "var/lib/dbus/machine-id"
+    if dbus_id.exists() or dbus_id.is_symlink():
+        dbus_id.unlink()
+    for folder in ("var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/locale"):
+        path = root / folder
+        if path.is_dir():
+            for child in path.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                elif child.name != "lock":
+                    child.unlink()
+    (root / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
+    (root / "etc/clonefleet-image").write_text(f"{SUITE} {image_key()}\n")

@@ -1,0 +1,204 @@
+"""The per-node layer on top of the base image, built on the controller.
+
+An overlayfs over the cached root filesystem collects exactly what differs for one node:
+hostname, fstab/crypttab with UUIDs chosen up front, network, its own host keys for sshd and
+Dropbear, authorized keys, and an initramfs built by Debian's own `update-initramfs` with
+all of that inside. The upper layer is packed as a small tar that the rescue system unpacks
+over the base tarball. The initramfs is checked before the node ever reboots into it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from clonefleet.errors import InstallError
+from clonefleet.image.base import DROPBEAR_PORT, BaseImage
+from clonefleet.image.chroot import in_chroot, mounted, overlay
+from clonefleet.providers.base import InitramfsNetwork
+
+# The initramfs authorized_keys may only unlock: no shell, no forwarding.
+UNLOCK_ONLY = ('no-port-forwarding,no-agent-forwarding,no-X11-forwarding,no-pty,'
+               'command="/bin/cryptroot-unlock"')
+
+
+@dataclass(frozen=True)
+class NodeLayout:
+    """Identifiers chosen on the controller before anything is written to the node."""
+
+    hostname: str
+    domain: str
+    luks_uuid: str
+    root_fs_uuid: str
+    boot_fs_uuid: str
+    raid: bool
+    md_root_uuid: str = ""  # mdadm --uuid for the RAID1 under LUKS
+    md_boot_uuid: str = ""
+
+
+@dataclass(frozen=True)
+class NodeSecrets:
+    ssh_host_key: str  # OpenSSH private key (ed25519)
+    ssh_host_public: str
+    dropbear_host_key: str  # OpenSSH private key, converted to Dropbear's format in the chroot
+    dropbear_host_public: str
+
+
+@dataclass(frozen=True)
+class NodeLayerInput:
+    layout: NodeLayout
+    secrets: NodeSecrets
+    network: InitramfsNetwork
+    operator_keys: tuple[str, ...]
+    nic_modules: tuple[str, ...]
+
+
+def build_node_layer(base: BaseImage, spec: NodeLayerInput, output: Path,
+                     workspace: Path) -> list[str]:
+    """Write `output` (a tar of the node's files); return the initramfs file list checked.
+
+    Private host keys exist only inside `workspace`, which is removed before returning.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix=f"{spec.layout.hostname}-", dir=workspace))
+    try:
+        with overlay(base.root, workdir) as (merged, upper), mounted(merged):
+            _write_files(merged, spec)
+            in_chroot(merged, "dropbearconvert openssh dropbear /run/dropbear-key "
+                      "/etc/dropbear/initramfs/dropbear_ed25519_host_key >/dev/null 2>&1 "
+                      "&& rm -f /run/dropbear-key", what="dropbearconvert")
+            in_chroot(merged, f"update-initramfs -c -k {base.kernel_version}",
+                      what="update-initramfs", timeout=900)
+            listing = check_initramfs(merged, base.kernel_version, spec)
+        _pack_upper(upper, output)
+        return listing
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _write(root: Path, path: str, text: str, mode: int = 0o644) -> None:
+    target = root / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    target.chmod(mode)
+
+
+def kernel_cmdline(network: InitramfsNetwork) -> str:
+    return f"net.ifnames=0 console=tty0 console=ttyS0,115200 {network.kernel_ip_arg()}"
+
+
+def _write_files(root: Path, spec: NodeLayerInput) -> None:
+    layout, secrets, network = spec.layout, spec.secrets, spec.network
+    fqdn = f"{layout.hostname}.{layout.domain}"
+    _write(root, "/etc/hostname", f"{layout.hostname}\n")
+    _write(root, "/etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {fqdn} {layout.hostname}\n"
+           "::1 localhost ip6-localhost ip6-loopback\n")
+    _write(root, "/etc/crypttab",
+           f"root UUID={layout.luks_uuid} none luks,discard,initramfs,tries=0\n")
+    _write(root, "/etc/fstab",
+           f"UUID={layout.root_fs_uuid} / ext4 errors=remount-ro 0 1\n"
+           f"UUID={layout.boot_fs_uuid} /boot ext4 defaults 0 2\n")
+    if layout.raid:
+        _write(root, "/etc/mdadm/mdadm.conf",
+               "HOMEHOST <none>\nMAILADDR root\n"
+               f"ARRAY /dev/md/boot metadata=1.0 UUID={layout.md_boot_uuid}\n"
+               f"ARRAY /dev/md/root metadata=1.2 UUID={layout.md_root_uuid}\n")
+    if network.mode == "dhcp":
+        interfaces = f"auto lo\niface lo inet loopback\n\nauto {network.interface}\n" \
+                     f"iface {network.interface} inet dhcp\n"
+    else:
+        onlink = (f"    post-up ip route add {network.gateway} dev {network.interface}\n"
+                  f"    post-up ip route add default via {network.gateway} dev "
+                  f"{network.interface}\n") if network.onlink_gateway else \
+                 f"    gateway {network.gateway}\n"
+        interfaces = (f"auto lo\niface lo inet loopback\n\nauto {network.interface}\n"
+                      f"iface {network.interface} inet static\n"
+                      f"    address {network.address}/{network.prefix}\n{onlink}")
+    _write(root, "/etc/network/interfaces", interfaces)
+    if network.onlink_gateway:
+        # klibc ipconfig cannot reach an off-link gateway on a /32: add the route first.
+        _write(root, "/etc/initramfs-tools/scripts/init-premount/zz-clonefleet-onlink",
+               "#!/bin/sh\n[ \"$1\" = prereqs ] && exit 0\n. /scripts/functions\n"
+               "configure_networking\n"
+               f"ip route add {network.gateway} dev {network.interface} 2>/dev/null\n"
+               f"ip route add default via {network.gateway} dev {network.interface} "
+               "2>/dev/null\nexit 0\n", 0o755)
+    _write(root, "/etc/default/grub.d/50-clonefleet-node.cfg",
+           f'GRUB_CMDLINE_LINUX="{kernel_cmdline(network)}"\n')
+    _write(root, "/etc/initramfs-tools/conf.d/clonefleet",
+           "# network for Dropbear comes from the kernel ip= argument\n")
+    _write(root, "/etc/ssh/ssh_host_ed25519_key", secrets.ssh_host_key, 0o600)
+    _write(root, "/etc/ssh/ssh_host_ed25519_key.pub", secrets.ssh_host_public + "\n")
+    _write(root, "/etc/ssh/sshd_config.d/10-clonefleet-hostkey.conf",
+           "HostKey /etc/ssh/ssh_host_ed25519_key\n")
+    _write(root, "/run/dropbear-key", secrets.dropbear_host_key, 0o600)
+    keys = "".join(f"{key}\n" for key in spec.operator_keys)
+    _write(root, "/etc/dropbear/initramfs/authorized_keys",
+           "".join(f"{UNLOCK_ONLY} {key}\n" for key in spec.operator_keys), 0o600)
+    (root / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
+    _write(root, "/root/.ssh/authorized_keys", keys, 0o600)
+    if spec.nic_modules:
+        modules = root / "etc/initramfs-tools/modules"
+        modules.write_text(modules.read_text() + "".join(f"{m}\n" for m in spec.nic_modules))
+
+
+REQUIRED_IN_INITRAMFS = (
+    "cryptroot/crypttab",
+    "usr/sbin/dropbear",
+    "etc/dropbear/dropbear_ed25519_host_key",
+    "etc/dropbear/dropbear.conf",
+    "usr/bin/cryptroot-unlock",
+    "dm-crypt.ko",
+    "libargon2.so",
+)
+
+
+def check_initramfs(root: Path, kernel_version: str, spec: NodeLayerInput) -> list[str]:
+    """Refuse to continue unless the node's initramfs can bring up network and Dropbear."""
+    initrd = f"/boot/initrd.img-{kernel_version}"
+    listing = in_chroot(root, f"lsinitramfs {initrd}", what="lsinitramfs").splitlines()
+    missing = [item for item in REQUIRED_IN_INITRAMFS
+               if not any(line.endswith(item) or f"/{item}" in line or line == item
+                          for line in listing)]
+    missing += [f"{module}.ko (NIC driver)" for module in spec.nic_modules
+                if not any(line.endswith(f"/{module}.ko") for line in listing)]
+    if spec.layout.raid and not any(line.endswith("raid1.ko") for line in listing):
+        missing.append("raid1.ko")
+    if not any(line.endswith("/.ssh/authorized_keys") for line in listing):
+        missing.append("authorized_keys")
+    if missing:
+        raise InstallError(f"the node's initramfs lacks {', '.join(missing)}; it would not "
+                           "be unlockable after reboot, so nothing was written to the node")
+    extract = "/run/initrd-check"
+    in_chroot(root, f"rm -rf {extract} && unmkinitramfs {initrd} {extract}",
+              what="unmkinitramfs")
+    main = root / extract.lstrip("/")
+    main = main / "main" if (main / "main").is_dir() else main
+    crypttab = (main / "cryptroot/crypttab").read_text()
+    if spec.layout.luks_uuid not in crypttab:
+        raise InstallError(f"initramfs crypttab does not name LUKS UUID {spec.layout.luks_uuid}:"
+                           f" {crypttab.strip()}")
+    dropbear_conf = (main / "etc/dropbear/dropbear.conf").read_text()
+    if f"-p {DROPBEAR_PORT}" not in dropbear_conf:
+        raise InstallError(f"initramfs Dropbear does not listen on {DROPBEAR_PORT}")
+    shutil.rmtree(root / extract.lstrip("/"), ignore_errors=True)
+    return listing
+
+
+def _pack_upper(upper: Path, output: Path) -> None:
+    """Tar the overlay's upper layer: exactly the node's own files (no whiteouts expected)."""
+    for leftover in ("run", "tmp", "var/tmp"):
+        path = upper / leftover
+        if path.is_dir():
+            shutil.rmtree(path)
+    for path in upper.rglob("*"):
+        if path.is_char_device():
+            raise InstallError(f"node layer deletes {path.relative_to(upper)} from the base "
+                               "image; per-node changes must only add or replace files")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(output, "w") as tar:
+        for child in sorted(upper.iterdir()):
+            tar.add(child, arcname=child.name)
+

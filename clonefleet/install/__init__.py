@@ -1,0 +1,1 @@
+"""Encrypted install from any provider's rescue system (same code path for every provider)."""

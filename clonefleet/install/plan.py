@@ -1,0 +1,75 @@
+"""What an install will do, computed before anything is touched (and shown by --dry-run)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from clonefleet.image.base import DROPBEAR_PORT, PACKAGES
+from clonefleet.image.node import NodeLayout, kernel_cmdline
+from clonefleet.inventory import Fleet, Node
+from clonefleet.providers.base import InitramfsNetwork
+
+BOOT_SIZE_MIB = 512
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    node: str
+    serials: tuple[str, ...]
+    layout: NodeLayout
+    network: InitramfsNetwork
+    pbkdf_memory_kib: int
+    steps: tuple[str, ...]
+    partitions: tuple[str, ...]
+    packages: tuple[str, ...] = PACKAGES
+    disk_paths: dict[str, str] = field(default_factory=dict)  # serial -> /dev/disk/by-id/...
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "node": self.node,
+            "wipe_disks": [self.disk_paths.get(serial, f"serial {serial}")
+                           for serial in self.serials],
+            "raid1": self.layout.raid,
+            "partitions": list(self.partitions),
+            "luks": {"type": "luks2", "pbkdf": "argon2id",
+                     "pbkdf_memory_kib": self.pbkdf_memory_kib, "uuid": self.layout.luks_uuid},
+            "kernel_cmdline": kernel_cmdline(self.network),
+            "dropbear_port": DROPBEAR_PORT,
+            "packages": list(self.packages),
+            "steps": list(self.steps),
+        }
+
+
+def make_plan(fleet: Fleet, node: Node, network: InitramfsNetwork) -> InstallPlan:
+    """Given a node, choose its identifiers and lay out its disks."""
+    raid = node.raid
+    layout = NodeLayout(
+        hostname=node.name, domain=fleet.domain, luks_uuid=str(uuid.uuid4()),
+        root_fs_uuid=str(uuid.uuid4()), boot_fs_uuid=str(uuid.uuid4()), raid=raid,
+        md_root_uuid=_md_uuid() if raid else "", md_boot_uuid=_md_uuid() if raid else "",
+    )
+    if raid:
+        partitions = (
+            "p1 1 MiB BIOS boot (GRUB core, on every disk)",
+            f"p2 {BOOT_SIZE_MIB} MiB md RAID1 (metadata 1.0) -> ext4 /boot, unencrypted",
+            "p3 rest md RAID1 (metadata 1.2) -> LUKS2 argon2id -> ext4 /",
+        )
+    else:
+        partitions = (
+            "p1 1 MiB BIOS boot (GRUB core)",
+            f"p2 {BOOT_SIZE_MIB} MiB ext4 /boot, unencrypted",
+            "p3 rest LUKS2 argon2id -> ext4 /",
+        )
+    # argon2id must fit in RAM at unlock time: a quarter of the node's memory, at most 1 GiB.
+    memory = min(1024 * 1024, node.memory_mb * 1024 // 4)
+    steps = ("discover disks", "release disks", "partition", *(("raid1",) if raid else ()),
+             "luks format", "filesystems", "copy image", "node layer", "bootloader", "verify")
+    return InstallPlan(node=node.name, serials=node.disks, layout=layout, network=network,
+                       pbkdf_memory_kib=memory, steps=steps, partitions=partitions)
+
+
+def _md_uuid() -> str:
+    # mdadm wants 32 hex digits in four colon-separated groups
+    value = uuid.uuid4().hex
+    return ":".join(value[index:index + 8] for index in range(0, 32, 8))

@@ -1,0 +1,192 @@
+"""The install steps, run over SSH in a rescue system.
+
+Only what must touch the disks runs here: partitioning, RAID, luksFormat, mkfs with UUIDs
+chosen up front, unpacking the cached image and the node layer, and GRUB. The passphrase
+travels on stdin only; nothing of it is written to the node's disk or printed.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from clonefleet.errors import InstallError
+from clonefleet.install.disks import FoundDisk, match_disks
+from clonefleet.install.plan import BOOT_SIZE_MIB, InstallPlan
+from clonefleet.ssh import RemoteShell
+
+Step = Callable[[str], None]
+TARGET = "/mnt/clonefleet"
+
+
+class RescueInstaller:
+    """Given a shell in the rescue system and a plan, install the node step by step."""
+
+    def __init__(self, shell: RemoteShell, plan: InstallPlan,
+                 on_step: Callable[[str, float], None] | None = None,
+                 log: Callable[[str], None] = print) -> None:
+        self.shell = shell
+        self.plan = plan
+        self.on_step = on_step or (lambda step, seconds: None)
+        self.log = log
+        self.disks: list[FoundDisk] = []
+
+    def sh(self, command: str, *, what: str, input_data: bytes | None = None,
+           timeout: float = 600) -> str:
+        return self.shell.run(f"set -e; {command}", input_data=input_data, what=what,
+                              timeout=timeout)[1]
+
+    def _timed(self, step: str, function: Callable[[], None]) -> None:
+        started = time.monotonic()
+        self.log(f"install: {step}")
+        function()
+        self.on_step(step, time.monotonic() - started)
+
+    def discover(self) -> InstallPlan:
+        """Match the inventory's serials to disks; returns the plan with their by-id paths."""
+        self.sh("test -e /etc/clonefleet-rescue || grep -qi rescue /etc/hostname",
+                what="rescue system check")
+        if self.shell.run("test -d /sys/firmware/efi", check=False)[0] == 0:
+            raise InstallError(f"node {self.plan.node}: the rescue system booted with UEFI; "
+                               "clonefleet installs BIOS/GPT boot only so far: switch the "
+                               "server to legacy boot")
+        self.sh("udevadm settle || true", what="udev settle")
+        lsblk = self.sh("lsblk -J -d -o NAME,SERIAL,SIZE,TYPE,MODEL", what="lsblk")
+        listing = self.sh("cd /dev/disk/by-id && for l in *; do printf '%s=%s\\n' \"$l\" "
+                          "\"$(readlink -f \"$l\")\"; done", what="list /dev/disk/by-id")
+        self.disks = match_disks(self.plan.serials, lsblk, listing, self.plan.node)
+        self.plan = replace(self.plan, disk_paths={d.serial: d.by_id for d in self.disks})
+        return self.plan
+
+    def install(self, passphrase: str, image_tarball: Path, node_layer: Path,
+                progress: Callable[[int, int], None] | None = None) -> None:
+        if not self.disks:
+            self.discover()
+        self._timed("release disks", self._release)
+        self._timed("partition", self._partition)
+        if self.plan.layout.raid:
+            self._timed("raid1", self._raid)
+        self._timed("luks format", lambda: self._luks(passphrase))
+        self._timed("filesystems", self._filesystems)
+        self._timed("copy image", lambda: self._copy(image_tarball, "zstd -dc", progress))
+        self._timed("node layer", lambda: self._copy(node_layer, "cat", None))
+        self._timed("bootloader", self._bootloader)
+        self._timed("verify", self._verify_and_close)
+
+    def _part(self, disk: FoundDisk, number: int) -> str:
+        return f"{disk.by_id}-part{number}"
+
+    def _release(self) -> None:
+        """Make a re-run after a crash possible: undo mounts, mappings and arrays we made."""
+        disks = " ".join(shlex.quote(d.by_id) for d in self.disks)
+        self.sh(
+            f"for m in {TARGET}/dev {TARGET}/proc {TARGET}/sys {TARGET}/run {TARGET}/boot "
+            f"{TARGET}; do umount -l $m 2>/dev/null || true; done; "
+            "cryptsetup close root 2>/dev/null || true; "
+            "for md in /dev/md/* /dev/md[0-9]*; do [ -e \"$md\" ] && "
+            "mdadm --stop \"$md\" 2>/dev/null || true; done; "
+            f"for d in {disks}; do for p in \"$d\"-part*; do [ -e \"$p\" ] && "
+            "{ mdadm --zero-superblock \"$p\" 2>/dev/null || true; wipefs -qa \"$p\"; }; done; "
+            "wipefs -qa \"$d\"; done",
+            what="release disks")
+
+    def _partition(self) -> None:
+        raid = self.plan.layout.raid
+        for disk in self.disks:
+            boot_type, root_type = ("fd00", "fd00") if raid else ("8300", "8309")
+            self.sh(
+                f"sgdisk --zap-all {shlex.quote(disk.by_id)} >/dev/null; "
+                f"sgdisk -n1:0:+1M -t1:ef02 -c1:cf-bios "
+                f"-n2:0:+{BOOT_SIZE_MIB}M -t2:{boot_type} -c2:cf-boot "
+                f"-n3:0:0 -t3:{root_type} -c3:cf-root {shlex.quote(disk.by_id)} >/dev/null; "
+                f"partprobe {shlex.quote(disk.by_id)} 2>/dev/null || true; udevadm settle; "
+                f"test -e {shlex.quote(self._part(disk, 3))}",
+                what=f"partition {disk.by_id}")
+
+    def _raid(self) -> None:
+        layout = self.plan.layout
+        boots = " ".join(self._part(d, 2) for d in self.disks)
+        roots = " ".join(self._part(d, 3) for d in self.disks)
+        count = len(self.disks)
+        # Blank lab disks are already identical, so skip the initial resync there; real disks
+        # resync in the background while we install.
+        clean = "--assume-clean" if all(d.serial.startswith("CFLAB-") for d in self.disks) \
+            else ""
+        self.sh(
+            f"mdadm --create /dev/md/boot --run --level=1 --raid-devices={count} "
+            f"--metadata=1.0 --homehost=any --uuid={layout.md_boot_uuid} {clean} {boots}; "
+            f"mdadm --create /dev/md/root --run --level=1 --raid-devices={count} "
+            f"--metadata=1.2 --homehost=any --uuid={layout.md_root_uuid} {clean} {roots}; "
+            "udevadm settle",
+            what="mdadm --create")
+
+    def _devices(self) -> tuple[str, str]:
+        if self.plan.layout.raid:
+            return "/dev/md/boot", "/dev/md/root"
+        disk = self.disks[0]
+        return self._part(disk, 2), self._part(disk, 3)
+
+    def _luks(self, passphrase: str) -> None:
+        _, root = self._devices()
+        secret = passphrase.encode()  # exact bytes, no newline: unlock sends the same
+        self.sh(
+            f"cryptsetup luksFormat --batch-mode --type luks2 --pbkdf argon2id "
+            f"--pbkdf-memory {self.plan.pbkdf_memory_kib} --uuid {self.plan.layout.luks_uuid} "
+            f"--label cf-root --key-file - {root}",
+            input_data=secret, what="cryptsetup luksFormat")
+        self.sh(f"cryptsetup open --allow-discards --key-file - {root} root",
+                input_data=secret, what="cryptsetup open")
+
+    def _filesystems(self) -> None:
+        boot, _ = self._devices()
+        layout = self.plan.layout
+        self.sh(
+            f"mkfs.ext4 -q -F -U {layout.boot_fs_uuid} -L boot {boot}; "
+            f"mkfs.ext4 -q -F -U {layout.root_fs_uuid} -L root /dev/mapper/root; "
+            f"mkdir -p {TARGET}; mount /dev/mapper/root {TARGET}; "
+            f"mkdir -p {TARGET}/boot; mount {boot} {TARGET}/boot",
+            what="mkfs and mount")
+
+    def _copy(self, source: Path, decompress: str,
+              progress: Callable[[int, int], None] | None) -> None:
+        total = source.stat().st_size
+        with open(source, "rb") as handle:
+            self.shell.stream(
+                f"set -e; {decompress} | tar -xpf - -C {TARGET} --numeric-owner --xattrs "
+                "--xattrs-include='*'",
+                handle, progress=(lambda sent: progress(sent, total)) if progress else None,
+                what=f"unpack {source.name}")
+
+    def _bootloader(self) -> None:
+        devices = ", ".join(d.by_id for d in self.disks)
+        installs = "; ".join(f"grub-install --target=i386-pc {shlex.quote(d.by_id)}"
+                             for d in self.disks)
+        self.sh(
+            f"for d in dev proc sys run; do mkdir -p {TARGET}/$d; done; "
+            f"mount --bind /dev {TARGET}/dev; mount -t proc proc {TARGET}/proc; "
+            f"mount -t sysfs sys {TARGET}/sys; mount -t tmpfs tmpfs {TARGET}/run; "
+            f"chroot {TARGET} /bin/sh -c "
+            + shlex.quote(
+                "set -e; export DEBIAN_FRONTEND=noninteractive; "
+                f"echo 'grub-pc grub-pc/install_devices multiselect {devices}' "
+                "| debconf-set-selections; "
+                f"{installs}; update-grub"),
+            what="grub-install", timeout=900)
+
+    def _verify_and_close(self) -> None:
+        _, root = self._devices()
+        dump = self.sh(f"cryptsetup luksDump {root}", what="luksDump")
+        if "argon2id" not in dump or self.plan.layout.luks_uuid not in dump:
+            raise InstallError("LUKS header check failed: expected argon2id and the planned "
+                               "UUID")
+        kernel_files = self.sh(f"ls {TARGET}/boot", what="list /boot")
+        if "initrd.img-" not in kernel_files or "grub" not in kernel_files:
+            raise InstallError(f"/boot is incomplete on the node: {kernel_files.split()}")
+        self.sh(
+            f"sync; for m in dev proc sys run boot; do umount {TARGET}/$m; done; "
+            f"umount {TARGET}; cryptsetup close root; "
+            + ("mdadm --stop /dev/md/root /dev/md/boot; " if self.plan.layout.raid else "")
+            + "sync", what="unmount and close")

@@ -1,0 +1,86 @@
+"""Per-node LUKS passphrases, encrypted at rest with age (pyrage).
+
+The identity (private key) lives outside the fleet state folder by default
+(`~/.config/clonefleet/age.key`, or `CLONEFLEET_AGE_KEY`), so a copy of the state folder
+alone does not reveal any passphrase. Passphrases never touch the node's disk and are never
+printed.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import pyrage
+
+from clonefleet.errors import KeystoreError
+
+
+def default_identity_path() -> Path:
+    env = os.environ.get("CLONEFLEET_AGE_KEY")
+    return Path(env) if env else Path.home() / ".config" / "clonefleet" / "age.key"
+
+
+class Keystore:
+    """Given a folder and an age identity file, keep one encrypted passphrase per node."""
+
+    def __init__(self, directory: Path, identity_path: Path | None = None) -> None:
+        self.directory = directory
+        self.identity_path = identity_path or default_identity_path()
+
+    def _identity(self, *, create: bool) -> pyrage.x25519.Identity:
+        if not self.identity_path.exists():
+            if not create:
+                raise KeystoreError(
+                    f"keystore key {self.identity_path} is missing, so the node passphrases in "
+                    f"{self.directory} cannot be opened; restore the key file (or set "
+                    "CLONEFLEET_AGE_KEY to its path)")
+            self.identity_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            identity = pyrage.x25519.Identity.generate()
+            descriptor = os.open(self.identity_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(f"# clonefleet keystore identity\n{identity}\n")
+            return identity
+        lines = [line.strip() for line in self.identity_path.read_text().splitlines()
+                 if line.strip() and not line.startswith("#")]
+        try:
+            return pyrage.x25519.Identity.from_str(lines[0])
+        except (IndexError, ValueError, pyrage.IdentityError) as error:
+            raise KeystoreError(f"keystore key {self.identity_path} is not an age identity "
+                                f"({error}); restore the right file") from None
+
+    def _path(self, node: str) -> Path:
+        return self.directory / f"{node}.age"
+
+    def has(self, node: str) -> bool:
+        return self._path(node).exists()
+
+    def create(self, node: str) -> str:
+        """Return the node's passphrase, generating and storing a new one if none exists."""
+        if self.has(node):
+            return self.get(node)
+        identity = self._identity(create=True)
+        passphrase = secrets.token_urlsafe(32)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        encrypted = pyrage.encrypt(passphrase.encode(), [identity.to_public()])
+        temporary = self._path(node).with_suffix(".tmp")
+        temporary.write_bytes(encrypted)
+        temporary.replace(self._path(node))
+        return passphrase
+
+    def get(self, node: str) -> str:
+        path = self._path(node)
+        if not path.exists():
+            raise KeystoreError(f"no passphrase stored for node {node!r} in {self.directory}; "
+                                "was it provisioned from this controller?")
+        identity = self._identity(create=False)
+        try:
+            return bytes(pyrage.decrypt(path.read_bytes(), [identity])).decode()
+        except pyrage.DecryptError:
+            raise KeystoreError(
+                f"cannot decrypt {path} with {self.identity_path}: wrong keystore key; "
+                "restore the key this fleet was set up with") from None
+
+    def delete(self, node: str) -> None:
+        self._path(node).unlink(missing_ok=True)

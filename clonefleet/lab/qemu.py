@@ -1,0 +1,262 @@
+"""Start, stop and talk to lab qemu VMs; probe whether KVM can really boot a guest here."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clonefleet.errors import ProviderError, TimeoutError_
+
+QEMU = "qemu-system-x86_64"
+
+
+@dataclass
+class VmConfig:
+    """Everything needed to (re)start one lab VM; saved as vm.json beside its disks."""
+
+    name: str
+    directory: Path
+    memory_mb: int
+    disks: list[tuple[str, str]]  # (serial, qcow2 path)
+    ssh_port: int
+    dropbear_port: int
+    smp: int = 2
+    extra_forwards: dict[str, int] = field(default_factory=dict)  # "tcp:53" -> host port
+
+    @property
+    def console_log(self) -> Path:
+        return self.directory / "console.log"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.directory / "qmp.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.directory / "vm.pid"
+
+    def save(self) -> None:
+        data = asdict(self)
+        data["directory"] = str(self.directory)
+        (self.directory / "vm.json").write_text(json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> VmConfig:
+        data = json.loads((directory / "vm.json").read_text())
+        data["directory"] = Path(data["directory"])
+        data["disks"] = [tuple(disk) for disk in data["disks"]]
+        return cls(**data)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def running_pid(config: VmConfig) -> int | None:
+    try:
+        pid = int(config.pidfile.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if not cmdline.exists() or QEMU.encode() not in cmdline.read_bytes():
+        return None
+    return pid
+
+
+def start(config: VmConfig, *, accel: str, kernel: Path | None = None,
+          initrd: Path | None = None, append: str = "",
+          disks: list[str] | None = None) -> None:
+    """Boot the VM: from `kernel`/`initrd` (the netboot rescue) or from its disks.
+
+    `disks` limits which disks (by serial) are attached, to prove a RAID1 node boots from
+    either one.
+    """
+    if running_pid(config) is not None:
+        raise ProviderError(f"lab VM {config.name} is already running; stop it first")
+    if shutil.which(QEMU) is None:
+        raise ProviderError(f"{QEMU} is not installed; run scripts/setup first")
+    config.qmp_socket.unlink(missing_ok=True)
+    forwards = [f"hostfwd=tcp:127.0.0.1:{config.ssh_port}-:22",
+                f"hostfwd=tcp:127.0.0.1:{config.dropbear_port}-:2222"]
+    for guest, host_port in config.extra_forwards.items():
+        proto, port = guest.split(":")
+        forwards.append(f"hostfwd={proto}:127.0.0.1:{host_port}-:{port}")
+    argv = [
+        QEMU, "-name", config.name, "-nodefaults", "-display", "none",
+        "-m", str(config.memory_mb), "-smp", str(config.smp),
+        *accel_args(accel),
+        "-chardev", f"file,id=console,path={config.console_log},append=on",
+        "-serial", "chardev:console",
+        "-qmp", f"unix:{config.qmp_socket},server=on,wait=off",
+        "-netdev", "user,id=net0," + ",".join(forwards),
+        "-device", "virtio-net-pci,netdev=net0",
+        "-daemonize", "-pidfile", str(config.pidfile),
+    ]
+    for index, (serial, path) in enumerate(config.disks):
+        if disks is not None and serial not in disks:
+            continue
+        argv += ["-drive", f"if=none,id=disk{index},file={path},format=qcow2,cache=writeback,"
+                 "discard=unmap",
+                 "-device", f"virtio-blk-pci,drive=disk{index},serial={serial},"
+                 f"bootindex={index + 1}"]
+    if kernel is not None:
+        argv += ["-kernel", str(kernel), "-append", append]
+        if initrd is not None:
+            argv += ["-initrd", str(initrd)]
+    with open(config.console_log, "ab") as log:
+        log.write(f"\n=== clonefleet: starting {config.name} ({'rescue' if kernel else 'disk'},"
+                  f" {accel}) at {time.strftime('%H:%M:%S')} ===\n".encode())
+    result = subprocess.run(argv, capture_output=True, timeout=60)
+    if result.returncode != 0:
+        raise ProviderError(f"qemu failed to start {config.name}: "
+                            f"{result.stderr.decode(errors='replace').strip()}")
+
+
+def accel_args(accel: str) -> list[str]:
+    if accel == "kvm":
+        return ["-accel", "kvm", "-cpu", "host"]
+    # `max` gives the guest AES-NI and friends, which TCG emulates faster than the guest's
+    # generic C fallbacks; dm-crypt is on the hot path of every disk write.
+    return ["-accel", "tcg,thread=multi", "-cpu", "max"]
+
+
+def stop(config: VmConfig, timeout: float = 10) -> None:
+    """Power the VM off hard (like pulling the plug); no-op when it is not running."""
+    pid = running_pid(config)
+    if pid is None:
+        return
+    with contextlib.suppress(ProviderError, OSError):
+        qmp(config, "quit")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if running_pid(config) is None:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+
+
+def qmp(config: VmConfig, command: str, arguments: dict[str, Any] | None = None) -> Any:
+    """Send one QMP command and return its result."""
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(config.qmp_socket))
+            stream = sock.makefile("rwb")
+            stream.readline()  # greeting
+            request: dict[str, Any] = {"execute": command}
+            if arguments:
+                request["arguments"] = arguments
+            for message in ({"execute": "qmp_capabilities"}, request):
+                stream.write(json.dumps(message).encode() + b"\n")
+                stream.flush()
+                while True:
+                    line = stream.readline()
+                    if not line:
+                        return None  # "quit" closes the socket
+                    reply = json.loads(line)
+                    if "error" in reply:
+                        raise ProviderError(f"qemu {command}: {reply['error'].get('desc')}")
+                    if "return" in reply:
+                        break
+            return reply.get("return")
+    except (FileNotFoundError, ConnectionRefusedError) as error:
+        raise ProviderError(f"lab VM {config.name} is not running ({error})") from None
+
+
+def kernel_append(*, ssh_keys: list[str]) -> str:
+    keys = base64.b64encode(("\n".join(ssh_keys) + "\n").encode()).decode()
+    return f"console=ttyS0,115200 net.ifnames=0 panic=10 clonefleet.ssh_keys={keys}"
+
+
+def probe_accel(cache: Path, kernel: Path, timeout: float = 20) -> str:
+    """Return "kvm" only if a real guest kernel prints under KVM here, else "tcg".
+
+    /dev/kvm can open and create VMs while guests still hang after the BIOS, so the only
+    honest probe is a boot. The answer is cached per host boot.
+    """
+    forced = os.environ.get("CLONEFLEET_ACCEL")
+    if forced in ("kvm", "tcg"):
+        return forced
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    cached = cache / "accel.json"
+    with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+        data = json.loads(cached.read_text())
+        if data["boot_id"] == boot_id:
+            return str(data["accel"])
+    accel = "tcg"
+    if os.access("/dev/kvm", os.R_OK | os.W_OK):
+        accel = "kvm" if _kernel_prints_under_kvm(kernel, timeout) else "tcg"
+    cached.write_text(json.dumps({"boot_id": boot_id, "accel": accel}))
+    return accel
+
+
+def _kernel_prints_under_kvm(kernel: Path, timeout: float) -> bool:
+    argv = [QEMU, "-nodefaults", "-display", "none", "-m", "256", "-accel", "kvm",
+            "-cpu", "host", "-no-reboot", "-serial", "stdio", "-kernel", str(kernel),
+            "-append", "console=ttyS0 panic=-1"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    output = b""
+    assert process.stdout is not None
+    os.set_blocking(process.stdout.fileno(), False)
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            chunk = process.stdout.read(4096)
+            if chunk:
+                output += chunk
+                if b"Linux version" in output:
+                    return True
+            time.sleep(0.2)
+        return b"Linux version" in output
+    finally:
+        process.kill()
+        process.wait()
+
+
+def wait_for_port(port: int, *, config: VmConfig, timeout: float, banner: bytes = b"SSH-",
+                  what: str = "ssh") -> None:
+    """Wait until something answers with `banner` on 127.0.0.1:`port`.
+
+    qemu's user network accepts TCP connections for forwarded ports even when nothing
+    listens in the guest, so a connect alone proves nothing: read the banner.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if running_pid(config) is None:
+            raise ProviderError(f"lab VM {config.name} stopped while waiting for {what}"
+                                f"{console_tail(config)}")
+        with contextlib.suppress(OSError), \
+                socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.settimeout(5)
+            if sock.recv(64).startswith(banner):
+                return
+        time.sleep(1)
+    raise TimeoutError_(f"{config.name}: no {what} on 127.0.0.1:{port} after {timeout:.0f} s"
+                        f"{console_tail(config)}")
+
+
+def console_tail(config: VmConfig, lines: int = 25) -> str:
+    try:
+        text = config.console_log.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    tail = "\n".join(text.strip().splitlines()[-lines:])
+    return f"\n--- console ({config.console_log}) ---\n{tail}"

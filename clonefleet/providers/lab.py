@@ -1,0 +1,132 @@
+"""The lab provider: qemu VMs under `<fleet state>/lab/<node>/` behave like bare servers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from clonefleet.errors import ProviderError
+from clonefleet.image.base import ensure_base_image
+from clonefleet.inventory import Node
+from clonefleet.lab import qemu
+from clonefleet.lab.rescue import RescueSystem, ensure_rescue
+from clonefleet.paths import cache_dir
+from clonefleet.providers.base import InitramfsNetwork, ServerInfo, SshAccess
+
+
+class LabProvider:
+    name = "lab"
+
+    def __init__(self, state_dir: Path, log: Callable[[str], None] = print) -> None:
+        self.root = state_dir / "lab"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        self._rescue: RescueSystem | None = None
+        self._accel: str | None = None
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _dir(self, node: Node | str) -> Path:
+        return self.root / (node if isinstance(node, str) else node.name)
+
+    def _config(self, node: Node | str) -> qemu.VmConfig:
+        directory = self._dir(node)
+        if not (directory / "vm.json").exists():
+            raise ProviderError(f"lab VM {node if isinstance(node, str) else node.name} does "
+                                "not exist; provision it first")
+        return qemu.VmConfig.load(directory)
+
+    def rescue_system(self) -> RescueSystem:
+        if self._rescue is None:
+            self._rescue = ensure_rescue(ensure_base_image(cache_dir(), self.log), self.log)
+        return self._rescue
+
+    def accel(self) -> str:
+        if self._accel is None:
+            self._accel = qemu.probe_accel(cache_dir(), self.rescue_system().kernel)
+            self.log(f"lab: qemu acceleration: {self._accel}")
+        return self._accel
+
+    def _info(self, config: qemu.VmConfig) -> ServerInfo:
+        running = qemu.running_pid(config) is not None
+        mode = (self._dir(config.name) / "mode").read_text().strip() \
+            if (self._dir(config.name) / "mode").exists() else "off"
+        return ServerInfo(
+            node=config.name, server_id=f"lab-{config.name}",
+            status=mode if running else "off",
+            ssh=SshAccess("127.0.0.1", config.ssh_port),
+            unlock=SshAccess("127.0.0.1", config.dropbear_port),
+            nic_modules=("virtio_net",),
+            details={"directory": str(config.directory), "console": str(config.console_log)},
+        )
+
+    # -- protocol ------------------------------------------------------------------------
+
+    def ensure_server(self, node: Node) -> ServerInfo:
+        """Create the bare box (blank disks, fixed ports) if it does not exist yet."""
+        directory = self._dir(node)
+        if (directory / "vm.json").exists():
+            return self._info(self._config(node))
+        directory.mkdir(parents=True, exist_ok=True)
+        disks = []
+        for serial in node.disks:
+            if len(serial) > 20:
+                raise ProviderError(f"lab disk serial {serial!r} is longer than virtio's 20 "
+                                    "characters; shorten it in the fleet file")
+            path = directory / f"{serial}.qcow2"
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path),
+                            f"{node.disk_size_gb}G"], check=True)
+            disks.append((serial, str(path)))
+        config = qemu.VmConfig(name=node.name, directory=directory, memory_mb=node.memory_mb,
+                               disks=disks, ssh_port=qemu.free_port(),
+                               dropbear_port=qemu.free_port(),
+                               extra_forwards={"udp:53": qemu.free_port(),
+                                               "tcp:53": qemu.free_port(),
+                                               "tcp:8081": qemu.free_port()})
+        config.save()
+        return self._info(config)
+
+    def info(self, node: Node) -> ServerInfo:
+        return self._info(self._config(node))
+
+    def boot_rescue(self, node: Node, ssh_public_keys: list[str]) -> SshAccess:
+        config = self._config(node)
+        rescue = self.rescue_system()
+        qemu.stop(config)
+        qemu.start(config, accel=self.accel(), kernel=rescue.kernel, initrd=rescue.initrd,
+                   append=qemu.kernel_append(ssh_keys=ssh_public_keys))
+        (self._dir(node) / "mode").write_text("rescue\n")
+        return SshAccess("127.0.0.1", config.ssh_port)
+
+    def boot_disk(self, node: Node, disks: list[str] | None = None) -> None:
+        config = self._config(node)
+        qemu.stop(config)
+        qemu.start(config, accel=self.accel(), disks=disks)
+        (self._dir(node) / "mode").write_text("disk\n")
+
+    def reset(self, node: Node) -> None:
+        qemu.qmp(self._config(node), "system_reset")
+
+    def power_off(self, node: Node) -> None:
+        qemu.stop(self._config(node))
+
+    def delete(self, node: Node | str) -> None:
+        directory = self._dir(node)
+        if (directory / "vm.json").exists():
+            qemu.stop(qemu.VmConfig.load(directory))
+        shutil.rmtree(directory, ignore_errors=True)
+
+    def list(self) -> list[ServerInfo]:
+        return [self._info(qemu.VmConfig.load(path.parent))
+                for path in sorted(self.root.glob("*/vm.json"))]
+
+    def network(self, node: Node) -> InitramfsNetwork:
+        return InitramfsNetwork(mode="dhcp")
+
+    def wait_ready(self, access: SshAccess, node: Node, timeout: float, what: str) -> None:
+        qemu.wait_for_port(access.port, config=self._config(node), timeout=timeout, what=what)
+
+    def console_tail(self, node: Node) -> str:
+        return qemu.console_tail(self._config(node))

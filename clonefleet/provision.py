@@ -1,0 +1,281 @@
+"""rescue → install → reboot → unlock → deploy, resumable from the recorded lifecycle state.
+
+Each step records its duration in the state store; every lifecycle transition records who
+caused it. A re-run after a crash continues from the recorded state and never wipes a node
+that reached `installed` unless asked to (`wipe=True`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clonefleet.deploy import run_deploy
+from clonefleet.errors import DeployError, StateError
+from clonefleet.image.base import ensure_base_image
+from clonefleet.image.node import NodeLayerInput, NodeSecrets, build_node_layer
+from clonefleet.install.plan import InstallPlan, make_plan
+from clonefleet.install.rescue import RescueInstaller
+from clonefleet.inventory import Fleet, Node
+from clonefleet.keystore import Keystore
+from clonefleet.paths import cache_dir
+from clonefleet.providers.base import Provider, SshAccess
+from clonefleet.ssh import RemoteShell, ensure_operator_key, generate_ed25519, wait_for_ssh
+from clonefleet.state import StateStore
+from clonefleet.unlock import UnlockNotReady, send_passphrase
+
+BEFORE_INSTALL = (None, "ordered", "rescue")
+PROVISIONED = ("deployed", "active", "draining", "drained")
+ACTOR = "clonefleet provision"
+
+
+@dataclass
+class ProvisionReport:
+    node: str
+    steps: list[tuple[str, float]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    final_state: str = ""
+    deploy_changes: list[str] = field(default_factory=list)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(seconds for _, seconds in self.steps)
+
+
+class Provisioner:
+    """Given a fleet, its store and a provider, bring nodes from bare box to deployed."""
+
+    def __init__(self, fleet: Fleet, store: StateStore, state_dir: Path, provider: Provider,
+                 keystore: Keystore | None = None, log: Callable[[str], None] = print,
+                 progress: Callable[[str, int, int], None] | None = None,
+                 actor: str = ACTOR) -> None:
+        self.fleet = fleet
+        self.store = store
+        self.state_dir = state_dir
+        self.provider = provider
+        self.keystore = keystore or Keystore(state_dir / "keystore")
+        self.log = log
+        self.progress = progress
+        self.actor = actor
+        self.operator = ensure_operator_key(fleet.ssh_key, state_dir)
+
+    # -- planning --------------------------------------------------------------------------
+
+    def plan(self, node_name: str, wipe: bool = False) -> dict[str, Any]:
+        """What `provision` would do now, touching nothing (for --dry-run)."""
+        node = self.fleet.node(node_name)
+        record = self.store.get(node.name)
+        current = record.state if record else None
+        install = wipe or current in BEFORE_INSTALL
+        description: dict[str, Any] = {"node": node.name, "provider": node.provider,
+                                       "current_state": current or "ordered"}
+        if current in PROVISIONED and not wipe:
+            description["steps"] = []
+            description["note"] = "already provisioned; use --wipe to reinstall"
+            return description
+        steps = []
+        if install:
+            steps += ["create server", "boot rescue", "build node layer", "install"]
+            description["install"] = make_plan(self.fleet, node,
+                                               self.provider.network(node)).describe()
+            if current not in BEFORE_INSTALL:
+                description["warning"] = (f"--wipe: {node.name} is {current}; its disks will "
+                                          "be erased")
+        if install or current == "installed":
+            steps.append("boot from disk")
+        if install or current in ("installed", "locked"):
+            steps.append("unlock")
+        steps.append("deploy")
+        description["steps"] = steps
+        return description
+
+    # -- running ---------------------------------------------------------------------------
+
+    def provision(self, node_name: str, *, wipe: bool = False) -> ProvisionReport:
+        node = self.fleet.node(node_name)
+        report = ProvisionReport(node=node.name)
+        record = self.store.get(node.name)
+        current = record.state if record else None
+        if current == "retired":
+            raise StateError(f"node {node.name} is retired; remove it from the fleet file or "
+                             "re-order it")
+        if current in PROVISIONED and not wipe:
+            report.skipped.append("all (already provisioned)")
+            report.final_state = current or ""
+            return report
+        if current not in BEFORE_INSTALL and not wipe:
+            self.log(f"{node.name}: resuming from state {current!r} (disks are kept)")
+        if wipe or current in BEFORE_INSTALL:
+            self._install(node, report)
+            current = "installed"
+        if current == "installed":
+            self._step(report, "boot from disk", lambda: self._boot_disk(node))
+            current = "locked"
+        if current == "locked":
+            self._step(report, "unlock", lambda: self._unlock_step(node.name))
+            current = "booted"
+        if current == "booted":
+            self._step(report, "deploy", lambda: self._deploy(node, report))
+        final = self.store.get(node.name)
+        report.final_state = final.state if final else ""
+        return report
+
+    def _step(self, report: ProvisionReport, step: str, function: Callable[[], None]) -> None:
+        self.log(f"{report.node}: {step}")
+        started = time.monotonic()
+        try:
+            function()
+        except BaseException as error:
+            self.store.record_step(report.node, step, "failed", time.monotonic() - started,
+                                   str(error)[:500])
+            raise
+        seconds = time.monotonic() - started
+        self.store.record_step(report.node, step, "done", seconds)
+        report.steps.append((step, seconds))
+
+    def _install(self, node: Node, report: ProvisionReport) -> None:
+        self._step(report, "create server", lambda: self._create(node))
+        rescue: dict[str, SshAccess] = {}
+
+        def boot_rescue() -> None:
+            access = self.provider.boot_rescue(node, [self.operator.public_line])
+            self.provider.wait_ready(access, node, 600, "rescue system ssh")
+            rescue["access"] = access
+            self.store.transition(node.name, "rescue", actor=self.actor,
+                                  reason="booted rescue system for install")
+
+        self._step(report, "boot rescue", boot_rescue)
+        plan = make_plan(self.fleet, node, self.provider.network(node))
+        workspace = Path(tempfile.mkdtemp(prefix="clonefleet-", dir=self.state_dir))
+        try:
+            layer = workspace / f"{node.name}-layer.tar"
+            self._step(report, "build node layer", lambda: self._layer(node, plan, layer,
+                                                                       workspace))
+            self._step(report, "install", lambda: self._run_installer(
+                node, plan, rescue["access"], layer, report))
+        finally:
+            shutil.rmtree(workspace, ignore_errors=True)
+
+    def _create(self, node: Node) -> None:
+        info = self.provider.ensure_server(node)
+        self.store.set_fact(node.name, "ssh", {"host": info.ssh.host, "port": info.ssh.port})
+        self.store.set_fact(node.name, "unlock", {"host": info.unlock.host,
+                                                  "port": info.unlock.port})
+        self.store.set_fact(node.name, "server_id", info.server_id)
+        self.store.set_fact(node.name, "nic_modules", list(info.nic_modules))
+        record = self.store.get(node.name)
+        if record is None:
+            self.store.transition(node.name, "ordered", actor=self.actor,
+                                  reason=f"{node.provider} server {info.server_id}")
+
+    def _layer(self, node: Node, plan: InstallPlan, output: Path, workspace: Path) -> None:
+        base = ensure_base_image(cache_dir(), self.log)
+        ssh_key = generate_ed25519(f"root@{node.name}")
+        dropbear_key = generate_ed25519(f"dropbear@{node.name}")
+        secrets = NodeSecrets(ssh_key.private_openssh, ssh_key.public_line,
+                              dropbear_key.private_openssh, dropbear_key.public_line)
+        nic_modules = tuple(self.store.get_fact(node.name, "nic_modules", []))
+        build_node_layer(base, NodeLayerInput(
+            layout=plan.layout, secrets=secrets, network=plan.network,
+            operator_keys=(self.operator.public_line,), nic_modules=nic_modules),
+            output, workspace)
+        # Pinned before the node first boots them; a reinstall pins fresh keys.
+        self.store.set_fact(node.name, "ssh_host_key", ssh_key.public_line)
+        self.store.set_fact(node.name, "dropbear_host_key", dropbear_key.public_line)
+        self.store.set_fact(node.name, "layout", plan.layout.__dict__)
+
+    def _run_installer(self, node: Node, plan: InstallPlan, access: SshAccess,
+                       layer: Path, report: ProvisionReport) -> None:
+        base = ensure_base_image(cache_dir(), self.log)
+        passphrase = self.keystore.create(node.name)
+        with RemoteShell(access, self.operator.path, pinned=None,
+                         what=f"{node.name} rescue system") as shell:
+            installer = RescueInstaller(
+                shell, plan, log=self.log,
+                on_step=lambda step, seconds: report.steps.append((f"  {step}", seconds)))
+            final_plan = installer.discover()
+            self.store.set_fact(node.name, "disks", final_plan.disk_paths)
+            installer.install(passphrase, base.tarball, layer, progress=self._copy_progress(
+                node.name))
+        self.store.transition(node.name, "installed", actor=self.actor,
+                              reason="encrypted install finished")
+
+    def _copy_progress(self, node: str) -> Callable[[int, int], None] | None:
+        if self.progress is None:
+            return None
+        callback = self.progress
+        return lambda sent, total: callback(f"{node}: copy image", sent, total)
+
+    def _boot_disk(self, node: Node) -> None:
+        self.provider.boot_disk(node)
+        self.wait_for_dropbear(node)
+        self.store.transition(node.name, "locked", actor=self.actor,
+                              reason="booted from disk, waiting for unlock")
+
+    def wait_for_dropbear(self, node: Node, timeout: float = 600) -> None:
+        self.provider.wait_ready(self._access(node.name, "unlock"), node, timeout,
+                                 "Dropbear in the initramfs")
+
+    def _access(self, node: str, kind: str) -> SshAccess:
+        data = self.store.get_fact(node, kind)
+        if not data:
+            raise StateError(f"no recorded {kind} address for node {node}; provision it first")
+        return SshAccess(data["host"], int(data["port"]))
+
+    def unlock(self, node_name: str, *, wait_for_sshd: bool = True,
+               timeout: float = 600) -> str:
+        """Unlock a node waiting in its initramfs; then wait for sshd with its pinned key."""
+        node = self.fleet.node(node_name)
+        pinned = self.store.get_fact(node.name, "dropbear_host_key")
+        if not pinned:
+            raise StateError(f"no pinned Dropbear host key for {node.name}; it was not "
+                             "installed by this controller")
+        passphrase = self.keystore.get(node.name)
+        self.wait_for_dropbear(node, timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                message = send_passphrase(self._access(node.name, "unlock"),
+                                          self.operator.path, pinned, passphrase)
+                break
+            except UnlockNotReady:
+                # cryptsetup may not be asking yet (askpass starts a little after Dropbear).
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(3)
+        self.log(f"{node.name}: {message}")
+        if wait_for_sshd:
+            self.wait_for_sshd(node, timeout)
+        record = self.store.get(node.name)
+        if record is not None and record.state == "locked":
+            self.store.transition(node.name, "booted", actor=self.actor,
+                                  reason="unlocked over Dropbear")
+        return message
+
+    def _unlock_step(self, node_name: str) -> None:
+        self.unlock(node_name)
+
+    def wait_for_sshd(self, node: Node, timeout: float = 600) -> None:
+        access = self._access(node.name, "ssh")
+        self.provider.wait_ready(access, node, timeout, "sshd")
+        pinned = self.store.get_fact(node.name, "ssh_host_key")
+        shell = wait_for_ssh(lambda: RemoteShell(access, self.operator.path, pinned=pinned,
+                                                 what=f"{node.name} sshd"), 120,
+                             f"{node.name} sshd")
+        with shell:
+            shell.run("true", what="ssh check")
+
+    def _deploy(self, node: Node, report: ProvisionReport) -> None:
+        results = run_deploy(self.fleet.path, [node.name])
+        result = results[node.name]
+        if result.failed:
+            raise DeployError(f"deploy failed on {node.name}: "
+                              f"{', '.join(result.errors) or 'could not connect'}")
+        report.deploy_changes = list(result.changed)
+        self.store.transition(node.name, "deployed", actor=self.actor,
+                              reason=f"base deploy: {len(result.changed)} changes")

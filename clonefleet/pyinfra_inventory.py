@@ -1,0 +1,67 @@
+"""The fleet as a pyinfra inventory: used by clonefleet and by `inventory/<fleet>.py`.
+
+Only nodes whose sshd address is known (recorded at install) are listed. Every host gets the
+fleet's pinned host keys in a known_hosts file and strict checking, so pyinfra refuses a
+changed key exactly like `clonefleet unlock` does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from clonefleet.inventory import Fleet, load_fleet
+from clonefleet.paths import fleet_state_dir
+from clonefleet.ssh import ensure_operator_key
+from clonefleet.state import StateStore, open_store
+
+
+def write_known_hosts(fleet: Fleet, store: StateStore, path: Path) -> Path:
+    lines = []
+    for name in sorted(fleet.nodes):
+        access = store.get_fact(name, "ssh")
+        key = store.get_fact(name, "ssh_host_key")
+        if not access or not key:
+            continue
+        host = access["host"] if access["port"] == 22 else f"[{access['host']}]:{access['port']}"
+        lines.append(f"{host} {' '.join(key.split()[:2])}\n")
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text("".join(lines))
+    temporary.replace(path)
+    return path
+
+
+def host_data(fleet: Fleet, store: StateStore, state_dir: Path,
+              names: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    key = ensure_operator_key(fleet.ssh_key, state_dir)
+    known_hosts = write_known_hosts(fleet, store, state_dir / "known_hosts")
+    hosts = []
+    for name in names if names is not None else sorted(fleet.nodes):
+        node = fleet.node(name)
+        access = store.get_fact(name, "ssh")
+        if not access:
+            continue
+        hosts.append((name, {
+            "ssh_hostname": access["host"],
+            "ssh_port": access["port"],
+            "ssh_user": "root",
+            "ssh_key": str(key.path),
+            "ssh_known_hosts_file": str(known_hosts),
+            "ssh_strict_host_key_checking": "yes",
+            "ssh_connect_retries": 2,
+            "clonefleet_hostname": node.name,
+            "clonefleet_fqdn": f"{node.name}.{fleet.domain}",
+            "clonefleet_region": node.region,
+            "clonefleet_admins": [{"name": admin.name, "keys": list(admin.keys)}
+                                  for admin in fleet.admins],
+            "clonefleet_tcp_ports": list(fleet.allowed_tcp_ports),
+            "clonefleet_udp_ports": list(fleet.allowed_udp_ports),
+        }))
+    return hosts
+
+
+def hosts_for(fleet_path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """For `inventory/<fleet>.py`: the fleet's reachable nodes as pyinfra hosts."""
+    fleet = load_fleet(fleet_path)
+    state_dir = fleet_state_dir(fleet.name)
+    return host_data(fleet, open_store(state_dir), state_dir)

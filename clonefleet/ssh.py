@@ -1,0 +1,216 @@
+"""SSH plumbing: the operator key, per-node host keys, and a small paramiko shell.
+
+Host keys are pinned: a connection to a node (sshd or Dropbear) is accepted only when the
+server presents exactly the key recorded at install time. Rescue systems are the one
+exception (providers create them fresh on every boot): their key is accepted and logged.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from clonefleet.errors import ClonefleetError, ConfigError, HostKeyMismatchError
+from clonefleet.providers.base import SshAccess
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private_openssh: str
+    public_line: str  # "ssh-ed25519 AAAA..."
+
+
+def generate_ed25519(comment: str = "") -> KeyPair:
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
+    return KeyPair(private, f"{public} {comment}".strip())
+
+
+@dataclass(frozen=True)
+class OperatorKey:
+    path: Path
+    public_line: str
+
+
+def ensure_operator_key(configured: str, state_dir: Path) -> OperatorKey:
+    """The fleet's operator key: the configured one, or one created under the state folder."""
+    if configured:
+        path = Path(configured).expanduser()
+        public = path.with_name(path.name + ".pub")
+        if not path.exists() or not public.exists():
+            raise ConfigError(f"fleet.ssh_key {path} (and {public.name}) not found; fix the "
+                              "path or leave ssh_key empty to let clonefleet create one")
+        return OperatorKey(path, public.read_text().strip())
+    path = state_dir / "id_ed25519"
+    public = state_dir / "id_ed25519.pub"
+    if not path.exists():
+        pair = generate_ed25519("clonefleet-operator")
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(pair.private_openssh)
+        public.write_text(pair.public_line + "\n")
+    return OperatorKey(path, public.read_text().strip())
+
+
+def public_key_blob(line: str) -> str:
+    """'ssh-ed25519 AAAA... comment' -> 'ssh-ed25519 AAAA...' for comparisons."""
+    parts = line.split()
+    return " ".join(parts[:2])
+
+
+class _PinnedPolicy(paramiko.MissingHostKeyPolicy):
+    def __init__(self, pinned: str | None, what: str, seen: list[str]) -> None:
+        self.pinned = public_key_blob(pinned) if pinned else None
+        self.what = what
+        self.seen = seen
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        presented = f"{key.get_name()} {key.get_base64()}"
+        self.seen.append(presented)
+        if self.pinned is not None and presented != self.pinned:
+            raise HostKeyMismatchError(
+                f"{self.what} at {hostname} presented host key {_fingerprint(key)}, which is "
+                f"not the key pinned at install time; refusing to connect (possible "
+                "man-in-the-middle or a reinstalled node: investigate, then re-pin with "
+                "`clonefleet provision --wipe`)")
+
+
+def _fingerprint(key: paramiko.PKey) -> str:
+    return f"{key.get_name()} SHA256:{key.fingerprint.split(':', 1)[-1]}" \
+        if hasattr(key, "fingerprint") else key.get_name()
+
+
+class RemoteShell:
+    """One SSH session used for many commands."""
+
+    def __init__(self, access: SshAccess, key_path: Path, *, pinned: str | None,
+                 what: str, timeout: float = 20) -> None:
+        self.access = access
+        self.what = what
+        self.seen_keys: list[str] = []
+        self.client = paramiko.SSHClient()
+        self.client.set_missing_host_key_policy(_PinnedPolicy(pinned, what, self.seen_keys))
+        try:
+            self.client.connect(access.host, port=access.port, username=access.user,
+                                key_filename=str(key_path), timeout=timeout,
+                                banner_timeout=timeout, auth_timeout=timeout,
+                                allow_agent=False, look_for_keys=False)
+        except ClonefleetError:
+            raise
+        except (paramiko.SSHException, OSError) as error:
+            raise ConnectionFailed(f"cannot reach {what} at {access}: {error}") from None
+
+    @property
+    def host_key(self) -> str:
+        transport = self.client.get_transport()
+        assert transport is not None
+        key = transport.get_remote_server_key()
+        return f"{key.get_name()} {key.get_base64()}"
+
+    def run(self, command: str, *, input_data: bytes | None = None, check: bool = True,
+            timeout: float = 600, what: str = "") -> tuple[int, str, str]:
+        """Run `command`; feed `input_data` on stdin (then EOF); return (status, out, err)."""
+        channel = self._channel(command, timeout)
+        if input_data is not None:
+            channel.sendall(input_data)
+        channel.shutdown_write()
+        status, out, err = _collect(channel, timeout)
+        if check and status != 0:
+            tail = "\n".join((out + err).strip().splitlines()[-12:])
+            raise RemoteCommandFailed(
+                f"{what or command.split()[0]} failed on {self.what} (exit {status}): {tail}")
+        return status, out, err
+
+    def stream(self, command: str, source: IO[bytes], *, timeout: float = 3600,
+               progress: Callable[[int], None] | None = None, what: str = "") -> str:
+        """Run `command` with a large file on its stdin, reporting bytes sent."""
+        channel = self._channel(command, timeout)
+        sent = 0
+        while chunk := source.read(1 << 20):
+            channel.sendall(chunk)
+            sent += len(chunk)
+            if progress:
+                progress(sent)
+        channel.shutdown_write()
+        status, out, err = _collect(channel, timeout)
+        if status != 0:
+            tail = "\n".join((out + err).strip().splitlines()[-12:])
+            raise RemoteCommandFailed(f"{what or command} failed on {self.what} "
+                                      f"(exit {status}): {tail}")
+        return out
+
+    def _channel(self, command: str, timeout: float) -> paramiko.Channel:
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise ConnectionFailed(f"connection to {self.what} at {self.access} was lost")
+        channel = transport.open_session(timeout=30)
+        channel.settimeout(timeout)
+        channel.exec_command(command)
+        return channel
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> RemoteShell:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _collect(channel: paramiko.Channel, timeout: float) -> tuple[int, str, str]:
+    out, err = bytearray(), bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        progressed = False
+        if channel.recv_ready():
+            out += channel.recv(65536)
+            progressed = True
+        if channel.recv_stderr_ready():
+            err += channel.recv_stderr(65536)
+            progressed = True
+        if channel.exit_status_ready() and not channel.recv_ready() \
+                and not channel.recv_stderr_ready():
+            break
+        if time.monotonic() > deadline:
+            channel.close()
+            raise RemoteCommandFailed(f"remote command timed out after {timeout:.0f} s")
+        if not progressed:
+            time.sleep(0.05)
+    status = channel.recv_exit_status()
+    channel.close()
+    return status, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+class ConnectionFailed(ClonefleetError):
+    exit_code = 11
+
+
+class RemoteCommandFailed(ClonefleetError):
+    exit_code = 12
+
+
+def wait_for_ssh(connect: Callable[[], RemoteShell], timeout: float,
+                 describe: str) -> RemoteShell:
+    """Retry `connect` until it succeeds; host key mismatches are never retried."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            return connect()
+        except (TimeoutError, ConnectionFailed, EOFError) as error:
+            last = error
+            time.sleep(2)
+    raise ConnectionFailed(f"{describe}: not reachable after {timeout:.0f} s ({last})")

@@ -1,0 +1,61 @@
+"""Remote unlock: Dropbear in the initramfs, pinned host key, passphrase from the keystore.
+
+The passphrase goes on the SSH channel's stdin with no trailing newline: cryptroot-unlock's
+non-interactive mode copies stdin verbatim into the passfifo, so a newline would become part
+of the passphrase. Its messages become distinct errors so scripts can react to each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clonefleet.errors import UnlockError
+from clonefleet.providers.base import SshAccess
+from clonefleet.ssh import ConnectionFailed, RemoteShell
+
+
+class UnlockNotReady(UnlockError):
+    """The initramfs is not (yet) asking for the passphrase."""
+
+
+class BadPassphrase(UnlockError):
+    exit_code = 13
+
+
+class TooManyTries(UnlockError):
+    exit_code = 14
+
+
+def interpret(status: int | None, output: str) -> str:
+    """Map cryptroot-unlock's exit status and messages to success or a distinct error."""
+    if "set up successfully" in output:
+        return output.strip().splitlines()[-1]
+    if "maximum number of tries exceeded" in output:
+        raise TooManyTries("cryptroot-unlock: maximum number of tries exceeded; the node "
+                           "dropped to its initramfs shell: reset it from the provider")
+    if "bad password or options" in output:
+        raise BadPassphrase("cryptroot-unlock rejected the passphrase (bad password); the "
+                            "keystore entry does not match this node's LUKS header")
+    if "Timeout reached while waiting for askpass" in output:
+        raise UnlockNotReady("cryptroot-unlock: nothing is waiting for a passphrase (timeout "
+                             "waiting for askpass); the node may already be unlocked")
+    if "Try again later" in output:
+        raise UnlockNotReady("cryptroot-unlock: busy, try again later")
+    if status is None:
+        # Dropbear is killed when the initramfs hands over to the real system, which can
+        # race with the final message: the caller confirms through sshd.
+        return "connection closed by the initramfs (likely unlocked)"
+    raise UnlockError(f"cryptroot-unlock failed (exit {status}): {output.strip()[-300:]}")
+
+
+def send_passphrase(access: SshAccess, key_path: Path, pinned_host_key: str,
+                    passphrase: str, timeout: float = 120) -> str:
+    """Connect to Dropbear (refusing any key but the pinned one) and unlock."""
+    with RemoteShell(access, key_path, pinned=pinned_host_key,
+                     what="Dropbear (initramfs)") as shell:
+        try:
+            status, out, err = shell.run("cryptroot-unlock", input_data=passphrase.encode(),
+                                         check=False, timeout=timeout)
+        except ConnectionFailed:
+            return interpret(None, "")
+        return interpret(status, out + err)

@@ -1,0 +1,65 @@
+"""The base of every full-clone node: identity, admins, SSH hardening, firewall, time,
+unattended security updates (reboots left to clonefleet), disk health tools.
+
+Usable from clonefleet and from the plain CLI: `pyinfra inventory/lab.py deploys/node.py`.
+Host data (with defaults below): `clonefleet_hostname`, `clonefleet_fqdn`,
+`clonefleet_admins` ([{name, keys}]), `clonefleet_tcp_ports`, `clonefleet_udp_ports`.
+Every package is already in the node image, so a run never needs the network; a second run
+reports no changes.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, server, systemd
+
+from deploys._paths import template
+
+PACKAGES = ["openssh-server", "nftables", "chrony", "unattended-upgrades", "smartmontools",
+            "sudo", "needrestart"]
+
+
+@deploy("clonefleet base", data_defaults={
+    "clonefleet_hostname": "",
+    "clonefleet_fqdn": "",
+    "clonefleet_admins": [],
+    "clonefleet_tcp_ports": [22],
+    "clonefleet_udp_ports": [],
+})
+def base() -> None:
+    hostname = host.data.clonefleet_hostname or host.name
+    apt.packages(name="Node packages (from the image)", packages=PACKAGES)
+    server.hostname(name="Hostname", hostname=hostname)
+
+    for admin in host.data.clonefleet_admins:
+        server.user(name=f"Admin {admin['name']}", user=admin["name"], shell="/bin/bash",
+                    groups=["sudo"], public_keys=list(admin["keys"]), home=f"/home/"
+                    f"{admin['name']}", ensure_home=True)
+    files.put(name="Admins use sudo without a password (they have no password)",
+              src=template("base/sudoers-admins"), dest="/etc/sudoers.d/clonefleet-admins",
+              mode="440")
+
+    sshd = files.template(name="SSH hardening", src=template("base/sshd-hardening.conf.j2"),
+                          dest="/etc/ssh/sshd_config.d/50-clonefleet.conf", mode="644")
+    systemd.service(name="sshd reload", service="ssh", running=True, enabled=True,
+                    reloaded=True, _if=sshd.did_change)
+
+    firewall = files.template(name="nftables ruleset", src=template("base/nftables.conf.j2"),
+                              dest="/etc/nftables.conf", mode="755",
+                              tcp_ports=sorted(set(host.data.clonefleet_tcp_ports) | {22}),
+                              udp_ports=sorted(set(host.data.clonefleet_udp_ports)))
+    systemd.service(name="nftables enabled", service="nftables", running=True, enabled=True)
+    server.shell(name="nftables reload", commands=["nft -f /etc/nftables.conf"],
+                 _if=firewall.did_change)
+
+    systemd.service(name="chrony running", service="chrony", running=True, enabled=True)
+
+    files.put(name="Unattended security upgrades, no automatic reboot",
+              src=template("base/52clonefleet-unattended-upgrades"),
+              dest="/etc/apt/apt.conf.d/52clonefleet-unattended-upgrades", mode="644")
+    files.put(name="Periodic apt: update, download, upgrade",
+              src=template("base/20auto-upgrades"),
+              dest="/etc/apt/apt.conf.d/20auto-upgrades", mode="644")
+    files.directory(name="smartmontools textfile folder", path="/var/lib/clonefleet",
+                    mode="755")

@@ -1,0 +1,8 @@
+"""Full-clone node deploy for the plain pyinfra CLI:
+
+    pyinfra inventory/lab.py deploys/node.py
+"""
+
+from deploys.base import base
+
+base()
