@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
-from conftest import CLIENT_UNKNOWN, CLIENTS, DnsLab
+from dataclasses import replace
 
-from clonefleet.dnsmap import drain_node, publish, undrain_node, verify
+import pytest
+from conftest import CLIENT_UNKNOWN, CLIENTS, DnsLab, ServerFactory
+
+from clonefleet.dnsmap import DrainNotConfirmed, drain_node, publish, undrain_node, verify
 from clonefleet.dnsmap.powerdns import ask, patch_rrsets
 
 pytestmark = pytest.mark.integration
@@ -155,3 +157,20 @@ def test_rrset_left_over_from_a_removed_routed_name_is_deleted_on_publish(
     assert ask(endpoint, leftover, "A", timeout=2).addresses == {"192.0.2.99"}
     publish(dns_lab.fleet, dns_lab.store, dns_lab.endpoints, actor="test")
     assert ask(endpoint, leftover, "A", timeout=2).rcode == "NXDOMAIN"
+
+
+def test_drain_raises_not_confirmed_when_a_reachable_server_keeps_serving_the_node(
+        dns_lab: DnsLab, pdns_factory: ServerFactory) -> None:
+    publish(dns_lab.fleet, dns_lab.store, dns_lab.endpoints, actor="test")
+    # ash-2's API now leads to a spare server, so ash-2's own DNS keeps the old map: a server
+    # that accepts every change and goes on serving the drained node.
+    (spare,) = pdns_factory(1, [dns_lab.geoip], ["spare"])
+    endpoints = dns_lab.endpoints
+    endpoints["ash-2"] = replace(endpoints["ash-2"], api_url=spare.endpoint.api_url)
+    with pytest.raises(DrainNotConfirmed, match=r"ash-2 still serves it") as raised:
+        drain_node(dns_lab.fleet, dns_lab.store, "fsn-1", reason="x", actor="test",
+                   endpoints=endpoints, timeout=1.5)
+    assert raised.value.result.confirmed == ["ash-1", "fsn-1", "fsn-2", "sin-1"]
+    assert raised.value.result.unreachable == []
+    record = dns_lab.store.get("fsn-1")
+    assert record is not None and record.state == "draining"
