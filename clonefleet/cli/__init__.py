@@ -92,6 +92,9 @@ def _register() -> None:
     from clonefleet.cli import dns as dns_commands
 
     dns_commands.register(cli)
+    from clonefleet.cli import serve as serve_commands
+
+    serve_commands.register(cli)
 
 
 def main() -> None:

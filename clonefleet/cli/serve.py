@@ -1,0 +1,82 @@
+"""`clonefleet serve` and `clonefleet token issue NODE`.
+
+`serve` runs until interrupted (exit 0 on Ctrl-C or SIGTERM); it exits 2 for a bad option
+(listen address, TLS files). `token issue` prints the node's new drain token once (exit 0), or
+exits 2 for a node the fleet does not have.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+
+import click
+
+from clonefleet.cli import Context, pass_context
+from clonefleet.errors import ConfigError
+
+
+def _listen_address(value: str) -> tuple[str, int]:
+    host, separator, port = value.rpartition(":")
+    if not separator or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"--listen {value!r} is not HOST:PORT; use e.g. 10.66.0.1:8441")
+    return host.strip("[]"), int(port)
+
+
+@click.command()
+@click.option("--listen", default="127.0.0.1:8441", show_default=True,
+              help="HOST:PORT; in production the node's WireGuard address.")
+@click.option("--tls-cert", default="", help="PEM certificate: serve HTTPS.")
+@click.option("--tls-key", default="", help="PEM private key for --tls-cert.")
+@click.option("--drain-timeout", default=60.0, show_default=True,
+              help="Seconds to wait for DNS servers to confirm a drain.")
+@pass_context
+def serve(ctx: Context, listen: str, tls_cert: str, tls_key: str, drain_timeout: float) -> None:
+    """Answer drain requests from smartwatch agents on the nodes."""
+    from clonefleet.serve import DrainService, make_server
+
+    host, port = _listen_address(listen)
+    if tls_key and not tls_cert:
+        raise ConfigError("--tls-key needs --tls-cert")
+    logging.basicConfig(level=logging.INFO, format="clonefleet serve: %(message)s")
+    service = DrainService(ctx.fleet, ctx.store, timeout=drain_timeout)
+    try:
+        server = make_server(service, host, port, tls_cert=tls_cert, tls_key=tls_key)
+    except OSError as error:
+        raise ConfigError(f"cannot serve on {listen}: {error}") from None
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    scheme = "https" if tls_cert else "http"
+    click.echo(f"serving drain requests on {scheme}://{host}:{server.server_address[1]}",
+               err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@click.group()
+def token() -> None:
+    """Per-node drain tokens for smartwatch."""
+
+
+@token.command("issue")
+@click.argument("node")
+@pass_context
+def issue(ctx: Context, node: str) -> None:
+    """Make NODE a new drain token (revoking the old one) and print it once."""
+    from clonefleet.serve import issue_token
+
+    value = issue_token(ctx.fleet, ctx.store, node)
+    ctx.emit({"node": node, "token": value}, value)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(serve)
+    group.add_command(token)
