@@ -71,12 +71,19 @@ class Endpoint:
 
 
 class Endpoints(dict[str, Endpoint]):
-    """Node name → how to reach its PowerDNS. Nodes without an entry are not pushed to."""
+    """Node name → how to reach its PowerDNS. Nodes without an entry are not pushed to.
+
+    `from_store` takes every node's `dns_endpoint` fact, except retired nodes'.
+    """
 
     @classmethod
     def from_store(cls, fleet: Fleet, store: StateStore) -> Endpoints:
         endpoints = cls()
         for node in sorted(fleet.nodes):
+            record = store.get(node)
+            # A retired node's server is gone for good; pushing to it would only ever fail.
+            if record is not None and record.state == "retired":
+                continue
             fact = store.get_fact(node, ENDPOINT_FACT)
             if fact is not None:
                 endpoints[node] = Endpoint.from_fact(node, fact)

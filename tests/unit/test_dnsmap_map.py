@@ -183,6 +183,16 @@ def test_endpoints_from_store_read_each_nodes_fact_and_skip_nodes_without_one(
     assert endpoint.zones_url == "http://127.0.0.1:8081/api/v1/servers/localhost/zones"
 
 
+def test_endpoints_from_store_leave_out_retired_nodes(
+        tmp_path: Path, store: SqliteStateStore) -> None:
+    fleet = make_fleet(tmp_path)
+    for node in ("fsn-1", "fsn-2"):
+        fact = Endpoint(node, "http://127.0.0.1:8081", "key", "127.0.0.1").as_fact()
+        store.set_fact(node, ENDPOINT_FACT, fact)
+    store.transition("fsn-2", "retired", actor="ops", reason="hardware returned")
+    assert sorted(Endpoints.from_store(fleet, store)) == ["fsn-1"]
+
+
 def test_dns_serials_strictly_increase_and_are_at_least_the_current_time(
         store: SqliteStateStore) -> None:
     before = int(time.time())
