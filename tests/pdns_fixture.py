@@ -8,7 +8,9 @@ settings (`clonefleet.dnsmap.powerdns_settings`), sized small so dozens fit on t
     try: ... servers[0].endpoint ...
     finally: stop_all(servers)
 
-pytest fixtures wrapping this live in tests/integration/conftest.py (`pdns_factory`).
+pytest fixtures wrapping this live in tests/integration/conftest.py (`pdns_factory`,
+`dns_lab`); the lab's fleet, client networks and `DnsLab` are defined here so test modules
+can import them by a unique module name.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +30,10 @@ import dns.message
 import dns.query
 import requests
 
-from clonefleet.dnsmap import Endpoint, powerdns_settings
+from clonefleet.dnsmap import Endpoint, Endpoints, powerdns_settings
 from clonefleet.dnsmap.server import SQLITE_SCHEMA, render_config
+from clonefleet.inventory import Fleet, load_fleet
+from clonefleet.state import SqliteStateStore
 
 PDNS_SERVER = shutil.which("pdns_server") or "/usr/sbin/pdns_server"
 START_TIMEOUT = 20.0
@@ -180,3 +184,116 @@ def stop_all(servers: Sequence[PowerDnsServer]) -> None:
             server.process.terminate()
     for server in servers:
         server.stop()
+
+
+# The DNS tests' lab: five nodes in three regions, and client networks near each region.
+
+LAB_FLEET = """
+[fleet]
+name = "dnslab"
+domain = "dnslab.clonefleet.test"
+min_active_total = 2
+dns_grace_seconds = 1
+
+[[routed]]
+name = "edge"
+ttl = 30
+
+[[routed]]
+name = "api"
+ttl = 10
+
+[regions.fsn]
+provider = "lab"
+location = "Falkenstein, DE"
+latitude = 50.47
+longitude = 12.37
+min_active = 1
+
+[regions.ash]
+provider = "lab"
+location = "Ashburn, US"
+latitude = 39.04
+longitude = -77.49
+min_active = 1
+
+[regions.sin]
+provider = "lab"
+location = "Singapore"
+latitude = 1.35
+longitude = 103.82
+min_active = 0
+
+[nodes.fsn-1]
+region = "fsn"
+disks = ["T-FSN1"]
+ipv4 = "192.0.2.11"
+ipv6 = "2001:db8:1::11"
+
+[nodes.fsn-2]
+region = "fsn"
+disks = ["T-FSN2"]
+ipv4 = "192.0.2.12"
+ipv6 = "2001:db8:1::12"
+
+[nodes.ash-1]
+region = "ash"
+disks = ["T-ASH1"]
+ipv4 = "198.51.100.21"
+ipv6 = "2001:db8:2::21"
+
+[nodes.ash-2]
+region = "ash"
+disks = ["T-ASH2"]
+ipv4 = "198.51.100.22"
+ipv6 = "2001:db8:2::22"
+
+[nodes.sin-1]
+region = "sin"
+disks = ["T-SIN1"]
+ipv4 = "198.51.100.31"
+ipv6 = "2001:db8:3::31"
+"""
+
+# Client networks (documentation and shared ranges, only ever written into ECS options, never
+# contacted) placed near each region, plus one the database does not know. /24 each, because
+# resolvers send /24 ECS subnets and PowerDNS looks up the network part.
+CLIENT_NETWORKS = {
+    "203.0.113.0/24": (52.52, 13.40),  # Berlin: nearest fsn
+    "100.64.1.0/24": (40.71, -74.01),  # New York: nearest ash
+    "100.64.2.0/24": (35.68, 139.69),  # Tokyo: nearest sin
+    "2001:db8:ff01::/48": (48.14, 11.58),  # Munich: nearest fsn
+    "2001:db8:ff02::/48": (37.77, -122.42),  # San Francisco: nearest ash
+}
+CLIENTS = {
+    "fsn": ("203.0.113.10", "2001:db8:ff01:1::"),
+    "ash": ("100.64.1.70", "2001:db8:ff02:1::"),
+    "sin": ("100.64.2.130", None),
+}
+CLIENT_UNKNOWN = "100.64.9.200"
+
+ServerFactory = Callable[..., list[PowerDnsServer]]
+
+
+@dataclass
+class DnsLab:
+    fleet: Fleet
+    store: SqliteStateStore
+    servers: dict[str, PowerDnsServer]
+    geoip: Path
+    state_root: Path  # CLONEFLEET_STATE_DIR for CLI runs; the store is <root>/<fleet>/
+
+    @property
+    def endpoints(self) -> Endpoints:
+        return Endpoints({name: server.endpoint for name, server in self.servers.items()})
+
+
+def write_lab_fleet(directory: Path, text: str = LAB_FLEET) -> Fleet:
+    path = directory / "dnslab.toml"
+    path.write_text(text)
+    return load_fleet(path)
+
+
+def activate_all(fleet: Fleet, store: SqliteStateStore) -> None:
+    for name in fleet.nodes:
+        store.transition(name, "active", actor="test-setup", reason="deployed in the test")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import CLIENT_UNKNOWN, DnsLab
+from pdns_fixture import CLIENT_UNKNOWN, DnsLab
 
 from clonefleet.cli import _register, cli
 from clonefleet.dnsmap.powerdns import ask, patch_rrsets

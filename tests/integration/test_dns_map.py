@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from conftest import CLIENT_UNKNOWN, CLIENTS, DnsLab, ServerFactory
+from pdns_fixture import CLIENT_UNKNOWN, CLIENTS, DnsLab, ServerFactory
 
 from clonefleet.dnsmap import DrainNotConfirmed, drain_node, publish, undrain_node, verify
 from clonefleet.dnsmap.powerdns import ask, patch_rrsets
