@@ -95,6 +95,9 @@ def _register() -> None:
     from clonefleet.cli import serve as serve_commands
 
     serve_commands.register(cli)
+    from clonefleet.cli import disks as disks_commands
+
+    disks_commands.register(cli)
 
 
 def main() -> None:

@@ -1,0 +1,146 @@
+"""`clonefleet disks` core against a real sshd on a loopback port, host key pinned."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pdns_fixture import free_port
+
+from clonefleet.disks import gather, rows
+from clonefleet.inventory import Fleet, load_fleet
+from clonefleet.ssh import generate_ed25519
+from clonefleet.state import SqliteStateStore
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "smartwatch"))
+
+from smartwatch_replay import ReplayedMachine  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+SSHD = "/usr/sbin/sshd"
+FLEET = """
+[fleet]
+name = "disktest"
+domain = "disktest.clonefleet.test"
+
+[regions.fsn]
+provider = "lab"
+latitude = 50.47
+longitude = 12.37
+
+[nodes.fsn-1]
+region = "fsn"
+disks = ["C91LD1N40ANA03637"]
+
+[nodes.fsn-2]
+region = "fsn"
+disks = ["WS10SM2A"]
+
+[nodes.fsn-3]
+region = "fsn"
+disks = ["X"]
+"""
+
+
+class Sshd:
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir()
+        self.port = free_port()
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                        str(folder / "host_key")], check=True, timeout=30)
+        self.host_key = (folder / "host_key.pub").read_text().strip()
+        client = generate_ed25519("disks-test")
+        self.client_key = folder / "client_key"
+        self.client_key.write_text(client.private_openssh)
+        self.client_key.chmod(0o600)
+        (folder / "authorized_keys").write_text(client.public_line + "\n")
+        config = folder / "sshd_config"
+        config.write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host_key'}\n"
+            f"AuthorizedKeysFile {folder / 'authorized_keys'}\nPidFile {folder / 'sshd.pid'}\n"
+            "StrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n")
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
+        self.log = (folder / "sshd.log").open("wb")
+        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            probe = subprocess.run(["ssh-keyscan", "-p", str(self.port), "127.0.0.1"],
+                                   capture_output=True, timeout=10, check=False)
+            if probe.stdout:
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise AssertionError(f"sshd did not start: {(folder / 'sshd.log').read_text()}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    if not Path(SSHD).exists():
+        pytest.fail("openssh-server is missing: apt-get install openssh-server")
+    server = Sshd(tmp_path / "sshd")
+    yield server
+    server.stop()
+
+
+def node_command(tmp_path: Path, node: str, recording: str) -> str:
+    machine = ReplayedMachine(tmp_path / f"machine-{node}").use(recording)
+    config = tmp_path / f"{node}.toml"
+    config.write_text(f'node = "{node}"\nstate_db = "{tmp_path / node}.sqlite"\n'
+                      f'smartctl = "{machine.smartctl}"\nmdstat = "{tmp_path}/none"\n')
+    return (f"env PYTHONPATH={ROOT} {sys.executable} -m smartwatch --config {config} "
+            "check --json --report-only")
+
+
+def lab(tmp_path: Path, sshd: Sshd, pinned: str) -> tuple[Fleet, SqliteStateStore]:
+    (tmp_path / "disktest.toml").write_text(FLEET)
+    fleet = load_fleet(tmp_path / "disktest.toml")
+    store = SqliteStateStore(tmp_path / "state.sqlite")
+    for node in ("fsn-1", "fsn-2"):
+        store.set_fact(node, "ssh", {"host": "127.0.0.1", "port": sshd.port})
+        store.set_fact(node, "ssh_host_key", pinned)
+    return fleet, store
+
+
+def test_fleet_table_lists_critical_disk_first_and_unreachable_node(
+        tmp_path: Path, sshd: Sshd) -> None:
+    fleet, store = lab(tmp_path, sshd, sshd.host_key)
+    commands = {"fsn-1": node_command(tmp_path, "fsn-1", "nvme_critical"),
+                "fsn-2": node_command(tmp_path, "fsn-2", "healthy_sata_hdd")}
+    reports = [
+        gather(fleet, store, sshd.client_key, [node], command=commands[node], timeout=60)[0]
+        for node in ("fsn-2", "fsn-1")
+    ] + gather(fleet, store, sshd.client_key, ["fsn-3"], timeout=60)
+    table = rows(reports)
+    assert [(row["status"], row["node"]) for row in table] == [
+        ("critical", "fsn-1"), ("unreachable", "fsn-3"), ("ok", "fsn-2")]
+    assert table[0]["serial"] == "C91LD1N40ANA03637"
+    assert any("critical warning bit 2" in finding for finding in table[0]["findings"])
+    assert table[2]["model"] == "ST2000NM000A-2J2100"
+    # Looking changed nothing on the node: report-only keeps no history.
+    assert not (tmp_path / "fsn-1.sqlite").exists()
+
+
+def test_node_presenting_another_host_key_is_refused(tmp_path: Path, sshd: Sshd) -> None:
+    other = generate_ed25519("someone-else").public_line
+    fleet, store = lab(tmp_path, sshd, other)
+    command = node_command(tmp_path, "fsn-1", "healthy_nvme")
+    [report] = gather(fleet, store, sshd.client_key, ["fsn-1"], command=command, timeout=60)
+    assert report.status == "unreachable"
+    assert "not the key pinned at install time" in report.error
