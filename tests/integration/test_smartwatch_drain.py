@@ -17,8 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import CLIENTS, DnsLab
-from pdns_fixture import free_port
+from pdns_fixture import CLIENTS, DnsLab, free_port
 
 from clonefleet.dnsmap import drain_node, publish
 from clonefleet.dnsmap.powerdns import ask
