@@ -1,6 +1,6 @@
 """`clonefleet dns show|publish|verify|geoip|health|settle`, `clonefleet drain`, `undrain`.
 
-Exit codes: 0 done; 2 bad input; 21 refused by a safety rule; 22 recorded but some DNS servers
+Exit codes: 0 done; 2 bad input; 20 nothing to check or another DNS error; 21 refused by a safety rule; 22 recorded but some DNS servers
 were unreachable; 23 `verify` found a server disagreeing with the map; 24 a reachable server
 did not confirm the change in time.
 """
@@ -17,6 +17,7 @@ import click
 
 from clonefleet.cli import Context, pass_context
 from clonefleet.dnsmap import (
+    DnsError,
     DnsMismatch,
     DnsUnreachable,
     DrainRefused,
@@ -138,6 +139,9 @@ def verify_command(ctx: Context, timeout: float) -> None:
     lines += [f"  UNREACHABLE {node}: {error}" for node, error in result.unreachable.items()]
     lines += [f"  not checked (no dns_endpoint fact): {node}" for node in result.unconfigured]
     ctx.emit(dataclasses.asdict(result) | {"ok": result.ok}, "\n".join(lines))
+    if not result.checked and not result.unreachable:
+        raise DnsError("no node has a dns_endpoint fact, so no DNS server was checked; "
+                       "deploy PowerDNS on the nodes first")
     if result.disagreements:
         servers = sorted({item.server for item in result.disagreements})
         raise DnsMismatch(f"{len(result.disagreements)} answer(s) disagree with the map on "
@@ -201,6 +205,9 @@ def _result_text(verb: str, result: DrainResult) -> str:
                      "then it settles to drained")
     lines += [f"  UNREACHABLE {server}: {result.errors.get(server, '')}"
               for server in result.unreachable]
+    if not result.confirmed and not result.unreachable:
+        lines.append("  no node has a dns_endpoint fact: the state changed, no server was "
+                     "pushed to")
     return "\n".join(lines)
 
 
