@@ -112,7 +112,9 @@ def run_check(
         result.drain_events = _flush(config, history, client, sleep, clock,
                                      include_refused=True)
         notices += _drain_notices(config.node, history, result.drain_events)
-        _send(config, history, notifier or _default_notifier(config), notices, result, now)
+        if notices:
+            # apprise loads its plugins on first use (~30 MiB): only when there is news.
+            _send(config, history, notifier or _default_notifier(config), notices, result, now)
         if config.metrics_file:
             metrics.write(config.metrics_file, metrics.render(config.node, readings, findings,
                                                               clock()))
@@ -134,8 +136,9 @@ def flush_spool(config: Config, *, notifier: Notifier | None = None,
     try:
         events = _flush(config, history, client, sleep, clock, include_refused=False)
         notices = _drain_notices(config.node, history, events)
-        sender = notifier or _default_notifier(config)
+        sender = (notifier or _default_notifier(config)) if notices else None
         for notice in notices:
+            assert sender is not None
             if sender.send(notice):
                 _after_drain_notice(history, notice)
         return events

@@ -40,6 +40,11 @@ class RecordingSmartctl(Smartctl):  # type: ignore[misc]
         self.exit_status: dict[str, int] = {}
         self.lines: dict[str, list[str]] = {}
 
+    def _decode_output(self, raw_output: bytes) -> list[str]:
+        # pySMART runs chardet over every output; that alone costs ~26 MiB of models and most
+        # of the CPU of a check. smartctl runs with LANG=C (pySMART sets it) and prints ASCII.
+        return raw_output.decode("utf-8", errors="replace").splitlines()
+
     def generic_call(self, params: list[str], pass_options: bool = False) -> tuple[list[str], int]:
         lines, status = super().generic_call(params, pass_options)
         if params and params[-1].startswith("/"):
