@@ -69,7 +69,7 @@ def test_status_shows_remembered_findings(tmp_path: Path, machine: ReplayedMachi
 
 
 def test_unknown_config_key_names_the_key() -> None:
-    with pytest.raises(ConfigError, match=r"drain: retries: unknown key"):
+    with pytest.raises(ConfigError, match=r"drain\.retries: unknown key"):
         config_from_mapping({"drain": {"retries": 3}})
 
 
