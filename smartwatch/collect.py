@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pySMART import Device
-from pySMART.interface import AtaAttributes, NvmeAttributes
+from pySMART.interface import AtaAttributes, NvmeAttributes, SCSIAttributes
 from pySMART.smartctl import Smartctl
 
 from smartwatch.mdstat import MdArray, controller_of, disk_of, read_mdstat
@@ -38,6 +38,7 @@ class RecordingSmartctl(Smartctl):  # type: ignore[misc]
     def __init__(self, smartctl_path: str, options: list[str] | None = None) -> None:
         super().__init__(smartctl_path=smartctl_path, options=list(options or []), sudo=False)
         self.exit_status: dict[str, int] = {}
+        self.probe_status: dict[str, int] = {}
         self.lines: dict[str, list[str]] = {}
 
     def _decode_output(self, raw_output: bytes) -> list[str]:
@@ -48,9 +49,14 @@ class RecordingSmartctl(Smartctl):  # type: ignore[misc]
     def generic_call(self, params: list[str], pass_options: bool = False) -> tuple[list[str], int]:
         lines, status = super().generic_call(params, pass_options)
         if params and params[-1].startswith("/"):
-            # Keyed by device path; the `--all` call comes last and is the one that counts.
-            self.exit_status[params[-1]] = status
-            self.lines[params[-1]] = list(lines)
+            device = params[-1]
+            if "--all" in params:
+                self.exit_status[device] = status
+                self.lines[device] = list(lines)
+            else:
+                # Probes (`-d test`, `-l sasphy`, `-l background`) only tell when `--all`
+                # never ran, e.g. a device that cannot be opened.
+                self.probe_status[device] = status
         return lines, status
 
 
@@ -80,6 +86,15 @@ class NvmeHealth:
 
 
 @dataclass(frozen=True)
+class ScsiHealth:
+    """SAS/SCSI disks have no ATA attributes: their grown defect list and error counters."""
+
+    grown_defects: int | None
+    uncorrected_errors: int | None
+    trip_temperature: int | None
+
+
+@dataclass(frozen=True)
 class SelfTest:
     number: int | None
     kind: str
@@ -105,6 +120,7 @@ class DiskReading:
     smartctl_exit_status: int = 0
     attributes: dict[int, AtaAttribute] = field(default_factory=dict)
     nvme: NvmeHealth | None = None
+    scsi: ScsiHealth | None = None
     selftests: list[SelfTest] = field(default_factory=list)
     selftest_running: bool = False
     smart_capable: bool = False
@@ -168,7 +184,8 @@ def read_device(smartctl: RecordingSmartctl, device: str, interface: str | None)
     # pySMART keeps "a self-test is running" private; it decides whether to start a new one.
     reading.selftest_running = bool(getattr(pysmart, "_test_running", False))
     path = pysmart.dev_reference
-    reading.smartctl_exit_status = smartctl.exit_status.get(path, 0)
+    reading.smartctl_exit_status = smartctl.exit_status.get(
+        path, smartctl.probe_status.get(path, 0))
     lines = smartctl.lines.get(path, [])
     reading.overall_health = _overall_health(lines)
     for entry in pysmart.tests or []:
@@ -202,6 +219,17 @@ def read_device(smartctl: RecordingSmartctl, device: str, interface: str | None)
             critical_temperature=_celsius_after(lines, "Critical Comp. Temp. Threshold:"),
         )
         reading.power_on_hours = attributes.powerOnHours
+    elif isinstance(attributes, SCSIAttributes) and _is_scsi(lines):
+        diagnostics = attributes.diagnostics
+        uncorrected = [getattr(diagnostics, name, None) for name in
+                       ("_Uncorrected_Reads", "_Uncorrected_Writes", "_Uncorrected_Verifies")]
+        counted = [value for value in uncorrected if isinstance(value, int)]
+        reading.scsi = ScsiHealth(
+            grown_defects=diagnostics.Reallocated_Sector_Ct,
+            uncorrected_errors=sum(counted) if counted else None,
+            trip_temperature=_celsius_after(lines, "Drive Trip Temperature:", unit="C"),
+        )
+        reading.power_on_hours = diagnostics.Power_On_Hours
     if not reading.model and not reading.serial:
         status = reading.smartctl_exit_status
         if status & (EXIT_COMMAND_LINE | EXIT_OPEN_FAILED):
@@ -230,12 +258,17 @@ def _overall_health(lines: list[str]) -> str | None:
     return None
 
 
-def _celsius_after(lines: list[str], prefix: str) -> int | None:
+def _celsius_after(lines: list[str], prefix: str, unit: str = "Celsius") -> int | None:
     for line in lines:
         if line.startswith(prefix):
-            match = re.search(r"(-?\d+)\s+Celsius", line)
+            match = re.search(rf"(-?\d+)\s+{unit}\b", line)
             return int(match.group(1)) if match else None
     return None
+
+
+def _is_scsi(lines: list[str]) -> bool:
+    # pySMART falls back to its SCSI parser for any output, ATA without attributes included.
+    return any(line.startswith(("SMART Health Status:", "Transport protocol:")) for line in lines)
 
 
 def collect(

@@ -62,6 +62,11 @@ def render(node: str, readings: list[DiskReading], findings: list[Finding],
                 gauge("smartwatch_ata_attribute_raw", "ATA attribute raw value.",
                       f'{labels},id="{attribute.id}",name="{_escape(attribute.name)}"',
                       attribute.raw_value)
+        if reading.scsi is not None:
+            gauge("smartwatch_scsi_grown_defects", "SAS grown defect list length.", labels,
+                  reading.scsi.grown_defects)
+            gauge("smartwatch_scsi_uncorrected_errors", "SAS uncorrected errors.", labels,
+                  reading.scsi.uncorrected_errors)
         if reading.nvme is not None:
             nvme = reading.nvme
             gauge("smartwatch_nvme_critical_warning", "NVMe critical warning bits.", labels,

@@ -54,6 +54,9 @@ DEFAULT_COUNTERS: dict[str, CounterRule] = {
     "ata_199": CounterRule("interface CRC errors (SMART 199)", realert=False),
     "ata_failed_in_past": CounterRule("attributes that failed in the past"),
     "nvme_media_errors": CounterRule("NVMe media and data integrity errors", critical_at=100),
+    "scsi_grown_defects": CounterRule("grown defects (SAS reassigned blocks)", critical_at=100),
+    "scsi_uncorrected_errors": CounterRule("uncorrected read/write/verify errors (SAS)",
+                                           critical_at=10),
     # Harmless "Invalid Field in Command" entries grow this log on many drives.
     "nvme_error_log_entries": CounterRule("NVMe error log entries", enabled=False, realert=False),
 }
@@ -150,6 +153,11 @@ def counters_of(reading: DiskReading) -> dict[str, int]:
             1 for attribute in reading.attributes.values()
             if attribute.when_failed.lower() == "in_the_past"
         )
+    if reading.scsi is not None:
+        if reading.scsi.grown_defects is not None:
+            counters["scsi_grown_defects"] = reading.scsi.grown_defects
+        if reading.scsi.uncorrected_errors is not None:
+            counters["scsi_uncorrected_errors"] = reading.scsi.uncorrected_errors
     if reading.nvme is not None:
         if reading.nvme.media_errors is not None:
             counters["nvme_media_errors"] = reading.nvme.media_errors
@@ -268,6 +276,9 @@ def _temperature_findings(reading: DiskReading, policy: PolicyConfig, add: Any) 
     if reading.nvme is not None and reading.nvme.warning_temperature:
         limit = reading.nvme.warning_temperature
         source = "the drive's warning threshold"
+    elif reading.scsi is not None and reading.scsi.trip_temperature:
+        limit = reading.scsi.trip_temperature
+        source = "the drive's trip temperature"
     elif reading.is_ssd or reading.is_nvme:
         limit, source = policy.ata_temperature_limit_ssd, "the SSD limit"
     else:

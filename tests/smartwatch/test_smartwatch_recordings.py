@@ -43,11 +43,14 @@ def first_check(machine: ReplayedMachine, recording: str) -> tuple[list, list]:
          "ELFMH0.1", 1_024_209_543_168, 30, 71),
         ("healthy_nvme_smartctl75", "TWSC TSC3AN1T0-F2T60S", "TTSQA253HX07141", "SN13076",
          1_024_209_543_168, 43, 396),
+        # SAS drives report power-on time only in a log this recording does not have.
+        ("healthy_sas_hdd", "HUH721212AL4204", "8DG3J2ZD", "C3D0", 12_000_138_625_024, 32,
+         None),
     ],
 )
 def test_healthy_recording_is_read_fully_and_yields_no_finding(
     machine: ReplayedMachine, recording: str, model: str, serial: str, firmware: str,
-    capacity: int, temperature: int, hours: int,
+    capacity: int, temperature: int, hours: int | None,
 ) -> None:
     readings, findings = first_check(machine, recording)
     assert len(readings) == 1
@@ -156,3 +159,14 @@ def test_degraded_raid1_warns_and_names_the_surviving_disk(machine: ReplayedMach
 def test_md_members_missing_from_scan_are_read_individually(machine: ReplayedMachine) -> None:
     first_check(machine, "raid1_degraded")
     assert "-d test /dev/sdb" in machine.calls()
+
+
+def test_sas_disk_failing_health_with_grown_defects_and_uncorrected_errors_is_critical(
+    machine: ReplayedMachine,
+) -> None:
+    readings, findings = first_check(machine, "failing_sas")
+    assert readings[0].scsi is not None and readings[0].scsi.trip_temperature == 85
+    assert {(f.check, f.severity) for f in findings} == {
+        ("overall_health", CRITICAL), ("scsi_grown_defects", CRITICAL),
+        ("scsi_uncorrected_errors", CRITICAL)}
+    assert all("HUH721212AL4204 serial 8DG3J2ZD" in f.reason for f in findings)
