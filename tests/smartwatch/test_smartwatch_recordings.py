@@ -170,3 +170,17 @@ def test_sas_disk_failing_health_with_grown_defects_and_uncorrected_errors_is_cr
         ("overall_health", CRITICAL), ("scsi_grown_defects", CRITICAL),
         ("scsi_uncorrected_errors", CRITICAL)}
     assert all("HUH721212AL4204 serial 8DG3J2ZD" in f.reason for f in findings)
+
+
+def test_real_nvme_in_read_only_mode_is_critical_and_its_error_log_is_not_a_finding(
+    machine: ReplayedMachine,
+) -> None:
+    readings, findings = first_check(machine, "nvme_read_only")
+    assert readings[0].model == "CT4000P3PSSD8"
+    assert readings[0].nvme is not None and readings[0].nvme.error_log_entries == 4662
+    assert {f.check: f.severity for f in findings} == {
+        "nvme_critical_warning_bit_0": WARNING,
+        "nvme_critical_warning_bit_3": CRITICAL,
+        "nvme_available_spare": WARNING,
+    }
+    assert "media has been placed in read-only mode" in " ".join(f.reason for f in findings)
