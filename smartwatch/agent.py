@@ -114,7 +114,7 @@ def run_check(
         notices += _drain_notices(config.node, history, result.drain_events)
         if notices:
             # apprise loads its plugins on first use (~30 MiB): only when there is news.
-            _send(config, history, notifier or _default_notifier(config), notices, result, now)
+            _send(config, history, notifier, notices, result, now)
         if config.metrics_file:
             metrics.write(config.metrics_file, metrics.render(config.node, readings, findings,
                                                               clock()))
@@ -125,6 +125,15 @@ def run_check(
     finally:
         if history is not None:
             history.close()
+
+
+def test_alert(config: Config, notifier: Notifier | None = None) -> bool:
+    """Send one test notice through every configured alert URL; True when delivered."""
+    sender = notifier or _default_notifier(config)
+    return sender.send(Notice(
+        kind="test", key="test", severity="ok",
+        title=f"[TEST] {config.node}: smartwatch can reach you",
+        body=f"A test notice from smartwatch {__version__} on {config.node}."))
 
 
 def flush_spool(config: Config, *, notifier: Notifier | None = None,
@@ -269,8 +278,21 @@ def _default_notifier(config: Config) -> Notifier:
     return LogNotifier()
 
 
-def _send(config: Config, history: History, notifier: Notifier, notices: list[Notice],
+class _Unreachable:
+    """Stands in for a notifier that could not be built: every notice waits for the next run."""
+
+    def send(self, notice: Notice) -> bool:
+        return False
+
+
+def _send(config: Config, history: History, notifier: Notifier | None, notices: list[Notice],
           result: CheckResult, now: float) -> None:
+    if notifier is None:
+        try:
+            notifier = _default_notifier(config)
+        except Exception as error:  # a bad alert URL must not stop drains and metrics
+            log.error("alerts cannot be sent: %s", error)
+            notifier = _Unreachable()
     to_send, folded = fold(config.node, notices, config.alerts.max_per_run)
     for notice in to_send:
         sent = notifier.send(notice)

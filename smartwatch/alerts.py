@@ -112,6 +112,9 @@ class AppriseNotifier:
     def __init__(self, urls: tuple[str, ...] | list[str], timeout: float = 20.0) -> None:
         import apprise
 
+        # apprise logs every unusable URL and failed send itself (warning and error levels);
+        # smartwatch reports the outcome in one line of its own.
+        logging.getLogger("apprise").setLevel(logging.CRITICAL)
         self.urls = list(urls)
         self.timeout = timeout
         self.apprise = apprise.Apprise()

@@ -3,9 +3,11 @@
     smartwatch check [--json] [--report-only]   read, judge, alert, drain, write metrics
     smartwatch flush                            send spooled drain requests only
     smartwatch status [--json]                  what the agent remembers: findings, spool
+    smartwatch test-alert                       send a test notice through every alert URL
 
-Exit codes: 0 all disks fine, 1 warnings, 2 critical findings (check only); 3 the agent itself
-failed (bad config, unreadable state); errors are one line on stderr.
+Exit codes: 0 all disks fine, 1 warnings, 2 critical findings (check only; test-alert: 1 when
+the notice was not delivered); 3 the agent itself failed (bad config, bad alert URL, unreadable
+state); errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     check.add_argument("--report-only", action="store_true",
                        help="read and judge only: no alerts, drains, self-tests or state writes")
     commands.add_parser("flush", help="send spooled drain requests")
+    commands.add_parser("test-alert", help="send a test notice through every alert URL")
     status = commands.add_parser("status", help="show remembered findings and drain requests")
     status.add_argument("--json", action="store_true")
     arguments = parser.parse_args(argv)
@@ -64,6 +67,13 @@ def _run(arguments: argparse.Namespace) -> int:
             print(f"{event.entry.request_id}: {event.answer.outcome} "
                   f"{event.answer.http_status or ''} {event.answer.error}".rstrip())
         return 0
+    if arguments.command == "test-alert":
+        from smartwatch.agent import test_alert
+
+        delivered = test_alert(config)
+        print("delivered" if delivered else "not delivered: check the alert URLs and network",
+              file=sys.stdout if delivered else sys.stderr)
+        return 0 if delivered else 1
     from smartwatch.history import History
 
     history = History(config.state_db)

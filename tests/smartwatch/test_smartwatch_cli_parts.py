@@ -153,3 +153,33 @@ def test_mdstat_healthy_array_is_not_degraded() -> None:
     [array] = parse_mdstat("md0 : active raid1 nvme1n1p2[1] nvme0n1p2[0]\n"
                            "      523264 blocks super 1.2 [2/2] [UU]\n")
     assert not array.degraded and array.map == "UU"
+
+
+def test_test_alert_with_an_unknown_url_scheme_is_one_line_error_with_exit_3(
+        tmp_path: Path, machine: ReplayedMachine) -> None:
+    config = write_config(tmp_path, machine)
+    config.write_text(config.read_text() + '[alerts]\nurls = ["nonsense://nowhere"]\n')
+    result = agent(config, "test-alert")
+    assert result.returncode == 3
+    assert result.stderr.count("\n") == 1 and "nonsense://nowhere" in result.stderr
+
+
+def test_bad_alert_url_does_not_stop_the_check_and_alerts_wait_for_the_next_run(
+        tmp_path: Path, machine: ReplayedMachine) -> None:
+    from smartwatch.agent import run_check
+
+    machine.use("failed_selftest")
+    config = load_config(write_config(tmp_path, machine))
+    broken = config_from_mapping({
+        "node": "fsn-1", "state_db": config.state_db, "smartctl": config.smartctl,
+        "mdstat": config.mdstat, "metrics_file": str(tmp_path / "m.prom"),
+        "alerts": {"urls": ["nonsense://nowhere"]}, "selftest": {"enabled": False},
+        "drain": {"confirm_delay_seconds": 0}})
+    result = run_check(broken, sleep=lambda seconds: None)
+    assert [notice.kind for notice in result.notices_failed] == ["new"]
+    assert (tmp_path / "m.prom").exists()
+    history = History(config.state_db)
+    try:
+        assert history.findings()["WS10SM2A:selftest"].last_alert_at is None
+    finally:
+        history.close()
