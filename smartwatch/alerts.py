@@ -101,8 +101,8 @@ def _short(reason: str) -> str:
 
 def _advice(finding: Finding) -> str:
     if finding.severity == CRITICAL:
-        return ("\n\nThe node asks the control plane to drain it. Replace the disk, then "
-                "undrain the node.")
+        return ("\n\nsmartwatch asks the control plane to drain this node (when a drain URL "
+                "is configured). Replace the disk, then undrain the node.")
     return "\n\nNo action is taken automatically; watch the disk and plan a replacement."
 
 

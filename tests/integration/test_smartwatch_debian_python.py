@@ -1,0 +1,77 @@
+"""The agent as deploys/smartwatch.py installs it: the copied packages on Debian's python3 with
+Debian's apprise, chardet and humanfriendly, alerting a local webhook."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "smartwatch"))
+
+from smartwatch_replay import ReplayedMachine  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+DEBIAN_PYTHON = "/usr/bin/python3"
+RUNNER = ROOT / "tests" / "smartwatch" / "fake_deploy_runner.py"
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict[str, object]]]]:
+    received: list[dict[str, object]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            received.append(json.loads(self.rfile.read(length) or b"{}"))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"json://127.0.0.1:{server.server_address[1]}/alerts", received
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_deployed_agent_runs_on_debian_python_and_alerts(tmp_path: Path, webhook) -> None:
+    probe = subprocess.run([DEBIAN_PYTHON, "-c", "import apprise, chardet, humanfriendly"],
+                           capture_output=True, text=True, timeout=60, check=False)
+    if probe.returncode != 0:
+        pytest.fail("Debian's agent dependencies are missing: apt-get install apprise "
+                    "python3-chardet python3-humanfriendly (see docs/smartwatch.md)")
+    deployed = tmp_path / "deployed"
+    deployed.mkdir()
+    subprocess.run([sys.executable, str(RUNNER), str(deployed), json.dumps(
+        {"smartwatch_node": "fsn-1"})], check=True, capture_output=True, timeout=180)
+    library = deployed / "files" / "opt" / "smartwatch" / "lib"
+    url, received = webhook
+    machine = ReplayedMachine(tmp_path / "machine").use("failed_selftest")
+    config = tmp_path / "smartwatch.toml"
+    config.write_text(
+        f'node = "fsn-1"\nstate_db = "{tmp_path}/state.sqlite"\nsmartctl = "{machine.smartctl}"\n'
+        f'mdstat = "{tmp_path}/none"\n[alerts]\nurls = ["{url}"]\n'
+        '[drain]\nconfirm_delay_seconds = 0\n[selftest]\nenabled = false\n')
+    result = subprocess.run(
+        [DEBIAN_PYTHON, "-m", "smartwatch", "--config", str(config), "check", "--json"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+        env={"PYTHONPATH": str(library), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2, result.stderr
+    report = json.loads(result.stdout)
+    assert report["disks"][0]["serial"] == "WS10SM2A"
+    assert [message["type"] for message in received] == ["failure"]
+    assert "WS10SM2A" in str(received[0]["title"])
