@@ -23,6 +23,7 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str) -> dict[str, Any]:
     from pyinfra.api.config import Config
     from pyinfra.api.connect import connect_all, disconnect_all
     from pyinfra.api.deploy import add_deploy
+    from pyinfra.api.exceptions import PyinfraError
     from pyinfra.api.inventory import Inventory
     from pyinfra.api.operations import run_ops
     from pyinfra.api.state import State, StateStage
@@ -48,7 +49,10 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str) -> dict[str, Any]:
     state.set_stage(StateStage.Prepare)
     add_deploy(state, deploy_function)
     state.set_stage(StateStage.Execute)
-    run_ops(state)
+    try:
+        run_ops(state)
+    except PyinfraError:
+        pass  # "No hosts remaining!": every host failed; the per-host results say why
 
     results: dict[str, Any] = {name: {"connected": False, "failed": True, "changed": [],
                                       "unchanged": 0, "errors": ["no recorded ssh address"]}

@@ -110,6 +110,8 @@ class Provisioner:
             return report
         if current not in BEFORE_INSTALL and not wipe:
             self.log(f"{node.name}: resuming from state {current!r} (disks are kept)")
+            if current == "booted" and self.provider.info(node).status == "off":
+                current = "locked"  # powered off since: boot and unlock it again
         if wipe or current in BEFORE_INSTALL:
             self._install(node, report)
             current = "installed"
@@ -258,6 +260,10 @@ class Provisioner:
         return message
 
     def _unlock_step(self, node_name: str) -> None:
+        node = self.fleet.node(node_name)
+        if self.provider.info(node).status == "off":
+            # Resuming after a crash: the box may have been powered off meanwhile.
+            self.provider.boot_disk(node)
         self.unlock(node_name)
 
     def wait_for_sshd(self, node: Node, timeout: float = 600) -> None:

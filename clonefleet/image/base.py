@@ -27,7 +27,7 @@ PACKAGES = (
     "linux-image-amd64", "systemd-sysv", "openssh-server", "cryptsetup", "cryptsetup-initramfs",
     "dropbear-initramfs", "ifupdown", "isc-dhcp-client", "python3", "mdadm", "grub-pc", "zstd",
     "gdisk", "e2fsprogs", "nftables", "chrony", "unattended-upgrades", "smartmontools", "sudo",
-    "iproute2", "procps", "kmod", "udev", "apt-utils", "needrestart", "less",
+    "iproute2", "procps", "kmod", "udev", "apt-utils", "needrestart", "less", "netbase",
 )
 # Modules the initramfs must carry whatever the build host sees (it cannot probe the node).
 INITRAMFS_MODULES = (

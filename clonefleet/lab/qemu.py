@@ -99,7 +99,7 @@ def start(config: VmConfig, *, accel: str, kernel: Path | None = None,
         forwards.append(f"hostfwd={proto}:127.0.0.1:{host_port}-:{port}")
     argv = [
         QEMU, "-name", config.name, "-nodefaults", "-display", "none",
-        "-m", str(config.memory_mb), "-smp", str(config.smp),
+        "-m", str(config.memory_mb), "-smp", str(config.smp if accel == "kvm" else 1),
         *accel_args(accel),
         "-chardev", f"file,id=console,path={config.console_log},append=on",
         "-serial", "chardev:console",
@@ -129,11 +129,16 @@ def start(config: VmConfig, *, accel: str, kernel: Path | None = None,
 
 
 def accel_args(accel: str) -> list[str]:
+    """qemu flags for `accel`. Under TCG the guest gets one vCPU: with two, the kernel's
+    live code patching (int3-based static keys, e.g. when nftables loads conntrack) left
+    both vCPUs spinning in soft lockups here."""
     if accel == "kvm":
         return ["-accel", "kvm", "-cpu", "host"]
-    # `max` gives the guest AES-NI and friends, which TCG emulates faster than the guest's
-    # generic C fallbacks; dm-crypt is on the hot path of every disk write.
-    return ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    # AES-NI and friends make dm-crypt cheaper than the guest's C fallbacks. Not `-cpu max`:
+    # its ERMS makes the guest clear pages with `rep stosb`, which TCG ran so slowly that
+    # the guest reported soft lockups in dm-crypt's page allocation.
+    return ["-accel", "tcg", "-cpu",
+            "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+aes,+pclmulqdq"]
 
 
 def stop(config: VmConfig, timeout: float = 10) -> None:
