@@ -108,13 +108,16 @@ def run_check(
         notices = plan(config.node, findings, stored, now, config.alerts.reminder_hours * 3600)
         history.record_findings(findings, now)
         notices += recoveries(config.node, history.inactive_unannounced())
+        # Operators hear about the disk first; a drain may wait on a slow control plane.
+        if notices:
+            # apprise loads its plugins on first use (~30 MiB): only when there is news.
+            notifier = _send(config, history, notifier, notices, result, now)
         _spool_drains(config, history, findings, now)
         result.drain_events = _flush(config, history, client, sleep, clock,
                                      include_refused=True)
-        notices += _drain_notices(config.node, history, result.drain_events)
-        if notices:
-            # apprise loads its plugins on first use (~30 MiB): only when there is news.
-            _send(config, history, notifier, notices, result, now)
+        drain_notices = _drain_notices(config.node, history, result.drain_events)
+        if drain_notices:
+            _send(config, history, notifier, drain_notices, result, clock())
         if config.metrics_file:
             metrics.write(config.metrics_file, metrics.render(config.node, readings, findings,
                                                               clock()))
@@ -127,7 +130,7 @@ def run_check(
             history.close()
 
 
-def test_alert(config: Config, notifier: Notifier | None = None) -> bool:
+def send_test_alert(config: Config, notifier: Notifier | None = None) -> bool:
     """Send one test notice through every configured alert URL; True when delivered."""
     sender = notifier or _default_notifier(config)
     return sender.send(Notice(
@@ -286,7 +289,8 @@ class _Unreachable:
 
 
 def _send(config: Config, history: History, notifier: Notifier | None, notices: list[Notice],
-          result: CheckResult, now: float) -> None:
+          result: CheckResult, now: float) -> Notifier:
+    """Send `notices`, record what went out; return the notifier for later sends."""
     if notifier is None:
         try:
             notifier = _default_notifier(config)
@@ -304,6 +308,7 @@ def _send(config: Config, history: History, notifier: Notifier | None, notices: 
                 _mark(history, inner, now)
         else:
             _mark(history, notice, now)
+    return notifier
 
 
 def _mark(history: History, notice: Notice, now: float) -> None:

@@ -68,9 +68,9 @@ def _run(arguments: argparse.Namespace) -> int:
                   f"{event.answer.http_status or ''} {event.answer.error}".rstrip())
         return 0
     if arguments.command == "test-alert":
-        from smartwatch.agent import test_alert
+        from smartwatch.agent import send_test_alert
 
-        delivered = test_alert(config)
+        delivered = send_test_alert(config)
         print("delivered" if delivered else "not delivered: check the alert URLs and network",
               file=sys.stdout if delivered else sys.stderr)
         return 0 if delivered else 1

@@ -52,8 +52,12 @@ def run_due(schedule: SelftestConfig, readings: list[DiskReading], history: Hist
             if last is not None and now - last < MIN_GAP[kind]:
                 continue
             smartctl = RecordingSmartctl(smartctl_path)
-            device = Device(reading.device, interface=reading.interface, smartctl=smartctl)
-            code, message, _ = device.run_selftest(kind)
+            try:
+                device = Device(reading.device, interface=reading.interface, smartctl=smartctl)
+                code, message, _ = device.run_selftest(kind)
+            except Exception as error:  # pySMART raises bare exceptions on odd output
+                started.append(StartedTest(reading.identity, kind, str(error), False))
+                continue
             # 0 started, 1 one is already running: either way the disk is being tested.
             ok = code in (0, 1)
             if ok:

@@ -134,3 +134,19 @@ def test_without_a_drain_url_critical_findings_only_alert(
     run_check(quiet, notifier=notifier, sleep=lambda seconds: None)
     assert [n.kind for n in notifier.sent] == ["new"]
     assert spool(quiet) == []
+
+
+def test_operators_hear_about_the_disk_before_the_drain_is_attempted(
+        config: Config, machine: ReplayedMachine) -> None:
+    machine.use("failed_selftest")
+    client = StubClient(RETRY)
+    calls_when_alerted: list[int] = []
+
+    class Watching(Notifier):
+        def send(self, notice: Notice) -> bool:
+            calls_when_alerted.append(len(client.payloads))
+            return super().send(notice)
+
+    run_check(config, notifier=Watching(), client=client, sleep=lambda seconds: None)
+    assert calls_when_alerted == [0]
+    assert len(client.payloads) == 4
