@@ -166,3 +166,14 @@ def test_token_issue_for_unknown_node_is_one_line_error_with_exit_2(
     result = CliRunner().invoke(cli, ["--fleet", str(fleet.path), "token", "issue", "ghost"])
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and result.output.startswith("error: unknown node")
+
+
+@pytest.mark.parametrize("arguments", [["--listen", "localhost"], ["--listen", "127.0.0.1:x"],
+                                       ["--tls-key", "key.pem"]])
+def test_serve_with_bad_options_is_one_line_error_with_exit_2(
+        fleet, tmp_path, monkeypatch, arguments) -> None:
+    monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "state"))
+    _register()
+    result = CliRunner().invoke(cli, ["--fleet", str(fleet.path), "serve", *arguments])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and result.output.startswith("error: ")
