@@ -12,6 +12,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
@@ -49,10 +50,9 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str) -> dict[str, Any]:
     state.set_stage(StateStage.Prepare)
     add_deploy(state, deploy_function)
     state.set_stage(StateStage.Execute)
-    try:
+    # "No hosts remaining!" when every host failed: the per-host results below say why.
+    with contextlib.suppress(PyinfraError):
         run_ops(state)
-    except PyinfraError:
-        pass  # "No hosts remaining!": every host failed; the per-host results say why
 
     results: dict[str, Any] = {name: {"connected": False, "failed": True, "changed": [],
                                       "unchanged": 0, "errors": ["no recorded ssh address"]}

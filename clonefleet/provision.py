@@ -25,7 +25,13 @@ from clonefleet.inventory import Fleet, Node
 from clonefleet.keystore import Keystore
 from clonefleet.paths import cache_dir
 from clonefleet.providers.base import Provider, SshAccess
-from clonefleet.ssh import RemoteShell, ensure_operator_key, generate_ed25519, wait_for_ssh
+from clonefleet.ssh import (
+    OperatorKey,
+    RemoteShell,
+    ensure_operator_key,
+    generate_ed25519,
+    wait_for_ssh,
+)
 from clonefleet.state import StateStore
 from clonefleet.unlock import UnlockNotReady, send_passphrase
 
@@ -62,7 +68,14 @@ class Provisioner:
         self.log = log
         self.progress = progress
         self.actor = actor
-        self.operator = ensure_operator_key(fleet.ssh_key, state_dir)
+        self._operator: OperatorKey | None = None
+
+    @property
+    def operator(self) -> OperatorKey:
+        """The operator key, created on first real use (never by a dry run)."""
+        if self._operator is None:
+            self._operator = ensure_operator_key(self.fleet.ssh_key, self.state_dir)
+        return self._operator
 
     # -- planning --------------------------------------------------------------------------
 

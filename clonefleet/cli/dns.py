@@ -1,8 +1,8 @@
 """`clonefleet dns show|publish|verify|geoip|health|settle`, `clonefleet drain`, `undrain`.
 
-Exit codes: 0 done; 2 bad input; 20 nothing to check or another DNS error; 21 refused by a safety rule; 22 recorded but some DNS servers
-were unreachable; 23 `verify` found a server disagreeing with the map; 24 a reachable server
-did not confirm the change in time.
+Exit codes: 0 done; 2 bad input; 20 nothing to check or another DNS error; 21 refused by a
+safety rule; 22 recorded but some DNS servers were unreachable; 23 `verify` found a server
+disagreeing with the map; 24 a reachable server did not confirm the change in time.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from clonefleet.cli import Context, pass_context
 from clonefleet.deploy import run_deploy
 from clonefleet.errors import ConfigError, DeployError
 from clonefleet.keystore import Keystore
-from clonefleet.provision import Provisioner, ProvisionReport
 from clonefleet.providers import get_provider
+from clonefleet.provision import Provisioner, ProvisionReport
 
 
 def make_provisioner(ctx: Context, node_name: str, quiet: bool = False) -> Provisioner:

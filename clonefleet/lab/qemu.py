@@ -105,7 +105,8 @@ def start(config: VmConfig, *, accel: str, kernel: Path | None = None,
         "-serial", "chardev:console",
         "-qmp", f"unix:{config.qmp_socket},server=on,wait=off",
         "-netdev", "user,id=net0," + ",".join(forwards),
-        "-device", "virtio-net-pci,netdev=net0",
+        # romfile= : we never PXE-boot, so qemu needs no iPXE ROM
+        "-device", "virtio-net-pci,netdev=net0,romfile=",
         "-daemonize", "-pidfile", str(config.pidfile),
     ]
     for index, (serial, path) in enumerate(config.disks):

@@ -1,0 +1,3 @@
+from clonefleet.cli import main
+
+main()

@@ -1,0 +1,107 @@
+"""End to end on one lab VM: blank disk → encrypted, remotely unlocked, deployed node."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from clonefleet.lab import qemu
+from clonefleet.ssh import generate_ed25519
+
+from .conftest import Lab
+
+pytestmark = pytest.mark.vm
+NODE = "fsn-1"
+
+
+def sshd_answers(port: int) -> bool:
+    """qemu accepts forwarded connections even with nothing listening: read the banner."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.settimeout(5)
+            return sock.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def test_dry_run_prints_the_plan_and_touches_nothing(lab: Lab) -> None:
+    result = lab.cli("--json", "provision", NODE, "--dry-run")
+    plan = json.loads(result.stdout)
+    assert plan["steps"][0] == "create server" and plan["steps"][-1] == "deploy"
+    assert plan["install"]["wipe_disks"] == ["serial CFLAB-FSN1-A"]
+    assert plan["install"]["luks"]["pbkdf"] == "argon2id"
+    assert lab.provider.list() == []
+    assert lab.store.get(NODE) is None
+    assert not (lab.state_dir / "id_ed25519").exists()
+
+
+def test_unknown_node_is_one_line_error_without_traceback(lab: Lab) -> None:
+    result = lab.cli("provision", "nope-9", check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: unknown node 'nope-9'")
+    assert "Traceback" not in result.stderr
+
+
+def test_lab_node_is_encrypted_unlockable_pinned_and_idempotent(lab: Lab) -> None:
+    report = json.loads(lab.cli("--json", "provision", NODE).stdout)
+    assert report["state"] == "deployed"
+    steps = [step["step"] for step in report["steps"] if not step["substep"]]
+    assert steps == ["create server", "boot rescue", "build node layer", "install",
+                     "boot from disk", "unlock", "deploy"]
+    assert [t.to_state for t in lab.store.history(NODE)] == [
+        "ordered", "rescue", "installed", "locked", "booted", "deployed"]
+
+    passphrase = lab.keystore.get(NODE)
+    with lab.shell(NODE) as shell:
+        status = shell.run("cryptsetup status root")[1]
+        assert "type:    LUKS2" in status
+        assert shell.run("findmnt -no SOURCE /")[1].strip() == "/dev/mapper/root"
+        device = next(line.split()[1] for line in status.splitlines()
+                      if line.strip().startswith("device:"))
+        dump = shell.run(f"cryptsetup luksDump {device}")[1]
+        assert "argon2id" in dump and "Version:       \t2" in dump
+        # The passphrase went over stdin only: nowhere on the node's disk.
+        found = shell.run("grep -rlFx -f /dev/stdin /etc /root /boot /var/log /var/lib "
+                          "2>/dev/null; true", input_data=passphrase.encode())[1]
+        assert found.strip() == ""
+        assert shell.run("hostname")[1].strip() == NODE
+        assert shell.run("systemctl is-active nftables chrony ssh")[1].split() == [
+            "active"] * 3
+
+    # A re-run of provision on a deployed node does nothing and wipes nothing.
+    again = json.loads(lab.cli("--json", "provision", NODE).stdout)
+    assert again["skipped"] and again["state"] == "deployed"
+
+    second = json.loads(lab.cli("--json", "deploy", NODE).stdout)[NODE]
+    assert not second["failed"]
+    assert second["changed"] == [], f"second deploy changed: {second['changed']}"
+    assert second["unchanged"] >= 10
+
+    # A reboot stops in the initramfs: Dropbear answers, sshd does not.
+    ssh_port = lab.store.get_fact(NODE, "ssh")["port"]
+    with lab.shell(NODE) as shell:
+        shell.run("systemd-run --on-active=1 systemctl reboot", check=False)
+    config = qemu.VmConfig.load(lab.state_dir / "lab" / NODE)
+    deadline = time.monotonic() + 120
+    while sshd_answers(ssh_port) and time.monotonic() < deadline:
+        time.sleep(2)
+    qemu.wait_for_port(config.dropbear_port, config=config, timeout=600, what="Dropbear")
+    assert not sshd_answers(ssh_port)
+
+    # A changed Dropbear host key is refused, never auto-accepted.
+    pinned = lab.store.get_fact(NODE, "dropbear_host_key")
+    lab.store.set_fact(NODE, "dropbear_host_key", generate_ed25519().public_line)
+    refused = lab.cli("unlock", NODE, check=False)
+    assert refused.returncode == 8, refused.stderr
+    assert "not the key pinned at install time" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not sshd_answers(ssh_port)
+
+    lab.store.set_fact(NODE, "dropbear_host_key", pinned)
+    unlocked = json.loads(lab.cli("--json", "unlock", NODE).stdout)
+    assert unlocked["unlocked"] is True
+    with lab.shell(NODE) as shell:
+        assert "is active" in shell.run("cryptsetup status root")[1]
