@@ -23,7 +23,7 @@ class DeployResult:
     errors: tuple[str, ...]
 
 
-def run_deploy(fleet_path: Path, nodes: list[str], deploy: str = "deploys.base:base",
+def run_deploy(fleet_path: Path, nodes: list[str], deploy: str = "deploys.full:node",
                timeout: float = 1800) -> dict[str, DeployResult]:
     """Given nodes, apply `deploy` to them; return per-node results (never raises for a
     failed host: callers decide; raises DeployError when pyinfra itself could not run)."""

@@ -36,7 +36,9 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str) -> dict[str, Any]:
 
     fleet = load_fleet(fleet_path)
     state_dir = fleet_state_dir(fleet.name)
-    hosts = host_data(fleet, open_store(state_dir), state_dir, nodes)
+    store = open_store(state_dir)
+    hosts = host_data(fleet, store, state_dir, nodes)
+    issued = _issue_drain_tokens(fleet, store, hosts)
     missing = sorted(set(nodes) - {name for name, _ in hosts})
     module_name, _, function_name = deploy_ref.partition(":")
     deploy_function = getattr(importlib.import_module(module_name), function_name)
@@ -78,13 +80,36 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str) -> dict[str, Any]:
         }
     state.set_stage(StateStage.Disconnect)
     disconnect_all(state)
+    for name in issued:
+        if not results[name]["failed"]:
+            store.set_fact(name, TOKEN_DELIVERED_FACT, True)
     return results
+
+
+TOKEN_DELIVERED_FACT = "drain_token_delivered"
+
+
+def _issue_drain_tokens(fleet: Any, store: Any, hosts: list[tuple[str, dict[str, Any]]]
+                        ) -> list[str]:
+    """Give each node that never received one a fresh smartwatch drain token.
+
+    Only its hash stays in the store; the clear token travels once, inside this deploy. A
+    failed deploy leaves it undelivered, so the next deploy issues a new one.
+    """
+    from clonefleet.serve.tokens import issue_token
+
+    issued = []
+    for name, data in hosts:
+        if not store.get_fact(name, TOKEN_DELIVERED_FACT):
+            data["smartwatch_drain_token"] = issue_token(fleet, store, name)
+            issued.append(name)
+    return issued
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--fleet", required=True)
-    parser.add_argument("--deploy", default="deploys.base:base")
+    parser.add_argument("--deploy", default="deploys.full:node")
     parser.add_argument("--out", required=True)
     parser.add_argument("nodes", nargs="+")
     arguments = parser.parse_args()

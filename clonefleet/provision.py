@@ -297,4 +297,4 @@ class Provisioner:
                               f"{', '.join(result.errors) or 'could not connect'}")
         report.deploy_changes = list(result.changed)
         self.store.transition(node.name, "deployed", actor=self.actor,
-                              reason=f"base deploy: {len(result.changed)} changes")
+                              reason=f"node deploy: {len(result.changed)} changes")

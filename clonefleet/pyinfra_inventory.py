@@ -56,6 +56,9 @@ def host_data(fleet: Fleet, store: StateStore, state_dir: Path,
                                   for admin in fleet.admins],
             "clonefleet_tcp_ports": list(fleet.allowed_tcp_ports),
             "clonefleet_udp_ports": list(fleet.allowed_udp_ports),
+            "smartwatch_node": node.name,
+            "smartwatch_drain_url": fleet.control_url,
+            "smartwatch_alert_urls": list(fleet.alert_urls),
         }))
     return hosts
 

@@ -3,6 +3,6 @@
     pyinfra inventory/lab.py deploys/node.py
 """
 
-from deploys.base import base
+from deploys.full import node
 
-base()
+node()

@@ -10,7 +10,7 @@ from clonefleet.keystore import Keystore
 from clonefleet.providers.lab import LabProvider
 
 NODE_FACTS = ("ssh", "unlock", "ssh_host_key", "dropbear_host_key", "layout", "disks",
-              "server_id", "nic_modules")
+              "server_id", "nic_modules", "drain_token_sha256", "drain_token_delivered")
 
 
 @click.group()

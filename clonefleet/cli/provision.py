@@ -104,7 +104,7 @@ def unlock(ctx: Context, node: str, no_wait: bool, timeout: float) -> None:
 
 @click.command()
 @click.argument("nodes", nargs=-1, required=True)
-@click.option("--deploy", "deploy_ref", default="deploys.base:base", show_default=True,
+@click.option("--deploy", "deploy_ref", default="deploys.full:node", show_default=True,
               help="pyinfra deploy as module:function.")
 @pass_context
 def deploy(ctx: Context, nodes: tuple[str, ...], deploy_ref: str) -> None:
@@ -113,7 +113,7 @@ def deploy(ctx: Context, nodes: tuple[str, ...], deploy_ref: str) -> None:
         ctx.fleet.node(name)
     if ":" not in deploy_ref:
         raise ConfigError(f"--deploy {deploy_ref!r}: expected module:function, "
-                          "e.g. deploys.base:base")
+                          "e.g. deploys.full:node or deploys.base:base")
     results = run_deploy(ctx.fleet.path, list(nodes), deploy_ref)
     if ctx.as_json:
         ctx.emit({name: result.__dict__ for name, result in results.items()})

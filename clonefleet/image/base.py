@@ -28,6 +28,8 @@ PACKAGES = (
     "dropbear-initramfs", "ifupdown", "isc-dhcp-client", "python3", "mdadm", "grub-pc", "zstd",
     "gdisk", "e2fsprogs", "nftables", "chrony", "unattended-upgrades", "smartmontools", "sudo",
     "iproute2", "procps", "kmod", "udev", "apt-utils", "needrestart", "less", "netbase",
+    # the smartwatch agent runs on Debian's python3 with Debian's apprise
+    "apprise", "python3-chardet", "python3-humanfriendly",
 )
 # Modules the initramfs must carry whatever the build host sees (it cannot probe the node).
 INITRAMFS_MODULES = (

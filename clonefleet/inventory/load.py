@@ -29,7 +29,7 @@ DOMAIN_RE = re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
 FLEET_KEYS = {
     "name", "domain", "ssh_key", "min_active_total", "dns_grace_seconds",
-    "allowed_tcp_ports", "allowed_udp_ports",
+    "allowed_tcp_ports", "allowed_udp_ports", "control_url", "alert_urls",
 }
 TOP_KEYS = {"fleet", "regions", "nodes", "routed", "admins"}
 REGION_KEYS = {"provider", "location", "latitude", "longitude", "min_active"}
@@ -139,8 +139,18 @@ def load_fleet(path: str | Path) -> Fleet:
     if 22 not in ports_tcp:
         raise check.fail("fleet.allowed_tcp_ports", "does not allow 22 (ssh)",
                          "keep 22 in the list or the node cannot be managed")
+    control_url = check.typed(fleet_table, "control_url", "fleet", str, default="")
+    if control_url and not re.match(r"^https?://[^/\s]+", control_url):
+        raise check.fail("fleet.control_url", f"not an http(s) URL: {control_url!r}",
+                         "use the address of `clonefleet serve`, e.g. 'https://10.66.0.1:8441'")
+    alert_urls = check.typed(fleet_table, "alert_urls", "fleet", list, default=[])
+    if not all(isinstance(url, str) and "://" in url for url in alert_urls):
+        raise check.fail("fleet.alert_urls", "every entry must be an apprise URL",
+                         "e.g. ['mailtos://user:pass@example.com', 'ntfys://topic']")
     return Fleet(
         name=fleet_name,
+        control_url=control_url,
+        alert_urls=tuple(alert_urls),
         path=path,
         domain=domain,
         regions=regions,

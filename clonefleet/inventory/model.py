@@ -74,6 +74,8 @@ class Fleet:
     dns_grace_seconds: int = 10
     allowed_tcp_ports: tuple[int, ...] = (22,)
     allowed_udp_ports: tuple[int, ...] = ()
+    control_url: str = ""  # where nodes' smartwatch agents reach `clonefleet serve`
+    alert_urls: tuple[str, ...] = ()  # apprise URLs for the agents' alerts
 
     def node(self, name: str) -> Node:
         from clonefleet.errors import UnknownNodeError

@@ -188,3 +188,17 @@ def test_unknown_node_lookup_lists_known_nodes(tmp_path: Path) -> None:
     fleet = load_fleet(write(tmp_path, GOOD))
     with pytest.raises(UnknownNodeError, match="known nodes: n1"):
         fleet.node("n9")
+
+
+def test_control_url_must_be_http(tmp_path: Path) -> None:
+    error = error_for(tmp_path, GOOD.replace('domain = "fleet.example.com"',
+                                             'domain = "fleet.example.com"\n'
+                                             'control_url = "10.0.0.1:8441"'))
+    assert error.key == "fleet.control_url" and "clonefleet serve" in error.fix
+
+
+def test_alert_urls_must_be_urls(tmp_path: Path) -> None:
+    error = error_for(tmp_path, GOOD.replace('domain = "fleet.example.com"',
+                                             'domain = "fleet.example.com"\n'
+                                             'alert_urls = ["ops@example.com"]'))
+    assert error.key == "fleet.alert_urls"
