@@ -28,6 +28,10 @@ PACKAGES = (
     "dropbear-initramfs", "ifupdown", "isc-dhcp-client", "python3", "mdadm", "grub-pc", "zstd",
     "gdisk", "e2fsprogs", "nftables", "chrony", "unattended-upgrades", "smartmontools", "sudo",
     "iproute2", "procps", "kmod", "udev", "apt-utils", "needrestart", "less", "netbase",
+)
+# Installed with apt after debootstrap: debootstrap's own resolver ignores virtual packages
+# (apprise → python3-cryptography → python3-cffi-backend-api-min failed to configure).
+APT_PACKAGES = (
     # the smartwatch agent runs on Debian's python3 with Debian's apprise
     "apprise", "python3-chardet", "python3-humanfriendly",
 )
@@ -57,7 +61,8 @@ def mirror() -> str:
 
 
 def image_key() -> str:
-    text = json.dumps([SUITE, PACKAGES, INITRAMFS_MODULES, DROPBEAR_PORT, BUILD_VERSION])
+    text = json.dumps([SUITE, PACKAGES, APT_PACKAGES, INITRAMFS_MODULES, DROPBEAR_PORT,
+                       BUILD_VERSION])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -80,9 +85,18 @@ def ensure_base_image(cache: Path, log: Callable[[str], None] = print) -> BaseIm
     with cache_lock(cache / "images" / ".lock"):
         if not meta_path.exists():
             _build(directory, log)
+            _prune_old_images(directory, log)
         meta = json.loads(meta_path.read_text())
     return BaseImage(root=directory / "rootfs", tarball=directory / "rootfs.tar.zst",
                      kernel_version=meta["kernel_version"], directory=directory)
+
+
+def _prune_old_images(current: Path, log: Callable[[str], None]) -> None:
+    """Images of earlier configurations are never used again: reclaim their ~1.3 GB each."""
+    for other in current.parent.glob(f"debian-{SUITE}-*"):
+        if other != current and other.is_dir():
+            log(f"image: removing outdated {other.name}")
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def _build(directory: Path, log: Callable[[str], None]) -> None:
@@ -135,6 +149,8 @@ def _configure(root: Path) -> None:
     # needrestart must never prompt: rollouts and unattended upgrades run without a TTY.
     (root / "etc/needrestart/conf.d/50-clonefleet.conf").write_text("$nrconf{restart} = 'l';\n")
     with mounted(root):
+        in_chroot(root, "apt-get update -q && apt-get install -y -q --no-install-recommends "
+                  + " ".join(APT_PACKAGES), what="apt-get install", timeout=1800)
         in_chroot(root, "apt-get clean", what="apt-get clean")
     # Per-node secrets and identities must never be cloned.
     for pattern in ("etc/ssh/ssh_host_*", "etc/dropbear/initramfs/dropbear_*_host_key",
