@@ -19,7 +19,7 @@ def test_two_disk_node_mirrors_under_luks_and_boots_from_either_disk(lab: Lab) -
 
     with lab.shell(NODE) as shell:
         mdstat = shell.run("cat /proc/mdstat")[1]
-        assert mdstat.count("raid1") == 2 and mdstat.count("[UU]") == 2, mdstat
+        assert mdstat.count(": active raid1 ") == 2 and mdstat.count("[UU]") == 2, mdstat
         status = shell.run("cryptsetup status root")[1]
         assert "type:    LUKS2" in status
         device = next(line.split()[1] for line in status.splitlines()
