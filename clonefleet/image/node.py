@@ -86,7 +86,10 @@ def _write(root: Path, path: str, text: str, mode: int = 0o644) -> None:
 
 
 def kernel_cmdline(network: InitramfsNetwork) -> str:
-    return f"net.ifnames=0 console=tty0 console=ttyS0,115200 {network.kernel_ip_arg()}"
+    # A slow boot (a degraded RAID, or emulation) must not turn a 90 s device wait into
+    # emergency mode, which is unreachable on a remote box with a locked root account.
+    return (f"net.ifnames=0 console=tty0 console=ttyS0,115200 {network.kernel_ip_arg()} "
+            "systemd.default_device_timeout_sec=600")
 
 
 def _write_files(root: Path, spec: NodeLayerInput) -> None:
@@ -99,7 +102,9 @@ def _write_files(root: Path, spec: NodeLayerInput) -> None:
            f"root UUID={layout.luks_uuid} none luks,discard,initramfs,tries=0\n")
     _write(root, "/etc/fstab",
            f"UUID={layout.root_fs_uuid} / ext4 errors=remount-ro 0 1\n"
-           f"UUID={layout.boot_fs_uuid} /boot ext4 defaults 0 2\n")
+           # nofail: a node whose /boot is damaged still boots to sshd and can be repaired
+           f"UUID={layout.boot_fs_uuid} /boot ext4 defaults,nofail,"
+           "x-systemd.device-timeout=600s 0 2\n")
     if layout.raid:
         _write(root, "/etc/mdadm/mdadm.conf",
                "HOMEHOST <none>\nMAILADDR root\n"
