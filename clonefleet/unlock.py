@@ -58,4 +58,5 @@ def send_passphrase(access: SshAccess, key_path: Path, pinned_host_key: str,
                                          check=False, timeout=timeout)
         except ConnectionFailed:
             return interpret(None, "")
-        return interpret(status, out + err)
+        # paramiko reports -1 when the channel closed without an exit status
+        return interpret(None if status == -1 else status, out + err)

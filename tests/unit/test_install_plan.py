@@ -83,3 +83,7 @@ def test_unlock_success_message_is_returned() -> None:
 def test_unknown_unlock_failure_is_still_an_unlock_error() -> None:
     with pytest.raises(UnlockError, match="exit 2"):
         interpret(2, "something else")
+
+
+def test_connection_closed_by_the_initramfs_is_confirmed_later_not_an_error() -> None:
+    assert "likely unlocked" in interpret(None, "")
