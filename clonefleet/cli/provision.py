@@ -30,9 +30,7 @@ def make_provisioner(ctx: Context, node_name: str, quiet: bool = False) -> Provi
             last_shown["percent"] = percent
             log(f"{what}: {percent}% of {total / 1e6:.0f} MB")
 
-    provider = get_provider(node.provider, ctx.state_dir)
-    if hasattr(provider, "log"):
-        provider.log = log
+    provider = get_provider(node.provider, ctx.state_dir, log)
     return Provisioner(ctx.fleet, ctx.store, ctx.state_dir, provider,
                        Keystore(ctx.state_dir / "keystore"), log=log, progress=progress)
 
