@@ -85,15 +85,20 @@ def plan_drain(fleet: Fleet, store: StateStore, node: str, *, reason: str,
     return DrainPlan(node, state, len(active), len(in_region), refusals)
 
 
+# A freshly provisioned node enters DNS the same way a drained one returns: through undrain,
+# with the same health rule.
+UNDRAIN_FROM = ("deployed", *DRAIN_STATES)
+
+
 def plan_undrain(fleet: Fleet, store: StateStore, node: str, *,
                  force: bool = False) -> tuple[str, list[str]]:
     """Given the current state and health record, return (state, reasons to refuse)."""
     record = store.get(fleet.node(node).name)
     state = record.state if record else UNKNOWN_STATE
     refusals = []
-    if state not in ("active", *DRAIN_STATES):
-        refusals.append(f"it is {state}, not draining or drained; bring it to active through "
-                        "its lifecycle instead")
+    if state not in ("active", *UNDRAIN_FROM):
+        refusals.append(f"it is {state}, not deployed, draining or drained; provision it "
+                        "first (`clonefleet provision NODE`)")
     elif state != "active":
         checks = store.health(node, limit=1)
         if checks and not checks[0].ok and not force:
@@ -224,7 +229,7 @@ def undrain_node(fleet: Fleet, store: StateStore, node: str, *, actor: str, reas
         if changed:
             store.transition(node, "active", actor=actor,
                              reason=reason.strip() or f"undrained (was {state})",
-                             expect_from=list(DRAIN_STATES))
+                             expect_from=list(UNDRAIN_FROM))
     return _publish_and_confirm(fleet, store, node, endpoints, actor=actor, want_served=True,
                                 changed=changed, started=started, deadline=deadline)
 

@@ -14,6 +14,7 @@ from clonefleet.dnsmap import (
     DrainRefused,
     Endpoints,
     drain_node,
+    plan_undrain,
     record_health,
     settle,
     undrain_node,
@@ -176,7 +177,7 @@ def test_undrain_with_force_overrides_a_failed_health_check(
 def test_undrain_of_a_node_in_a_lifecycle_state_is_refused(
         tmp_path: Path, store: SqliteStateStore) -> None:
     fleet = make_fleet(tmp_path)
-    with pytest.raises(DrainRefused, match="is ordered, not draining or drained"):
+    with pytest.raises(DrainRefused, match="is ordered, not deployed, draining or drained"):
         undrain_node(fleet, store, "fsn-1", actor="test", endpoints=NO_SERVERS)
     assert store.get("fsn-1") is None
 
@@ -281,3 +282,10 @@ def test_two_processes_racing_for_the_last_spare_node_of_a_region_only_one_wins(
     assert sorted(output.split()[0] for output in outputs) == ["drained", "refused"]
     states = sorted(state_of(store, node) for node in ("fsn-1", "fsn-2", "fsn-3"))
     assert states == ["active", "active", "draining"]
+
+
+def test_freshly_deployed_node_enters_dns_through_undrain(tmp_path: Path) -> None:
+    fleet = load_fleet(Path(__file__).resolve().parents[2] / "inventory" / "lab.toml")
+    store = SqliteStateStore(tmp_path / "s.sqlite")
+    store.transition("fsn-1", "deployed", actor="clonefleet provision")
+    assert plan_undrain(fleet, store, "fsn-1") == ("deployed", [])
