@@ -17,7 +17,7 @@ from typing import Any
 
 from clonefleet.deploy import run_deploy
 from clonefleet.errors import DeployError, StateError
-from clonefleet.image.base import ensure_base_image
+from clonefleet.image.base import BaseImage, ensure_base_image
 from clonefleet.image.node import NodeLayerInput, NodeSecrets, build_node_layer
 from clonefleet.install.plan import InstallPlan, make_plan
 from clonefleet.install.rescue import RescueInstaller
@@ -38,6 +38,26 @@ from clonefleet.unlock import UnlockNotReady, send_passphrase
 BEFORE_INSTALL = (None, "ordered", "rescue")
 PROVISIONED = ("deployed", "active", "draining", "drained")
 ACTOR = "clonefleet provision"
+INSTALL_STEPS = ("create server", "boot rescue", "build node layer", "install")
+
+
+def remaining_steps(current: str | None, wipe: bool) -> list[str]:
+    """The steps that bring a node from its recorded state to `deployed`, in order."""
+    if current in PROVISIONED and not wipe:
+        return []
+    steps: list[str] = []
+    if wipe or current in BEFORE_INSTALL:
+        steps += INSTALL_STEPS
+        current = "installed"
+    if current == "installed":
+        steps.append("boot from disk")
+        current = "locked"
+    if current == "locked":
+        steps.append("unlock")
+        current = "booted"
+    if current == "booted":
+        steps.append("deploy")
+    return steps
 
 
 @dataclass
@@ -84,27 +104,17 @@ class Provisioner:
         node = self.fleet.node(node_name)
         record = self.store.get(node.name)
         current = record.state if record else None
-        install = wipe or current in BEFORE_INSTALL
+        steps = remaining_steps(current, wipe)
         description: dict[str, Any] = {"node": node.name, "provider": node.provider,
-                                       "current_state": current or "ordered"}
-        if current in PROVISIONED and not wipe:
-            description["steps"] = []
+                                       "current_state": current or "ordered", "steps": steps}
+        if not steps:
             description["note"] = "already provisioned; use --wipe to reinstall"
-            return description
-        steps = []
-        if install:
-            steps += ["create server", "boot rescue", "build node layer", "install"]
+        if "install" in steps:
             description["install"] = make_plan(self.fleet, node,
                                                self.provider.network(node)).describe()
             if current not in BEFORE_INSTALL:
                 description["warning"] = (f"--wipe: {node.name} is {current}; its disks will "
                                           "be erased")
-        if install or current == "installed":
-            steps.append("boot from disk")
-        if install or current in ("installed", "locked"):
-            steps.append("unlock")
-        steps.append("deploy")
-        description["steps"] = steps
         return description
 
     # -- running ---------------------------------------------------------------------------
@@ -125,16 +135,14 @@ class Provisioner:
             self.log(f"{node.name}: resuming from state {current!r} (disks are kept)")
             if current == "booted" and self.provider.info(node).status == "off":
                 current = "locked"  # powered off since: boot and unlock it again
-        if wipe or current in BEFORE_INSTALL:
+        steps = remaining_steps(current, wipe)
+        if "install" in steps:
             self._install(node, report)
-            current = "installed"
-        if current == "installed":
+        if "boot from disk" in steps:
             self._step(report, "boot from disk", lambda: self._boot_disk(node))
-            current = "locked"
-        if current == "locked":
+        if "unlock" in steps:
             self._step(report, "unlock", lambda: self._unlock_step(node.name))
-            current = "booted"
-        if current == "booted":
+        if "deploy" in steps:
             self._step(report, "deploy", lambda: self._deploy(node, report))
         final = self.store.get(node.name)
         report.final_state = final.state if final else ""
@@ -165,14 +173,15 @@ class Provisioner:
                                   reason="booted rescue system for install")
 
         self._step(report, "boot rescue", boot_rescue)
+        base = ensure_base_image(cache_dir(), self.log)
         plan = make_plan(self.fleet, node, self.provider.network(node))
         workspace = Path(tempfile.mkdtemp(prefix="clonefleet-", dir=self.state_dir))
         try:
             layer = workspace / f"{node.name}-layer.tar"
-            self._step(report, "build node layer", lambda: self._layer(node, plan, layer,
-                                                                       workspace))
+            self._step(report, "build node layer", lambda: self._layer(
+                base, node, plan, layer, workspace))
             self._step(report, "install", lambda: self._run_installer(
-                node, plan, rescue["access"], layer, report))
+                base, node, plan, rescue["access"], layer, report))
         finally:
             shutil.rmtree(workspace, ignore_errors=True)
 
@@ -188,8 +197,8 @@ class Provisioner:
             self.store.transition(node.name, "ordered", actor=self.actor,
                                   reason=f"{node.provider} server {info.server_id}")
 
-    def _layer(self, node: Node, plan: InstallPlan, output: Path, workspace: Path) -> None:
-        base = ensure_base_image(cache_dir(), self.log)
+    def _layer(self, base: BaseImage, node: Node, plan: InstallPlan, output: Path,
+               workspace: Path) -> None:
         ssh_key = generate_ed25519(f"root@{node.name}")
         dropbear_key = generate_ed25519(f"dropbear@{node.name}")
         secrets = NodeSecrets(ssh_key.private_openssh, ssh_key.public_line,
@@ -204,9 +213,8 @@ class Provisioner:
         self.store.set_fact(node.name, "dropbear_host_key", dropbear_key.public_line)
         self.store.set_fact(node.name, "layout", plan.layout.__dict__)
 
-    def _run_installer(self, node: Node, plan: InstallPlan, access: SshAccess,
-                       layer: Path, report: ProvisionReport) -> None:
-        base = ensure_base_image(cache_dir(), self.log)
+    def _run_installer(self, base: BaseImage, node: Node, plan: InstallPlan,
+                       access: SshAccess, layer: Path, report: ProvisionReport) -> None:
         passphrase = self.keystore.create(node.name)
         with RemoteShell(access, self.operator.path, pinned=None,
                          what=f"{node.name} rescue system") as shell:
