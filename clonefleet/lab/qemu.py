@@ -237,23 +237,30 @@ def _kernel_prints_under_kvm(kernel: Path, timeout: float) -> bool:
         process.wait()
 
 
-def wait_for_port(port: int, *, config: VmConfig, timeout: float, banner: bytes = b"SSH-",
-                  what: str = "ssh") -> None:
-    """Wait until something answers with `banner` on 127.0.0.1:`port`.
+def answers(port: int, banner: bytes = b"SSH-") -> bool:
+    """Whether something in the guest answers on forwarded 127.0.0.1:`port` with `banner`.
 
     qemu's user network accepts TCP connections for forwarded ports even when nothing
     listens in the guest, so a connect alone proves nothing: read the banner.
     """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.settimeout(5)
+            return sock.recv(64).startswith(banner)
+    except OSError:
+        return False
+
+
+def wait_for_port(port: int, *, config: VmConfig, timeout: float, banner: bytes = b"SSH-",
+                  what: str = "ssh") -> None:
+    """Wait until something answers with `banner` on 127.0.0.1:`port` (see `answers`)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if running_pid(config) is None:
             raise ProviderError(f"lab VM {config.name} stopped while waiting for {what}"
                                 f"{console_tail(config)}")
-        with contextlib.suppress(OSError), \
-                socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            sock.settimeout(5)
-            if sock.recv(64).startswith(banner):
-                return
+        if answers(port, banner):
+            return
         time.sleep(1)
     raise TimeoutError_(f"{config.name}: no {what} on 127.0.0.1:{port} after {timeout:.0f} s"
                         f"{console_tail(config)}")

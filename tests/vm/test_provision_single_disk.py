@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import pytest
@@ -15,16 +14,6 @@ from .conftest import Lab
 
 pytestmark = pytest.mark.vm
 NODE = "fsn-1"
-
-
-def sshd_answers(port: int) -> bool:
-    """qemu accepts forwarded connections even with nothing listening: read the banner."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            sock.settimeout(5)
-            return sock.recv(8).startswith(b"SSH-")
-    except OSError:
-        return False
 
 
 def test_dry_run_prints_the_plan_and_touches_nothing(lab: Lab) -> None:
@@ -86,10 +75,10 @@ def test_lab_node_is_encrypted_unlockable_pinned_and_idempotent(lab: Lab) -> Non
         shell.run("systemd-run --on-active=1 systemctl reboot", check=False)
     config = qemu.VmConfig.load(lab.state_dir / "lab" / NODE)
     deadline = time.monotonic() + 120
-    while sshd_answers(ssh_port) and time.monotonic() < deadline:
+    while qemu.answers(ssh_port) and time.monotonic() < deadline:
         time.sleep(2)
     qemu.wait_for_port(config.dropbear_port, config=config, timeout=600, what="Dropbear")
-    assert not sshd_answers(ssh_port)
+    assert not qemu.answers(ssh_port)
 
     # A changed Dropbear host key is refused, never auto-accepted.
     pinned = lab.store.get_fact(NODE, "dropbear_host_key")
@@ -98,7 +87,7 @@ def test_lab_node_is_encrypted_unlockable_pinned_and_idempotent(lab: Lab) -> Non
     assert refused.returncode == 8, refused.stderr
     assert "not the key pinned at install time" in refused.stderr
     assert "Traceback" not in refused.stderr
-    assert not sshd_answers(ssh_port)
+    assert not qemu.answers(ssh_port)
 
     lab.store.set_fact(NODE, "dropbear_host_key", pinned)
     unlocked = json.loads(lab.cli("--json", "unlock", NODE).stdout)
