@@ -9,9 +9,6 @@ from clonefleet.errors import ConfigError
 from clonefleet.keystore import Keystore
 from clonefleet.providers.lab import LabProvider
 
-NODE_FACTS = ("ssh", "unlock", "ssh_host_key", "dropbear_host_key", "layout", "disks",
-              "server_id", "nic_modules", "drain_token_sha256", "drain_token_delivered")
-
 
 @click.group()
 def lab() -> None:
@@ -50,8 +47,7 @@ def destroy(ctx: Context, nodes: tuple[str, ...], everything: bool) -> None:
     keystore = Keystore(ctx.state_dir / "keystore")
     for name in names:
         provider.delete(name)
-        for fact in NODE_FACTS:
-            ctx.store.delete_fact(name, fact)
+        ctx.store.delete_facts(name)
         keystore.delete(name)
         record = ctx.store.get(name)
         if record is not None and record.state != "ordered":

@@ -215,6 +215,11 @@ class SqliteStateStore:
                 "DELETE FROM facts WHERE node = ? AND key = ?", (node, key)
             )
 
+    def delete_facts(self, node: str) -> None:
+        """Forget everything known about a node's machine (it was destroyed)."""
+        with self.transaction():
+            self._connection().execute("DELETE FROM facts WHERE node = ?", (node,))
+
     def record_step(
         self, node: str, step: str, status: str, seconds: float, detail: str = ""
     ) -> None:

@@ -47,6 +47,10 @@ def test_facts_round_trip_json_and_delete(tmp_path: Path) -> None:
     assert store.facts("n1") == {"ssh": {"host": "127.0.0.1", "port": 2200}}
     store.delete_fact("n1", "ssh")
     assert store.get_fact("n1", "ssh", "gone") == "gone"
+    store.set_fact("n1", "a", 1)
+    store.set_fact("n2", "a", 2)
+    store.delete_facts("n1")
+    assert store.facts("n1") == {} and store.facts("n2") == {"a": 2}
 
 
 def test_failed_transaction_rolls_back_everything(tmp_path: Path) -> None:
