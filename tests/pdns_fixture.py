@@ -16,10 +16,8 @@ can import them by a unique module name.
 from __future__ import annotations
 
 import shutil
-import socket
 import sqlite3
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,35 +31,17 @@ import requests
 from clonefleet.dnsmap import Endpoint, Endpoints, powerdns_settings
 from clonefleet.dnsmap.server import SQLITE_SCHEMA, render_config
 from clonefleet.inventory import Fleet, load_fleet
+from clonefleet.lab.qemu import free_port
 from clonefleet.state import SqliteStateStore
 
 PDNS_SERVER = shutil.which("pdns_server") or "/usr/sbin/pdns_server"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 
-_ports_lock = threading.Lock()
-_ports_given: set[int] = set()
 
 
 def powerdns_available() -> bool:
     return Path(PDNS_SERVER).exists() and SQLITE_SCHEMA.exists()
-
-
-def free_port() -> int:
-    """A loopback port free for both TCP and UDP (DNS uses both), never handed out twice."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                    udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        with _ports_lock:
-            if port not in _ports_given:
-                _ports_given.add(port)
-                return port
 
 
 @dataclass
