@@ -17,7 +17,11 @@ import importlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
+
+if TYPE_CHECKING:
+    from clonefleet.inventory import Fleet
+    from clonefleet.state import StateStore
 
 
 def run(fleet_path: str, nodes: list[str], deploy_ref: str) -> dict[str, Any]:
@@ -89,8 +93,8 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str) -> dict[str, Any]:
 TOKEN_DELIVERED_FACT = "drain_token_delivered"
 
 
-def _issue_drain_tokens(fleet: Any, store: Any, hosts: list[tuple[str, dict[str, Any]]]
-                        ) -> list[str]:
+def _issue_drain_tokens(fleet: Fleet, store: StateStore,
+                        hosts: list[tuple[str, dict[str, Any]]]) -> list[str]:
     """Give each node that never received one a fresh smartwatch drain token.
 
     Only its hash stays in the store; the clear token travels once, inside this deploy. A
