@@ -16,9 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clonefleet.errors import ProviderError, TimeoutError_
+from clonefleet.errors import ClonefleetError, ProviderError, TimeoutError_
+from clonefleet.retry import RetryPolicy, retry
 
 QEMU = "qemu-system-x86_64"
+# Booting guests are polled often: waiting a second more than needed costs more than a probe.
+PORT_POLL = RetryPolicy(first=1.0, cap=2.0, factor=1.5)
 
 
 @dataclass
@@ -268,19 +271,29 @@ def answers(port: int, banner: bytes = b"SSH-") -> bool:
         return False
 
 
+class NotAnswering(ClonefleetError):
+    """Nothing in the guest answers on a forwarded port yet (it may still be booting)."""
+
+    transient = True
+
+
 def wait_for_port(port: int, *, config: VmConfig, timeout: float, banner: bytes = b"SSH-",
                   what: str = "ssh") -> None:
-    """Wait until something answers with `banner` on 127.0.0.1:`port` (see `answers`)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Wait until something answers with `banner` on 127.0.0.1:`port` (see `answers`).
+
+    Fails at once if the VM stops; after `timeout`, fails with exit 9 and the console tail.
+    """
+
+    def probe() -> None:
         if running_pid(config) is None:
             raise ProviderError(f"lab VM {config.name} stopped while waiting for {what}"
                                 f"{console_tail(config)}")
-        if answers(port, banner):
-            return
-        time.sleep(1)
-    raise TimeoutError_(f"{config.name}: no {what} on 127.0.0.1:{port} after {timeout:.0f} s"
-                        f"{console_tail(config)}")
+        if not answers(port, banner):
+            raise NotAnswering(f"no {what} banner on 127.0.0.1:{port}")
+
+    retry(probe, what=f"{config.name}: wait for {what}", timeout=timeout,
+          policy=PORT_POLL, exit_code=TimeoutError_.exit_code,
+          detail=lambda: console_tail(config))
 
 
 def console_tail(config: VmConfig, lines: int = 25) -> str:
