@@ -278,9 +278,10 @@ def _counter_findings(reading: DiskReading, counters: dict[str, CounterState],
         rule = policy.counters.get(name)
         if rule is None or not rule.enabled:
             continue
+        if rule.standing and state.value == 0:
+            continue  # back to zero: those sectors were remapped or read again
         recent = state.last_increase_at is not None and now - state.last_increase_at <= window
-        standing = rule.standing and state.value > 0
-        if not recent and not standing:
+        if not recent and not rule.standing:
             continue
         severity = CRITICAL if rule.critical_at is not None and state.value >= rule.critical_at \
             else WARNING
