@@ -55,6 +55,9 @@ class DrainConfig:
     timeout_seconds: float = 90.0
     # A critical finding is read a second time after this pause before the node is drained.
     confirm_delay_seconds: float = 10.0
+    # A drain request still undelivered this long after it was made pages the operators
+    # (once): the disk is failing and the node still serves.
+    undelivered_alert_minutes: float = 30.0
 
 
 @dataclass(frozen=True)
