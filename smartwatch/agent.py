@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from smartwatch import __version__, metrics, selftest
+from smartwatch import __version__, metrics, nodecheck, selftest
 from smartwatch.alerts import (
     DRAIN_REFUSED,
     DRAIN_REJECTED,
@@ -60,6 +60,8 @@ class CheckResult:
         by_disk: dict[str, list[dict[str, Any]]] = {}
         for finding in self.findings:
             by_disk.setdefault(finding.disk, []).append(finding.to_dict())
+        owners = {reading.identity for reading in self.readings} | \
+            {array.name for array in self.arrays}
         disks = []
         for reading in self.readings:
             data = reading.to_dict()
@@ -74,6 +76,9 @@ class CheckResult:
             "disks": disks,
             "arrays": [array.to_dict() for array in self.arrays],
             "findings": [finding.to_dict() for finding in self.findings],
+            # Findings about the node, not one disk or array ("no SMART-capable disk").
+            "node_findings": [finding.to_dict() for finding in self.findings
+                              if finding.disk not in owners],
             "notices": [{"kind": n.kind, "title": n.title} for n in self.notices],
             "drain": [{"request_id": event.entry.request_id, "outcome": event.answer.outcome,
                        "http_status": event.answer.http_status, "error": event.answer.error}
@@ -191,6 +196,9 @@ def _judge(config: Config, readings: list[DiskReading], arrays: list[MdArray],
             history.save_counters(reading.identity, counters, now)
         findings += evaluate(reading, counters, config.policy, now)
     findings += evaluate_arrays(arrays, readings, config.policy)
+    watching_nothing = nodecheck.no_smart_disk(config.node, readings, config.sys_block)
+    if watching_nothing is not None:
+        findings.append(watching_nothing)
     return findings
 
 

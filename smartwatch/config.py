@@ -77,6 +77,8 @@ class Config:
     smartctl: str = "/usr/sbin/smartctl"
     smartctl_options: tuple[str, ...] = ()
     mdstat: str = "/proc/mdstat"
+    # Where the kernel lists block devices, named in the "no SMART-capable disk" finding.
+    sys_block: str = "/sys/block"
     devices: tuple[str, ...] = ()
     metrics_file: str = ""
     alerts: AlertConfig = field(default_factory=AlertConfig)
