@@ -155,3 +155,23 @@ def test_packed_presets_apply_to_seagate_drives_only() -> None:
     assert rawvalues.presets_for("ST3250318AS", "Seagate Barracuda 7200.12")
     assert rawvalues.presets_for("WDC WD10TMVW-11ZSMS1") == {}
     assert rawvalues.count(188, "4295032904", None, {}) == 4295032904
+
+
+def test_json_reader_agrees_with_pysmart_on_a_real_smartctl_73_disk(
+    machine: ReplayedMachine,
+) -> None:
+    from smartwatch import smartjson
+    from smartwatch.collect import DiskReading
+
+    # qemu's emulated AHCI disk, recorded with the lab's rescue system (smartctl 7.3).
+    [text], findings = judge(machine, "qemu_ahci_disk")
+    assert findings == [] and text.source == "pysmart"
+    output = (machine.folder / "_-d_sat_--json_--all__dev_sda").read_text().splitlines()
+    json_reading = DiskReading(device="/dev/sda", interface="sat")
+    smartjson.fill(json_reading, smartjson.parse(output))
+    for name in ("model", "serial", "firmware", "capacity_bytes", "temperature",
+                 "power_on_hours", "overall_health", "smart_capable"):
+        assert getattr(json_reading, name) == getattr(text, name), name
+    assert {key: a.raw_value for key, a in json_reading.attributes.items()} == \
+        {key: a.raw_value for key, a in text.attributes.items()}
+    assert (json_reading.model, json_reading.serial) == ("QEMU HARDDISK", "CFLAB-SMART-sw7probe")
