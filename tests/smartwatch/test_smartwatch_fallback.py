@@ -5,10 +5,10 @@ vendor-packed raw values; the exit status, health line and identity survive, and
 from __future__ import annotations
 
 import pytest
-from smartwatch_replay import ReplayedMachine
+from smartwatch_replay import FIRST_CHECK, ReplayedMachine, first_check
 
 from smartwatch import rawvalues
-from smartwatch.collect import EXIT_STATUS, RecordingSmartctl, collect, read_device
+from smartwatch.collect import EXIT_STATUS, RecordingSmartctl, read_device
 from smartwatch.policy import (
     CRITICAL,
     WARNING,
@@ -19,22 +19,13 @@ from smartwatch.policy import (
 
 pytestmark = pytest.mark.unit
 
-NOW = 1_700_000_000.0
-
-
-def judge(machine: ReplayedMachine, recording: str) -> tuple[list, list]:
-    machine.use(recording)
-    readings, _ = collect(str(machine.smartctl), machine.mdstat)
-    findings = []
-    for reading in readings:
-        findings += evaluate(reading, advance_counters({}, reading, NOW), PolicyConfig(), NOW)
-    return readings, findings
+NOW = FIRST_CHECK
 
 
 def test_failed_health_survives_a_smartctl5_output_pysmart_cannot_parse(
     machine: ReplayedMachine,
 ) -> None:
-    [reading], findings = judge(machine, "failed_unparsed_smartctl5")
+    [reading], findings = first_check(machine, "failed_unparsed_smartctl5")
     # pySMART raised, smartctl 5.39 knows no --json: only the text and the exit status remain.
     assert reading.parse_error.startswith("StopIteration at pySMART/")
     assert reading.source == ""
@@ -57,7 +48,7 @@ def test_failed_health_survives_a_smartctl5_output_pysmart_cannot_parse(
 def test_unparsable_text_falls_back_to_smartctl_json_for_attributes_and_selftests(
     machine: ReplayedMachine,
 ) -> None:
-    [reading], findings = judge(machine, "failed_unparsed_json")
+    [reading], findings = first_check(machine, "failed_unparsed_json")
     assert reading.source == "smartctl-json" and reading.error == ""
     assert reading.parse_error.startswith("StopIteration")
     assert reading.smartctl_exit_status == 216
@@ -77,9 +68,9 @@ def test_unparsable_text_falls_back_to_smartctl_json_for_attributes_and_selftest
 
 
 def test_json_call_is_made_only_when_pysmart_fails(machine: ReplayedMachine) -> None:
-    judge(machine, "healthy_sata_hdd")
+    first_check(machine, "healthy_sata_hdd")
     assert not [call for call in machine.calls() if "--json" in call]
-    judge(machine, "failed_unparsed_json")
+    first_check(machine, "failed_unparsed_json")
     assert "-d sat --json --all /dev/sda" in machine.calls()
 
 
@@ -88,7 +79,7 @@ def test_smartctl_runs_under_lc_all_c_whatever_the_environment(
 ) -> None:
     monkeypatch.setenv("LC_ALL", "de_CH.UTF-8")
     monkeypatch.setenv("LC_NUMERIC", "de_CH.UTF-8")
-    [reading], findings = judge(machine, "nvme_locale")
+    [reading], findings = first_check(machine, "nvme_locale")
     assert reading.source == "pysmart" and reading.parse_error == ""
     assert reading.capacity_bytes == 256_060_514_304
     assert reading.power_on_hours == 10188
@@ -123,7 +114,7 @@ def test_locale_formatted_output_that_pysmart_rejects_is_read_from_json(
 
 
 def test_seagate_packed_raw_values_become_real_counts(machine: ReplayedMachine) -> None:
-    [reading], findings = judge(machine, "seagate_packed_smartctl6")
+    [reading], findings = first_check(machine, "seagate_packed_smartctl6")
     assert reading.source == "pysmart"
     assert reading.attributes[188].raw == "4295032904"
     assert reading.attributes[188].raw_value == 72
@@ -164,7 +155,7 @@ def test_json_reader_agrees_with_pysmart_on_a_real_smartctl_73_disk(
     from smartwatch.collect import DiskReading
 
     # qemu's emulated AHCI disk, recorded with the lab's rescue system (smartctl 7.3).
-    [text], findings = judge(machine, "qemu_ahci_disk")
+    [text], findings = first_check(machine, "qemu_ahci_disk")
     assert findings == [] and text.source == "pysmart"
     output = (machine.folder / "_-d_sat_--json_--all__dev_sda").read_text().splitlines()
     json_reading = DiskReading(device="/dev/sda", interface="sat")
