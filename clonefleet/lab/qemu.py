@@ -136,6 +136,7 @@ def start(config: VmConfig, *, accel: str, kernel: Path | None = None,
                  "discard=unmap",
                  "-device", f"virtio-blk-pci,drive=disk{index},serial={serial},"
                  f"bootindex={index + 1}"]
+    argv += smart_disk_args(config)
     if kernel is not None:
         argv += ["-kernel", str(kernel), "-append", append]
         if initrd is not None:
@@ -147,6 +148,35 @@ def start(config: VmConfig, *, accel: str, kernel: Path | None = None,
     if result.returncode != 0:
         raise ProviderError(f"qemu failed to start {config.name}: "
                             f"{result.stderr.decode(errors='replace').strip()}")
+
+
+SMART_DISK_MB = 64
+
+
+def smart_disk_serial(node: str) -> str:
+    """The serial of the lab's SMART disk of `node` (IDE serials hold 20 characters)."""
+    return f"CFLAB-SMART-{node}"[:20]
+
+
+def smart_disk_args(config: VmConfig) -> list[str]:
+    """One small extra disk on an emulated AHCI controller, created on first start.
+
+    virtio disks answer no SMART, so a lab node's smartwatch would watch nothing; qemu's
+    IDE emulation answers SMART (health, attributes, self-test log), so the agent reads a
+    real disk end to end. It is none of the node's install disks: its serial is not in the
+    fleet file (the installer wipes only the serials listed there) and it has no bootindex.
+    """
+    serial = smart_disk_serial(config.name)
+    if serial in {disk_serial for disk_serial, _ in config.disks}:
+        raise ProviderError(f"lab VM {config.name}: install disk serial {serial!r} is reserved "
+                            "for the lab's SMART disk; rename that disk in the fleet file")
+    path = config.directory / "smart.qcow2"
+    if not path.exists():
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path),
+                        f"{SMART_DISK_MB}M"], check=True, timeout=60)
+    return ["-device", "ahci,id=ahci",
+            "-drive", f"if=none,id=smartdisk,file={path},format=qcow2",
+            "-device", f"ide-hd,drive=smartdisk,bus=ahci.0,serial={serial}"]
 
 
 def accel_args(accel: str) -> list[str]:
