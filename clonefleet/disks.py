@@ -21,7 +21,7 @@ from typing import Any
 from clonefleet.errors import ClonefleetError
 from clonefleet.inventory import Fleet
 from clonefleet.providers.base import SshAccess
-from clonefleet.ssh import RemoteShell
+from clonefleet.ssh import RemoteShell, wait_for_ssh
 from clonefleet.state import StateStore
 
 COMMAND = "smartwatch check --json --report-only"
@@ -48,8 +48,14 @@ Connect = Callable[[str, SshAccess, str | None], RemoteShell]
 
 def _connect(key_path: Path) -> Connect:
     def connect(node: str, access: SshAccess, pinned: str | None) -> RemoteShell:
-        return RemoteShell(access, key_path, pinned=pinned, what=f"node {node}", timeout=20)
+        # A short deadline: a node that is down is reported, not waited for.
+        return wait_for_ssh(lambda: RemoteShell(access, key_path, pinned=pinned,
+                                                what=f"node {node}", timeout=20),
+                            CONNECT_DEADLINE, f"node {node}")
     return connect
+
+
+CONNECT_DEADLINE = 30.0
 
 
 def gather_node(fleet: Fleet, store: StateStore, node: str, connect: Connect,

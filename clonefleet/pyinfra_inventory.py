@@ -12,6 +12,7 @@ from typing import Any
 
 from clonefleet.inventory import Fleet, load_fleet
 from clonefleet.paths import fleet_state_dir
+from clonefleet.retry import DEFAULT, DEPLOY_CONNECT_TRIES
 from clonefleet.ssh import ensure_operator_key
 from clonefleet.state import StateStore, open_store
 
@@ -48,7 +49,11 @@ def host_data(fleet: Fleet, store: StateStore, state_dir: Path,
             "ssh_key": str(key.path),
             "ssh_known_hosts_file": str(known_hosts),
             "ssh_strict_host_key_checking": "yes",
-            "ssh_connect_retries": 2,
+            # The shared retry policy, in pyinfra's terms: it retries refused, reset and EOF
+            # connects, never a changed host key (that is a ConnectError at once).
+            "ssh_connect_retries": DEPLOY_CONNECT_TRIES,
+            "ssh_connect_retry_min_delay": DEFAULT.first,
+            "ssh_connect_retry_max_delay": DEFAULT.cap,
             "clonefleet_hostname": node.name,
             "clonefleet_fqdn": f"{node.name}.{fleet.domain}",
             "clonefleet_region": node.region,

@@ -287,18 +287,29 @@ def _kernel_prints_under_kvm(kernel: Path, timeout: float) -> bool:
         process.wait()
 
 
-def answers(port: int, banner: bytes = b"SSH-") -> bool:
+def answers(port: int, banner: bytes = b"SSH-", patience: float = 5) -> bool:
     """Whether something in the guest answers on forwarded 127.0.0.1:`port` with `banner`.
 
     qemu's user network accepts TCP connections for forwarded ports even when nothing
-    listens in the guest, so a connect alone proves nothing: read the banner.
+    listens in the guest, so a connect alone proves nothing: read the banner, waiting up to
+    `patience` seconds for it (or for the guest's refusal, which arrives as EOF).
     """
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            sock.settimeout(5)
+            sock.settimeout(patience)
             return sock.recv(64).startswith(banner)
     except OSError:
         return False
+
+
+# A probe given up on while the guest's network is not configured yet stays queued inside
+# qemu's user network, which delivers its SYN once the guest answers ARP: the server then
+# accepts a connection whose client left long ago. All of them come from one address
+# (10.0.2.2), and Dropbear drops new connections while 5 from one address are still
+# unauthenticated: a burst of stale probes made unlock read EOF instead of a banner (seen
+# in a packet capture of a degraded RAID boot: 8 stale connections in Dropbear's first 11 s).
+# So a probe waits long for its answer instead of being replaced every few seconds.
+PROBE_PATIENCE = 10.0
 
 
 class NotAnswering(ClonefleetError):
@@ -318,7 +329,7 @@ def wait_for_port(port: int, *, config: VmConfig, timeout: float, banner: bytes 
         if running_pid(config) is None:
             raise ProviderError(f"lab VM {config.name} stopped while waiting for {what}"
                                 f"{console_tail(config)}")
-        if not answers(port, banner):
+        if not answers(port, banner, patience=PROBE_PATIENCE):
             raise NotAnswering(f"no {what} banner on 127.0.0.1:{port}")
 
     retry(probe, what=f"{config.name}: wait for {what}", timeout=timeout,
