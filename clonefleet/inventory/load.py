@@ -130,6 +130,13 @@ def load_fleet(path: str | Path) -> Fleet:
     regions = _regions(check, check.table(raw.get("regions", {}), "regions"))
     nodes = _nodes(check, check.table(raw.get("nodes", {}), "nodes"), regions)
     routed = _routed(check, raw.get("routed", []))
+    for index, entry in enumerate(routed):
+        # Every node's host name <node>.<domain> is in the zone with its own address; a routed
+        # name of the same name would be two rrsets for one name and break every publish.
+        if entry.name in nodes:
+            raise check.fail(f"routed[{index}].name",
+                             f"routed name {entry.name!r} is also a node's host name "
+                             f"({entry.name}.{domain})", "rename the routed name")
     admins = _admins(check, raw.get("admins", []))
 
     min_total = check.typed(fleet_table, "min_active_total", "fleet", int, default=1)
