@@ -32,7 +32,7 @@ LAZY_COMMANDS = {
     "check": ("inventory", "Validate the fleet file."),
     "status": ("inventory", "Show each node's lifecycle state (and history)."),
     "provision": ("provision", "Bare box → rescue → encrypted install → reboot → unlock → "
-                               "deploy."),
+                               "deploy (resumable)."),
     "unlock": ("provision", "Unlock a node waiting in its initramfs (pinned Dropbear key, "
                             "keystore passphrase)."),
     "deploy": ("provision", "Apply a pyinfra deploy to nodes; exits 1 if any node failed."),
@@ -44,7 +44,8 @@ LAZY_COMMANDS = {
                        "confirms."),
     "serve": ("serve", "Answer drain requests from smartwatch agents on the nodes."),
     "token": ("serve", "Per-node drain tokens for smartwatch."),
-    "disks": ("disks", "Show the disk health of every node (or NODES), gathered over SSH."),
+    "disks": ("disks", "Show the disk health of every node (or NODES), gathered over SSH "
+                       "from smartwatch."),
 }
 
 
@@ -54,7 +55,7 @@ class Context:
     def __init__(self, fleet_path: str, as_json: bool) -> None:
         self.fleet_path = fleet_path
         self.as_json = as_json
-        self.emitted = False  # whether a JSON document was printed (errors add one if not)
+        self._documents: list[Any] = []  # JSON held until the command ends
         self._fleet: Fleet | None = None
         self._store: SqliteStateStore | None = None
 
@@ -81,22 +82,36 @@ class Context:
         return self._store
 
     def emit(self, data: Any, text: str | None = None) -> None:
-        """Print `data` as JSON with --json, else `text` (or nothing)."""
+        """Print `data` as JSON with --json, else `text` (or nothing).
+
+        JSON is held until the command ends (`finish`), so that an error raised after the
+        result was prepared lands in the same object: one document on stdout, always.
+        """
         if self.as_json:
-            click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
-            self.emitted = True
+            self._documents.append(data)
         elif text is not None:
             click.echo(text)
 
-    def emit_error(self, message: str, exit_code: int, kind: str, details: Any = None) -> None:
-        """With --json, an error is a JSON object on stdout too, unless the command already
-        printed its result (which then says what went wrong)."""
-        if not self.as_json or self.emitted:
+    def finish(self, error: ClonefleetError | click.ClickException | None = None) -> None:
+        """Print the held JSON documents; with --json an error adds `error`, `exit_code` and
+        `kind` to the command's result object (or is an object of its own)."""
+        if not self.as_json:
             return
-        data: dict[str, Any] = {"error": message, "exit_code": exit_code, "kind": kind}
-        if dataclasses.is_dataclass(details) and not isinstance(details, type):
-            data["result"] = dataclasses.asdict(details)
-        self.emit(data)
+        documents, self._documents = self._documents, []
+        if error is not None:
+            fields: dict[str, Any] = {"error": error.format_message()
+                                      if isinstance(error, click.ClickException) else str(error),
+                                      "exit_code": error.exit_code, "kind": type(error).__name__}
+            details = getattr(error, "result", None)
+            if not documents and dataclasses.is_dataclass(details) \
+                    and not isinstance(details, type):
+                documents.append(dataclasses.asdict(details))
+            if documents and isinstance(documents[-1], dict):
+                documents[-1] = {**documents[-1], **fields}
+            else:
+                documents.append(fields)
+        for document in documents:
+            click.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -131,18 +146,19 @@ class Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            returned = super().invoke(ctx)
         except ClonefleetError as error:
             if isinstance(ctx.obj, Context):
-                ctx.obj.emit_error(str(error), error.exit_code, type(error).__name__,
-                                   getattr(error, "result", None))
+                ctx.obj.finish(error)
             click.echo(f"error: {error}", err=True)
             sys.exit(error.exit_code)
         except click.ClickException as error:
             if isinstance(ctx.obj, Context):
-                ctx.obj.emit_error(error.format_message(), error.exit_code,
-                                   type(error).__name__)
+                ctx.obj.finish(error)
             raise
+        if isinstance(ctx.obj, Context):
+            ctx.obj.finish()
+        return returned
 
 
 @click.group(cls=Group)

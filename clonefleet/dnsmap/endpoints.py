@@ -92,7 +92,10 @@ class Endpoint:
         if not api_url.startswith(("http://", "https://")):
             raise EndpointError(f"node {node!r}: dns_endpoint.api_url {api_url!r} is not an "
                                 "http(s) URL; store e.g. 'http://203.0.113.10:8081'")
-        resolve(str(fact["dns_host"]))  # a bad host name fails here, before anything changes
+        try:
+            resolve(str(fact["dns_host"]))  # a bad host name fails here, before any change
+        except EndpointError as error:
+            raise EndpointError(f"node {node!r}: dns_endpoint.{error}") from None
         return cls(
             node=node,
             api_url=api_url,
