@@ -91,39 +91,54 @@ def zone_serial(rrsets: list[RRset]) -> int | None:
     return None
 
 
+def _comparable(rrset: RRset) -> tuple[int, list[tuple[str, bool]]]:
+    return rrset["ttl"], sorted((str(record["content"]), bool(record.get("disabled")))
+                                for record in rrset.get("records", []))
+
+
 def push_zone(endpoint: Endpoint, zone: str, rrsets: list[RRset], serial: int,
               deadline: float) -> int:
-    """Make the server's `zone` hold exactly `rrsets`: create it, or replace and delete rrsets;
-    then flush the server's caches for the zone. Returns the serial the server now holds.
+    """Make the server's `zone` hold exactly `rrsets`: replace and delete rrsets, or create the
+    zone and flush the server's caches for it. Returns the serial the server now holds.
 
     A server that already holds a newer serial keeps it: a later publish got there first, and
     its map includes every change this one carries (serials are allocated in order, after the
     states are read). Raises `DnsError` on any failure.
     """
     current = get_zone(endpoint, zone, deadline)
-    if current is None:
-        status, body = api_call(endpoint, "POST", "/zones", deadline, {
-            "name": zone,
-            "kind": "Native",
-            # Serials are clonefleet's, identical on every server; PowerDNS must not bump them.
-            "soa_edit_api": "",
-            "nameservers": [],
-            "rrsets": rrsets,
-        })
-        _check(status, body, f"create zone {zone} on {endpoint.node}")
-    else:
+    if current is not None:
         held = zone_serial(current)
         if held is not None and held > serial:
             return held
+        held_now = {(rrset["name"], rrset["type"]): _comparable(rrset) for rrset in current}
         wanted = {(rrset["name"], rrset["type"]) for rrset in rrsets}
         stale = [{"name": rrset["name"], "type": rrset["type"], "changetype": "DELETE"}
                  for rrset in current if (rrset["name"], rrset["type"]) not in wanted]
-        changes = [dict(rrset, changetype="REPLACE") for rrset in rrsets] + stale
+        # Only what differs from what the server holds is sent: the result is the same whole
+        # zone, and the server rewrites 2-3 rrsets on a drain instead of all of them (with 30
+        # servers on a busy 2-core machine that halved the PATCH time).
+        changes = [dict(rrset, changetype="REPLACE") for rrset in rrsets
+                   if held_now.get((rrset["name"], rrset["type"])) != _comparable(rrset)]
+        changes += stale
+        # The PATCH purges the zone from the packet and query caches itself (checked here:
+        # drained answers change at once), so no separate flush is needed: one call less
+        # per server on every drain.
         status, body = api_call(endpoint, "PATCH", f"/zones/{zone}", deadline,
                                 {"rrsets": changes})
         _check(status, body, f"update zone {zone} on {endpoint.node}")
-    # A server asked before the zone existed keeps answering from its packet cache (REFUSED)
-    # for ~20 s after the zone is created; a flush makes the new zone answer at once.
+        return serial
+    status, body = api_call(endpoint, "POST", "/zones", deadline, {
+        "name": zone,
+        "kind": "Native",
+        # Serials are clonefleet's, identical on every server; PowerDNS must not bump them.
+        "soa_edit_api": "",
+        "nameservers": [],
+        "rrsets": rrsets,
+    })
+    _check(status, body, f"create zone {zone} on {endpoint.node}")
+    # A server asked before the zone existed keeps answering from its cache (REFUSED) for
+    # ~20 s after the zone is created (zone creation purges nothing); flushing the zone's
+    # entries makes it answer at once.
     status, body = api_call(endpoint, "PUT", f"/cache/flush?domain={quote(zone)}", deadline)
     _check(status, body, f"flush the cache for {zone} on {endpoint.node}")
     return serial
