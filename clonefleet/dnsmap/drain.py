@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from clonefleet.dnsmap.endpoints import Endpoint, Endpoints
 from clonefleet.dnsmap.errors import DnsError, DrainNotConfirmed, DrainRefused
 from clonefleet.dnsmap.model import DRAIN_STATES, UNKNOWN_STATE, build_map
-from clonefleet.dnsmap.powerdns import ask
+from clonefleet.dnsmap.powerdns import ask, preload_dns
 from clonefleet.dnsmap.publish import (
     MAX_PARALLEL,
     SERVER_SECONDS,
@@ -190,6 +190,7 @@ def drain_node(fleet: Fleet, store: StateStore, node: str, *, reason: str, actor
     Draining a node that is already draining or drained changes nothing but republishes.
     """
     started = time.monotonic()
+    preload_dns()
     deadline = started + positive_seconds(timeout, "the timeout")
     positive_seconds(server_timeout, "the per-server timeout")
     fleet.node(node)
@@ -226,6 +227,7 @@ def undrain_node(fleet: Fleet, store: StateStore, node: str, *, actor: str, reas
     nothing but republishes.
     """
     started = time.monotonic()
+    preload_dns()
     deadline = started + positive_seconds(timeout, "the timeout")
     positive_seconds(server_timeout, "the per-server timeout")
     fleet.node(node)
