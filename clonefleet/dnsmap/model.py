@@ -45,6 +45,7 @@ class RoutedEntry:
     name: str
     ttl: int
     nodes: tuple[MapNode, ...]
+    answers: int = 1  # how many of the nearest nodes a located client is given
 
     @property
     def ipv4(self) -> tuple[str, ...]:
@@ -110,7 +111,8 @@ def build_map(fleet: Fleet, store: StateStore) -> DnsMap:
     active = tuple(node for node in nodes if node.active and node.addresses)
     domain = fqdn(fleet.domain)
     routed = tuple(
-        RoutedEntry(name=f"{entry.name}.{domain}", ttl=entry.ttl, nodes=active)
+        RoutedEntry(name=f"{entry.name}.{domain}", ttl=entry.ttl, nodes=active,
+                    answers=entry.answers)
         for entry in fleet.routed
     )
     return DnsMap(domain=domain, routed=routed, nodes=tuple(nodes))

@@ -53,24 +53,34 @@ def as_reported(latitude: float, longitude: float) -> tuple[float, float]:
     return float(f"{latitude:.6f}"), float(f"{longitude:.6f}")
 
 
-def nearest(latitude: float, longitude: float, places: Sequence[Site]) -> frozenset[str]:
-    """Every address at the smallest distance from the client (the program picks one).
+def nearest(latitude: float, longitude: float, places: Sequence[Site],
+            count: int = 1) -> tuple[frozenset[str], frozenset[str]]:
+    """What a client there may be answered with `count` addresses: (required, allowed).
 
-    An unknown location (`0.000000 0.000000`, as PowerDNS reports it) gives every address,
-    as the program does.
+    A correct answer has min(count, all) addresses, contains every `required` one (strictly
+    nearer than the count-th nearest) and nothing outside `allowed` (no farther than it); ties
+    at that distance are the program's random choice. With count 1: nothing required, allowed
+    = every address at the smallest distance. An unknown location (`0.000000 0.000000`, as
+    PowerDNS reports it), or a count of at least all addresses, requires every address.
     """
+    everything = frozenset(address for place in places for address in place.addresses)
     latitude, longitude = as_reported(latitude, longitude)
-    if not places or (latitude, longitude) == (0.0, 0.0):
-        return frozenset(address for place in places for address in place.addresses)
-    distances = [arc(latitude, longitude, place.latitude, place.longitude) for place in places]
-    best = min(distances)
-    return frozenset(address for place, distance in zip(places, distances, strict=True)
-                     if distance <= best + TIE_RADIANS for address in place.addresses)
+    if not places or (latitude, longitude) == (0.0, 0.0) or count >= len(everything):
+        return everything, everything
+    ranked = sorted((arc(latitude, longitude, place.latitude, place.longitude), address)
+                    for place in places for address in place.addresses)
+    boundary = ranked[count - 1][0]
+    required = frozenset(address for distance, address in ranked
+                         if distance < boundary - TIE_RADIANS)
+    allowed = frozenset(address for distance, address in ranked
+                        if distance <= boundary + TIE_RADIANS)
+    return required, allowed
 
 
-def lua_program(places: Sequence[Site]) -> str:
-    """The LUA record program: one random address among the nearest, every address when the
-    client's location is unknown. `pickrandom` is PowerDNS's (its own random source)."""
+def lua_program(places: Sequence[Site], count: int = 1) -> str:
+    """The LUA record program: one random address among the nearest (or the `count` nearest,
+    ties in random order), every address when the client's location is unknown.
+    `pickrandom` is PowerDNS's (its own random source)."""
     listed = ",".join(
         f"{{{place.latitude!r},{place.longitude!r},{{"
         + ",".join(f"'{address}'" for address in place.addresses) + "}}"
@@ -82,5 +92,12 @@ def lua_program(places: Sequence[Site]) -> str:
             "local d={} local b=9 for i,p in ipairs(s) do local q=r(p[1]) "
             "local h=math.sin((q-y)/2)^2+math.cos(y)*math.cos(q)*math.sin((r(p[2])-x)/2)^2 "
             "d[i]=2*math.asin(math.sqrt(math.min(1,h))) if d[i]<b then b=d[i] end end "
-            f"local w={{}} for i,p in ipairs(s) do if d[i]<=b+{TIE_RADIANS!r} then "
-            "for _,n in ipairs(p[3]) do w[#w+1]=n end end end return pickrandom(w)")
+            + (f"local w={{}} for i,p in ipairs(s) do if d[i]<=b+{TIE_RADIANS!r} then "
+               "for _,n in ipairs(p[3]) do w[#w+1]=n end end end return pickrandom(w)"
+               if count == 1 else
+               # Every address with its place's distance and a random tie-breaker, sorted.
+               "local o={} for i,p in ipairs(s) do for _,n in ipairs(p[3]) do "
+               "o[#o+1]={d[i],math.random(),n} end end "
+               f"table.sort(o,function(u,v) if math.abs(u[1]-v[1])>{TIE_RADIANS!r} then "
+               "return u[1]<v[1] end return u[2]<v[2] end) "
+               f"local w={{}} for i=1,math.min({count},#o) do w[i]=o[i][3] end return w"))

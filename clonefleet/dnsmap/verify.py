@@ -66,8 +66,10 @@ class Expectation:
     kind: str
     client: str
     allowed: frozenset[str]
-    exactly: bool  # True: the answer is the whole `allowed` set; False: one address from it
+    exactly: bool  # True: the answer is the whole `allowed` set; False: `count` from it
     ttl: int | None = None  # the TTL every answer must carry
+    count: int = 1  # not exactly: how many addresses (fewer if there are fewer)
+    required: frozenset[str] = frozenset()  # not exactly: addresses that must be among them
 
 
 def normalized(address: str) -> str:
@@ -98,10 +100,12 @@ def expectations(dns_map: DnsMap) -> list[Expectation]:
                 if not places:
                     questions.append(Expectation(entry.name, kind, client, frozenset(), True))
                     continue
-                allowed = frozenset(normalized(address) for address in
-                                    nearest(probe.latitude, probe.longitude, places))
-                questions.append(Expectation(entry.name, kind, client, allowed, False,
-                                             entry.ttl))
+                required, allowed = nearest(probe.latitude, probe.longitude, places,
+                                            entry.answers)
+                questions.append(Expectation(
+                    entry.name, kind, client, frozenset(map(normalized, allowed)), False,
+                    entry.ttl, min(entry.answers, len(everything)),
+                    frozenset(map(normalized, required))))
     return questions
 
 
@@ -207,8 +211,11 @@ def check_routed(endpoint: Endpoint, questions: list[Expectation], deadline: flo
             wrong = answered != question.allowed
             problem = "answer differs from the active set"
         else:
-            wrong = len(answered) != 1 or not answered <= question.allowed
-            problem = "not one of the nearest active nodes (great-circle distance)"
+            wrong = (len(answered) != question.count or not answered <= question.allowed
+                     or not question.required <= answered)
+            problem = (f"not the {question.count} nearest active node(s) (great-circle distance)"
+                       if question.count > 1 else
+                       "not one of the nearest active nodes (great-circle distance)")
         if wrong:
             extra = answered - question.allowed
             if extra:

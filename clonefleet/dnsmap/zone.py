@@ -70,7 +70,7 @@ def render_rrsets(dns_map: DnsMap, serial: int) -> list[RRset]:
         for kind, family in (("A", "ipv4"), ("AAAA", "ipv6")):
             places = routed_sites(entry, family)
             if places:
-                programs.append(f'{kind} "{lua_program(places)}"')
+                programs.append(f'{kind} "{lua_program(places, entry.answers)}"')
         # No active node: no rrset at all, so clients get an empty answer rather than a
         # drained address.
         if programs:

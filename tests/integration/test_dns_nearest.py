@@ -25,6 +25,11 @@ domain = "globe.clonefleet.test"
 name = "edge"
 ttl = 20
 
+[[routed]]
+name = "api"
+ttl = 20
+answers = 2
+
 [regions.hel]
 provider = "lab"
 latitude = 60.17
@@ -79,6 +84,9 @@ PLACES = {
 }
 NEAREST = {"oslo": "hel-1", "trondheim": "hel-1", "apia": "akl-1"}
 EDGE = "edge.globe.clonefleet.test."
+API = "api.globe.clonefleet.test."  # answers = 2: the two nearest
+TWO_NEAREST = {"oslo": {"hel-1", "fsn-1"}, "trondheim": {"hel-1", "fsn-1"},
+               "apia": {"akl-1", "hnl-1"}}
 
 
 def flat_pick(fleet_regions: dict[str, tuple[float, float]], latitude: float,
@@ -132,6 +140,21 @@ def test_powerdns_answers_the_great_circle_nearest_node_over_ecs(
         for _ in range(5):
             assert ask(endpoint, EDGE, "A", client=ipv4_net).addresses == {node.ipv4}
             assert ask(endpoint, EDGE, "AAAA", client=ipv6_net).addresses == {node.ipv6}
+
+
+@pytest.mark.parametrize("place", sorted(PLACES))
+def test_a_name_with_answers_2_gets_the_two_nearest_by_great_circle(
+        globe: DnsLab, place: str) -> None:
+    publish(globe.fleet, globe.store, globe.endpoints, actor="test")
+    ipv4_net, ipv6_net, _, _ = PLACES[place]
+    nodes = [globe.fleet.nodes[name] for name in TWO_NEAREST[place]]
+    for endpoint in globe.endpoints.values():
+        assert ask(endpoint, API, "A", client=ipv4_net).addresses == {n.ipv4 for n in nodes}
+        assert ask(endpoint, API, "AAAA", client=ipv6_net).addresses == {n.ipv6 for n in nodes}
+    # From nowhere in particular: every active node, as for a single answer.
+    everyone = {node.ipv4 for node in globe.fleet.nodes.values()}
+    for endpoint in globe.endpoints.values():
+        assert ask(endpoint, API, "A", client="0.0.0.0/0").addresses == everyone
 
 
 def test_with_the_nearest_node_drained_the_next_nearest_by_great_circle_answers(

@@ -9,7 +9,7 @@ import pytest
 
 from clonefleet.dnsmap import ENDPOINT_FACT, Endpoint, EndpointError, Endpoints
 from clonefleet.dnsmap.model import build_map
-from clonefleet.dnsmap.nearest import Site, lua_program
+from clonefleet.dnsmap.nearest import Site, arc, lua_program, nearest
 from clonefleet.dnsmap.verify import expectations
 from clonefleet.dnsmap.zone import render_rrsets
 from clonefleet.errors import InventoryError, StateError
@@ -135,6 +135,47 @@ def test_lua_program_carries_each_place_once_with_its_addresses_and_coordinates(
     assert "if c=='0.000000 0.000000' then" in program
     assert "math.asin(math.sqrt(" in program and program.endswith("return pickrandom(w)")
     assert "pickclosest" not in program
+
+
+HELSINKI = Site(60.17, 24.94, ("192.0.2.61",))
+FALKENSTEIN = Site(50.47, 12.37, ("192.0.2.11", "192.0.2.12"))
+ASHBURN = Site(39.04, -77.49, ("198.51.100.21",))
+
+
+def test_nearest_is_by_great_circle_with_ties_within_a_place() -> None:
+    places = (FALKENSTEIN, HELSINKI, ASHBURN)
+    # Oslo: Helsinki is ~790 km away, Falkenstein ~1055 km (flat degrees say Falkenstein).
+    assert nearest(59.91, 10.75, places) == (frozenset(), {"192.0.2.61"})
+    # Berlin: both Falkenstein nodes are equally near; the program picks one of them.
+    assert nearest(52.52, 13.40, places) == (frozenset(), {"192.0.2.11", "192.0.2.12"})
+    # Unknown location: every address, all of them required.
+    everything = {"192.0.2.61", "192.0.2.11", "192.0.2.12", "198.51.100.21"}
+    assert nearest(0.0, 0.0, places) == (everything, everything)
+    assert 6371 * arc(59.91, 10.75, 60.17, 24.94) == pytest.approx(790, abs=10)
+
+
+def test_nearest_two_requires_the_nearest_and_allows_any_tie_for_second() -> None:
+    places = (FALKENSTEIN, HELSINKI, ASHBURN)
+    # Oslo, 2 answers: Helsinki for sure, then either Falkenstein node.
+    assert nearest(59.91, 10.75, places, 2) == (
+        {"192.0.2.61"}, {"192.0.2.61", "192.0.2.11", "192.0.2.12"})
+    # Asking for more than there are: all of them.
+    assert nearest(59.91, 10.75, (HELSINKI, ASHBURN), 3) == (
+        {"192.0.2.61", "198.51.100.21"}, {"192.0.2.61", "198.51.100.21"})
+
+
+def test_lua_program_for_several_answers_sorts_by_distance_and_returns_that_many() -> None:
+    program = lua_program((FALKENSTEIN, HELSINKI), 2)
+    assert "table.sort(o," in program
+    assert program.endswith("local w={} for i=1,math.min(2,#o) do w[i]=o[i][3] end return w")
+    assert "pickrandom" not in program
+
+
+def test_answers_outside_1_to_8_are_refused_when_the_fleet_file_loads(tmp_path: Path) -> None:
+    path = tmp_path / "mapping.toml"
+    path.write_text(FLEET.format(second="api").replace("ttl = 60", "ttl = 60\nanswers = 0"))
+    with pytest.raises(InventoryError, match=r"routed\[1\]\.answers: invalid answer count 0"):
+        load_fleet(path)
 
 
 def test_no_active_node_renders_no_routed_rrset_so_no_address_is_served(
