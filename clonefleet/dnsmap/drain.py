@@ -1,8 +1,10 @@
 """Drain and undrain: the state change, its safety rules, the push, and proof by DNS queries.
 
 Sequence (after gdnsd's admin_state model): check the rules and mark the node `draining` in one
-transaction → publish to every node → query every reachable server until none serves the
-node's addresses → return. The `draining` → `drained` step, once the longest routed TTL plus
+transaction → allocate a serial and render the zone (under the publish lock, briefly) → per
+server, in parallel and each within its own deadline: push, then query it until it no longer
+serves the node's addresses → return. A hung server is named unreachable after its deadline
+and holds up nobody else. The `draining` → `drained` step, once the longest routed TTL plus
 `fleet.dns_grace_seconds` has passed, is done by `settle()`, which every publish runs first and
 `wait_until_drained()` runs when the time is up; nobody has to block for it.
 """

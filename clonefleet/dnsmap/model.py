@@ -87,7 +87,7 @@ def build_map(fleet: Fleet, store: StateStore) -> DnsMap:
     """Given the fleet and the recorded node states, return the map.
 
     Every routed name is served by every active node (the fleet is made of identical clones);
-    the choice among them per client is left to PowerDNS's `pickclosest`.
+    the choice among them per client is left to the LUA program (nearest by great circle).
     """
     nodes: list[MapNode] = []
     for name in sorted(fleet.nodes):

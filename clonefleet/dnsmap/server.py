@@ -29,7 +29,7 @@ def powerdns_settings(
 
     - `launch=gsqlite3,geoip`: zones live in SQLite so the HTTP API can create and change them
       (the bind backend cannot); the geoip backend only supplies the GeoIP lookups that LUA's
-      `pickclosest` uses, with no zones of its own (`geoip_zones_file` holds `domains: []`).
+      `latlon()` uses, with no zones of its own (`geoip_zones_file` holds `domains: []`).
     - `geoip_databases`: clonefleet's node database first, then optionally a client database
       such as GeoLite2-City; PowerDNS asks them in order.
     - `small`: one thread each and small caches, for running dozens of servers on one machine.
