@@ -156,6 +156,11 @@ class Group(click.Group):
             if isinstance(ctx.obj, Context):
                 ctx.obj.finish(error)
             raise
+        except BaseException:
+            # sys.exit() in a command, ^C: what it prepared is still printed.
+            if isinstance(ctx.obj, Context):
+                ctx.obj.finish()
+            raise
         if isinstance(ctx.obj, Context):
             ctx.obj.finish()
         return returned

@@ -3,6 +3,7 @@ delays the others' confirmation or a second drain; and endpoints given by host n
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -136,3 +137,15 @@ def test_an_unresolvable_dns_host_is_refused_before_the_state_changes(
     assert err.count("\n") == 1
     record = dns_lab.store.get("fsn-2")
     assert record is not None and record.state == "active"
+
+
+def test_cli_drain_with_a_stopped_server_exits_22_with_one_json_document(
+        dns_lab: DnsLab, stopped: PowerDnsServer) -> None:
+    code, out, err = run_cli(dns_lab, "--json", "drain", "fsn-2", "--reason", "json",
+                             "--server-timeout", str(SERVER_TIMEOUT))
+    assert code == 22
+    document = json.loads(out)  # one document: the result with the error added
+    assert document["unreachable"] == ["sin-1"] and document["exit_code"] == 22
+    assert document["kind"] == "DnsUnreachable" and "sin-1" in document["error"]
+    assert sorted(document["confirmed"]) == ["ash-1", "ash-2", "fsn-1", "fsn-2"]
+    assert err.startswith("error: drain of 'fsn-2' recorded") and err.count("\n") == 1
