@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,8 @@ def run_deploy(fleet_path: Path, nodes: list[str], deploy: str = "deploys.full:n
             [sys.executable, "-m", "clonefleet.deploy_runner", "--fleet",
              str(Path(fleet_path).resolve()), "--deploy", deploy, "--out", str(out), *nodes],
             capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT)
+        if os.environ.get("CLONEFLEET_VERBOSE"):
+            sys.stderr.write(process.stderr)
         if not out.exists():
             tail = "\n".join((process.stdout + process.stderr).strip().splitlines()[-20:])
             raise DeployError(f"pyinfra could not run {deploy}: {tail}")

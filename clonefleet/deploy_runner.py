@@ -15,6 +15,8 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
@@ -117,6 +119,9 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("nodes", nargs="+")
     arguments = parser.parse_args()
+    if os.environ.get("CLONEFLEET_VERBOSE"):  # `clonefleet -v`: pyinfra's own log too
+        logging.basicConfig(level=logging.DEBUG if os.environ["CLONEFLEET_VERBOSE"] > "1"
+                            else logging.INFO, format="%(name)s: %(message)s")
     sys.path.insert(0, str(Path(arguments.fleet).resolve().parent.parent))
     results = run(arguments.fleet, arguments.nodes, arguments.deploy)
     Path(arguments.out).write_text(json.dumps(results, indent=2))

@@ -3,6 +3,10 @@
 
 `--report-only` reads and judges without alerting, draining, starting self-tests or touching
 the agent's history, so looking never changes what the hourly check will do.
+
+A node that was never provisioned has no agent to ask: it is listed as `not-provisioned`, not
+as a failure. A node whose agent can read no disk gets a row of its own (a warning), so
+"watching nothing" never looks like "all disks fine".
 """
 
 from __future__ import annotations
@@ -21,15 +25,20 @@ from clonefleet.ssh import RemoteShell
 from clonefleet.state import StateStore
 
 COMMAND = "smartwatch check --json --report-only"
-SEVERITY_ORDER = {"critical": 0, "unreachable": 1, "warning": 2, "ok": 3}
+NOT_PROVISIONED = "not-provisioned"
+SEVERITY_ORDER = {"critical": 0, "unreachable": 1, "warning": 2, "ok": 3, NOT_PROVISIONED: 4}
+# Lifecycle states before the install finished: the node has no agent yet.
+BEFORE_INSTALL = ("ordered", "rescue", "installed")
 
 
 @dataclass
 class NodeDisks:
     node: str
-    status: str  # ok | warning | critical | unreachable
+    status: str  # ok | warning | critical | unreachable | not-provisioned
     disks: list[dict[str, Any]] = field(default_factory=list)
     arrays: list[dict[str, Any]] = field(default_factory=list)
+    # Findings about the node rather than one disk, e.g. "no SMART-capable disk".
+    node_findings: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
     checked_at: float | None = None
 
@@ -47,9 +56,16 @@ def gather_node(fleet: Fleet, store: StateStore, node: str, connect: Connect,
                 command: str = COMMAND, timeout: float = 300) -> NodeDisks:
     """Run the agent's report on one node; any failure becomes an `unreachable` answer."""
     fleet.node(node)
+    record = store.get(node)
+    if record is None or record.state in BEFORE_INSTALL:
+        state = "never provisioned" if record is None else f"provisioning not finished " \
+            f"(state {record.state})"
+        return NodeDisks(node, NOT_PROVISIONED,
+                         error=f"{state}: run `clonefleet provision {node}`")
     access = store.get_fact(node, "ssh")
     if not access:
-        return NodeDisks(node, "unreachable", error="no SSH address recorded (not installed?)")
+        return NodeDisks(node, "unreachable",
+                         error=f"no SSH address recorded although the node is {record.state}")
     pinned = store.get_fact(node, "ssh_host_key")
     try:
         with connect(node, SshAccess(access["host"], int(access["port"])), pinned) as shell:
@@ -62,7 +78,8 @@ def gather_node(fleet: Fleet, store: StateStore, node: str, connect: Connect,
         tail = (err or out).strip().splitlines()[-1:] or [f"exit status {status}"]
         return NodeDisks(node, "unreachable", error=f"smartwatch failed: {tail[0]}")
     return NodeDisks(node, str(report.get("status", "ok")), list(report.get("disks", [])),
-                     list(report.get("arrays", [])), checked_at=report.get("checked_at"))
+                     list(report.get("arrays", [])), list(report.get("node_findings", [])),
+                     checked_at=report.get("checked_at"))
 
 
 def gather(fleet: Fleet, store: StateStore, key_path: Path, nodes: list[str] | None = None, *,
@@ -80,11 +97,12 @@ def rows(reports: list[NodeDisks]) -> list[dict[str, Any]]:
     """One row per disk (and per unreachable node), worst first, then by node and device."""
     table: list[dict[str, Any]] = []
     for report in reports:
-        if report.status == "unreachable":
-            table.append({"node": report.node, "status": "unreachable", "device": "",
-                          "model": "", "serial": "", "temperature": None,
-                          "power_on_hours": None, "findings": [report.error]})
+        if report.status in ("unreachable", NOT_PROVISIONED):
+            table.append(_node_row(report.node, report.status, report.error))
             continue
+        for finding in report.node_findings:
+            table.append(_node_row(report.node, str(finding.get("severity", "warning")),
+                                   str(finding.get("reason", ""))))
         for disk in report.disks:
             table.append({
                 "node": report.node, "status": disk.get("status", "ok"),
@@ -103,3 +121,8 @@ def rows(reports: list[NodeDisks]) -> list[dict[str, Any]]:
     table.sort(key=lambda row: (SEVERITY_ORDER.get(row["status"], 9), row["node"],
                                 row["device"]))
     return table
+
+
+def _node_row(node: str, status: str, finding: str) -> dict[str, Any]:
+    return {"node": node, "status": status, "device": "", "model": "", "serial": "",
+            "temperature": None, "power_on_hours": None, "findings": [finding]}

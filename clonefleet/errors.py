@@ -8,9 +8,14 @@ from __future__ import annotations
 
 
 class ClonefleetError(Exception):
-    """Base of every error the user can act on. `str(error)` is the one line to print."""
+    """Base of every error the user can act on. `str(error)` is the one line to print.
+
+    `transient` errors may go away by themselves (a node still booting); the shared retry
+    policy (`clonefleet.retry`) retries those until its deadline and nothing else.
+    """
 
     exit_code = 1
+    transient = False
 
 
 class ConfigError(ClonefleetError):

@@ -33,7 +33,7 @@ from clonefleet.ssh import (
     wait_for_ssh,
 )
 from clonefleet.state import StateStore
-from clonefleet.unlock import UnlockNotReady, send_passphrase
+from clonefleet.unlock import unlock
 
 BEFORE_INSTALL = (None, "ordered", "rescue")
 PROVISIONED = ("deployed", "active", "draining", "drained")
@@ -216,8 +216,9 @@ class Provisioner:
     def _run_installer(self, base: BaseImage, node: Node, plan: InstallPlan,
                        access: SshAccess, layer: Path, report: ProvisionReport) -> None:
         passphrase = self.keystore.create(node.name)
-        with RemoteShell(access, self.operator.path, pinned=None,
-                         what=f"{node.name} rescue system") as shell:
+        what = f"{node.name} rescue system"
+        with wait_for_ssh(lambda: RemoteShell(access, self.operator.path, pinned=None,
+                                              what=what), 120, what) as shell:
             installer = RescueInstaller(
                 shell, plan, log=self.log,
                 on_step=lambda step, seconds: report.steps.append((f"  {step}", seconds)))
@@ -259,18 +260,11 @@ class Provisioner:
             raise StateError(f"no pinned Dropbear host key for {node.name}; it was not "
                              "installed by this controller")
         passphrase = self.keystore.get(node.name)
+        started = time.monotonic()
         self.wait_for_dropbear(node, timeout)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                message = send_passphrase(self._access(node.name, "unlock"),
-                                          self.operator.path, pinned, passphrase)
-                break
-            except UnlockNotReady:
-                # cryptsetup may not be asking yet (askpass starts a little after Dropbear).
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(3)
+        message = unlock(self._access(node.name, "unlock"), self.operator.path, pinned,
+                         passphrase, what=node.name, log=self.log,
+                         timeout=max(30.0, timeout - (time.monotonic() - started)))
         self.log(f"{node.name}: {message}")
         if wait_for_sshd:
             self.wait_for_sshd(node, timeout)

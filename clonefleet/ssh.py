@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from clonefleet.errors import ClonefleetError, ConfigError, HostKeyMismatchError
 from clonefleet.providers.base import SshAccess
+from clonefleet.retry import retry
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,16 @@ class RemoteShell:
                                 banner_timeout=timeout, auth_timeout=timeout,
                                 allow_agent=False, look_for_keys=False)
         except ClonefleetError:
+            self.client.close()
             raise
-        except (paramiko.SSHException, OSError) as error:
-            raise ConnectionFailed(f"cannot reach {what} at {access}: {error}") from None
+        except paramiko.AuthenticationException as error:
+            self.client.close()
+            raise AccessDenied(f"{what} at {access} refused the operator key "
+                               f"{key_path} ({error}); check the fleet's ssh_key") from None
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            self.client.close()
+            raise ConnectionFailed(f"cannot reach {what} at {access}: "
+                                   f"{_describe(error)}") from None
 
     @property
     def host_key(self) -> str:
@@ -194,8 +202,24 @@ def _collect(channel: paramiko.Channel, timeout: float) -> tuple[int, str, str]:
     return status, out.decode(errors="replace"), err.decode(errors="replace")
 
 
+def _describe(error: BaseException) -> str:
+    """A one-line cause: some library errors have an empty message (EOFError(), timeouts)."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 class ConnectionFailed(ClonefleetError):
+    """The SSH connection could not be made or was lost (refused, reset, EOF or timeout
+    during the banner): worth retrying while the deadline allows."""
+
     exit_code = 11
+    transient = True
+
+
+class AccessDenied(ConnectionFailed):
+    """The server answered but refused the operator key: retrying cannot help."""
+
+    transient = False
 
 
 class RemoteCommandFailed(ClonefleetError):
@@ -204,13 +228,6 @@ class RemoteCommandFailed(ClonefleetError):
 
 def wait_for_ssh(connect: Callable[[], RemoteShell], timeout: float,
                  describe: str) -> RemoteShell:
-    """Retry `connect` until it succeeds; host key mismatches are never retried."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            return connect()
-        except (TimeoutError, ConnectionFailed, EOFError) as error:
-            last = error
-            time.sleep(2)
-    raise ConnectionFailed(f"{describe}: not reachable after {timeout:.0f} s ({last})")
+    """Retry `connect` with the shared policy until it succeeds or `timeout` passes; a host
+    key mismatch or a refused key fails at once."""
+    return retry(connect, what=f"connect to {describe}", timeout=timeout)

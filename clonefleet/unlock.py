@@ -7,15 +7,20 @@ of the passphrase. Its messages become distinct errors so scripts can react to e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from clonefleet.errors import UnlockError
 from clonefleet.providers.base import SshAccess
+from clonefleet.retry import retry
 from clonefleet.ssh import ConnectionFailed, RemoteShell
 
 
 class UnlockNotReady(UnlockError):
-    """The initramfs is not (yet) asking for the passphrase."""
+    """The initramfs is not (yet) asking for the passphrase: askpass starts a little after
+    Dropbear, and later still when the root device is slow to appear (a degraded RAID)."""
+
+    transient = True
 
 
 class BadPassphrase(UnlockError):
@@ -60,3 +65,24 @@ def send_passphrase(access: SshAccess, key_path: Path, pinned_host_key: str,
             return interpret(None, "")
         # paramiko reports -1 when the channel closed without an exit status
         return interpret(None if status == -1 else status, out + err)
+
+
+def unlock(access: SshAccess, key_path: Path, pinned_host_key: str, passphrase: str, *,
+           timeout: float, what: str = "node",
+           log: Callable[[str], None] | None = None) -> str:
+    """Send the passphrase to Dropbear, retrying what passes by itself until `timeout`.
+
+    Dropbear drops a new connection during the banner while too many earlier ones from the
+    same address are still unauthenticated (5 by default, and behind NAT every connection
+    comes from one address), and askpass may not be asking yet. Both are retried with the
+    shared policy; a changed host key or a rejected passphrase fails on the first attempt.
+    """
+
+    def note(attempt: int, error: BaseException, delay: float) -> None:
+        if log is not None:
+            log(f"{what}: unlock attempt {attempt} failed ({error}); trying again in "
+                f"{delay:.0f} s")
+
+    return retry(lambda: send_passphrase(access, key_path, pinned_host_key, passphrase),
+                 what=f"unlock {what} through Dropbear at {access}", timeout=timeout,
+                 on_retry=note)

@@ -9,10 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from smartwatch import __version__, metrics, selftest
+from smartwatch import __version__, metrics, nodecheck, selftest
 from smartwatch.alerts import (
     DRAIN_REFUSED,
     DRAIN_REJECTED,
+    DRAIN_UNDELIVERED,
     LogNotifier,
     Notice,
     Notifier,
@@ -23,7 +24,7 @@ from smartwatch.alerts import (
 from smartwatch.collect import DiskReading, collect, reread
 from smartwatch.config import Config
 from smartwatch.drain import ACK, REFUSE, DrainClient, SpoolEvent, flush
-from smartwatch.history import History
+from smartwatch.history import PENDING, REFUSED, History, SpoolEntry
 from smartwatch.mdstat import MdArray
 from smartwatch.policy import (
     CRITICAL,
@@ -48,6 +49,8 @@ class CheckResult:
     notices_failed: list[Notice] = field(default_factory=list)
     drain_events: list[SpoolEvent] = field(default_factory=list)
     selftests: list[selftest.StartedTest] = field(default_factory=list)
+    # Drain requests the control plane has not applied yet (pending or refused) after this run.
+    undelivered: list[SpoolEntry] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -57,6 +60,8 @@ class CheckResult:
         by_disk: dict[str, list[dict[str, Any]]] = {}
         for finding in self.findings:
             by_disk.setdefault(finding.disk, []).append(finding.to_dict())
+        owners = {reading.identity for reading in self.readings} | \
+            {array.name for array in self.arrays}
         disks = []
         for reading in self.readings:
             data = reading.to_dict()
@@ -71,12 +76,30 @@ class CheckResult:
             "disks": disks,
             "arrays": [array.to_dict() for array in self.arrays],
             "findings": [finding.to_dict() for finding in self.findings],
+            # Findings about the node, not one disk or array ("no SMART-capable disk").
+            "node_findings": [finding.to_dict() for finding in self.findings
+                              if finding.disk not in owners],
             "notices": [{"kind": n.kind, "title": n.title} for n in self.notices],
             "drain": [{"request_id": event.entry.request_id, "outcome": event.answer.outcome,
                        "http_status": event.answer.http_status, "error": event.answer.error}
                       for event in self.drain_events],
             "selftests": [test.__dict__ for test in self.selftests],
+            "drain_pending": [undelivered_dict(entry, self.checked_at)
+                              for entry in self.undelivered],
         }
+
+
+@dataclass
+class FlushResult:
+    events: list[SpoolEvent]
+    undelivered: list[SpoolEntry]
+
+
+def undelivered_dict(entry: SpoolEntry, now: float) -> dict[str, Any]:
+    return {"request_id": entry.request_id, "status": entry.status,
+            "attempts": entry.attempts, "created_at": entry.created_at,
+            "pending_seconds": round(max(0.0, now - entry.created_at)),
+            "last_error": entry.last_error, "reason": entry.payload.get("reason", "")}
 
 
 def run_check(
@@ -116,6 +139,8 @@ def run_check(
         result.drain_events = _flush(config, history, client, sleep, clock,
                                      include_refused=True)
         drain_notices = _drain_notices(config.node, history, result.drain_events)
+        result.undelivered = _undelivered(history, clock())
+        drain_notices += _undelivered_notices(config, result.undelivered, clock())
         if drain_notices:
             _send(config, history, notifier, drain_notices, result, clock())
         if config.metrics_file:
@@ -142,18 +167,21 @@ def send_test_alert(config: Config, notifier: Notifier | None = None) -> bool:
 def flush_spool(config: Config, *, notifier: Notifier | None = None,
                 client: DrainClient | None = None,
                 sleep: Callable[[float], None] = time.sleep,
-                clock: Callable[[], float] = time.time) -> list[SpoolEvent]:
-    """Only send spooled drain requests (the frequent timer), no disk reading."""
+                clock: Callable[[], float] = time.time) -> FlushResult:
+    """Only send spooled drain requests (the frequent timer), no disk reading; return the
+    answers and what is still undelivered."""
     history = History(config.state_db)
     try:
         events = _flush(config, history, client, sleep, clock, include_refused=False)
+        undelivered = _undelivered(history, clock())
         notices = _drain_notices(config.node, history, events)
+        notices += _undelivered_notices(config, undelivered, clock())
         sender = (notifier or _default_notifier(config)) if notices else None
         for notice in notices:
             assert sender is not None
             if sender.send(notice):
-                _after_drain_notice(history, notice)
-        return events
+                _mark(history, notice, clock())
+        return FlushResult(events, _undelivered(history, clock()))
     finally:
         history.close()
 
@@ -168,6 +196,9 @@ def _judge(config: Config, readings: list[DiskReading], arrays: list[MdArray],
             history.save_counters(reading.identity, counters, now)
         findings += evaluate(reading, counters, config.policy, now)
     findings += evaluate_arrays(arrays, readings, config.policy)
+    watching_nothing = nodecheck.no_smart_disk(config.node, readings, config.sys_block)
+    if watching_nothing is not None:
+        findings.append(watching_nothing)
     return findings
 
 
@@ -269,6 +300,42 @@ def _drain_notices(node: str, history: History, events: list[SpoolEvent]) -> lis
     return notices
 
 
+def _undelivered(history: History, now: float) -> list[SpoolEntry]:
+    """Drain requests not applied yet, each also said on stderr (the journal): a failing disk
+    on a node that still serves must never be silent."""
+    entries = history.spooled((PENDING, REFUSED))
+    for entry in entries:
+        minutes = max(0.0, now - entry.created_at) / 60
+        log.warning("drain request %s %s for %.0f min after %d attempts (%s): %s",
+                    entry.request_id, "refused" if entry.status == REFUSED else "not delivered",
+                    minutes, entry.attempts, entry.last_error or "not sent yet",
+                    entry.payload.get("reason", ""))
+    return entries
+
+
+def _undelivered_notices(config: Config, entries: list[SpoolEntry],
+                         now: float) -> list[Notice]:
+    """One page per request still pending after `drain.undelivered_alert_minutes`."""
+    limit = config.drain.undelivered_alert_minutes * 60
+    notices = []
+    for entry in entries:
+        if entry.status != PENDING or entry.undelivered_alert_at is not None \
+                or now - entry.created_at < limit:
+            continue
+        minutes = (now - entry.created_at) / 60
+        notices.append(Notice(
+            kind=DRAIN_UNDELIVERED, key=entry.request_id, severity=CRITICAL,
+            title=(f"[CRITICAL] {config.node}: drain request not delivered for "
+                   f"{minutes:.0f} min, disk failing and node still serving"),
+            body=(f"{config.node} asked the control plane to drain it {minutes:.0f} minutes "
+                  f"ago and got no answer after {entry.attempts} attempts "
+                  f"(last: {entry.last_error or 'not sent yet'}).\n"
+                  f"Reason for the drain: {entry.payload.get('reason')}\n\n"
+                  "Check that `clonefleet serve` runs and is reachable from the node, or "
+                  "drain the node by hand; the agent keeps retrying every 5 minutes.")))
+    return notices
+
+
 def _after_drain_notice(history: History, notice: Notice) -> None:
     history.update_spool(notice.key, alerted=True)
 
@@ -314,6 +381,8 @@ def _send(config: Config, history: History, notifier: Notifier | None, notices: 
 def _mark(history: History, notice: Notice, now: float) -> None:
     if notice.kind in (DRAIN_REFUSED, DRAIN_REJECTED):
         _after_drain_notice(history, notice)
+    elif notice.kind == DRAIN_UNDELIVERED:
+        history.update_spool(notice.key, undelivered_alert_at=now)
     elif notice.kind == "recovered":
         history.mark_recovery_sent(notice.key)
     else:

@@ -24,6 +24,7 @@ REMINDER = "reminder"
 RECOVERED = "recovered"
 DRAIN_REFUSED = "drain-refused"
 DRAIN_REJECTED = "drain-rejected"
+DRAIN_UNDELIVERED = "drain-undelivered"
 SUMMARY = "summary"
 
 

@@ -6,8 +6,9 @@
     smartwatch test-alert                       send a test notice through every alert URL
 
 Exit codes: 0 all disks fine, 1 warnings, 2 critical findings (check only; test-alert: 1 when
-the notice was not delivered); 3 the agent itself failed (bad config, bad alert URL, unreadable
-state); errors are one line on stderr.
+the notice was not delivered; flush: 1 while a drain request is pending or refused); 3 the
+agent itself failed (bad config, bad alert URL, unreadable state); errors are one line on
+stderr.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from smartwatch.config import DEFAULT_CONFIG, ConfigError, load_config
 
 EXIT_BY_STATUS = {"ok": 0, "warning": 1, "critical": 2}
 EXIT_AGENT_ERROR = 3
+EXIT_UNDELIVERED = 1  # flush: a drain request is still pending or was refused
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,9 +65,15 @@ def _run(arguments: argparse.Namespace) -> int:
     if arguments.command == "flush":
         from smartwatch.agent import flush_spool
 
-        for event in flush_spool(config):
+        flushed = flush_spool(config)
+        for event in flushed.events:
             print(f"{event.entry.request_id}: {event.answer.outcome} "
                   f"{event.answer.http_status or ''} {event.answer.error}".rstrip())
+        if flushed.undelivered:
+            # Each request was already named on stderr; scripts and systemd see the status.
+            print(f"smartwatch: {len(flushed.undelivered)} drain request(s) not delivered",
+                  file=sys.stderr)
+            return EXIT_UNDELIVERED
         return 0
     if arguments.command == "test-alert":
         from smartwatch.agent import send_test_alert
@@ -104,4 +112,7 @@ def _print_check(data: dict[str, Any]) -> None:
         print(f"  {disk['status']:<9}{disk['device']:<14}{disk['model'][:30]:<31}"
               f"{disk['serial'][:20]:<21}{temperature}")
     for finding in data["findings"]:
-        print(f"  - {finding['severity']}: {finding['reason']}")
+        print(f"  - {finding['severity']}: {finding['reason']} [{finding['source']}]")
+    for entry in data.get("drain_pending", []):
+        print(f"  ! drain request {entry['request_id']} {entry['status']} for "
+              f"{entry['pending_seconds'] // 60} min: {entry['last_error'] or 'not sent yet'}")

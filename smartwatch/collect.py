@@ -1,14 +1,17 @@
-"""Read every disk's SMART data through pySMART into plain `DiskReading`s.
+"""Read every disk's SMART data into plain `DiskReading`s: through pySMART, and through
+`smartctl --json` when pySMART cannot parse a device's output.
 
 pySMART parses smartctl's text output and throws smartctl's exit status away; `RecordingSmartctl`
-keeps both the status (its bits tell a disk failure from a command problem) and the raw lines
-(for the few fields pySMART 1.4.3 does not parse, such as the overall-health line of an ATA
-disk whose attribute is failing and the NVMe temperature thresholds).
+keeps both the status (its bits tell a disk failure from a command problem) and the raw lines,
+so the exit status, the overall-health line and the disk's identity survive whatever pySMART
+does with the rest (see `textfacts`). Every reading says which path produced it (`source`).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from pySMART import Device
 from pySMART.interface import AtaAttributes, NvmeAttributes, SCSIAttributes
 from pySMART.smartctl import Smartctl
 
+from smartwatch import rawvalues, smartjson, textfacts
 from smartwatch.mdstat import MdArray, controller_of, disk_of, read_mdstat
 
 # smartctl's exit status bits (smartctl(8), "RETURN VALUES").
@@ -29,6 +33,10 @@ EXIT_PREFAIL_PAST = 1 << 5
 EXIT_ERROR_LOG = 1 << 6
 EXIT_SELFTEST_LOG = 1 << 7
 
+PYSMART = "pysmart"
+TEXT = "smartctl-text"
+EXIT_STATUS = "smartctl-exit-status"
+
 SCAN_LINE = re.compile(r"^(\S+)\s+-d\s+(\S+)")
 
 
@@ -39,18 +47,28 @@ class RecordingSmartctl(Smartctl):  # type: ignore[misc]
         super().__init__(smartctl_path=smartctl_path, options=list(options or []), sudo=False)
         self.exit_status: dict[str, int] = {}
         self.probe_status: dict[str, int] = {}
+        self.json_status: dict[str, int] = {}
         self.lines: dict[str, list[str]] = {}
 
     def _decode_output(self, raw_output: bytes) -> list[str]:
         # pySMART runs chardet over every output; that alone costs ~26 MiB of models and most
-        # of the CPU of a check. smartctl runs with LANG=C (pySMART sets it) and prints ASCII.
+        # of the CPU of a check. smartctl runs under LC_ALL=C (see _exec) and prints ASCII.
         return raw_output.decode("utf-8", errors="replace").splitlines()
+
+    def _exec(self, cmd: list[str]) -> tuple[list[str], int]:
+        # pySMART only sets LANG=C, which LC_ALL or LC_NUMERIC in the environment override:
+        # smartctl then prints "1’556" and pySMART's NVMe parser raises. LC_ALL wins over all.
+        environment = dict(os.environ, LC_ALL="C", LANG="C")
+        process = subprocess.run(cmd, capture_output=True, env=environment, check=False)
+        return self._decode_output(process.stdout), process.returncode
 
     def generic_call(self, params: list[str], pass_options: bool = False) -> tuple[list[str], int]:
         lines, status = super().generic_call(params, pass_options)
         if params and params[-1].startswith("/"):
             device = params[-1]
-            if "--all" in params:
+            if "--json" in params:
+                self.json_status[device] = status
+            elif "--all" in params:
                 self.exit_status[device] = status
                 self.lines[device] = list(lines)
             else:
@@ -125,6 +143,15 @@ class DiskReading:
     selftest_running: bool = False
     smart_capable: bool = False
     md_arrays: list[str] = field(default_factory=list)
+    family: str = ""
+    # Which path produced the attributes, logs and health counters: "pysmart", or
+    # "smartctl-json" when pySMART failed; "" when neither could read them.
+    source: str = PYSMART
+    # Which path produced `overall_health`: "smartctl-text" (the line itself) or "smartctl-json".
+    health_source: str = ""
+    # Why pySMART could not parse this disk's output, when it could not.
+    parse_error: str = ""
+    # Set when the disk could not be read (open failed, no output, no parser could read it).
     error: str = ""
 
     @property
@@ -163,73 +190,38 @@ def scan(smartctl: RecordingSmartctl) -> list[tuple[str, str | None]]:
 
 
 def read_device(smartctl: RecordingSmartctl, device: str, interface: str | None) -> DiskReading:
-    """Read one disk; a disk that cannot be read yields a reading with `error` set."""
+    """Read one disk; a disk that cannot be read yields a reading with `error` set.
+
+    Whatever happens to the parsers, the reading keeps smartctl's exit status, its health line
+    and the disk's model and serial whenever smartctl printed them.
+    """
     reading = DiskReading(device=device, interface=interface)
     try:
         pysmart = Device(device, interface=interface, smartctl=smartctl)
     except Exception as error:  # pySMART raises bare exceptions on output it cannot parse
-        reading.error = f"pySMART could not parse smartctl output: {error}"
+        reading.parse_error = textfacts.describe_error(error)
+        _fallback(smartctl, reading)
         return reading
+    path = pysmart.dev_reference
     reading.interface = pysmart.interface or interface
-    # pySMART 1.4.3 takes any line containing "Product" as the model, so smartctl 7.3's
-    # "Add. Product Id:" line overrides "Device Model:"; read the model line ourselves.
-    reading.model = _model(smartctl.lines.get(pysmart.dev_reference, [])) \
-        or (pysmart.model or "").strip()
-    reading.serial = (pysmart.serial or "").strip()
-    reading.firmware = (pysmart.firmware or "").strip()
+    lines = smartctl.lines.get(path, [])
+    _text_facts(reading, lines, smartctl.exit_status.get(path, smartctl.probe_status.get(path, 0)))
+    reading.model = reading.model or (pysmart.model or "").strip()
+    reading.serial = reading.serial or (pysmart.serial or "").strip()
+    reading.firmware = reading.firmware or (pysmart.firmware or "").strip()
     reading.capacity_bytes = int(pysmart.size or 0)
     reading.is_ssd = bool(pysmart.is_ssd)
     reading.temperature = pysmart.temperature
     reading.smart_capable = bool(pysmart.smart_capable)
     # pySMART keeps "a self-test is running" private; it decides whether to start a new one.
     reading.selftest_running = bool(getattr(pysmart, "_test_running", False))
-    path = pysmart.dev_reference
-    reading.smartctl_exit_status = smartctl.exit_status.get(
-        path, smartctl.probe_status.get(path, 0))
-    lines = smartctl.lines.get(path, [])
-    reading.overall_health = _overall_health(lines)
     for entry in pysmart.tests or []:
         reading.selftests.append(SelfTest(
             number=entry.num if isinstance(entry.num, int) else None,
             kind=str(entry.type or ""), status=str(entry.status or ""),
             hours=str(entry.hours or ""), first_error_lba=str(entry.LBA or ""),
         ))
-    attributes = pysmart.if_attributes
-    if isinstance(attributes, AtaAttributes):
-        for attribute in attributes.legacyAttributes:
-            if attribute is None:
-                continue
-            reading.attributes[attribute.num] = AtaAttribute(
-                id=attribute.num, name=attribute.name, value=attribute.value_int,
-                worst=attribute.worst, threshold=attribute.thresh, type=attribute.type,
-                when_failed=attribute.when_failed, raw=str(attribute.raw).strip(),
-                raw_value=attribute.raw_int,
-            )
-        hours = reading.attributes.get(9)
-        reading.power_on_hours = hours.raw_value if hours else None
-    elif isinstance(attributes, NvmeAttributes):
-        reading.nvme = NvmeHealth(
-            critical_warning=attributes.criticalWarning,
-            available_spare=attributes.availableSpare,
-            available_spare_threshold=attributes.availableSpareThreshold,
-            percentage_used=attributes.percentageUsed,
-            media_errors=attributes.integrityErrors,
-            error_log_entries=attributes.errorEntries,
-            warning_temperature=_celsius_after(lines, "Warning  Comp. Temp. Threshold:"),
-            critical_temperature=_celsius_after(lines, "Critical Comp. Temp. Threshold:"),
-        )
-        reading.power_on_hours = attributes.powerOnHours
-    elif isinstance(attributes, SCSIAttributes) and _is_scsi(lines):
-        diagnostics = attributes.diagnostics
-        uncorrected = [getattr(diagnostics, name, None) for name in
-                       ("_Uncorrected_Reads", "_Uncorrected_Writes", "_Uncorrected_Verifies")]
-        counted = [value for value in uncorrected if isinstance(value, int)]
-        reading.scsi = ScsiHealth(
-            grown_defects=diagnostics.Reallocated_Sector_Ct,
-            uncorrected_errors=sum(counted) if counted else None,
-            trip_temperature=_celsius_after(lines, "Drive Trip Temperature:", unit="C"),
-        )
-        reading.power_on_hours = diagnostics.Power_On_Hours
+    _interface_attributes(reading, pysmart.if_attributes, lines)
     if not reading.model and not reading.serial:
         status = reading.smartctl_exit_status
         if status & (EXIT_COMMAND_LINE | EXIT_OPEN_FAILED):
@@ -241,34 +233,84 @@ def read_device(smartctl: RecordingSmartctl, device: str, interface: str | None)
     return reading
 
 
-def _model(lines: list[str]) -> str:
-    for line in lines:
-        for prefix in ("Device Model:", "Model Number:", "Product:"):
-            if line.startswith(prefix):
-                return line.split(":", 1)[1].strip()
-    return ""
+def _text_facts(reading: DiskReading, lines: list[str], status: int) -> None:
+    reading.smartctl_exit_status = status
+    reading.model = textfacts.model(lines)
+    reading.serial = textfacts.serial(lines)
+    reading.firmware = textfacts.firmware(lines)
+    reading.family = textfacts.family(lines)
+    reading.overall_health = textfacts.overall_health(lines)
+    reading.health_source = TEXT if reading.overall_health else ""
 
 
-def _overall_health(lines: list[str]) -> str | None:
-    for line in lines:
-        if "SMART overall-health self-assessment test result:" in line:
-            return "PASSED" if line.split(":", 1)[1].strip() == "PASSED" else "FAILED"
-        if "SMART Health Status:" in line:  # SCSI/SAS
-            return "PASSED" if line.split(":", 1)[1].strip() == "OK" else "FAILED"
-    return None
+def _interface_attributes(reading: DiskReading, attributes: Any, lines: list[str]) -> None:
+    if isinstance(attributes, AtaAttributes):
+        presets = rawvalues.presets_for(reading.model, reading.family)
+        for attribute in attributes.legacyAttributes:
+            if attribute is None:
+                continue
+            raw = str(attribute.raw).strip()
+            reading.attributes[attribute.num] = AtaAttribute(
+                id=attribute.num, name=attribute.name, value=attribute.value_int,
+                worst=attribute.worst, threshold=attribute.thresh, type=attribute.type,
+                when_failed=attribute.when_failed, raw=raw,
+                raw_value=rawvalues.count(attribute.num, raw, None, presets),
+            )
+        hours = reading.attributes.get(9)
+        reading.power_on_hours = hours.raw_value if hours else None
+    elif isinstance(attributes, NvmeAttributes):
+        reading.nvme = NvmeHealth(
+            critical_warning=attributes.criticalWarning,
+            available_spare=attributes.availableSpare,
+            available_spare_threshold=attributes.availableSpareThreshold,
+            percentage_used=attributes.percentageUsed,
+            media_errors=attributes.integrityErrors,
+            error_log_entries=attributes.errorEntries,
+            warning_temperature=textfacts.celsius_after(lines, "Warning  Comp. Temp. Threshold:"),
+            critical_temperature=textfacts.celsius_after(lines,
+                                                         "Critical Comp. Temp. Threshold:"),
+        )
+        reading.power_on_hours = attributes.powerOnHours
+    elif isinstance(attributes, SCSIAttributes) and textfacts.is_scsi(lines):
+        diagnostics = attributes.diagnostics
+        uncorrected = [getattr(diagnostics, name, None) for name in
+                       ("_Uncorrected_Reads", "_Uncorrected_Writes", "_Uncorrected_Verifies")]
+        counted = [value for value in uncorrected if isinstance(value, int)]
+        reading.scsi = ScsiHealth(
+            grown_defects=diagnostics.Reallocated_Sector_Ct,
+            uncorrected_errors=sum(counted) if counted else None,
+            trip_temperature=textfacts.celsius_after(lines, "Drive Trip Temperature:", unit="C"),
+        )
+        reading.power_on_hours = diagnostics.Power_On_Hours
 
 
-def _celsius_after(lines: list[str], prefix: str, unit: str = "Celsius") -> int | None:
-    for line in lines:
-        if line.startswith(prefix):
-            match = re.search(rf"(-?\d+)\s+{unit}\b", line)
-            return int(match.group(1)) if match else None
-    return None
-
-
-def _is_scsi(lines: list[str]) -> bool:
-    # pySMART falls back to its SCSI parser for any output, ATA without attributes included.
-    return any(line.startswith(("SMART Health Status:", "Transport protocol:")) for line in lines)
+def _fallback(smartctl: RecordingSmartctl, reading: DiskReading) -> None:
+    """pySMART failed: keep the exit status, health line and identity of the text output, and
+    read the rest from `smartctl --json` (smartmontools >= 7.0)."""
+    device, interface = reading.device, reading.interface
+    lines = smartctl.lines.get(device, [])
+    status = smartctl.exit_status.get(device)
+    _text_facts(reading, lines, status if status is not None
+                else smartctl.probe_status.get(device, 0))
+    reading.source = ""
+    if reading.smartctl_exit_status & (EXIT_COMMAND_LINE | EXIT_OPEN_FAILED):
+        reading.error = (f"smartctl could not open the device (exit status "
+                         f"{reading.smartctl_exit_status})")
+        return
+    output, json_status = smartctl.generic_call(smartjson.arguments(device, interface),
+                                                pass_options=True)
+    try:
+        data = smartjson.parse(output)
+    except ValueError as error:
+        reading.error = (f"pySMART could not parse smartctl's output ({reading.parse_error}) "
+                         f"and {error}")
+        return
+    if status is None:
+        # The text reading never ran (pySMART failed before it): smartctl's own JSON status.
+        reading.smartctl_exit_status = int(data["smartctl"].get("exit_status", json_status))
+    smartjson.fill(reading, data)
+    if not reading.model and not reading.serial:
+        reading.error = "smartctl --json named no model or serial"
 
 
 def collect(

@@ -55,6 +55,9 @@ class DrainConfig:
     timeout_seconds: float = 90.0
     # A critical finding is read a second time after this pause before the node is drained.
     confirm_delay_seconds: float = 10.0
+    # A drain request still undelivered this long after it was made pages the operators
+    # (once): the disk is failing and the node still serves.
+    undelivered_alert_minutes: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class Config:
     smartctl: str = "/usr/sbin/smartctl"
     smartctl_options: tuple[str, ...] = ()
     mdstat: str = "/proc/mdstat"
+    # Where the kernel lists block devices, named in the "no SMART-capable disk" finding.
+    sys_block: str = "/sys/block"
     devices: tuple[str, ...] = ()
     metrics_file: str = ""
     alerts: AlertConfig = field(default_factory=AlertConfig)

@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS drain_spool (
     created_at REAL NOT NULL,
     answered_at REAL,
     last_error TEXT NOT NULL DEFAULT '',
-    alerted INTEGER NOT NULL DEFAULT 0
+    alerted INTEGER NOT NULL DEFAULT 0,
+    undelivered_alert_at REAL
 );
 CREATE TABLE IF NOT EXISTS selftests (
     disk TEXT NOT NULL,
@@ -95,6 +96,8 @@ class SpoolEntry:
     answered_at: float | None
     last_error: str
     alerted: bool
+    # When the "still not delivered" page went out (None: not yet).
+    undelivered_alert_at: float | None = None
 
 
 class History:
@@ -107,6 +110,13 @@ class History:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=30000")
         self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        # State files written before a column existed get it added; nothing is rewritten.
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(drain_spool)")}
+        if "undelivered_alert_at" not in columns:
+            self.db.execute("ALTER TABLE drain_spool ADD COLUMN undelivered_alert_at REAL")
 
     def close(self) -> None:
         self.db.close()
@@ -205,22 +215,25 @@ class History:
         placeholders = ",".join("?" for _ in statuses)
         rows = self.db.execute(
             "SELECT request_id, finding_key, payload, status, attempts, created_at, "
-            f"answered_at, last_error, alerted FROM drain_spool WHERE status IN ({placeholders}) "
-            "ORDER BY created_at, request_id", statuses).fetchall()
+            "answered_at, last_error, alerted, undelivered_alert_at FROM drain_spool "
+            f"WHERE status IN ({placeholders}) ORDER BY created_at, request_id",
+            statuses).fetchall()
         return [SpoolEntry(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], row[6],
-                           row[7], bool(row[8])) for row in rows]
+                           row[7], bool(row[8]), row[9]) for row in rows]
 
     def all_spooled(self) -> list[SpoolEntry]:
         return self.spooled((PENDING, ACKNOWLEDGED, REFUSED))
 
     def update_spool(self, request_id: str, *, status: str | None = None,
                      attempts: int | None = None, answered_at: float | None = None,
-                     last_error: str | None = None, alerted: bool | None = None) -> None:
+                     last_error: str | None = None, alerted: bool | None = None,
+                     undelivered_alert_at: float | None = None) -> None:
         fields: list[str] = []
         values: list[Any] = []
         for name, value in (("status", status), ("attempts", attempts),
                             ("answered_at", answered_at), ("last_error", last_error),
-                            ("alerted", None if alerted is None else int(alerted))):
+                            ("alerted", None if alerted is None else int(alerted)),
+                            ("undelivered_alert_at", undelivered_alert_at)):
             if value is not None:
                 fields.append(f"{name} = ?")
                 values.append(value)

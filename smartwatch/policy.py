@@ -6,7 +6,13 @@ Two kinds of finding:
   reading stops showing it.
 - an *event* is a counter that grew (reallocated, pending, uncorrectable sectors, NVMe media
   errors ...). It is judged against the disk's own history, so a stable old count is not a
-  finding; a new increase is, for `event_window_hours`, and then it clears.
+  finding; a new increase is, for `event_window_hours`, and then it clears. Pending (197) and
+  offline-uncorrectable (198) sectors are *standing*: still unreadable while the count is
+  non-zero, so the finding stays until the count is back to zero.
+
+smartctl's exit status is evidence of its own: bits 3 (disk failing), 4 (pre-fail attribute at
+threshold) and 7 (errors in the self-test log) raise findings even when no parser could read
+the part of the output they summarise. Every finding names the path that produced it.
 
 Defaults follow Backblaze's field data (they investigate a drive when the raw value of SMART 5,
 187, 188, 197 or 198 is above 0) and the pitfalls in smartd/Scrutiny issue trackers: 188 and 199
@@ -22,7 +28,11 @@ from typing import Any
 
 from smartwatch.collect import (
     EXIT_COMMAND_LINE,
+    EXIT_DISK_FAILING,
     EXIT_OPEN_FAILED,
+    EXIT_PREFAIL_NOW,
+    EXIT_SELFTEST_LOG,
+    EXIT_STATUS,
     DiskReading,
 )
 from smartwatch.mdstat import MdArray
@@ -41,6 +51,9 @@ class CounterRule:
     critical_at: int | None = None
     # Whether a further increase while the finding is active sends another alert.
     realert: bool = True
+    # A standing counter is a finding for as long as it is non-zero, not only after growth:
+    # pending and uncorrectable sectors stay unreadable until the count drops back to zero.
+    standing: bool = False
 
 
 DEFAULT_COUNTERS: dict[str, CounterRule] = {
@@ -48,8 +61,9 @@ DEFAULT_COUNTERS: dict[str, CounterRule] = {
     "ata_187": CounterRule("reported uncorrectable errors (SMART 187)", critical_at=100),
     # Command timeouts are noisy (Scrutiny #260): they often come from cables and controllers.
     "ata_188": CounterRule("command timeouts (SMART 188)", realert=False),
-    "ata_197": CounterRule("pending sectors (SMART 197)", critical_at=20),
-    "ata_198": CounterRule("offline uncorrectable sectors (SMART 198)", critical_at=20),
+    "ata_197": CounterRule("pending sectors (SMART 197)", critical_at=20, standing=True),
+    "ata_198": CounterRule("offline uncorrectable sectors (SMART 198)", critical_at=20,
+                           standing=True),
     # CRC errors are almost always the cable, not the disk.
     "ata_199": CounterRule("interface CRC errors (SMART 199)", realert=False),
     "ata_failed_in_past": CounterRule("attributes that failed in the past"),
@@ -125,10 +139,14 @@ class Finding:
     reason: str
     value: int | None = None
     realert: bool = False
+    # The path that produced the evidence: "pysmart", "smartctl-json", "smartctl-text" (a line
+    # smartwatch read itself), "smartctl-exit-status", or "node" for node-wide findings.
+    source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "disk": self.disk, "check": self.check,
-                "severity": self.severity, "reason": self.reason, "value": self.value}
+                "severity": self.severity, "reason": self.reason, "value": self.value,
+                "source": self.source}
 
 
 @dataclass(frozen=True)
@@ -201,31 +219,49 @@ def evaluate(
     findings: list[Finding] = []
 
     def add(check: str, severity: str, reason: str, value: int | None = None,
-            realert: bool = False) -> None:
-        findings.append(Finding(f"{disk}:{check}", disk, check, severity, reason, value, realert))
+            realert: bool = False, source: str = reading.source) -> None:
+        findings.append(Finding(f"{disk}:{check}", disk, check, severity, reason, value, realert,
+                                source))
 
-    if reading.error:
-        add("unreadable", policy.unreadable_disk,
-            f"Disk {label} could not be read: {reading.error}.")
-        return findings
     status = reading.smartctl_exit_status
     if status & (EXIT_COMMAND_LINE | EXIT_OPEN_FAILED):
         add("unreadable", policy.unreadable_disk,
-            f"smartctl could not open disk {label} (exit status {status}).")
+            f"smartctl could not open disk {label} (exit status {status}).", source=EXIT_STATUS)
         return findings
+    if reading.error:
+        # Keep going: the exit status and the health line below still count.
+        add("unreadable", policy.unreadable_disk,
+            f"Disk {label} could not be read: {reading.error}.", source=reading.source or "none")
 
     # NVMe drives report overall health FAILED for any critical warning bit, temperature
     # included, so for them the bits below decide; the line decides for ATA and SAS.
     if reading.overall_health == "FAILED" and reading.nvme is None:
         add("overall_health", policy.overall_failed,
             f"Disk {label} reports its overall SMART health as FAILED: the drive itself "
-            f"expects to fail soon.")
+            f"expects to fail soon.", source=reading.health_source)
+    elif status & EXIT_DISK_FAILING and reading.nvme is None:
+        add("overall_health", policy.overall_failed,
+            f"smartctl's exit status {status} says disk {label} reports itself failing (bit 3), "
+            f"although no health line could be read.", source=EXIT_STATUS)
+    failing_now = False
     for attribute in reading.attributes.values():
         if attribute.when_failed.upper() == "FAILING_NOW":
+            failing_now = True
             add(f"ata_{attribute.id}_failing_now", policy.attribute_failing_now,
                 f"Disk {label}: attribute {attribute.id} {attribute.name} is failing now "
                 f"(normalised value {attribute.value} at or below threshold "
                 f"{attribute.threshold}, raw {attribute.raw}).")
+    if status & EXIT_PREFAIL_NOW and not failing_now:
+        add("prefail_now", policy.attribute_failing_now,
+            f"smartctl's exit status {status} says a pre-fail attribute of disk {label} is at "
+            f"or below its threshold now (bit 4), although the attribute table could not be "
+            f"read.", source=EXIT_STATUS)
+    if status & EXIT_SELFTEST_LOG and not reading.selftests:
+        add("selftest", policy.selftest_failed,
+            f"smartctl's exit status {status} says the self-test log of disk {label} holds "
+            f"errors (bit 7), although the log itself could not be read.", source=EXIT_STATUS)
+    if reading.error:
+        return findings
 
     _counter_findings(reading, counters, policy, now, add)
     _selftest_findings(reading, policy, add)
@@ -240,17 +276,23 @@ def _counter_findings(reading: DiskReading, counters: dict[str, CounterState],
     window = policy.event_window_hours * 3600
     for name, state in counters.items():
         rule = policy.counters.get(name)
-        if rule is None or not rule.enabled or state.last_increase_at is None:
+        if rule is None or not rule.enabled:
             continue
-        if now - state.last_increase_at > window:
+        if rule.standing and state.value == 0:
+            continue  # back to zero: those sectors were remapped or read again
+        recent = state.last_increase_at is not None and now - state.last_increase_at <= window
+        if not recent and not rule.standing:
             continue
         severity = CRITICAL if rule.critical_at is not None and state.value >= rule.critical_at \
             else WARNING
-        since = state.last_increase_from or 0
-        when = "at its first check" if state.previous is None and since == 0 else "recently"
-        add(name, severity,
-            f"Disk {reading.label}: {rule.label} grew from {since} to {state.value} ({when}).",
-            value=state.value, realert=rule.realert)
+        if recent:
+            since = state.last_increase_from or 0
+            when = "at its first check" if state.previous is None and since == 0 else "recently"
+            reason = f"{rule.label} grew from {since} to {state.value} ({when})"
+        else:
+            reason = f"{rule.label} still at {state.value}: those sectors stay unreadable"
+        add(name, severity, f"Disk {reading.label}: {reason}.", value=state.value,
+            realert=rule.realert)
 
 
 def _selftest_findings(reading: DiskReading, policy: PolicyConfig, add: Any) -> None:

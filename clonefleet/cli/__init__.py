@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -175,11 +176,32 @@ class Group(click.Group):
     help="Fleet file (env CLONEFLEET_FLEET).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("-v", "--verbose", count=True,
+              help="Show the libraries' own logs (paramiko, pyinfra); -vv for debug.")
 @click.version_option(package_name="clonefleet")
 @click.pass_context
-def cli(ctx: click.Context, fleet_path: str, as_json: bool) -> None:
+def cli(ctx: click.Context, fleet_path: str, as_json: bool, verbose: int) -> None:
     """Run a fleet of identical, encrypted bare-metal nodes."""
+    configure_logging(verbose)
     ctx.obj = Context(fleet_path, as_json)
+
+
+LIBRARY_LOGGERS = ("paramiko", "pyinfra")
+
+
+def configure_logging(verbose: int) -> None:
+    """Library logs only on request. Without a handler, Python prints warnings and errors
+    of any logger to stderr, and paramiko logs a full traceback for every connection that
+    fails during the banner, which clonefleet retries or reports in one line itself."""
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
+                            format="%(name)s: %(message)s")
+        os.environ["CLONEFLEET_VERBOSE"] = str(verbose)  # for the deploy runner process
+        return
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
 
 
 def _register() -> None:

@@ -1,7 +1,8 @@
 """`clonefleet disks`: every node's disks in one table, worst first.
 
-Exit codes: 0 every node answered (whatever its disks say); 1 one or more nodes could not be
-asked (they are listed as `unreachable` rows, and the error line names them).
+Exit codes: 0 every provisioned node answered (whatever its disks say; never-provisioned nodes
+are listed as `not-provisioned` rows); 1 one or more nodes could not be asked (they are listed
+as `unreachable` rows, and the error line names them).
 """
 
 from __future__ import annotations
@@ -27,17 +28,17 @@ def disks(ctx: Context, nodes: tuple[str, ...], parallel: int) -> None:
     if ctx.as_json:
         ctx.emit(table)
     else:
-        click.echo(f"{'STATUS':<12}{'NODE':<12}{'DEVICE':<14}{'MODEL':<30}{'SERIAL':<22}"
+        click.echo(f"{'STATUS':<16}{'NODE':<12}{'DEVICE':<14}{'MODEL':<30}{'SERIAL':<22}"
                    f"{'TEMP':>5}{'HOURS':>8}  FINDINGS")
         for row in table:
             temperature = "-" if row["temperature"] is None else f"{row['temperature']}C"
             hours = "-" if row["power_on_hours"] is None else str(row["power_on_hours"])
             first = row["findings"][0] if row["findings"] else ""
-            click.echo(f"{row['status']:<12}{row['node']:<12}{row['device']:<14}"
+            click.echo(f"{row['status']:<16}{row['node']:<12}{row['device']:<14}"
                        f"{str(row['model'])[:29]:<30}{row['serial'][:21]:<22}"
                        f"{temperature:>5}{hours:>8}  {first}")
             for more in row["findings"][1:]:
-                click.echo(f"{'':<108}  {more}")
+                click.echo(f"{'':<112}  {more}")
     missing = [report.node for report in reports if report.status == "unreachable"]
     if missing:
         raise ClonefleetError(f"{len(missing)} node(s) could not be asked: {', '.join(missing)}")

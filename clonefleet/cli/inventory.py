@@ -37,7 +37,9 @@ def status(ctx: Context, nodes: tuple[str, ...], history: bool) -> None:
             "node": name,
             "region": node.region,
             "provider": node.provider,
-            "state": record.state if record else "ordered",
+            # No transition recorded: nothing was ever ordered or installed for this node.
+            "state": record.state if record else None,
+            "provisioned": record is not None,
             "since": record.since if record else None,
             "actor": record.actor if record else "",
             "reason": record.reason if record else "",
@@ -48,12 +50,12 @@ def status(ctx: Context, nodes: tuple[str, ...], history: bool) -> None:
     if ctx.as_json:
         ctx.emit(rows)
         return
-    click.echo(f"{'NODE':<14}{'REGION':<8}{'PROVIDER':<15}{'STATE':<11}{'SINCE':<21}REASON")
+    click.echo(f"{'NODE':<14}{'REGION':<8}{'PROVIDER':<15}{'STATE':<17}{'SINCE':<21}REASON")
     for row in rows:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["since"])) \
             if row["since"] else "-"
         click.echo(f"{row['node']:<14}{row['region']:<8}{row['provider']:<15}"
-                   f"{row['state']:<11}{since:<21}{row['reason']}")
+                   f"{row['state'] or 'not provisioned':<17}{since:<21}{row['reason']}")
         for transition in row.get("history", []):
             at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(transition["at"]))
             click.echo(f"    {at}  {transition['from_state'] or '-'} -> "

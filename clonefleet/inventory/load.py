@@ -156,6 +156,7 @@ def load_fleet(path: str | Path) -> Fleet:
     if not all(isinstance(url, str) and "://" in url for url in alert_urls):
         raise check.fail("fleet.alert_urls", "every entry must be an apprise URL",
                          "e.g. ['mailtos://user:pass@example.com', 'ntfys://topic']")
+    _floors(check, regions, nodes, min_total)
     return Fleet(
         name=fleet_name,
         control_url=control_url,
@@ -172,6 +173,23 @@ def load_fleet(path: str | Path) -> Fleet:
         allowed_tcp_ports=ports_tcp,
         allowed_udp_ports=_ports(check, fleet_table, "allowed_udp_ports", ()),
     )
+
+
+def _floors(check: _Checker, regions: dict[str, Region], nodes: dict[str, Node],
+            min_total: int) -> None:
+    """A floor above the number of nodes can never be met, so every drain there (a
+    rollout's, smartwatch's) would be refused. A region without nodes yet is left alone."""
+    for name, region in regions.items():
+        count = sum(1 for node in nodes.values() if node.region == name)
+        if count and region.min_active > count:
+            raise check.fail(f"regions.{name}.min_active",
+                             f"{region.min_active} is more than the region's {count} "
+                             f"node{'s' if count != 1 else ''}, so no node there could ever "
+                             "be drained", f"use at most {count}")
+    if nodes and min_total > len(nodes):
+        raise check.fail("fleet.min_active_total",
+                         f"{min_total} is more than the fleet's {len(nodes)} nodes, so no "
+                         "node could ever be drained", f"use at most {len(nodes)}")
 
 
 def _ports(check: _Checker, table: dict[str, Any], key: str,

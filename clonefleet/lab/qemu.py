@@ -16,9 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clonefleet.errors import ProviderError, TimeoutError_
+from clonefleet.errors import ClonefleetError, ProviderError, TimeoutError_
+from clonefleet.retry import RetryPolicy, retry
 
 QEMU = "qemu-system-x86_64"
+# Booting guests are polled often: waiting a second more than needed costs more than a probe.
+PORT_POLL = RetryPolicy(first=1.0, cap=2.0, factor=1.5)
 
 
 @dataclass
@@ -133,6 +136,7 @@ def start(config: VmConfig, *, accel: str, kernel: Path | None = None,
                  "discard=unmap",
                  "-device", f"virtio-blk-pci,drive=disk{index},serial={serial},"
                  f"bootindex={index + 1}"]
+    argv += smart_disk_args(config)
     if kernel is not None:
         argv += ["-kernel", str(kernel), "-append", append]
         if initrd is not None:
@@ -144,6 +148,35 @@ def start(config: VmConfig, *, accel: str, kernel: Path | None = None,
     if result.returncode != 0:
         raise ProviderError(f"qemu failed to start {config.name}: "
                             f"{result.stderr.decode(errors='replace').strip()}")
+
+
+SMART_DISK_MB = 64
+
+
+def smart_disk_serial(node: str) -> str:
+    """The serial of the lab's SMART disk of `node` (IDE serials hold 20 characters)."""
+    return f"CFLAB-SMART-{node}"[:20]
+
+
+def smart_disk_args(config: VmConfig) -> list[str]:
+    """One small extra disk on an emulated AHCI controller, created on first start.
+
+    virtio disks answer no SMART, so a lab node's smartwatch would watch nothing; qemu's
+    IDE emulation answers SMART (health, attributes, self-test log), so the agent reads a
+    real disk end to end. It is none of the node's install disks: its serial is not in the
+    fleet file (the installer wipes only the serials listed there) and it has no bootindex.
+    """
+    serial = smart_disk_serial(config.name)
+    if serial in {disk_serial for disk_serial, _ in config.disks}:
+        raise ProviderError(f"lab VM {config.name}: install disk serial {serial!r} is reserved "
+                            "for the lab's SMART disk; rename that disk in the fleet file")
+    path = config.directory / "smart.qcow2"
+    if not path.exists():
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path),
+                        f"{SMART_DISK_MB}M"], check=True, timeout=60)
+    return ["-device", "ahci,id=ahci",
+            "-drive", f"if=none,id=smartdisk,file={path},format=qcow2",
+            "-device", f"ide-hd,drive=smartdisk,bus=ahci.0,serial={serial}"]
 
 
 def accel_args(accel: str) -> list[str]:
@@ -268,19 +301,29 @@ def answers(port: int, banner: bytes = b"SSH-") -> bool:
         return False
 
 
+class NotAnswering(ClonefleetError):
+    """Nothing in the guest answers on a forwarded port yet (it may still be booting)."""
+
+    transient = True
+
+
 def wait_for_port(port: int, *, config: VmConfig, timeout: float, banner: bytes = b"SSH-",
                   what: str = "ssh") -> None:
-    """Wait until something answers with `banner` on 127.0.0.1:`port` (see `answers`)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Wait until something answers with `banner` on 127.0.0.1:`port` (see `answers`).
+
+    Fails at once if the VM stops; after `timeout`, fails with exit 9 and the console tail.
+    """
+
+    def probe() -> None:
         if running_pid(config) is None:
             raise ProviderError(f"lab VM {config.name} stopped while waiting for {what}"
                                 f"{console_tail(config)}")
-        if answers(port, banner):
-            return
-        time.sleep(1)
-    raise TimeoutError_(f"{config.name}: no {what} on 127.0.0.1:{port} after {timeout:.0f} s"
-                        f"{console_tail(config)}")
+        if not answers(port, banner):
+            raise NotAnswering(f"no {what} banner on 127.0.0.1:{port}")
+
+    retry(probe, what=f"{config.name}: wait for {what}", timeout=timeout,
+          policy=PORT_POLL, exit_code=TimeoutError_.exit_code,
+          detail=lambda: console_tail(config))
 
 
 def console_tail(config: VmConfig, lines: int = 25) -> str:

@@ -113,6 +113,7 @@ def lab(tmp_path: Path, sshd: Sshd, pinned: str) -> tuple[Fleet, SqliteStateStor
     fleet = load_fleet(tmp_path / "disktest.toml")
     store = SqliteStateStore(tmp_path / "state.sqlite")
     for node in ("fsn-1", "fsn-2"):
+        store.transition(node, "deployed", actor="test")
         store.set_fact(node, "ssh", {"host": "127.0.0.1", "port": sshd.port})
         store.set_fact(node, "ssh_host_key", pinned)
     return fleet, store
@@ -128,11 +129,13 @@ def test_fleet_table_lists_critical_disk_first_and_unreachable_node(
         for node in ("fsn-2", "fsn-1")
     ] + gather(fleet, store, sshd.client_key, ["fsn-3"], timeout=60)
     table = rows(reports)
+    # fsn-3 was never provisioned: listed as such, last, not as a failure.
     assert [(row["status"], row["node"]) for row in table] == [
-        ("critical", "fsn-1"), ("unreachable", "fsn-3"), ("ok", "fsn-2")]
+        ("critical", "fsn-1"), ("ok", "fsn-2"), ("not-provisioned", "fsn-3")]
+    assert table[2]["findings"] == ["never provisioned: run `clonefleet provision fsn-3`"]
     assert table[0]["serial"] == "C91LD1N40ANA03637"
     assert any("critical warning bit 2" in finding for finding in table[0]["findings"])
-    assert table[2]["model"] == "ST2000NM000A-2J2100"
+    assert table[1]["model"] == "ST2000NM000A-2J2100"
     # Looking changed nothing on the node: report-only keeps no history.
     assert not (tmp_path / "fsn-1.sqlite").exists()
 

@@ -210,11 +210,20 @@ def test_drain_requested_while_control_plane_is_down_happens_once_it_is_back(
 
     down = agent(config, "check", "--json")  # nothing listens on the serve port
     assert down.returncode == 2, down.stderr
-    assert [event["outcome"] for event in json.loads(down.stdout)["drain"]] == []
+    report = json.loads(down.stdout)
+    assert [event["outcome"] for event in report["drain"]] == []
+    # Not silent: the pending request is in the report and on stderr (the journal).
+    [pending] = report["drain_pending"]
+    assert (pending["status"], pending["attempts"]) == ("pending", 2)
+    assert "ST3250318AS serial 9VY1LMLV" in pending["reason"]
+    assert f"drain request {pending['request_id']} not delivered" in down.stderr
     assert dns_lab.store.get("fsn-1").state == "active"
+    still_down = agent(config, "flush")
+    assert still_down.returncode == 1, still_down.stderr
+    assert "1 drain request(s) not delivered" in still_down.stderr
     spooled = json.loads(agent(config, "status", "--json").stdout)["drain_requests"]
     assert [entry["status"] for entry in spooled] == ["pending"]
-    assert spooled[0]["attempts"] == 2
+    assert spooled[0]["attempts"] == 4  # two by the check, two by the flush
     assert any("ST3250318AS serial 9VY1LMLV" in str(message.get("message"))
                for message in webhook.received)
 

@@ -5,6 +5,9 @@ The recording for `smartctl ARGS...` is the file named "_" + "_".join(ARGS) with
 replaced by "_" (so `-d sat --all /dev/sda` → `_-d_sat_--all__dev_sda`) in the folder named by
 $SMARTWATCH_REPLAY_DIR. A file of the same name plus ".exit" holds smartctl's exit status.
 An argument list without a recording answers like smartctl for a missing device (status 2).
+A recording may have a NAME.locale twin: the same output with a non-C locale's digit grouping,
+played (like real smartctl would print it) when the numeric locale in force is not C:
+LC_ALL, else LC_NUMERIC, else LANG.
 A line is appended to $SMARTWATCH_REPLAY_LOG, when set, for every call.
 """
 
@@ -17,6 +20,13 @@ from pathlib import Path
 
 def recording_name(arguments: list[str]) -> str:
     return "_" + "_".join(arguments).replace("/", "_")
+
+
+def numeric_locale() -> str:
+    for name in ("LC_ALL", "LC_NUMERIC", "LANG"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return "C"
 
 
 def main() -> int:
@@ -35,7 +45,11 @@ def main() -> int:
             f"Smartctl open device: {device} failed: No such device\n"
         )
         return 2
-    sys.stdout.write(recording.read_text())
+    localised = recording.with_name(recording.name + ".locale")
+    if localised.is_file() and numeric_locale() not in ("C", "POSIX"):
+        sys.stdout.buffer.write(localised.read_bytes())
+    else:
+        sys.stdout.buffer.write(recording.read_bytes())
     status_file = recording.with_name(recording.name + ".exit")
     return int(status_file.read_text().strip()) if status_file.is_file() else 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RECORDINGS = FIXTURES / "recordings"
@@ -47,3 +48,22 @@ class ReplayedMachine:
 
     def calls(self) -> list[str]:
         return self.log.read_text().splitlines() if self.log.exists() else []
+
+
+FIRST_CHECK = 1_700_000_000.0
+
+
+def first_check(machine: ReplayedMachine, recording: str | Path) -> tuple[list[Any], list[Any]]:
+    """Replay `recording` and judge it as the disks' first check: (readings, findings)."""
+    from smartwatch.collect import collect
+    from smartwatch.policy import PolicyConfig, advance_counters, evaluate, evaluate_arrays
+
+    machine.use(recording)
+    readings, arrays = collect(str(machine.smartctl), machine.mdstat)
+    policy = PolicyConfig()
+    findings = []
+    for reading in readings:
+        findings += evaluate(reading, advance_counters({}, reading, FIRST_CHECK), policy,
+                             FIRST_CHECK)
+    findings += evaluate_arrays(arrays, readings, policy)
+    return readings, findings

@@ -95,8 +95,10 @@ def test_unanswered_request_is_retried_with_capped_exponential_backoff_and_kept(
     [entry] = spool(config)
     assert (entry.status, entry.attempts) == ("pending", 4)
     acknowledging = StubClient(ACK)
-    events = flush_spool(config, notifier=Notifier(), client=acknowledging, sleep=sleeps.append)
-    assert [event.answer.outcome for event in events] == [ACK]
+    flushed = flush_spool(config, notifier=Notifier(), client=acknowledging,
+                          sleep=sleeps.append)
+    assert [event.answer.outcome for event in flushed.events] == [ACK]
+    assert flushed.undelivered == []
     assert acknowledging.payloads[0]["request_id"] == entry.request_id
     assert [e.status for e in spool(config)] == ["acknowledged"]
 
@@ -150,3 +152,86 @@ def test_operators_hear_about_the_disk_before_the_drain_is_attempted(
     run_check(config, notifier=Watching(), client=client, sleep=lambda seconds: None)
     assert calls_when_alerted == [0]
     assert len(client.payloads) == 4
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_control_plane_that_stays_down_is_loud_in_check_flush_and_after_the_alert_time(
+        tmp_path: Path, machine: ReplayedMachine, caplog: pytest.LogCaptureFixture) -> None:
+    # The real client against a closed loopback port: connection refused, every attempt.
+    config = Config(node="fsn-1", state_db=str(tmp_path / "state.sqlite"),
+                    smartctl=str(machine.smartctl), mdstat=str(tmp_path / "none"),
+                    drain=DrainConfig(url=f"http://127.0.0.1:{closed_port()}", attempts=2,
+                                      confirm_delay_seconds=0, timeout_seconds=5,
+                                      undelivered_alert_minutes=30))
+    machine.use("failed_selftest")
+    clock, notifier = Clock(), Notifier()
+    caplog.set_level("WARNING", logger="smartwatch")
+    result = run_check(config, notifier=notifier, sleep=lambda seconds: None, clock=clock)
+    [pending] = result.to_dict()["drain_pending"]
+    assert pending["status"] == "pending" and pending["attempts"] == 2
+    assert "refused" in pending["last_error"].lower()
+    assert "ST2000NM000A-2J2100 serial WS10SM2A" in pending["reason"]
+    assert f"drain request {pending['request_id']} not delivered" in caplog.text
+    assert not [n for n in notifier.sent if n.kind == "drain-undelivered"]
+
+    clock.now += 10 * 60
+    flushed = flush_spool(config, notifier=notifier, sleep=lambda seconds: None, clock=clock)
+    assert [entry.request_id for entry in flushed.undelivered] == [pending["request_id"]]
+    assert not [n for n in notifier.sent if n.kind == "drain-undelivered"]
+
+    clock.now += 25 * 60  # 35 minutes pending: past the configured 30
+    flush_spool(config, notifier=notifier, sleep=lambda seconds: None, clock=clock)
+    [page] = [n for n in notifier.sent if n.kind == "drain-undelivered"]
+    assert page.severity == "critical"
+    assert page.title == ("[CRITICAL] fsn-1: drain request not delivered for 35 min, disk "
+                          "failing and node still serving")
+    assert "refused" in page.body.lower()
+
+    clock.now += 5 * 60  # paged once, not every flush
+    flushed = flush_spool(config, notifier=notifier, sleep=lambda seconds: None, clock=clock)
+    assert len(flushed.undelivered) == 1
+    assert len([n for n in notifier.sent if n.kind == "drain-undelivered"]) == 1
+
+
+def test_acknowledged_request_is_no_longer_undelivered(
+        config: Config, machine: ReplayedMachine) -> None:
+    machine.use("failed_selftest")
+    result = run_check(config, notifier=Notifier(), client=StubClient(RETRY),
+                       sleep=lambda seconds: None)
+    assert len(result.undelivered) == 1
+    flushed = flush_spool(config, notifier=Notifier(), client=StubClient(ACK),
+                          sleep=lambda seconds: None)
+    assert flushed.undelivered == []
+
+
+def test_spool_written_before_the_undelivered_alert_existed_is_migrated(
+        config: Config, machine: ReplayedMachine) -> None:
+    import sqlite3
+
+    old = sqlite3.connect(config.state_db)
+    old.execute("CREATE TABLE drain_spool (request_id TEXT PRIMARY KEY, finding_key TEXT "
+                "NOT NULL, payload TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT "
+                "NULL DEFAULT 0, created_at REAL NOT NULL, answered_at REAL, last_error TEXT "
+                "NOT NULL DEFAULT '', alerted INTEGER NOT NULL DEFAULT 0)")
+    old.execute("INSERT INTO drain_spool (request_id, finding_key, payload, status, "
+                "created_at) VALUES ('r1', 'k', '{}', 'pending', 1)")
+    old.commit()
+    old.close()
+    [entry] = spool(config)
+    assert (entry.request_id, entry.undelivered_alert_at) == ("r1", None)

@@ -183,3 +183,27 @@ def test_bad_alert_url_does_not_stop_the_check_and_alerts_wait_for_the_next_run(
         assert history.findings()["WS10SM2A:selftest"].last_alert_at is None
     finally:
         history.close()
+
+
+def test_node_with_no_readable_disk_warns_naming_the_block_devices_it_saw(
+        tmp_path: Path, machine: ReplayedMachine) -> None:
+    sys_block = tmp_path / "sys-block"
+    for name in ("vda", "vdb", "loop0", "sr0", "dm-0"):
+        (sys_block / name).mkdir(parents=True)
+    config = write_config(tmp_path, machine)
+    config.write_text(config.read_text().replace(
+        'mdstat = ', f'sys_block = "{sys_block}"\nmdstat = '))
+    machine.use("no_smart_disk")  # smartctl --scan-open lists nothing, as on virtio disks
+    result = agent(config, "check", "--json")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["status"] == "warning" and report["disks"] == []
+    [finding] = report["node_findings"]
+    assert (finding["check"], finding["severity"], finding["disk"]) == (
+        "no_smart_disk", "warning", "fsn-1")
+    assert finding["reason"] == ("no SMART-capable disk: block devices seen: vda, vdb; "
+                                 "smartctl found no disk. Failures of these disks go "
+                                 "unnoticed.")
+    machine.use("healthy_sata_hdd")
+    healthy = json.loads(agent(config, "check", "--json").stdout)
+    assert healthy["status"] == "ok" and healthy["node_findings"] == []

@@ -28,18 +28,44 @@ disks = ["A"]
 """
 
 
-def test_nodes_never_installed_are_listed_unreachable_and_exit_1(
+def test_never_provisioned_nodes_are_listed_as_such_and_exit_0(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "diskcli.toml").write_text(FLEET)
     monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "state"))
     _register()
     result = CliRunner().invoke(cli, ["--fleet", str(tmp_path / "diskcli.toml"), "disks"])
-    assert result.exit_code == 1
+    assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("STATUS")
-    assert lines[1].startswith("unreachable fsn-1")
-    assert "no SSH address recorded" in lines[1]
+    assert lines[1].startswith("not-provisioned fsn-1")
+    assert lines[1].endswith("never provisioned: run `clonefleet provision fsn-1`")
+    assert len(lines) == 2
+
+
+def test_deployed_node_without_an_ssh_address_is_unreachable_and_exits_1(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clonefleet.state import open_store
+
+    (tmp_path / "diskcli.toml").write_text(FLEET)
+    monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "state"))
+    open_store(tmp_path / "state" / "diskcli").transition("fsn-1", "deployed", actor="test")
+    _register()
+    result = CliRunner().invoke(cli, ["--fleet", str(tmp_path / "diskcli.toml"), "disks"])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[1].startswith("unreachable     fsn-1")
+    assert "no SSH address recorded although the node is deployed" in lines[1]
     assert lines[-1] == "error: 1 node(s) could not be asked: fsn-1"
+
+
+def test_a_node_watching_no_disk_gets_its_own_warning_row() -> None:
+    finding = {"severity": "warning", "check": "no_smart_disk",
+               "reason": "no SMART-capable disk: smartctl found none (block devices: vda)"}
+    reports = [NodeDisks("a-1", "warning", [], [], [finding]),
+               NodeDisks("b-1", "ok", [{"device": "/dev/sda", "status": "ok", "model": "M",
+                                        "serial": "S", "findings": []}])]
+    assert [(row["status"], row["node"], row["findings"]) for row in rows(reports)] == [
+        ("warning", "a-1", [finding["reason"]]), ("ok", "b-1", [])]
 
 
 def test_rows_put_critical_disks_first_then_unreachable_nodes_then_warnings() -> None:

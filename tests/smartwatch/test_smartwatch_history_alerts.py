@@ -181,3 +181,51 @@ def test_report_only_check_writes_no_state_and_sends_nothing(setup, machine) -> 
     assert result.status == "critical"
     assert notifier.sent == []
     assert not Path(config.state_db).exists()
+
+
+PENDING_ZERO = "Old_age   Always       -       0\n198 Offline_Uncorrectable"
+
+
+def pending(count: int) -> dict[str, str]:
+    return {PENDING_ZERO: f"Old_age   Always       -       {count}\n198 Offline_Uncorrectable"}
+
+
+def test_pending_sectors_stay_a_finding_while_nonzero_and_recover_only_at_zero(
+        setup, machine, tmp_path) -> None:
+    config, notifier, clock = setup
+    config = replace(config, alerts=AlertConfig(reminder_hours=1000))
+    machine.use(variant(tmp_path, "three", "healthy_sata_hdd", pending(3)))
+    assert check(config, notifier, clock) == [("new", "ata_197")]
+    clock.now += 8 * 24 * HOUR  # past the event window: those sectors are still unreadable
+    assert check(config, notifier, clock) == []
+    history = History(config.state_db)
+    stored = history.findings()["WS10SM2A:ata_197"]
+    history.close()
+    assert stored.severity == "warning"
+    assert "pending sectors (SMART 197) still at 3" in stored.reason
+    # A drop that stays above zero is still a standing finding, not a recovery.
+    machine.use(variant(tmp_path, "two", "healthy_sata_hdd", pending(2)))
+    clock.now += HOUR
+    assert check(config, notifier, clock) == []
+    # Growth raises the severity as before: 25 is past critical_at (20).
+    machine.use(variant(tmp_path, "many", "healthy_sata_hdd", pending(25)))
+    clock.now += HOUR
+    assert check(config, notifier, clock) == [("worse", "ata_197")]
+    assert notifier.sent[-1].severity == "critical"
+    assert "grew from 2 to 25" in notifier.sent[-1].body
+    machine.use("healthy_sata_hdd")  # remapped: back to zero
+    clock.now += HOUR
+    assert check(config, notifier, clock) == [("recovered", "ata_197")]
+
+
+def test_standing_198_survives_the_event_window_too(setup, machine, tmp_path) -> None:
+    config, notifier, clock = setup
+    config = replace(config, alerts=AlertConfig(reminder_hours=1000))
+    offline = {"Old_age   Offline      -       0\n199": "Old_age   Offline      -       4\n199"}
+    machine.use(variant(tmp_path, "offline", "healthy_sata_hdd", offline))
+    assert check(config, notifier, clock) == [("new", "ata_198")]
+    clock.now += 30 * 24 * HOUR
+    assert check(config, notifier, clock) == []
+    history = History(config.state_db)
+    assert "WS10SM2A:ata_198" in history.findings()
+    history.close()

@@ -3,34 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from smartwatch_replay import ReplayedMachine
+from smartwatch_replay import ReplayedMachine, first_check
 
-from smartwatch.collect import collect
-from smartwatch.policy import (
-    CRITICAL,
-    WARNING,
-    PolicyConfig,
-    advance_counters,
-    evaluate,
-    evaluate_arrays,
-)
+from smartwatch.policy import CRITICAL, WARNING
 
 pytestmark = pytest.mark.unit
-
-FIRST_CHECK = 1_700_000_000.0
-
-
-def first_check(machine: ReplayedMachine, recording: str) -> tuple[list, list]:
-    machine.use(recording)
-    readings, arrays = collect(str(machine.smartctl), machine.mdstat)
-    policy = PolicyConfig()
-    findings = []
-    for reading in readings:
-        findings += evaluate(reading, advance_counters({}, reading, FIRST_CHECK), policy,
-                             FIRST_CHECK)
-    findings += evaluate_arrays(arrays, readings, policy)
-    return readings, findings
-
 
 @pytest.mark.parametrize(
     ("recording", "model", "serial", "firmware", "capacity", "temperature", "hours"),

@@ -202,3 +202,25 @@ def test_alert_urls_must_be_urls(tmp_path: Path) -> None:
                                              'domain = "fleet.example.com"\n'
                                              'alert_urls = ["ops@example.com"]'))
     assert error.key == "fleet.alert_urls"
+
+
+def test_region_floor_above_its_node_count_is_refused_naming_the_region(
+        tmp_path: Path) -> None:
+    text = GOOD.replace('longitude = 12.37\n', 'longitude = 12.37\nmin_active = 5\n')
+    error = error_for(tmp_path, text)
+    assert error.key == "regions.fsn.min_active"
+    assert "5 is more than the region's 1 node" in str(error)
+    assert "use at most 1" in str(error)
+
+
+def test_fleet_floor_above_the_node_count_is_refused(tmp_path: Path) -> None:
+    text = GOOD.replace('domain = "fleet.example.com"\n',
+                        'domain = "fleet.example.com"\nmin_active_total = 2\n')
+    error = error_for(tmp_path, text)
+    assert error.key == "fleet.min_active_total" and "use at most 1" in str(error)
+
+
+def test_a_region_without_nodes_yet_keeps_its_floor(tmp_path: Path) -> None:
+    text = GOOD + ('\n[regions.hel]\nprovider = "lab"\nlatitude = 60.17\nlongitude = 24.94\n'
+                   'min_active = 2\n')
+    assert load_fleet(write(tmp_path, text)).regions["hel"].min_active == 2

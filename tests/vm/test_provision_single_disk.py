@@ -60,6 +60,22 @@ def test_lab_node_is_encrypted_unlockable_pinned_and_idempotent(lab: Lab) -> Non
         assert shell.run("systemctl is-active nftables chrony ssh")[1].split() == [
             "active"] * 3
 
+    # smartwatch on the node reads a real SMART disk end to end: the lab's extra AHCI disk,
+    # which the installer left alone (no partition, no signature).
+    smart_serial = qemu.smart_disk_serial(NODE)
+    with lab.shell(NODE) as shell:
+        smart_device = shell.run(
+            f"readlink -f /dev/disk/by-id/ata-QEMU_HARDDISK_{smart_serial}")[1].strip()
+        assert shell.run(f"lsblk -no NAME {smart_device}")[1].split() == [
+            smart_device.rsplit("/", 1)[-1]]
+        assert shell.run(f"blkid -p {smart_device} || true")[1].strip() == ""
+    table = json.loads(lab.cli("--json", "disks", NODE).stdout)
+    [smart] = [row for row in table if row["serial"] == smart_serial]
+    assert (smart["node"], smart["status"], smart["device"], smart["model"]) == (
+        NODE, "ok", smart_device, "QEMU HARDDISK"), table
+    assert smart["power_on_hours"] is not None
+    assert not [row for row in table if row["device"] == ""], table  # no node-wide warning
+
     # A re-run of provision on a deployed node does nothing and wipes nothing.
     again = json.loads(lab.cli("--json", "provision", NODE).stdout)
     assert again["skipped"] and again["state"] == "deployed"
