@@ -267,7 +267,7 @@ def _publish_and_confirm(fleet: Fleet, store: StateStore, node: str, endpoints: 
             futures = {pool.submit(_push_and_confirm, store, endpoint, publication, names,
                                    addresses, want_served, started, deadline,
                                    server_timeout): endpoint.node for endpoint in targets}
-            # Recorded as each server finishes: the store's connection is this thread's.
+            # Recorded as each server finishes (the workers only push and ask).
             for future in as_completed(futures):
                 server, outcome = futures[future], future.result()
                 record_push(store, server, outcome.serial,

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
@@ -99,18 +100,20 @@ def _comparable(rrset: RRset) -> tuple[int, list[tuple[str, bool]]]:
 
 
 def push_zone(endpoint: Endpoint, zone: str, rrsets: list[RRset], serial: int,
-              deadline: float) -> int:
+              deadline: float, allocated: Callable[[int], bool] = lambda held: False) -> int:
     """Make the server's `zone` hold exactly `rrsets`: replace and delete rrsets, or create the
     zone and flush the server's caches for it. Returns the serial the server now holds.
 
-    A server that already holds a newer serial keeps it: a later publish got there first, and
-    its map includes every change this one carries (serials are allocated in order, after the
-    states are read). Raises `DnsError` on any failure.
+    A server that already holds a higher serial that clonefleet allocated (`allocated(held)`)
+    keeps it: a later publish got there first, and its map includes every change this one
+    carries (serials are allocated in order, after the states are read). A higher serial
+    clonefleet never allocated (a hand edit) is overwritten like any other difference, so it
+    cannot lock the server out of every future publish. Raises `DnsError` on any failure.
     """
     current = get_zone(endpoint, zone, deadline)
     if current is not None:
         held = zone_serial(current)
-        if held is not None and held > serial:
+        if held is not None and held > serial and allocated(held):
             return held
         held_now = {(rrset["name"], rrset["type"]): _comparable(rrset) for rrset in current}
         wanted = {(rrset["name"], rrset["type"]) for rrset in rrsets}

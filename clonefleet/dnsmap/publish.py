@@ -109,7 +109,7 @@ def push_one(store: StateStore, endpoint: Endpoint, publication: Publication,
         with store.lock(f"dns-push-{endpoint.node}",
                         timeout=max(0.0, deadline - time.monotonic())):
             return push_zone(endpoint, publication.zone, publication.rrsets, publication.serial,
-                             deadline)
+                             deadline, lambda held: held <= (store.last_dns_serial() or 0))
     except StateError:
         raise DnsError(f"{endpoint.node}: an earlier push to this server was still running at "
                        "its deadline (the server may be hung)") from None
@@ -135,8 +135,7 @@ def push_all(store: StateStore, endpoints: list[Endpoint], publication: Publicat
 
 def record_push(store: StateStore, node: str, serial: int | None, error: str,
                 publication: Publication) -> None:
-    """Remember per server what it holds (shown by `dns show`); called from the main thread,
-    because the store's connection belongs to it."""
+    """Remember per server what it holds (shown by `dns show`)."""
     store.record_dns_server(node, serial if serial is not None else publication.serial,
                             not error, error)
 

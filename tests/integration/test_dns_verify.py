@@ -97,3 +97,22 @@ def test_a_server_added_after_the_last_publish_fails_until_the_next_one(
     publish(dns_lab.fleet, dns_lab.store, dns_lab.endpoints, actor="test")
     assert ask(late.endpoint, EDGE, "A").rcode == "NOERROR"
     assert verify(dns_lab.fleet, dns_lab.store, dns_lab.endpoints, timeout=2).ok
+
+
+def test_a_serial_raised_by_hand_above_any_publish_is_overwritten_by_the_next_one(
+        dns_lab: DnsLab) -> None:
+    published = publish(dns_lab.fleet, dns_lab.store, dns_lab.endpoints, actor="test")
+    assert published.serial is not None
+    (soa,) = [rrset for rrset in published.rrsets if rrset["type"] == "SOA"]
+    bogus = published.serial + 10_000_000
+    content = soa["records"][0]["content"].replace(f" {published.serial} ", f" {bogus} ")
+    patch_rrsets(dns_lab.servers["fsn-1"].endpoint, ZONE, [dict(
+        soa, records=[{"content": content, "disabled": False}], changetype="REPLACE")],
+        timeout=5)
+    stale = found(dns_lab)
+    assert {(item.server, item.kind, item.problem) for item in stale} == {
+        ("fsn-1", "SOA", "stale serial"), ("fsn-1", "SOA", "stale serial (rcode NOERROR)")}
+    # Not mistaken for a newer publish that got there first: the next publish replaces it.
+    again = publish(dns_lab.fleet, dns_lab.store, dns_lab.endpoints, actor="test")
+    assert ask(dns_lab.servers["fsn-1"].endpoint, ZONE, "SOA").serial == again.serial
+    assert found(dns_lab) == []
