@@ -70,6 +70,7 @@ class Expectation:
     ttl: int | None = None  # the TTL every answer must carry
     count: int = 1  # not exactly: how many addresses (fewer if there are fewer)
     required: frozenset[str] = frozenset()  # not exactly: addresses that must be among them
+    active: frozenset[str] = frozenset()  # every active address of the family (for messages)
 
 
 def normalized(address: str) -> str:
@@ -105,7 +106,7 @@ def expectations(dns_map: DnsMap) -> list[Expectation]:
                 questions.append(Expectation(
                     entry.name, kind, client, frozenset(map(normalized, allowed)), False,
                     entry.ttl, min(entry.answers, len(everything)),
-                    frozenset(map(normalized, required))))
+                    frozenset(map(normalized, required)), everything))
     return questions
 
 
@@ -217,9 +218,13 @@ def check_routed(endpoint: Endpoint, questions: list[Expectation], deadline: flo
                        if question.count > 1 else
                        "not one of the nearest active nodes (great-circle distance)")
         if wrong:
-            extra = answered - question.allowed
+            active = question.active or question.allowed
+            extra = answered - active
             if extra:
                 problem += f"; serves addresses not in the map: {', '.join(sorted(extra))}"
+            farther = (answered & active) - question.allowed
+            if farther:
+                problem += f"; serves farther active nodes: {', '.join(sorted(farther))}"
             found.append(Disagreement(endpoint.node, question.name, question.kind,
                                       question.client, sorted(question.allowed),
                                       sorted(answered), problem))

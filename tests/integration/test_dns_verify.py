@@ -116,3 +116,18 @@ def test_a_serial_raised_by_hand_above_any_publish_is_overwritten_by_the_next_on
     again = publish(dns_lab.fleet, dns_lab.store, dns_lab.endpoints, actor="test")
     assert ask(dns_lab.servers["fsn-1"].endpoint, ZONE, "SOA").serial == again.serial
     assert found(dns_lab) == []
+
+
+def test_an_active_node_served_to_the_wrong_region_is_called_farther_not_unknown(
+        dns_lab: DnsLab) -> None:
+    publish(dns_lab.fleet, dns_lab.store, dns_lab.endpoints, actor="test")
+    ashburn = dns_lab.fleet.nodes["ash-1"].ipv4
+    patch_rrsets(dns_lab.servers["fsn-1"].endpoint, ZONE, [{
+        "name": EDGE, "type": "LUA", "ttl": 30, "changetype": "REPLACE",
+        "records": [{"content": f'A "\'{ashburn}\'"', "disabled": False}]}], timeout=5)
+    from_fsn = [item for item in found(dns_lab)
+                if item.via == "dns" and item.kind == "A" and item.name == EDGE
+                and item.client == dns_lab.fleet.nodes["fsn-1"].ipv4 + "/32"]
+    assert [(item.server, item.answered) for item in from_fsn] == [("fsn-1", [ashburn])]
+    assert from_fsn[0].problem.endswith(f"serves farther active nodes: {ashburn}")
+    assert "not in the map" not in from_fsn[0].problem
