@@ -4,6 +4,7 @@ is really nearest."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from pdns_fixture import DnsLab, ServerFactory, activate_all, write_lab_fleet
 
 from clonefleet.dnsmap import build_geoip_database, publish, verify
 from clonefleet.dnsmap.nearest import arc
-from clonefleet.dnsmap.powerdns import ask
+from clonefleet.dnsmap.powerdns import api_call, ask
 from clonefleet.state import open_store
 
 pytestmark = pytest.mark.integration
@@ -89,18 +90,6 @@ TWO_NEAREST = {"oslo": {"hel-1", "fsn-1"}, "trondheim": {"hel-1", "fsn-1"},
                "apia": {"akl-1", "hnl-1"}}
 
 
-def flat_pick(fleet_regions: dict[str, tuple[float, float]], latitude: float,
-              longitude: float) -> str:
-    """PowerDNS 4.7's pickclosest measure (lua-record.cc), to show it would choose otherwise."""
-    def measure(region: str) -> float:
-        latitude_difference = latitude - fleet_regions[region][0]
-        longitude_difference = longitude - fleet_regions[region][1]
-        if longitude_difference > 180:
-            longitude_difference = 360 - longitude_difference
-        return latitude_difference ** 2 + longitude_difference ** 2
-    return min(fleet_regions, key=measure)
-
-
 @pytest.fixture
 def globe(tmp_path: Path, pdns_factory: ServerFactory) -> DnsLab:
     fleet = write_lab_fleet(tmp_path, FLEET)
@@ -115,12 +104,26 @@ def globe(tmp_path: Path, pdns_factory: ServerFactory) -> DnsLab:
     return DnsLab(fleet, store, servers, geoip, tmp_path / "state")
 
 
-def test_flat_and_great_circle_disagree_for_these_clients() -> None:
-    regions = {"hel": (60.17, 24.94), "fsn": (50.47, 12.37), "akl": (-36.85, 174.76),
-               "hnl": (21.31, -157.86)}
-    assert flat_pick(regions, 59.91, 10.75) == "fsn"  # Oslo: flat says Falkenstein
-    assert flat_pick(regions, 63.43, 10.39) == "fsn"  # Trondheim
-    assert flat_pick(regions, -13.83, -171.76) == "hnl"  # Apia: flat says Honolulu
+FLAT = {"oslo": "fsn-1", "trondheim": "fsn-1", "apia": "hnl-1"}
+
+
+def test_powerdns_pickclosest_picks_otherwise_for_these_clients(globe: DnsLab) -> None:
+    """The reason for our own program: the same servers' built-in `pickclosest` sends these
+    clients to the flat-degrees nearest node (Falkenstein, Honolulu)."""
+    zone = "flat.clonefleet.test."
+    candidates = ",".join(f"'{node.ipv4}'" for node in globe.fleet.nodes.values())
+    endpoint = globe.servers["hel-1"].endpoint
+    status, _ = api_call(endpoint, "POST", "/zones", time.monotonic() + 5, {
+        "name": zone, "kind": "Native", "soa_edit_api": "", "nameservers": [], "rrsets": [
+            {"name": zone, "type": "SOA", "ttl": 60, "records": [
+                {"content": f"a.{zone} h.{zone} 1 3600 600 604800 10", "disabled": False}]},
+            {"name": f"e.{zone}", "type": "LUA", "ttl": 20, "records": [
+                {"content": f'A "pickclosest({{{candidates}}})"', "disabled": False}]}]})
+    assert status == 201
+    for place, (ipv4_net, _, _, _) in PLACES.items():
+        flat = globe.fleet.nodes[FLAT[place]].ipv4
+        assert ask(endpoint, f"e.{zone}", "A", client=ipv4_net).addresses == {flat}, place
+        assert FLAT[place] != NEAREST[place]
     # On the globe: Oslo–Helsinki ~790 km, Oslo–Falkenstein ~1055 km (the issue's figures).
     assert 6371 * arc(59.91, 10.75, 60.17, 24.94) == pytest.approx(790, abs=10)
     assert 6371 * arc(59.91, 10.75, 50.47, 12.37) == pytest.approx(1055, abs=10)
