@@ -1,22 +1,53 @@
-"""The `clonefleet` command: parses options, calls the Python API, prints. Nothing else."""
+"""The `clonefleet` command: parses options, calls the Python API, prints. Nothing else.
+
+Start-up is kept short (drain latency counts from the moment the command starts): this module
+imports only click and the error types; each command's module, and what it needs, is imported
+when that command is run (`LAZY_COMMANDS`), and `--help` lists commands from that table
+without importing any of them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from clonefleet.errors import ClonefleetError
-from clonefleet.inventory import Fleet, load_fleet
-from clonefleet.paths import fleet_state_dir
-from clonefleet.state import SqliteStateStore, open_store
+
+if TYPE_CHECKING:
+    from clonefleet.inventory import Fleet
+    from clonefleet.state import SqliteStateStore
 
 DEFAULT_FLEET = "inventory/lab.toml"
+
+# Command → (module under clonefleet.cli whose `register()` adds it, its one-line help).
+# tests/unit/test_cli_startup.py checks this against the real commands.
+LAZY_COMMANDS = {
+    "check": ("inventory", "Validate the fleet file."),
+    "status": ("inventory", "Show each node's lifecycle state (and history)."),
+    "provision": ("provision", "Bare box → rescue → encrypted install → reboot → unlock → "
+                               "deploy (resumable)."),
+    "unlock": ("provision", "Unlock a node waiting in its initramfs (pinned Dropbear key, "
+                            "keystore passphrase)."),
+    "deploy": ("provision", "Apply a pyinfra deploy to nodes; exits 1 if any node failed."),
+    "lab": ("lab", "Manage the local lab's qemu VMs."),
+    "dns": ("dns", "The DNS map: routed names → active nodes, on every node's PowerDNS."),
+    "drain": ("dns", "Take NODE out of every DNS answer and wait until every server "
+                     "confirms."),
+    "undrain": ("dns", "Put NODE back into DNS answers and wait until every server "
+                       "confirms."),
+    "serve": ("serve", "Answer drain requests from smartwatch agents on the nodes."),
+    "token": ("serve", "Per-node drain tokens for smartwatch."),
+    "disks": ("disks", "Show the disk health of every node (or NODES), gathered over SSH "
+                       "from smartwatch."),
+}
 
 
 class Context:
@@ -25,45 +56,115 @@ class Context:
     def __init__(self, fleet_path: str, as_json: bool) -> None:
         self.fleet_path = fleet_path
         self.as_json = as_json
+        self._documents: list[Any] = []  # JSON held until the command ends
         self._fleet: Fleet | None = None
         self._store: SqliteStateStore | None = None
 
     @property
     def fleet(self) -> Fleet:
         if self._fleet is None:
+            from clonefleet.inventory import load_fleet
+
             self._fleet = load_fleet(self.fleet_path)
         return self._fleet
 
     @property
     def state_dir(self) -> Path:
+        from clonefleet.paths import fleet_state_dir
+
         return fleet_state_dir(self.fleet.name)
 
     @property
     def store(self) -> SqliteStateStore:
         if self._store is None:
+            from clonefleet.state import open_store
+
             self._store = open_store(self.state_dir)
         return self._store
 
     def emit(self, data: Any, text: str | None = None) -> None:
-        """Print `data` as JSON with --json, else `text` (or nothing)."""
+        """Print `data` as JSON with --json, else `text` (or nothing).
+
+        JSON is held until the command ends (`finish`), so that an error raised after the
+        result was prepared lands in the same object: one document on stdout, always.
+        """
         if self.as_json:
-            click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+            self._documents.append(data)
         elif text is not None:
             click.echo(text)
+
+    def finish(self, error: ClonefleetError | click.ClickException | None = None) -> None:
+        """Print the held JSON documents; with --json an error adds `error`, `exit_code` and
+        `kind` to the command's result object (or is an object of its own)."""
+        if not self.as_json:
+            return
+        documents, self._documents = self._documents, []
+        if error is not None:
+            fields: dict[str, Any] = {"error": error.format_message()
+                                      if isinstance(error, click.ClickException) else str(error),
+                                      "exit_code": error.exit_code, "kind": type(error).__name__}
+            details = getattr(error, "result", None)
+            if not documents and dataclasses.is_dataclass(details) \
+                    and not isinstance(details, type):
+                documents.append(dataclasses.asdict(details))
+            if documents and isinstance(documents[-1], dict):
+                documents[-1] = {**documents[-1], **fields}
+            else:
+                documents.append(fields)
+        for document in documents:
+            click.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
 
 
 pass_context = click.make_pass_decorator(Context)
 
 
+def _load(module: str) -> None:
+    importlib.import_module(f"clonefleet.cli.{module}").register(cli)
+
+
 class Group(click.Group):
-    """Turns a `ClonefleetError` into one line on stderr and its exit code."""
+    """Loads commands on first use (`LAZY_COMMANDS`) and turns a `ClonefleetError` into one
+    line on stderr and its exit code (plus a JSON object on stdout with --json)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            _load(LAZY_COMMANDS[cmd_name][0])
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # The help table from LAZY_COMMANDS, so `clonefleet --help` imports no command.
+        limit = formatter.width - 6 - max(len(name) for name in self.list_commands(ctx))
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.commands.get(name) or click.Command(name,
+                                                                help=LAZY_COMMANDS[name][1])
+            rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            returned = super().invoke(ctx)
         except ClonefleetError as error:
+            if isinstance(ctx.obj, Context):
+                ctx.obj.finish(error)
             click.echo(f"error: {error}", err=True)
             sys.exit(error.exit_code)
+        except click.ClickException as error:
+            if isinstance(ctx.obj, Context):
+                ctx.obj.finish(error)
+            raise
+        except BaseException:
+            # sys.exit() in a command, ^C: what it prepared is still printed.
+            if isinstance(ctx.obj, Context):
+                ctx.obj.finish()
+            raise
+        if isinstance(ctx.obj, Context):
+            ctx.obj.finish()
+        return returned
 
 
 @click.group(cls=Group)
@@ -104,24 +205,10 @@ def configure_logging(verbose: int) -> None:
 
 
 def _register() -> None:
-    from clonefleet.cli import inventory as inventory_commands
-    from clonefleet.cli import lab as lab_commands
-    from clonefleet.cli import provision as provision_commands
-
-    inventory_commands.register(cli)
-    provision_commands.register(cli)
-    lab_commands.register(cli)
-    from clonefleet.cli import dns as dns_commands
-
-    dns_commands.register(cli)
-    from clonefleet.cli import serve as serve_commands
-
-    serve_commands.register(cli)
-    from clonefleet.cli import disks as disks_commands
-
-    disks_commands.register(cli)
+    """Load every command now (tests invoke `cli` directly and expect them all)."""
+    for module in dict.fromkeys(module for module, _ in LAZY_COMMANDS.values()):
+        _load(module)
 
 
 def main() -> None:
-    _register()
     cli(prog_name="clonefleet")

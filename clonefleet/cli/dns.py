@@ -2,7 +2,8 @@
 
 Exit codes: 0 done; 2 bad input; 20 nothing to check or another DNS error; 21 refused by a
 safety rule; 22 recorded but some DNS servers were unreachable; 23 `verify` found a server
-disagreeing with the map; 24 a reachable server did not confirm the change in time.
+disagreeing with the map; 24 a reachable server did not confirm the change in time; 25 a
+malformed `dns_endpoint` fact.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from clonefleet.dnsmap import (
     undrain_node,
     verify,
 )
-from clonefleet.errors import ConfigError
+from clonefleet.dnsmap.geoip import parse_network
+from clonefleet.dnsmap.publish import SERVER_SECONDS
+from clonefleet.dnsmap.verify import as_lines
 
 
 def _actor() -> str:
@@ -99,7 +102,8 @@ def show(ctx: Context) -> None:
 
 @dns.command(name="publish")
 @click.option("--dry-run", is_flag=True, help="Show the records; change nothing.")
-@click.option("--timeout", default=10.0, show_default=True, help="Seconds per API call.")
+@click.option("--timeout", default=SERVER_SECONDS, show_default=True,
+              help="Seconds each server has to take the zone; a silent one is then named.")
 @pass_context
 def publish_command(ctx: Context, dry_run: bool, timeout: float) -> None:
     """Push the map to every node's PowerDNS with a new serial."""
@@ -124,18 +128,16 @@ def publish_command(ctx: Context, dry_run: bool, timeout: float) -> None:
 
 
 @dns.command(name="verify")
-@click.option("--timeout", default=2.0, show_default=True, help="Seconds per DNS query.")
+@click.option("--timeout", default=SERVER_SECONDS, show_default=True,
+              help="Seconds per API call and per DNS query.")
 @pass_context
 def verify_command(ctx: Context, timeout: float) -> None:
-    """Ask every node's DNS server for every routed name; exit 23 on any disagreement."""
+    """Compare every server's zone (API) and answers (DNS, with ECS) with the map; exit 23 on
+    any difference, one line each."""
     result = verify(ctx.fleet, ctx.store, timeout=timeout)
     lines = [f"checked {len(result.checked)} server(s) for zone {result.zone} "
              f"(serial {result.serial or '-'})"]
-    for item in result.disagreements:
-        client = f" client {item.client}" if item.client else ""
-        lines.append(f"  {item.server}: {item.name} {item.kind}{client}: {item.problem}; "
-                     f"expected {', '.join(item.expected) or 'nothing'}, "
-                     f"got {', '.join(item.answered) or 'nothing'}")
+    lines += [f"  {line}" for line in as_lines(result)]
     lines += [f"  UNREACHABLE {node}: {error}" for node, error in result.unreachable.items()]
     lines += [f"  not checked (no dns_endpoint fact): {node}" for node in result.unconfigured]
     ctx.emit(dataclasses.asdict(result) | {"ok": result.ok}, "\n".join(lines))
@@ -157,16 +159,8 @@ def verify_command(ctx: Context, timeout: float) -> None:
               help="Also locate a client network (repeatable).")
 @pass_context
 def geoip_command(ctx: Context, path: str, networks: tuple[str, ...]) -> None:
-    """Write the MaxMind-format database of node locations PowerDNS's pickclosest needs."""
-    extra: dict[str, tuple[float, float]] = {}
-    for item in networks:
-        try:
-            cidr, coordinates = item.split("=", 1)
-            latitude, longitude = (float(part) for part in coordinates.split(","))
-        except ValueError:
-            raise ConfigError(f"--network {item!r}: expected CIDR=LAT,LON such as "
-                              "203.0.113.0/24=52.52,13.40") from None
-        extra[cidr] = (latitude, longitude)
+    """Write the MaxMind-format database of node (and client) locations for PowerDNS."""
+    extra = dict(parse_network(item) for item in networks)
     written = build_geoip_database(ctx.fleet, path, extra)
     ctx.emit({"path": str(written), "nodes": len(ctx.fleet.nodes), "networks": len(extra)},
              f"wrote {written} ({len(ctx.fleet.nodes)} nodes, {len(extra)} extra networks)")
@@ -199,7 +193,9 @@ def _result_text(verb: str, result: DrainResult) -> str:
     lines = [f"{result.node}: {result.state}"
              + ("" if result.changed else f" (already; {verb} republished only)")
              + f", serial {result.serial}, confirmed by {len(result.confirmed)} server(s) "
-               f"in {result.seconds:.2f} s"]
+               f"in {result.seconds:.2f} s"
+             + (f" (returned after {result.elapsed:.2f} s: unreachable servers had until "
+                "their deadline)" if result.unreachable else "")]
     if result.clients_gone_at:
         lines.append(f"  clients gone (TTL + grace) at {_when(result.clients_gone_at)}; "
                      "then it settles to drained")
@@ -226,9 +222,11 @@ def _finish(ctx: Context, verb: str, result: DrainResult) -> None:
 @click.option("--dry-run", is_flag=True, help="Check the safety rules only.")
 @click.option("--timeout", default=60.0, show_default=True,
               help="Seconds to wait for every DNS server to stop serving the node.")
+@click.option("--server-timeout", default=SERVER_SECONDS, show_default=True,
+              help="Seconds a server has to answer each call before it is named unreachable.")
 @pass_context
 def drain(ctx: Context, node: str, reason: str, force: bool, dry_run: bool,
-          timeout: float) -> None:
+          timeout: float, server_timeout: float) -> None:
     """Take NODE out of every DNS answer and wait until every server confirms."""
     if dry_run:
         plan = plan_drain(ctx.fleet, ctx.store, node, reason=reason, force=force)
@@ -239,7 +237,7 @@ def drain(ctx: Context, node: str, reason: str, force: bool, dry_run: bool,
                  f"would remain, {plan.region_active_after} in its region")
         return
     result = drain_node(ctx.fleet, ctx.store, node, reason=reason, actor=_actor(), force=force,
-                        timeout=timeout)
+                        timeout=timeout, server_timeout=server_timeout)
     _finish(ctx, "drain", result)
 
 
@@ -250,9 +248,11 @@ def drain(ctx: Context, node: str, reason: str, force: bool, dry_run: bool,
 @click.option("--dry-run", is_flag=True, help="Check the safety rules only.")
 @click.option("--timeout", default=60.0, show_default=True,
               help="Seconds to wait for every DNS server to serve the node again.")
+@click.option("--server-timeout", default=SERVER_SECONDS, show_default=True,
+              help="Seconds a server has to answer each call before it is named unreachable.")
 @pass_context
 def undrain(ctx: Context, node: str, reason: str, force: bool, dry_run: bool,
-            timeout: float) -> None:
+            timeout: float, server_timeout: float) -> None:
     """Put NODE back into DNS answers and wait until every server confirms."""
     if dry_run:
         state, refusals = plan_undrain(ctx.fleet, ctx.store, node, force=force)
@@ -262,7 +262,7 @@ def undrain(ctx: Context, node: str, reason: str, force: bool, dry_run: bool,
                  f"would undrain {node} ({state})")
         return
     result = undrain_node(ctx.fleet, ctx.store, node, actor=_actor(), reason=reason,
-                          force=force, timeout=timeout)
+                          force=force, timeout=timeout, server_timeout=server_timeout)
     _finish(ctx, "undrain", result)
 
 

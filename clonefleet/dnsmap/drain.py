@@ -1,8 +1,10 @@
 """Drain and undrain: the state change, its safety rules, the push, and proof by DNS queries.
 
 Sequence (after gdnsd's admin_state model): check the rules and mark the node `draining` in one
-transaction → publish to every node → query every reachable server until none serves the
-node's addresses → return. The `draining` → `drained` step, once the longest routed TTL plus
+transaction → allocate a serial and render the zone (under the publish lock, briefly) → per
+server, in parallel and each within its own deadline: push, then query it until it no longer
+serves the node's addresses → return. A hung server is named unreachable after its deadline
+and holds up nobody else. The `draining` → `drained` step, once the longest routed TTL plus
 `fleet.dns_grace_seconds` has passed, is done by `settle()`, which every publish runs first and
 `wait_until_drained()` runs when the time is up; nobody has to block for it.
 """
@@ -12,14 +14,23 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 from clonefleet.dnsmap.endpoints import Endpoint, Endpoints
 from clonefleet.dnsmap.errors import DnsError, DrainNotConfirmed, DrainRefused
 from clonefleet.dnsmap.model import DRAIN_STATES, UNKNOWN_STATE, build_map
-from clonefleet.dnsmap.powerdns import ask
-from clonefleet.dnsmap.publish import MAX_PARALLEL, PublishResult, publish, settle
+from clonefleet.dnsmap.powerdns import ask, preload_dns
+from clonefleet.dnsmap.publish import (
+    MAX_PARALLEL,
+    SERVER_SECONDS,
+    Publication,
+    positive_seconds,
+    prepare,
+    push_one,
+    record_push,
+    settle,
+)
 from clonefleet.dnsmap.verify import ANYWHERE
 from clonefleet.inventory import Fleet
 from clonefleet.state import StateStore
@@ -37,7 +48,8 @@ class DrainResult:
     serial: int | None = None
     changed: bool = True  # False when the node already was in the requested state
     clients_gone_at: float | None = None  # draining: when TTL + grace are over
-    seconds: float = 0.0  # from the call to the last confirmation
+    seconds: float = 0.0  # from the call to the last confirmation (unreachable ones excluded)
+    elapsed: float = 0.0  # from the call to its return, waiting on unreachable servers included
     confirmed_after: dict[str, float] = field(default_factory=dict)  # server → seconds
 
     @property
@@ -117,12 +129,13 @@ def _addresses(fleet: Fleet, node: str) -> frozenset[str]:
 
 
 def _serves(endpoint: Endpoint, names: list[str], addresses: frozenset[str],
-            timeout: float) -> bool:
+            deadline: float, server_timeout: float) -> bool:
     """Whether the server's full answer (unknown client location) for any routed name contains
-    one of `addresses`. That answer lists every candidate `pickclosest` chooses from, so a node
-    absent from it is absent from every geo answer too."""
+    one of `addresses`. That answer lists every candidate the LUA program chooses from, so a
+    node absent from it is absent from every geo answer too."""
     for name in names:
         for kind, client in (("A", ANYWHERE), ("AAAA", "::/0")):
+            timeout = min(server_timeout, deadline - time.monotonic())
             answer = ask(endpoint, name, kind, client=client, timeout=timeout)
             served = {str(ipaddress.ip_address(address)) for address in answer.addresses}
             if served & addresses:
@@ -130,65 +143,60 @@ def _serves(endpoint: Endpoint, names: list[str], addresses: frozenset[str],
     return False
 
 
-def _confirm(fleet: Fleet, node: str, endpoints: Endpoints, published: PublishResult,
-             want_served: bool, started: float, deadline: float, result: DrainResult,
-             clock: Callable[[], float]) -> list[str]:
-    """Poll the servers that took the push until each answers as wanted. Fills `result`;
-    returns the servers still answering the old way at the deadline."""
-    names = [f"{entry.name}.{fleet.domain}." for entry in fleet.routed]
-    addresses = _addresses(fleet, node)
-    for server, error in published.unreachable.items():
-        result.unreachable.append(server)
-        result.errors[server] = error
-    pending = [endpoints[server] for server in published.pushed]
+@dataclass(frozen=True)
+class _ServerOutcome:
+    serial: int | None = None  # what the server holds after the push; None if it failed
+    error: str = ""  # why it is unreachable
+    confirmed_after: float | None = None  # seconds from the call; None if not confirmed
+
+
+def _push_and_confirm(store: StateStore, endpoint: Endpoint, publication: Publication,
+                      names: list[str], addresses: frozenset[str], want_served: bool,
+                      started: float, deadline: float,
+                      server_timeout: float) -> _ServerOutcome:
+    """One server's whole part, in its own thread: push, then poll its DNS until it answers as
+    wanted or `deadline`. A silent server fails its first call after `server_timeout` and is
+    given up at once, so it costs that time once and never holds up the others."""
+    try:
+        serial = push_one(store, endpoint, publication,
+                          min(deadline, time.monotonic() + server_timeout))
+    except DnsError as error:
+        return _ServerOutcome(error=str(error))
     if not names or not addresses:
         # Nothing routed or no address: no answer can contain the node.
-        result.confirmed.extend(endpoint.node for endpoint in pending)
-        return []
-
-    def settled(endpoint: Endpoint) -> bool | str:
-        remaining = max(0.2, min(2.0, deadline - clock()))
+        return _ServerOutcome(serial, confirmed_after=time.monotonic() - started)
+    while True:
         try:
-            return _serves(endpoint, names, addresses, remaining) == want_served
+            served = _serves(endpoint, names, addresses, deadline, server_timeout)
         except DnsError as error:
-            return str(error)
-
-    while pending:
-        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(pending))) as pool:
-            outcomes = list(pool.map(settled, pending))
-        still = []
-        for endpoint, outcome in zip(pending, outcomes, strict=True):
-            if outcome is True:
-                result.confirmed.append(endpoint.node)
-                result.confirmed_after[endpoint.node] = clock() - started
-            elif isinstance(outcome, str):
-                result.unreachable.append(endpoint.node)
-                result.errors[endpoint.node] = outcome
-            else:
-                still.append(endpoint)
-        pending = still
-        if not pending or clock() >= deadline:
-            break
+            return _ServerOutcome(serial, error=str(error))
+        if served == want_served:
+            return _ServerOutcome(serial, confirmed_after=time.monotonic() - started)
+        if time.monotonic() + POLL_SECONDS >= deadline:
+            return _ServerOutcome(serial)
         time.sleep(POLL_SECONDS)
-    result.confirmed.sort()
-    result.unreachable.sort()
-    return [endpoint.node for endpoint in pending]
 
 
 def drain_node(fleet: Fleet, store: StateStore, node: str, *, reason: str, actor: str,
                force: bool = False, endpoints: Endpoints | None = None,
-               timeout: float = 60.0) -> DrainResult:
+               timeout: float = 60.0, server_timeout: float = SERVER_SECONDS) -> DrainResult:
     """Given a node, take it out of every DNS answer and return once every reachable server
     has stopped serving it (checked with real DNS queries).
 
     Raises `DrainRefused` when a safety rule refuses (no reason; the node is not active; the
     region or the fleet would fall below its minimum of active nodes, unless `force`), and
     `DrainNotConfirmed` when a reachable server still serves the node after `timeout` seconds.
-    Unreachable servers are listed in the result; the next publish catches them up.
+    Unreachable servers (no answer within `server_timeout` seconds per call) are listed in the
+    result; the next publish catches them up. Endpoints and time limits are checked before the
+    state changes.
     Draining a node that is already draining or drained changes nothing but republishes.
     """
     started = time.monotonic()
-    deadline = started + timeout
+    preload_dns()
+    deadline = started + positive_seconds(timeout, "the timeout")
+    positive_seconds(server_timeout, "the per-server timeout")
+    fleet.node(node)
+    endpoints = Endpoints.from_store(fleet, store) if endpoints is None else endpoints
     with store.transaction():
         plan = plan_drain(fleet, store, node, reason=reason, force=force)
         if plan.refusals:
@@ -200,7 +208,8 @@ def drain_node(fleet: Fleet, store: StateStore, node: str, *, reason: str, actor
             store.transition(node, "draining", actor=actor, reason=reason.strip() + suffix,
                              expect_from=["active"])
     return _publish_and_confirm(fleet, store, node, endpoints, actor=actor, want_served=False,
-                                changed=changed, started=started, deadline=deadline)
+                                changed=changed, started=started, deadline=deadline,
+                                server_timeout=server_timeout)
 
 
 def _below_minimum(plan: DrainPlan, fleet: Fleet, node: str) -> bool:
@@ -211,7 +220,7 @@ def _below_minimum(plan: DrainPlan, fleet: Fleet, node: str) -> bool:
 
 def undrain_node(fleet: Fleet, store: StateStore, node: str, *, actor: str, reason: str = "",
                  force: bool = False, endpoints: Endpoints | None = None,
-                 timeout: float = 60.0) -> DrainResult:
+                 timeout: float = 60.0, server_timeout: float = SERVER_SECONDS) -> DrainResult:
     """Given a draining or drained node, put it back into DNS and return once every reachable
     server serves it again.
 
@@ -220,7 +229,11 @@ def undrain_node(fleet: Fleet, store: StateStore, node: str, *, actor: str, reas
     nothing but republishes.
     """
     started = time.monotonic()
-    deadline = started + timeout
+    preload_dns()
+    deadline = started + positive_seconds(timeout, "the timeout")
+    positive_seconds(server_timeout, "the per-server timeout")
+    fleet.node(node)
+    endpoints = Endpoints.from_store(fleet, store) if endpoints is None else endpoints
     with store.transaction():
         state, refusals = plan_undrain(fleet, store, node, force=force)
         if refusals:
@@ -231,30 +244,52 @@ def undrain_node(fleet: Fleet, store: StateStore, node: str, *, actor: str, reas
                              reason=reason.strip() or f"undrained (was {state})",
                              expect_from=list(UNDRAIN_FROM))
     return _publish_and_confirm(fleet, store, node, endpoints, actor=actor, want_served=True,
-                                changed=changed, started=started, deadline=deadline)
+                                changed=changed, started=started, deadline=deadline,
+                                server_timeout=server_timeout)
 
 
-def _publish_and_confirm(fleet: Fleet, store: StateStore, node: str,
-                         endpoints: Endpoints | None, *, actor: str, want_served: bool,
-                         changed: bool, started: float, deadline: float) -> DrainResult:
-    endpoints = Endpoints.from_store(fleet, store) if endpoints is None else endpoints
-    # Each HTTP call gets at most a slice of the budget, so one hung server cannot use it all.
-    call_timeout = max(0.5, min(10.0, (deadline - time.monotonic()) / 3))
-    published = publish(fleet, store, endpoints, actor=actor, timeout=call_timeout)
+def _publish_and_confirm(fleet: Fleet, store: StateStore, node: str, endpoints: Endpoints,
+                         *, actor: str, want_served: bool, changed: bool, started: float,
+                         deadline: float, server_timeout: float) -> DrainResult:
+    publication = prepare(fleet, store, actor=actor)
     record = store.get(node)
     state = record.state if record else UNKNOWN_STATE
-    result = DrainResult(node=node, state=state, serial=published.serial, changed=changed)
+    result = DrainResult(node=node, state=state, serial=publication.serial, changed=changed)
     if state == "draining" and record is not None:
         wait = max((entry.ttl for entry in fleet.routed), default=0) + fleet.dns_grace_seconds
         result.clients_gone_at = record.since + wait
-    lagging = _confirm(fleet, node, endpoints, published, want_served, started, deadline,
-                       result, time.monotonic)
-    result.seconds = time.monotonic() - started
+    names = [f"{entry.name}.{fleet.domain}." for entry in fleet.routed]
+    addresses = _addresses(fleet, node)
+    targets = [endpoints[name] for name in sorted(endpoints)]
+    lagging = []
+    if targets:
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(targets))) as pool:
+            futures = {pool.submit(_push_and_confirm, store, endpoint, publication, names,
+                                   addresses, want_served, started, deadline,
+                                   server_timeout): endpoint.node for endpoint in targets}
+            # Recorded as each server finishes (the workers only push and ask).
+            for future in as_completed(futures):
+                server, outcome = futures[future], future.result()
+                record_push(store, server, outcome.serial,
+                            outcome.error if outcome.serial is None else "", publication)
+                if outcome.error:
+                    result.unreachable.append(server)
+                    result.errors[server] = outcome.error
+                elif outcome.confirmed_after is not None:
+                    result.confirmed.append(server)
+                    result.confirmed_after[server] = outcome.confirmed_after
+                else:
+                    lagging.append(server)
+    result.confirmed.sort()
+    result.unreachable.sort()
+    lagging.sort()
+    result.seconds = max(result.confirmed_after.values(), default=0.0)
+    result.elapsed = time.monotonic() - started
     if lagging:
         verb = "still serves" if not want_served else "does not serve yet"
         raise DrainNotConfirmed(
             f"{'drain' if not want_served else 'undrain'} of {node!r} recorded and published "
-            f"(serial {published.serial}), but after {result.seconds:.1f} s DNS on "
+            f"(serial {publication.serial}), but after {result.elapsed:.1f} s DNS on "
             f"{', '.join(lagging)} {verb} it; run `clonefleet dns verify`", result)
     return result
 

@@ -4,7 +4,8 @@ The default comes from the state store: the node fact `dns_endpoint`, a JSON obj
 
     {"api_url": "http://203.0.113.10:8081",  # PowerDNS webserver base URL, no /api suffix
      "api_key": "...",                      # the server's api-key
-     "dns_host": "203.0.113.10",            # where its DNS server listens
+     "dns_host": "203.0.113.10",            # where its DNS server listens (address or
+                                            # host name, resolved once: first IPv4, else IPv6)
      "dns_port": 53,                        # optional, default 53
      "server_id": "localhost"}              # optional, PowerDNS server id, default localhost
 
@@ -13,6 +14,9 @@ written by whatever deploys PowerDNS on the node (`store.set_fact(node, "dns_end
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +28,25 @@ from clonefleet.state import StateStore
 ENDPOINT_FACT = "dns_endpoint"
 
 
+@functools.lru_cache(maxsize=256)
+def resolve(host: str) -> str:
+    """An address to send DNS queries to: `host` itself if it is one, else its first IPv4
+    address (PowerDNS is often bound to IPv4 only, while `localhost` may list ::1 first), else
+    its first IPv6 address. Raises `EndpointError` when the name does not resolve."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError) as error:
+        raise EndpointError(f"dns_host {host!r} does not resolve ({error}); store an IP address "
+                            "or a resolvable host name in the dns_endpoint fact") from None
+    addresses = [str(item[4][0]) for item in found]
+    ipv4 = [address for address in addresses if ":" not in address]
+    return (ipv4 or addresses)[0]
+
+
 @dataclass(frozen=True)
 class Endpoint:
     node: str
@@ -32,6 +55,11 @@ class Endpoint:
     dns_host: str
     dns_port: int = 53
     server_id: str = "localhost"
+
+    @property
+    def dns_address(self) -> str:
+        """Where to send DNS queries: `dns_host`, resolved if it is a host name."""
+        return resolve(self.dns_host)
 
     @property
     def zones_url(self) -> str:
@@ -60,9 +88,17 @@ class Endpoint:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             raise EndpointError(f"node {node!r}: dns_endpoint.dns_port {port!r} is not a port; "
                                 "use 1-65535")
+        api_url = str(fact["api_url"])
+        if not api_url.startswith(("http://", "https://")):
+            raise EndpointError(f"node {node!r}: dns_endpoint.api_url {api_url!r} is not an "
+                                "http(s) URL; store e.g. 'http://203.0.113.10:8081'")
+        try:
+            resolve(str(fact["dns_host"]))  # a bad host name fails here, before any change
+        except EndpointError as error:
+            raise EndpointError(f"node {node!r}: dns_endpoint.{error}") from None
         return cls(
             node=node,
-            api_url=str(fact["api_url"]),
+            api_url=api_url,
             api_key=str(fact["api_key"]),
             dns_host=str(fact["dns_host"]),
             dns_port=port,

@@ -1,7 +1,9 @@
-"""The MaxMind-format database PowerDNS's `pickclosest` needs.
+"""The MaxMind-format database of node (and optionally client) locations.
 
-`pickclosest` looks up the client (or its ECS subnet) *and every candidate address* in the
-GeoIP databases, so the nodes' own addresses must be in one, at their region's coordinates.
+The routed names' LUA program gets the client's location (or its ECS subnet's) from the GeoIP
+databases through `latlon()`; the candidates' coordinates are written into the program. The
+nodes' own addresses are in this database at their region's coordinates so that `verify` can
+ask "from a region" with a node address as the client subnet.
 This module writes that database from the inventory. Client locations come from a second
 database listed after it in `geoip-database-files` (e.g. GeoLite2-City): PowerDNS asks the
 files in order until one knows the address. Extra networks can also be written into this one.
@@ -9,11 +11,12 @@ files in order until one knows the address. Extra networks can also be written i
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from clonefleet.dnsmap.errors import DnsError
+from clonefleet.errors import ConfigError
 from clonefleet.inventory import Fleet
 
 # PowerDNS's mmdb reader refuses a location without `accuracy_radius` (it then reports the
@@ -33,6 +36,36 @@ def _location(latitude: float, longitude: float) -> dict[str, object]:
     }
 
 
+def parse_network(item: str) -> tuple[str, tuple[float, float]]:
+    """`CIDR=LAT,LON` (the CLI's --network) → (CIDR, (latitude, longitude)); `ConfigError`
+    naming the bad part otherwise."""
+    example = "such as 203.0.113.0/24=52.52,13.40"
+    cidr, separator, coordinates = item.partition("=")
+    parts = coordinates.split(",")
+    if not separator or len(parts) != 2:
+        raise ConfigError(f"--network {item!r}: expected CIDR=LAT,LON {example}")
+    try:
+        latitude, longitude = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise ConfigError(f"--network {item!r}: latitude and longitude must be numbers, "
+                          f"{example}") from None
+    check_network(cidr, latitude, longitude, f"--network {item!r}")
+    return cidr.strip(), (latitude, longitude)
+
+
+def check_network(cidr: str, latitude: float, longitude: float, where: str) -> None:
+    """Refuse a CIDR that is not one, or coordinates off the globe (`ConfigError`)."""
+    try:
+        ipaddress.ip_network(cidr.strip(), strict=False)
+    except ValueError:
+        raise ConfigError(f"{where}: {cidr!r} is not a network; write a CIDR such as "
+                          "203.0.113.0/24 or 2001:db8::/48") from None
+    if not -90 <= latitude <= 90:
+        raise ConfigError(f"{where}: latitude {latitude:g} is off the globe; use -90 to 90")
+    if not -180 <= longitude <= 180:
+        raise ConfigError(f"{where}: longitude {longitude:g} is off the globe; use -180 to 180")
+
+
 def build_geoip_database(
     fleet: Fleet,
     path: str | Path,
@@ -41,7 +74,7 @@ def build_geoip_database(
     """Given the fleet (and optional CIDR → (latitude, longitude)), write an mmdb file.
 
     Written to a temporary name and renamed, so a PowerDNS starting meanwhile never reads half
-    a file. Returns the path.
+    a file. Returns the path. Raises `ConfigError` for a bad network or coordinates.
     """
     from mmdb_writer import MMDBWriter
     from netaddr import IPSet
@@ -51,12 +84,9 @@ def build_geoip_database(
                         description={"en": f"clonefleet {fleet.name} node locations"})
     # Nodes last: a later insert wins, and a node's own location must never be overridden.
     for network, (latitude, longitude) in (extra_networks or {}).items():
-        try:
-            networks = IPSet([network])
-        except Exception as error:  # netaddr raises several unrelated types
-            raise DnsError(f"invalid network {network!r} for the GeoIP database ({error}); "
-                           "write a CIDR such as 203.0.113.0/24") from None
-        writer.insert_network(networks, _location(latitude, longitude))
+        check_network(network, latitude, longitude, f"GeoIP network {network}")
+        cidr = str(ipaddress.ip_network(network.strip(), strict=False))
+        writer.insert_network(IPSet([cidr]), _location(latitude, longitude))
     for node in fleet.nodes.values():
         region = fleet.regions[node.region]
         for address, bits in ((node.ipv4, 32), (node.ipv6, 128)):

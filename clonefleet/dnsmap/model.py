@@ -45,6 +45,7 @@ class RoutedEntry:
     name: str
     ttl: int
     nodes: tuple[MapNode, ...]
+    answers: int = 1  # how many of the nearest nodes a located client is given
 
     @property
     def ipv4(self) -> tuple[str, ...]:
@@ -86,7 +87,7 @@ def build_map(fleet: Fleet, store: StateStore) -> DnsMap:
     """Given the fleet and the recorded node states, return the map.
 
     Every routed name is served by every active node (the fleet is made of identical clones);
-    the choice among them per client is left to PowerDNS's `pickclosest`.
+    the choice among them per client is left to the LUA program (nearest by great circle).
     """
     nodes: list[MapNode] = []
     for name in sorted(fleet.nodes):
@@ -110,7 +111,8 @@ def build_map(fleet: Fleet, store: StateStore) -> DnsMap:
     active = tuple(node for node in nodes if node.active and node.addresses)
     domain = fqdn(fleet.domain)
     routed = tuple(
-        RoutedEntry(name=f"{entry.name}.{domain}", ttl=entry.ttl, nodes=active)
+        RoutedEntry(name=f"{entry.name}.{domain}", ttl=entry.ttl, nodes=active,
+                    answers=entry.answers)
         for entry in fleet.routed
     )
     return DnsMap(domain=domain, routed=routed, nodes=tuple(nodes))

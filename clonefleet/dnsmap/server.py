@@ -29,7 +29,7 @@ def powerdns_settings(
 
     - `launch=gsqlite3,geoip`: zones live in SQLite so the HTTP API can create and change them
       (the bind backend cannot); the geoip backend only supplies the GeoIP lookups that LUA's
-      `pickclosest` uses, with no zones of its own (`geoip_zones_file` holds `domains: []`).
+      `latlon()` uses, with no zones of its own (`geoip_zones_file` holds `domains: []`).
     - `geoip_databases`: clonefleet's node database first, then optionally a client database
       such as GeoLite2-City; PowerDNS asks them in order.
     - `small`: one thread each and small caches, for running dozens of servers on one machine.
@@ -52,6 +52,13 @@ def powerdns_settings(
         # The version check is a DNS query to the internet; nodes and tests do without it.
         "security-poll-suffix": "",
         "default-soa-edit": "",
+        # WAL journal (PowerDNS's default, stated so it cannot change under us) with
+        # synchronous=NORMAL: a commit no longer waits for an fsync, which with 30 servers
+        # sharing a disk cut a drain's PATCH from ~68 to ~37 ms (median). WAL keeps the
+        # database intact on power loss (only the last commits may be lost; the next publish
+        # rewrites whatever differs, and `verify` reports it meanwhile).
+        "gsqlite3-pragma-journal-mode": "WAL",
+        "gsqlite3-pragma-synchronous": "1",
     }
     if small:
         settings.update({

@@ -2,10 +2,9 @@
 
 Each routed name becomes one LUA rrset holding an `A` and an `AAAA` program. The program lists
 the active nodes explicitly (node states are the source of truth; PowerDNS's own health-checked
-functions would make every node's answers drift apart) and lets `pickclosest` choose the node
-nearest to the client's EDNS Client Subnet or address. When the client's location is unknown,
-`latlon()` reports `0.000000 0.000000` and the program answers with every active node instead of
-`pickclosest`'s arbitrary first pick.
+functions would make every node's answers drift apart) with their coordinates, and picks the
+node nearest by great-circle distance to the client's EDNS Client Subnet or address (see
+`nearest.py`). When the client's location is unknown, the program answers with every active node.
 """
 
 from __future__ import annotations
@@ -13,22 +12,19 @@ from __future__ import annotations
 from typing import Any
 
 from clonefleet.dnsmap.errors import DnsError
-from clonefleet.dnsmap.model import DnsMap
+from clonefleet.dnsmap.model import DnsMap, RoutedEntry
+from clonefleet.dnsmap.nearest import Site, lua_program, sites
 
-# PowerDNS prints an unknown location as exactly this string (4.7, checked on this machine).
-UNKNOWN_LOCATION = "0.000000 0.000000"
 SOA_TIMERS = "3600 600 604800"
 NAMESERVER_TTL = 3600
 
 RRset = dict[str, Any]
 
 
-def lua_program(addresses: tuple[str, ...]) -> str:
-    """The Lua that picks the nearest of `addresses`, or all of them for an unknown client."""
-    listed = ",".join(f"'{address}'" for address in addresses)
-    return (f";local nodes = {{{listed}}} "
-            f"if latlon() == '{UNKNOWN_LOCATION}' then return nodes end "
-            "return pickclosest(nodes)")
+def routed_sites(entry: RoutedEntry, family: str) -> tuple[Site, ...]:
+    """The active nodes behind `entry` with an address of `family` (ipv4/ipv6), by place."""
+    return sites([(getattr(node, family), node.latitude, node.longitude)
+                  for node in entry.nodes if getattr(node, family)])
 
 
 def soa_content(dns_map: DnsMap, serial: int) -> str:
@@ -71,10 +67,10 @@ def render_rrsets(dns_map: DnsMap, serial: int) -> list[RRset]:
             rrsets.append(_rrset(host, "AAAA", NAMESERVER_TTL, [node.ipv6]))
     for entry in dns_map.routed:
         programs = []
-        if entry.ipv4:
-            programs.append(f'A "{lua_program(entry.ipv4)}"')
-        if entry.ipv6:
-            programs.append(f'AAAA "{lua_program(entry.ipv6)}"')
+        for kind, family in (("A", "ipv4"), ("AAAA", "ipv6")):
+            places = routed_sites(entry, family)
+            if places:
+                programs.append(f'{kind} "{lua_program(places, entry.answers)}"')
         # No active node: no rrset at all, so clients get an empty answer rather than a
         # drained address.
         if programs:

@@ -38,7 +38,9 @@ NODE_KEYS = {
     "ipv4", "ipv6", "network", "labels",
 }
 NETWORK_KEYS = {"address", "prefix", "gateway", "interface"}
-ROUTED_KEYS = {"name", "ttl"}
+ROUTED_KEYS = {"name", "ttl", "answers"}
+# More nearest nodes than this per answer is no longer "nearest", and keeps answers small.
+MAX_ANSWERS = 8
 ADMIN_KEYS = {"name", "keys"}
 
 T = TypeVar("T")
@@ -130,6 +132,13 @@ def load_fleet(path: str | Path) -> Fleet:
     regions = _regions(check, check.table(raw.get("regions", {}), "regions"))
     nodes = _nodes(check, check.table(raw.get("nodes", {}), "nodes"), regions)
     routed = _routed(check, raw.get("routed", []))
+    for index, entry in enumerate(routed):
+        # Every node's host name <node>.<domain> is in the zone with its own address; a routed
+        # name of the same name would be two rrsets for one name and break every publish.
+        if entry.name in nodes:
+            raise check.fail(f"routed[{index}].name",
+                             f"routed name {entry.name!r} is also a node's host name "
+                             f"({entry.name}.{domain})", "rename the routed name")
     admins = _admins(check, raw.get("admins", []))
 
     min_total = check.typed(fleet_table, "min_active_total", "fleet", int, default=1)
@@ -322,7 +331,11 @@ def _routed(check: _Checker, value: Any) -> tuple[RoutedName, ...]:
         ttl = check.typed(body, "ttl", prefix, int, default=30)
         if not 1 <= ttl <= 86400:
             raise check.fail(f"{prefix}.ttl", f"invalid TTL {ttl}", "use 1-86400 seconds")
-        names.append(RoutedName(name=name, ttl=ttl))
+        answers = check.typed(body, "answers", prefix, int, default=1)
+        if not 1 <= answers <= MAX_ANSWERS:
+            raise check.fail(f"{prefix}.answers", f"invalid answer count {answers}",
+                             f"use 1-{MAX_ANSWERS} nearest nodes per answer")
+        names.append(RoutedName(name=name, ttl=ttl, answers=answers))
     return tuple(names)
 
 

@@ -58,6 +58,7 @@ class Admin:
 class RoutedName:
     name: str
     ttl: int = 30
+    answers: int = 1  # how many of the nearest active nodes each geo answer lists
 
 
 @dataclass(frozen=True)

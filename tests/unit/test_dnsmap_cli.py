@@ -105,3 +105,77 @@ def test_verify_with_no_dns_server_to_check_exits_20(fleet_path: Path) -> None:
 def test_drain_of_an_unknown_node_exits_2(fleet_path: Path) -> None:
     result = run(fleet_path, "drain", "nope", "--reason", "x")
     assert result.exit_code == 2 and "unknown node 'nope'" in result.stderr
+
+
+@pytest.mark.parametrize(("network", "named"), [
+    ("203.0.113.0/24=95,10", "latitude 95 is off the globe"),
+    ("203.0.113.0/24=52.5,181", "longitude 181 is off the globe"),
+    ("203.0.113.0/33=52.5,13.4", "'203.0.113.0/33' is not a network"),
+    ("berlin=52.5,13.4", "'berlin' is not a network"),
+    ("203.0.113.0/24=52.5", "expected CIDR=LAT,LON"),
+    ("203.0.113.0/24=north,east", "must be numbers"),
+])
+def test_geoip_refuses_a_bad_network_or_coordinates_with_exit_2(
+        fleet_path: Path, network: str, named: str) -> None:
+    target = fleet_path.parent / "nodes.mmdb"
+    result = run(fleet_path, "dns", "geoip", str(target), "--network", network)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: --network {network!r}: ")
+    assert named in result.stderr and result.stderr.count("\n") == 1
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("arguments", [
+    ("drain", "fsn-1", "--reason", "x", "--timeout", "0"),
+    ("drain", "fsn-1", "--reason", "x", "--timeout", "-5"),
+    ("drain", "fsn-1", "--reason", "x", "--server-timeout", "0"),
+    ("undrain", "fsn-1", "--timeout", "-1"),
+])
+def test_zero_or_negative_timeouts_are_refused_with_exit_2_before_any_change(
+        fleet_path: Path, arguments: tuple[str, ...]) -> None:
+    result = run(fleet_path, *arguments)
+    assert result.exit_code == 2
+    assert "timeout must be more than 0 seconds" in result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert state_of(fleet_path, "fsn-1") == "active"
+
+
+@pytest.mark.parametrize("command", [("dns", "verify"), ("dns", "publish")])
+def test_zero_timeouts_for_verify_and_publish_are_refused_with_exit_2(
+        fleet_path: Path, command: tuple[str, ...]) -> None:
+    result = run(fleet_path, *command, "--timeout", "0")
+    assert result.exit_code == 2 and "must be more than 0 seconds" in result.stderr
+
+
+def test_with_json_a_refused_drain_prints_a_json_object_and_the_error_line(
+        fleet_path: Path) -> None:
+    result = run(fleet_path, "--json", "drain", "fsn-1")
+    assert result.exit_code == 21
+    assert json.loads(result.stdout) == {
+        "error": "drain of 'fsn-1' refused: a drain needs a reason; pass --reason TEXT",
+        "exit_code": 21, "kind": "DrainRefused"}
+    assert result.stderr == ("error: drain of 'fsn-1' refused: a drain needs a reason; "
+                             "pass --reason TEXT\n")
+
+
+@pytest.mark.parametrize(("arguments", "code"), [
+    (("drain", "nope", "--reason", "x"), 2),
+    (("dns", "verify"), 20),
+    (("dns", "geoip", "x.mmdb", "--network", "bad"), 2),
+    (("drain", "fsn-1", "--reason", "x", "--timeout", "abc"), 2),
+])
+def test_with_json_every_error_prints_a_json_object(
+        fleet_path: Path, arguments: tuple[str, ...], code: int) -> None:
+    result = run(fleet_path, "--json", *arguments)
+    assert result.exit_code == code
+    error = json.loads(result.stdout)
+    assert error["exit_code"] == code and error["error"]
+
+
+def test_check_refuses_a_routed_name_equal_to_a_node_name_with_exit_2(
+        fleet_path: Path) -> None:
+    fleet_path.write_text(FLEET.replace('name = "edge"', 'name = "fsn-2"'))
+    result = run(fleet_path, "check")
+    assert result.exit_code == 2
+    assert "routed[0].name: routed name 'fsn-2' is also a node's host name " \
+           "(fsn-2.cli.clonefleet.test); rename the routed name" in result.stderr

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from clonefleet.dnsmap import ENDPOINT_FACT, DnsError, Endpoint, EndpointError, Endpoints
+from clonefleet.dnsmap import ENDPOINT_FACT, Endpoint, EndpointError, Endpoints
 from clonefleet.dnsmap.model import build_map
+from clonefleet.dnsmap.nearest import Site, arc, lua_program, nearest
 from clonefleet.dnsmap.verify import expectations
-from clonefleet.dnsmap.zone import lua_program, render_rrsets
-from clonefleet.errors import StateError
+from clonefleet.dnsmap.zone import render_rrsets
+from clonefleet.errors import InventoryError, StateError
 from clonefleet.inventory import Fleet, load_fleet
 from clonefleet.state import SqliteStateStore
 
@@ -116,20 +117,65 @@ def test_rendered_lua_lists_exactly_the_active_addresses_per_family(
     store.transition("fsn-1", "drained", actor="ops", reason="x")
     rrsets = render_rrsets(build_map(fleet, store), serial=2026112301)
     programs = lua_rrset(rrsets, "edge.map.clonefleet.test.")
-    assert programs == [
-        f'A "{lua_program(("198.51.100.21", "192.0.2.12"))}"',
-        f'AAAA "{lua_program(("2001:db8:2::21",))}"',
-    ]
+    ipv4 = lua_program((Site(39.04, -77.49, ("198.51.100.21",)),
+                        Site(50.47, 12.37, ("192.0.2.12",))))
+    ipv6 = lua_program((Site(39.04, -77.49, ("2001:db8:2::21",)),))
+    assert programs == [f'A "{ipv4}"', f'AAAA "{ipv6}"']
     assert "192.0.2.11" not in " ".join(programs)
     soa = next(rrset for rrset in rrsets if rrset["type"] == "SOA")
     assert " 2026112301 " in soa["records"][0]["content"]
 
 
-def test_lua_program_answers_all_nodes_for_unknown_location_else_pickclosest() -> None:
-    program = lua_program(("192.0.2.11", "198.51.100.21"))
-    assert program == (";local nodes = {'192.0.2.11','198.51.100.21'} "
-                       "if latlon() == '0.000000 0.000000' then return nodes end "
-                       "return pickclosest(nodes)")
+def test_lua_program_carries_each_place_once_with_its_addresses_and_coordinates() -> None:
+    program = lua_program((Site(50.47, 12.37, ("192.0.2.11", "192.0.2.12")),
+                           Site(39.04, -77.49, ("198.51.100.21",))))
+    assert program.startswith(";local s={{50.47,12.37,{'192.0.2.11','192.0.2.12'}},"
+                              "{39.04,-77.49,{'198.51.100.21'}}} local c=latlon() ")
+    # Unknown location: every address; else great-circle distance, one of the nearest.
+    assert "if c=='0.000000 0.000000' then" in program
+    assert "math.asin(math.sqrt(" in program and program.endswith("return pickrandom(w)")
+    assert "pickclosest" not in program
+
+
+HELSINKI = Site(60.17, 24.94, ("192.0.2.61",))
+FALKENSTEIN = Site(50.47, 12.37, ("192.0.2.11", "192.0.2.12"))
+ASHBURN = Site(39.04, -77.49, ("198.51.100.21",))
+
+
+def test_nearest_is_by_great_circle_with_ties_within_a_place() -> None:
+    places = (FALKENSTEIN, HELSINKI, ASHBURN)
+    # Oslo: Helsinki is ~790 km away, Falkenstein ~1055 km (flat degrees say Falkenstein).
+    assert nearest(59.91, 10.75, places) == (frozenset(), {"192.0.2.61"})
+    # Berlin: both Falkenstein nodes are equally near; the program picks one of them.
+    assert nearest(52.52, 13.40, places) == (frozenset(), {"192.0.2.11", "192.0.2.12"})
+    # Unknown location: every address, all of them required.
+    everything = {"192.0.2.61", "192.0.2.11", "192.0.2.12", "198.51.100.21"}
+    assert nearest(0.0, 0.0, places) == (everything, everything)
+    assert 6371 * arc(59.91, 10.75, 60.17, 24.94) == pytest.approx(790, abs=10)
+
+
+def test_nearest_two_requires_the_nearest_and_allows_any_tie_for_second() -> None:
+    places = (FALKENSTEIN, HELSINKI, ASHBURN)
+    # Oslo, 2 answers: Helsinki for sure, then either Falkenstein node.
+    assert nearest(59.91, 10.75, places, 2) == (
+        {"192.0.2.61"}, {"192.0.2.61", "192.0.2.11", "192.0.2.12"})
+    # Asking for more than there are: all of them.
+    assert nearest(59.91, 10.75, (HELSINKI, ASHBURN), 3) == (
+        {"192.0.2.61", "198.51.100.21"}, {"192.0.2.61", "198.51.100.21"})
+
+
+def test_lua_program_for_several_answers_sorts_by_distance_and_returns_that_many() -> None:
+    program = lua_program((FALKENSTEIN, HELSINKI), 2)
+    assert "table.sort(o," in program
+    assert program.endswith("local w={} for i=1,math.min(2,#o) do w[i]=o[i][3] end return w")
+    assert "pickrandom" not in program
+
+
+def test_answers_outside_1_to_8_are_refused_when_the_fleet_file_loads(tmp_path: Path) -> None:
+    path = tmp_path / "mapping.toml"
+    path.write_text(FLEET.format(second="api").replace("ttl = 60", "ttl = 60\nanswers = 0"))
+    with pytest.raises(InventoryError, match=r"routed\[1\]\.answers: invalid answer count 0"):
+        load_fleet(path)
 
 
 def test_no_active_node_renders_no_routed_rrset_so_no_address_is_served(
@@ -139,11 +185,11 @@ def test_no_active_node_renders_no_routed_rrset_so_no_address_is_served(
     assert {rrset["type"] for rrset in rrsets} == {"SOA", "NS", "A", "AAAA"}
 
 
-def test_routed_name_equal_to_a_node_host_name_is_an_error(
-        tmp_path: Path, store: SqliteStateStore) -> None:
-    fleet = make_fleet(tmp_path, second="fsn-1")
-    with pytest.raises(DnsError, match="also node 'fsn-1'"):
-        render_rrsets(build_map(fleet, store), serial=1)
+def test_routed_name_equal_to_a_node_host_name_is_refused_when_the_fleet_file_loads(
+        tmp_path: Path) -> None:
+    with pytest.raises(InventoryError, match=r"routed\[1\]\.name: routed name 'fsn-1' is "
+                       r"also a node's host name \(fsn-1\.map\.clonefleet\.test\); rename"):
+        make_fleet(tmp_path, second="fsn-1")
 
 
 def test_verify_expects_a_regions_clients_to_get_that_regions_active_nodes(
