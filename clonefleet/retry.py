@@ -103,3 +103,52 @@ def retry(attempt: Callable[[], T], *, what: str, timeout: float,
         if on_retry is not None:
             on_retry(attempts, last, delay)
         sleep(delay)
+
+
+class TimedOut(ClonefleetError):
+    """A condition polled by `wait_until` did not come true in time."""
+
+    transient = False
+
+    def __init__(self, what: str, seconds: float, polls: int, last: str,
+                 exit_code: int = 4) -> None:
+        self.what, self.seconds, self.polls, self.last = what, seconds, polls, last
+        self.exit_code = exit_code
+        seen = f"; last seen: {last}" if last else ""
+        super().__init__(f"{what}: not done after {seconds:.0f} s ({polls} checks){seen}")
+
+
+POLL = RetryPolicy(first=1.0, cap=10.0, factor=1.5, jitter=0.1)
+
+
+def wait_until(check: Callable[[], T | None], *, what: str, timeout: float,
+               policy: RetryPolicy = POLL, describe: Callable[[], str] | None = None,
+               transient: Callable[[BaseException], bool] = is_transient,
+               exit_code: int = 4, clock: Callable[[], float] = time.monotonic,
+               sleep: Callable[[float], None] = time.sleep) -> T:
+    """Poll `check` until it returns something other than None and return that.
+
+    The one polling loop of the control plane: provider actions and tasks, servers reaching
+    a status, ports answering. Transient errors raised by `check` count as "not yet";
+    anything else propagates at once. After `timeout` seconds raises `TimedOut`, naming
+    `what` and, if given, `describe()` (the last state seen).
+    """
+    started = clock()
+    deadline = started + timeout
+    delays = policy.delays()
+    polls = 0
+    while True:
+        polls += 1
+        try:
+            result = check()
+        except Exception as error:
+            if not transient(error):
+                raise
+            result = None
+        if result is not None:
+            return result
+        now = clock()
+        if now >= deadline:
+            raise TimedOut(what, now - started, polls, describe() if describe else "",
+                           exit_code)
+        sleep(min(next(delays), deadline - now))

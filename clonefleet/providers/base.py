@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 from clonefleet.inventory import Node
 
@@ -42,15 +44,38 @@ def _prefix_to_netmask(prefix: int) -> str:
     return ".".join(str((value >> shift) & 0xFF) for shift in (24, 16, 8, 0))
 
 
+# What a server is doing, as every driver reports it (each maps its API's own words):
+# "missing": no such server (yet); "off": powered off; "starting": an action or task is
+# in flight (power-on, reset, reinstall); "rescue": running the provider's rescue system;
+# "disk": running (or booting) from its own disk.
+ServerStatus = Literal["missing", "off", "starting", "rescue", "disk"]
+SERVER_STATUSES: tuple[ServerStatus, ...] = ("missing", "off", "starting", "rescue", "disk")
+
+
 @dataclass(frozen=True)
 class ServerInfo:
     node: str
     server_id: str
-    status: str  # "off" | "rescue" | "disk" | "missing"
+    status: ServerStatus
     ssh: SshAccess  # where the rescue system and later sshd answer
     unlock: SshAccess  # where Dropbear in the initramfs answers
     nic_modules: tuple[str, ...] = ()
     details: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One `[providers.NAME]` table of the fleet file, validated against its driver's
+    settings. Credentials are never here: `settings` names the environment variables (or
+    config files) they come from, and drivers read them when they first need them."""
+
+    name: str  # what regions and nodes say in `provider = "NAME"`
+    driver: str  # "lab" | "hetzner-cloud" | "hetzner-robot" | "ovh"
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    fleet_path: Path | None = None
+    # Lab fakes only: maps the address the API reports (public IP, port 22) to where the
+    # lab VM behind it really answers (127.0.0.1, a forwarded port). Identity otherwise.
+    route: Callable[[SshAccess], SshAccess] = lambda access: access
 
 
 class Provider(Protocol):

@@ -13,7 +13,13 @@ from clonefleet.inventory import Node
 from clonefleet.lab import qemu
 from clonefleet.lab.rescue import RescueSystem, ensure_rescue
 from clonefleet.paths import cache_dir
-from clonefleet.providers.base import InitramfsNetwork, ServerInfo, SshAccess
+from clonefleet.providers.base import (
+    InitramfsNetwork,
+    ProviderConfig,
+    ServerInfo,
+    ServerStatus,
+    SshAccess,
+)
 
 
 class LabProvider:
@@ -51,11 +57,14 @@ class LabProvider:
 
     def _info(self, config: qemu.VmConfig) -> ServerInfo:
         running = qemu.running_pid(config) is not None
-        mode = (self._dir(config.name) / "mode").read_text().strip() \
-            if (self._dir(config.name) / "mode").exists() else "off"
+        mode_file = self._dir(config.name) / "mode"
+        mode = mode_file.read_text().strip() if mode_file.exists() else "off"
+        status: ServerStatus = "off"
+        if running:
+            status = "rescue" if mode == "rescue" else "disk"
         return ServerInfo(
             node=config.name, server_id=f"lab-{config.name}",
-            status=mode if running else "off",
+            status=status,
             ssh=SshAccess("127.0.0.1", config.ssh_port),
             unlock=SshAccess("127.0.0.1", config.dropbear_port),
             nic_modules=("virtio_net",),
@@ -130,3 +139,8 @@ class LabProvider:
 
     def console_tail(self, node: Node) -> str:
         return qemu.console_tail(self._config(node))
+
+
+def create(config: ProviderConfig, state_dir: Path,
+           log: Callable[[str], None] = print) -> LabProvider:
+    return LabProvider(state_dir, log=log)
