@@ -21,7 +21,17 @@ class DeployResult:
     failed: bool
     changed: tuple[str, ...]
     unchanged: int
-    errors: tuple[str, ...]
+    errors: tuple[str, ...]  # "operation: its own error", in order
+    not_run: tuple[str, ...] = ()  # operations skipped after the first failure
+
+
+def describe_failure(result: DeployResult) -> str:
+    """One line: each failed operation with its own error, then how many never ran."""
+    text = "; ".join(result.errors) or "could not connect"
+    if result.not_run:
+        count = len(result.not_run)
+        text += f" ({count} later operation{'s' if count > 1 else ''} not run)"
+    return text
 
 
 def run_deploy(fleet_path: Path, nodes: list[str], deploy: str = "deploys.full:node",
@@ -42,5 +52,6 @@ def run_deploy(fleet_path: Path, nodes: list[str], deploy: str = "deploys.full:n
         data = json.loads(out.read_text())
     return {name: DeployResult(node=name, connected=value["connected"], failed=value["failed"],
                                changed=tuple(value["changed"]), unchanged=value["unchanged"],
-                               errors=tuple(value["errors"]))
+                               errors=tuple(value["errors"]),
+                               not_run=tuple(value.get("not_run", ())))
             for name, value in data.items()}

@@ -17,6 +17,7 @@ import importlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
@@ -53,36 +54,49 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str) -> dict[str, Any]:
     config = Config(PARALLEL=20, CONNECT_TIMEOUT=20)  # type: ignore[no-untyped-call]
     state = State(inventory=inventory, config=config)
     state.cwd = str(PROJECT_ROOT)
-    state.set_stage(StateStage.Connect)
-    connect_all(state)
-    state.set_stage(StateStage.Prepare)
-    add_deploy(state, deploy_function)
-    state.set_stage(StateStage.Execute)
-    # "No hosts remaining!" when every host failed: the per-host results below say why.
-    with contextlib.suppress(PyinfraError):
-        run_ops(state)
+    collector = _ErrorCollector()
+    state.add_callback_handler(collector.callbacks())  # type: ignore[no-untyped-call]
+    pyinfra_logger = logging.getLogger("pyinfra")
+    pyinfra_logger.addHandler(collector)
+    try:
+        state.set_stage(StateStage.Connect)
+        connect_all(state)
+        state.set_stage(StateStage.Prepare)
+        add_deploy(state, deploy_function)
+        state.set_stage(StateStage.Execute)
+        # "No hosts remaining!" when every host failed: the per-host results below say why.
+        with contextlib.suppress(PyinfraError):
+            run_ops(state)
+    finally:
+        pyinfra_logger.removeHandler(collector)
 
     results: dict[str, Any] = {name: {"connected": False, "failed": True, "changed": [],
                                       "unchanged": 0, "errors": ["no recorded ssh address"]}
                                for name in missing}
     activated = set(inventory.iter_activated_hosts())
     for host in inventory:
-        changed, errors, unchanged = [], [], 0
+        changed, errors, not_run, unchanged = [], [], [], 0
         for op_hash in state.get_op_order():  # type: ignore[no-untyped-call]
             if op_hash not in state.ops[host]:
                 continue
             meta = state.ops[host][op_hash].operation_meta
             name = ", ".join(state.op_meta[op_hash].names) or op_hash
-            if not meta.did_succeed(_raise_if_not_complete=False):
-                errors.append(name)
+            if not meta.is_complete():
+                not_run.append(name)
+            elif not meta.did_succeed(_raise_if_not_complete=False):
+                errors.append(f"{name}: {collector.why(host.name, op_hash)}")
             elif meta.did_change():
                 changed.append(name)
             else:
                 unchanged += 1
+        connect_error = collector.connect_errors.get(host.name)
+        if connect_error:
+            errors.insert(0, f"cannot connect: {connect_error}")
         results[host.name] = {
             "connected": host in activated or host in state.failed_hosts,
             "failed": host in state.failed_hosts or host not in activated or bool(errors),
             "changed": changed, "unchanged": unchanged, "errors": errors,
+            "not_run": not_run,
         }
     state.set_stage(StateStage.Disconnect)
     disconnect_all(state)
@@ -93,6 +107,53 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str) -> dict[str, Any]:
 
 
 TOKEN_DELIVERED_FACT = "drain_token_delivered"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+HOST_PREFIX = re.compile(r"^\[([^\]]+)\]\s*(?:nested\s*)?(.*)$", re.S)
+# pyinfra's own summary lines ("Error: executed 0 commands") say nothing about the cause.
+NOISE = re.compile(r"^Error(:? executed \d+ commands.*)?$")
+
+
+class _ErrorCollector(logging.Handler):
+    """Keeps what pyinfra logged about each host's current operation (its stderr, an SFTP
+    or connection error), so a failed operation reports its own error, not just its name."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.current: dict[str, list[str]] = {}
+        self.by_op: dict[tuple[str, str], list[str]] = {}
+        self.connect_errors: dict[str, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = ANSI.sub("", record.getMessage()).strip()
+        match = HOST_PREFIX.match(text)
+        if match and not NOISE.match(match.group(2).strip()):
+            self.current.setdefault(match.group(1), []).append(match.group(2).strip())
+
+    def why(self, host: str, op_hash: str) -> str:
+        lines = [line for line in self.by_op.get((host, op_hash), []) if line]
+        return " / ".join(lines[-3:])[:400] or "failed without output"
+
+    def callbacks(self) -> Any:
+        from pyinfra.api.state import BaseStateCallback
+
+        collector = self
+
+        class Callbacks(BaseStateCallback):
+            @staticmethod
+            def operation_host_start(state: Any, host: Any, op_hash: str) -> None:
+                collector.current[host.name] = []
+
+            @staticmethod
+            def operation_host_error(state: Any, host: Any, op_hash: str,
+                                     retry_count: int = 0, max_retries: int = 0) -> None:
+                collector.by_op[(host.name, op_hash)] = list(collector.current.get(host.name,
+                                                                                   []))
+
+            @staticmethod
+            def host_connect_error(state: Any, host: Any, error: Any) -> None:
+                collector.connect_errors[host.name] = str(error)[:300]
+
+        return Callbacks()
 
 
 def _issue_drain_tokens(fleet: Fleet, store: StateStore,

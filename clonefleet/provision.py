@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clonefleet.deploy import run_deploy
+from clonefleet.deploy import describe_failure, run_deploy
 from clonefleet.errors import DeployError, StateError
+from clonefleet.health import require_healthy
 from clonefleet.image.base import BaseImage, ensure_base_image
 from clonefleet.image.node import NodeLayerInput, NodeSecrets, build_node_layer
 from clonefleet.install.plan import InstallPlan, make_plan
@@ -56,7 +57,7 @@ def remaining_steps(current: str | None, wipe: bool) -> list[str]:
         steps.append("unlock")
         current = "booted"
     if current == "booted":
-        steps.append("deploy")
+        steps += ["health check", "deploy"]
     return steps
 
 
@@ -142,6 +143,8 @@ class Provisioner:
             self._step(report, "boot from disk", lambda: self._boot_disk(node))
         if "unlock" in steps:
             self._step(report, "unlock", lambda: self._unlock_step(node.name))
+        if "health check" in steps:
+            self._step(report, "health check", lambda: self._health_check(node))
         if "deploy" in steps:
             self._step(report, "deploy", lambda: self._deploy(node, report))
         final = self.store.get(node.name)
@@ -291,12 +294,24 @@ class Provisioner:
         with shell:
             shell.run("true", what="ssh check")
 
+    def _health_check(self, node: Node) -> None:
+        """A half-booted node (read-only root, a filesystem not mounted, a failed unit) is
+        not deployed: the deploy would fail without naming the cause."""
+        access = self._access(node.name, "ssh")
+        pinned = self.store.get_fact(node.name, "ssh_host_key")
+        with wait_for_ssh(lambda: RemoteShell(access, self.operator.path, pinned=pinned,
+                                              what=f"{node.name} sshd"), 120,
+                          f"{node.name} sshd") as shell:
+            health = require_healthy(shell, node.name)
+        self.log(f"{node.name}: healthy (systemd {health.state}, root "
+                 f"{'rw' if 'rw' in health.root_options else 'ro'})")
+
     def _deploy(self, node: Node, report: ProvisionReport) -> None:
         results = run_deploy(self.fleet.path, [node.name])
         result = results[node.name]
         if result.failed:
             raise DeployError(f"deploy failed on {node.name}: "
-                              f"{', '.join(result.errors) or 'could not connect'}")
+                              f"{describe_failure(result)}")
         report.deploy_changes = list(result.changed)
         self.store.transition(node.name, "deployed", actor=self.actor,
                               reason=f"node deploy: {len(result.changed)} changes")

@@ -7,7 +7,7 @@ import time
 import click
 
 from clonefleet.cli import Context, pass_context
-from clonefleet.deploy import run_deploy
+from clonefleet.deploy import describe_failure, run_deploy
 from clonefleet.errors import ConfigError, DeployError
 from clonefleet.keystore import Keystore
 from clonefleet.providers import get_provider
@@ -120,7 +120,7 @@ def deploy(ctx: Context, nodes: tuple[str, ...], deploy_ref: str) -> None:
             status = "FAILED" if result.failed else "ok"
             click.echo(f"{name}: {status}, {len(result.changed)} changed, "
                        f"{result.unchanged} unchanged"
-                       + (f"; errors: {', '.join(result.errors)}" if result.errors else ""))
+                       + (f"; {describe_failure(result)}" if result.failed else ""))
             for op in result.changed:
                 click.echo(f"    changed: {op}")
     if any(result.failed for result in results.values()):

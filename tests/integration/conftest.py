@@ -31,6 +31,7 @@ from pdns_fixture import (
     stop_all,
     write_lab_fleet,
 )
+from sshd_fixture import Sshd, running_sshd
 
 from clonefleet.dnsmap import ENDPOINT_FACT, build_geoip_database
 from clonefleet.state import open_store
@@ -73,3 +74,9 @@ def dns_lab(tmp_path: Path, pdns_factory: ServerFactory) -> Iterator[DnsLab]:
         store.set_fact(name, ENDPOINT_FACT, server.endpoint.as_fact())
     yield DnsLab(fleet, store, servers, geoip, state_root)
     store.close()
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    """A real sshd on a loopback port (tests/sshd_fixture.py), stopped after the test."""
+    yield from running_sshd(tmp_path)

@@ -25,12 +25,12 @@ def provisioner(tmp_path: Path) -> Provisioner:
 
 @pytest.mark.parametrize(("state", "steps"), [
     (None, ["create server", "boot rescue", "build node layer", "install", "boot from disk",
-            "unlock", "deploy"]),
+            "unlock", "health check", "deploy"]),
     ("rescue", ["create server", "boot rescue", "build node layer", "install",
-                "boot from disk", "unlock", "deploy"]),
-    ("installed", ["boot from disk", "unlock", "deploy"]),
-    ("locked", ["unlock", "deploy"]),
-    ("booted", ["deploy"]),
+                "boot from disk", "unlock", "health check", "deploy"]),
+    ("installed", ["boot from disk", "unlock", "health check", "deploy"]),
+    ("locked", ["unlock", "health check", "deploy"]),
+    ("booted", ["health check", "deploy"]),
 ])
 def test_provision_resumes_from_the_recorded_state(tmp_path: Path, state: str | None,
                                                    steps: list[str]) -> None:

@@ -39,7 +39,7 @@ def test_lab_node_is_encrypted_unlockable_pinned_and_idempotent(lab: Lab) -> Non
     assert report["state"] == "deployed"
     steps = [step["step"] for step in report["steps"] if not step["substep"]]
     assert steps == ["create server", "boot rescue", "build node layer", "install",
-                     "boot from disk", "unlock", "deploy"]
+                     "boot from disk", "unlock", "health check", "deploy"]
     assert [t.to_state for t in lab.store.history(NODE)] == [
         "ordered", "rescue", "installed", "locked", "booted", "deployed"]
 
