@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from clonefleet.errors import ClonefleetError
+from clonefleet.errors import ClonefleetError, InventoryErrors
 
 if TYPE_CHECKING:
     from clonefleet.inventory import Fleet
@@ -151,7 +151,10 @@ class Group(click.Group):
         except ClonefleetError as error:
             if isinstance(ctx.obj, Context):
                 ctx.obj.finish(error)
-            click.echo(f"error: {error}", err=True)
+            # Several problems at once (a fleet file's): one "error:" line each.
+            problems = error.errors if isinstance(error, InventoryErrors) else [error]
+            for problem in problems:
+                click.echo(f"error: {problem}", err=True)
             sys.exit(error.exit_code)
         except click.ClickException as error:
             if isinstance(ctx.obj, Context):
