@@ -45,6 +45,8 @@ LAZY_COMMANDS = {
                        "confirms."),
     "serve": ("serve", "Answer drain requests from smartwatch agents on the nodes."),
     "token": ("serve", "Per-node drain tokens for smartwatch."),
+    "retire": ("retire", "Delete NODE's server and forget its passphrase and facts (needs "
+                         "--yes)."),
     "disks": ("disks", "Show the disk health of every node (or NODES), gathered over SSH "
                        "from smartwatch."),
 }
