@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from clonefleet.errors import ClonefleetError, ConfigError, HostKeyMismatchError
 from clonefleet.providers.base import SshAccess
-from clonefleet.retry import retry
+from clonefleet.retry import RetryPolicy, TimedOut, retry, wait_until
 
 
 @dataclass(frozen=True)
@@ -219,25 +218,29 @@ class RemoteShell:
         self.close()
 
 
+# Command output is read as soon as it is there; between reads the channel is checked often.
+OUTPUT_POLL = RetryPolicy(first=0.05, cap=0.05, factor=1.0, jitter=0.0)
+
+
 def _collect(channel: paramiko.Channel, timeout: float) -> tuple[int, str, str]:
     out, err = bytearray(), bytearray()
-    deadline = time.monotonic() + timeout
-    while True:
-        progressed = False
-        if channel.recv_ready():
-            out += channel.recv(65536)
-            progressed = True
-        if channel.recv_stderr_ready():
-            err += channel.recv_stderr(65536)
-            progressed = True
+
+    def finished() -> bool | None:
+        while channel.recv_ready():
+            out.extend(channel.recv(65536))
+        while channel.recv_stderr_ready():
+            err.extend(channel.recv_stderr(65536))
         if channel.exit_status_ready() and not channel.recv_ready() \
                 and not channel.recv_stderr_ready():
-            break
-        if time.monotonic() > deadline:
-            channel.close()
-            raise RemoteCommandFailed(f"remote command timed out after {timeout:.0f} s")
-        if not progressed:
-            time.sleep(0.05)
+            return True
+        return None
+
+    try:
+        wait_until(finished, what="remote command", timeout=timeout, policy=OUTPUT_POLL,
+                   transient=lambda error: False)
+    except TimedOut:
+        channel.close()
+        raise RemoteCommandFailed(f"remote command timed out after {timeout:.0f} s") from None
     status = channel.recv_exit_status()
     channel.close()
     return status, out.decode(errors="replace"), err.decode(errors="replace")
