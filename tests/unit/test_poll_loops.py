@@ -25,9 +25,9 @@ def test_a_held_lock_times_out_with_its_one_line_and_is_taken_once_free(
     with store.lock("rollout"):
         started = time.monotonic()
         with pytest.raises(StateError, match=r"lock 'rollout' .* still held after 0 s; "
-                                             "another clonefleet process is working"):
-            with other.lock("rollout", timeout=0.2):
-                pass
+                                             "another clonefleet process is working"), \
+                other.lock("rollout", timeout=0.2):
+            pass
         assert 0.2 <= time.monotonic() - started < 2
     released = threading.Event()
 
