@@ -33,6 +33,14 @@ class InventoryError(ConfigError):
         super().__init__(f"{where}{problem}; {fix}")
 
 
+class InventoryErrors(ConfigError):
+    """Several problems in one fleet file, all reported at once: one line per problem."""
+
+    def __init__(self, errors: list[InventoryError]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(str(error) for error in self.errors))
+
+
 class UnknownNodeError(ConfigError):
     pass
 

@@ -220,8 +220,13 @@ class Provisioner:
                        access: SshAccess, layer: Path, report: ProvisionReport) -> None:
         passphrase = self.keystore.create(node.name)
         what = f"{node.name} rescue system"
+        # pinned=None: a rescue system is new on every boot. RemoteShell checks its key
+        # against the fingerprints the provider's API gave (access.host_keys), if any.
         with wait_for_ssh(lambda: RemoteShell(access, self.operator.path, pinned=None,
                                               what=what), 120, what) as shell:
+            how = ("matches the provider's fingerprints" if access.host_keys
+                   else "trusted on first use (the provider reported no fingerprint)")
+            self.log(f"{node.name}: rescue system host key {shell.host_key_fingerprint} {how}")
             installer = RescueInstaller(
                 shell, plan, log=self.log,
                 on_step=lambda step, seconds: report.steps.append((f"  {step}", seconds)))

@@ -1,14 +1,16 @@
 """SSH plumbing: the operator key, per-node host keys, and a small paramiko shell.
 
 Host keys are pinned: a connection to a node (sshd or Dropbear) is accepted only when the
-server presents exactly the key recorded at install time. Rescue systems are the one
-exception (providers create them fresh on every boot): their key is accepted and logged.
+server presents exactly the key recorded at install time. Rescue systems are created fresh
+on every boot: their key is pinned to the fingerprints the provider's API reported
+(`SshAccess.host_keys`) when it reported any, and otherwise accepted on first use and logged.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from clonefleet.errors import ClonefleetError, ConfigError, HostKeyMismatchError
 from clonefleet.providers.base import SshAccess
-from clonefleet.retry import retry
+from clonefleet.retry import RetryPolicy, TimedOut, retry, wait_until
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,30 @@ def public_key_blob(line: str) -> str:
     return " ".join(parts[:2])
 
 
+def key_fingerprints(key_bytes: bytes) -> tuple[str, str]:
+    """A host key's SHA256 fingerprint as OpenSSH prints it ("SHA256:<base64, unpadded>")
+    and its MD5 one ("MD5:aa:bb:..."), both as providers' APIs report them."""
+    sha256 = base64.b64encode(hashlib.sha256(key_bytes).digest()).decode().rstrip("=")
+    md5 = hashlib.md5(key_bytes, usedforsecurity=False).hexdigest()
+    return f"SHA256:{sha256}", "MD5:" + ":".join(md5[i:i + 2] for i in range(0, 32, 2))
+
+
+def normalize_fingerprint(text: str) -> str:
+    """'ED25519 SHA256:abc', 'SHA256:abc', 'md5:AA:BB..' or bare 'aa:bb:..' → one form."""
+    token = text.split()[-1] if text.split() else ""
+    kind, _, value = token.partition(":")
+    if kind.upper() == "SHA256":
+        return f"SHA256:{value.rstrip('=')}"
+    if kind.upper() == "MD5":
+        return f"MD5:{value.lower()}"
+    return f"MD5:{token.lower()}"  # a bare colon-separated hex digest is MD5
+
+
 class _PinnedPolicy(paramiko.MissingHostKeyPolicy):
-    def __init__(self, pinned: str | None, what: str, seen: list[str]) -> None:
+    def __init__(self, pinned: str | None, what: str, seen: list[str],
+                 fingerprints: tuple[str, ...] = ()) -> None:
         self.pinned = public_key_blob(pinned) if pinned else None
+        self.fingerprints = {normalize_fingerprint(text) for text in fingerprints}
         self.what = what
         self.seen = seen
 
@@ -86,11 +109,17 @@ class _PinnedPolicy(paramiko.MissingHostKeyPolicy):
                 f"not the key pinned at install time; refusing to connect (possible "
                 "man-in-the-middle or a reinstalled node: investigate, then re-pin with "
                 "`clonefleet provision --wipe`)")
+        if self.pinned is None and self.fingerprints \
+                and not self.fingerprints & set(key_fingerprints(key.asbytes())):
+            raise HostKeyMismatchError(
+                f"{self.what} at {hostname} presented host key {_fingerprint(key)}, which is "
+                "none of the fingerprints the provider's API reported "
+                f"({', '.join(sorted(self.fingerprints))}); refusing to connect (possible "
+                "man-in-the-middle: investigate, then boot the rescue system again)")
 
 
 def _fingerprint(key: paramiko.PKey) -> str:
-    return f"{key.get_name()} SHA256:{key.fingerprint.split(':', 1)[-1]}" \
-        if hasattr(key, "fingerprint") else key.get_name()
+    return f"{key.get_name()} {key_fingerprints(key.asbytes())[0]}"
 
 
 class RemoteShell:
@@ -98,11 +127,15 @@ class RemoteShell:
 
     def __init__(self, access: SshAccess, key_path: Path, *, pinned: str | None,
                  what: str, timeout: float = 20) -> None:
+        """`pinned`: the public key line recorded at install time. Without one, the key is
+        checked against `access.host_keys` (fingerprints from the provider's API) if there
+        are any, and otherwise trusted on first use (`seen_keys` says which it was)."""
         self.access = access
         self.what = what
         self.seen_keys: list[str] = []
         self.client = paramiko.SSHClient()
-        self.client.set_missing_host_key_policy(_PinnedPolicy(pinned, what, self.seen_keys))
+        self.client.set_missing_host_key_policy(
+            _PinnedPolicy(pinned, what, self.seen_keys, access.host_keys))
         try:
             self.client.connect(access.host, port=access.port, username=access.user,
                                 key_filename=str(key_path), timeout=timeout,
@@ -119,6 +152,13 @@ class RemoteShell:
             self.client.close()
             raise ConnectionFailed(f"cannot reach {what} at {access}: "
                                    f"{_describe(error)}") from None
+
+    @property
+    def host_key_fingerprint(self) -> str:
+        transport = self.client.get_transport()
+        assert transport is not None
+        key = transport.get_remote_server_key()
+        return _fingerprint(key)
 
     @property
     def host_key(self) -> str:
@@ -178,25 +218,29 @@ class RemoteShell:
         self.close()
 
 
+# Command output is read as soon as it is there; between reads the channel is checked often.
+OUTPUT_POLL = RetryPolicy(first=0.05, cap=0.05, factor=1.0, jitter=0.0)
+
+
 def _collect(channel: paramiko.Channel, timeout: float) -> tuple[int, str, str]:
     out, err = bytearray(), bytearray()
-    deadline = time.monotonic() + timeout
-    while True:
-        progressed = False
-        if channel.recv_ready():
-            out += channel.recv(65536)
-            progressed = True
-        if channel.recv_stderr_ready():
-            err += channel.recv_stderr(65536)
-            progressed = True
+
+    def finished() -> bool | None:
+        while channel.recv_ready():
+            out.extend(channel.recv(65536))
+        while channel.recv_stderr_ready():
+            err.extend(channel.recv_stderr(65536))
         if channel.exit_status_ready() and not channel.recv_ready() \
                 and not channel.recv_stderr_ready():
-            break
-        if time.monotonic() > deadline:
-            channel.close()
-            raise RemoteCommandFailed(f"remote command timed out after {timeout:.0f} s")
-        if not progressed:
-            time.sleep(0.05)
+            return True
+        return None
+
+    try:
+        wait_until(finished, what="remote command", timeout=timeout, policy=OUTPUT_POLL,
+                   transient=lambda error: False)
+    except TimedOut:
+        channel.close()
+        raise RemoteCommandFailed(f"remote command timed out after {timeout:.0f} s") from None
     status = channel.recv_exit_status()
     channel.close()
     return status, out.decode(errors="replace"), err.decode(errors="replace")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from clonefleet.errors import ClonefleetError
+from clonefleet.errors import ClonefleetError, InventoryErrors
 
 if TYPE_CHECKING:
     from clonefleet.inventory import Fleet
@@ -45,6 +45,8 @@ LAZY_COMMANDS = {
                        "confirms."),
     "serve": ("serve", "Answer drain requests from smartwatch agents on the nodes."),
     "token": ("serve", "Per-node drain tokens for smartwatch."),
+    "retire": ("retire", "Delete NODE's server and forget its passphrase and facts (needs "
+                         "--yes)."),
     "disks": ("disks", "Show the disk health of every node (or NODES), gathered over SSH "
                        "from smartwatch."),
 }
@@ -151,7 +153,10 @@ class Group(click.Group):
         except ClonefleetError as error:
             if isinstance(ctx.obj, Context):
                 ctx.obj.finish(error)
-            click.echo(f"error: {error}", err=True)
+            # Several problems at once (a fleet file's): one "error:" line each.
+            problems = error.errors if isinstance(error, InventoryErrors) else [error]
+            for problem in problems:
+                click.echo(f"error: {problem}", err=True)
             sys.exit(error.exit_code)
         except click.ClickException as error:
             if isinstance(ctx.obj, Context):

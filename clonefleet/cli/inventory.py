@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -11,12 +12,17 @@ from clonefleet.cli import Context, pass_context
 
 
 @click.command()
+@click.option("--skip-credentials", is_flag=True,
+              help="Do not check that the providers' credential variables are set.")
 @pass_context
-def check(ctx: Context) -> None:
+def check(ctx: Context, skip_credentials: bool) -> None:
     """Validate the fleet file."""
-    fleet = ctx.fleet
+    from clonefleet.inventory import load_fleet
+
+    fleet = load_fleet(ctx.fleet_path, environ=None if skip_credentials else os.environ)
     ctx.emit(
-        {"fleet": fleet.name, "regions": sorted(fleet.regions), "nodes": sorted(fleet.nodes)},
+        {"fleet": fleet.name, "regions": sorted(fleet.regions), "nodes": sorted(fleet.nodes),
+         "providers": {name: config.driver for name, config in sorted(fleet.providers.items())}},
         f"{fleet.path}: ok ({len(fleet.regions)} regions, {len(fleet.nodes)} nodes)",
     )
 

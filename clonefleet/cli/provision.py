@@ -10,7 +10,7 @@ from clonefleet.cli import Context, pass_context
 from clonefleet.deploy import describe_failure, run_deploy
 from clonefleet.errors import ConfigError, DeployError
 from clonefleet.keystore import Keystore
-from clonefleet.providers import get_provider
+from clonefleet.providers import provider_for
 from clonefleet.provision import Provisioner, ProvisionReport
 
 
@@ -30,7 +30,7 @@ def make_provisioner(ctx: Context, node_name: str, quiet: bool = False) -> Provi
             last_shown["percent"] = percent
             log(f"{what}: {percent}% of {total / 1e6:.0f} MB")
 
-    provider = get_provider(node.provider, ctx.state_dir, log)
+    provider = provider_for(ctx.fleet, node, ctx.state_dir, log)
     return Provisioner(ctx.fleet, ctx.store, ctx.state_dir, provider,
                        Keystore(ctx.state_dir / "keystore"), log=log, progress=progress)
 

@@ -8,9 +8,18 @@ where their SSH ports really answer, so drivers reach them through `ProviderConf
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from clonefleet.errors import ProviderError
+
+if TYPE_CHECKING:
+    from clonefleet.inventory.model import Node
+    from clonefleet.providers.base import ServerInfo, SshAccess
 
 BootMode = Literal["rescue", "disk"]
 
@@ -45,3 +54,137 @@ class RecordingMachines:
     def running(self, server: str) -> BootMode | None:
         with self.lock:
             return self.state.get(server)
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """The lab VM standing behind one fake server: what `LabProvider` needs of a node, and
+    the public address the fake's API reports for it."""
+
+    vm: str  # the lab VM's name (its folder under <fleet state>/lab/)
+    disks: tuple[str, ...]  # serials, as the fleet file lists them: the installer finds them
+    public_ipv4: str = ""
+    memory_mb: int = 2048
+    disk_size_gb: int = 8
+
+    @classmethod
+    def for_node(cls, node: Node) -> MachineSpec:
+        address = node.ipv4 or (node.network.address if node.network else "")
+        return cls(vm=node.name, disks=node.disks, public_ipv4=address,
+                   memory_mb=node.memory_mb, disk_size_gb=node.disk_size_gb)
+
+    def node(self) -> Node:
+        from clonefleet.inventory.model import Node
+
+        return Node(name=self.vm, region="lab", provider="lab", disks=self.disks,
+                    memory_mb=self.memory_mb, disk_size_gb=self.disk_size_gb)
+
+
+class LabBackend(Protocol):
+    """The part of `LabProvider` the machine room uses (tests pass a recording stand-in)."""
+
+    def ensure_server(self, node: Node) -> ServerInfo: ...
+
+    def info(self, node: Node) -> ServerInfo: ...
+
+    def boot_rescue(self, node: Node, ssh_public_keys: list[str]) -> SshAccess: ...
+
+    def boot_disk(self, node: Node) -> None: ...
+
+    def power_off(self, node: Node) -> None: ...
+
+    def delete(self, node: Node) -> None: ...
+
+
+class LabMachines:
+    """Fake servers are lab VMs: "rescue" boots the lab rescue system with the keys,
+    "disk" boots the VM's disks, power off stops it. Each power-on records where the VM's
+    sshd (public IP:22) and Dropbear (public IP:2222) really answer in
+    `<fleet state>/lab/routes.json`, for drivers whose provider has `lab_routes = true`.
+
+    `specs` maps the fake's server ids to VMs; a fake that creates servers (Hetzner Cloud)
+    calls `register` when it assigns an id and an address.
+    """
+
+    def __init__(self, state_dir: Path, specs: Mapping[str, MachineSpec] | None = None, *,
+                 lab: LabBackend | None = None, log: Callable[[str], None] = print) -> None:
+        from clonefleet.providers.routes import routes_path
+
+        self.state_dir = state_dir
+        self.specs: dict[str, MachineSpec] = dict(specs or {})
+        self.routes = routes_path(state_dir)
+        self.log = log
+        self._lab = lab
+        self.lock = threading.RLock()
+
+    @property
+    def lab(self) -> LabBackend:
+        if self._lab is None:
+            from clonefleet.providers.lab import LabProvider
+
+            self._lab = LabProvider(self.state_dir, log=self.log)
+        return self._lab
+
+    def register(self, server: str, spec: MachineSpec) -> None:
+        with self.lock:
+            self.specs[server] = spec
+
+    def _spec(self, server: str) -> MachineSpec:
+        try:
+            return self.specs[server]
+        except KeyError:
+            raise ProviderError(f"fake server {server} has no lab VM behind it; register it "
+                                "with LabMachines.register (or list it in the fake's "
+                                "seed)") from None
+
+    def power_on(self, server: str, mode: BootMode, ssh_keys: list[str]) -> None:
+        spec = self._spec(server)
+        node = spec.node()
+        with self.lock:
+            info = self.lab.ensure_server(node)
+            if mode == "rescue":
+                self.lab.boot_rescue(node, ssh_keys)
+            else:
+                self.lab.boot_disk(node)
+            self._route(spec, info)
+
+    def power_off(self, server: str) -> None:
+        node = self._spec(server).node()
+        with self.lock, contextlib.suppress(ProviderError):  # never created: already off
+            self.lab.power_off(node)
+
+    def running(self, server: str) -> BootMode | None:
+        node = self._spec(server).node()
+        try:
+            status = self.lab.info(node).status
+        except ProviderError:
+            return None
+        return status if status in ("rescue", "disk") else None
+
+    def delete(self, server: str) -> None:
+        """The server is gone (Hetzner Cloud's DELETE): its VM, disks and routes too."""
+        spec = self._spec(server)
+        with self.lock:
+            self.lab.delete(spec.node())
+            if spec.public_ipv4:
+                from clonefleet.providers.routes import update_routes
+
+                update_routes(self.routes, remove=tuple(self._keys(spec)))
+            self.specs.pop(server, None)
+
+    @staticmethod
+    def _keys(spec: MachineSpec) -> list[str]:
+        from clonefleet.image.base import DROPBEAR_PORT
+
+        return [f"{spec.public_ipv4}:22", f"{spec.public_ipv4}:{DROPBEAR_PORT}"]
+
+    def _route(self, spec: MachineSpec, info: ServerInfo) -> None:
+        if not spec.public_ipv4:
+            return
+        from clonefleet.providers.routes import update_routes
+
+        ssh_key, dropbear_key = self._keys(spec)
+        update_routes(self.routes, add={
+            ssh_key: f"{info.ssh.host}:{info.ssh.port}",
+            dropbear_key: f"{info.unlock.host}:{info.unlock.port}",
+        })

@@ -92,6 +92,43 @@ def kernel_cmdline(network: InitramfsNetwork) -> str:
             "systemd.default_device_timeout_sec=600")
 
 
+def interfaces_text(network: InitramfsNetwork) -> str:
+    """/etc/network/interfaces (ifupdown) of the booted node."""
+    text = f"auto lo\niface lo inet loopback\n\nauto {network.interface}\n"
+    if network.mode == "dhcp":
+        text += f"iface {network.interface} inet dhcp\n"
+    else:
+        # A gateway outside the address's prefix (Hetzner's /32) is unreachable until a
+        # route says it is on this link; `gateway` would fail, so add both routes by hand.
+        # `replace`, not `add`: the initramfs may have left them in place, and a failing
+        # post-up would fail the whole interface.
+        routes = (f"    post-up ip route replace {network.gateway} dev {network.interface}\n"
+                  f"    post-up ip route replace default via {network.gateway} dev "
+                  f"{network.interface}\n") if network.onlink_gateway else \
+            f"    gateway {network.gateway}\n"
+        text += (f"iface {network.interface} inet static\n"
+                 f"    address {network.address}/{network.prefix}\n{routes}")
+    if network.ipv6_address:
+        # ifupdown adds the default route via a link-local gateway (fe80::1) on this device.
+        text += (f"\niface {network.interface} inet6 static\n"
+                 f"    address {network.ipv6_address}\n"
+                 f"    gateway {network.ipv6_gateway or 'fe80::1'}\n")
+    return text
+
+
+def onlink_script(network: InitramfsNetwork) -> str:
+    """The init-premount script that makes an off-link gateway reachable in the initramfs,
+    or "" when none is needed."""
+    if network.mode != "static" or not network.onlink_gateway:
+        return ""
+    # klibc ipconfig cannot reach an off-link gateway on a /32: add the route after it.
+    return ("#!/bin/sh\n[ \"$1\" = prereqs ] && exit 0\n. /scripts/functions\n"
+            "configure_networking\n"
+            f"ip route replace {network.gateway} dev {network.interface} 2>/dev/null\n"
+            f"ip route replace default via {network.gateway} dev {network.interface} "
+            "2>/dev/null\nexit 0\n")
+
+
 def _write_files(root: Path, spec: NodeLayerInput) -> None:
     layout, secrets, network = spec.layout, spec.secrets, spec.network
     fqdn = f"{layout.hostname}.{layout.domain}"
@@ -110,26 +147,11 @@ def _write_files(root: Path, spec: NodeLayerInput) -> None:
                "HOMEHOST <none>\nMAILADDR root\n"
                f"ARRAY /dev/md/boot metadata=1.0 UUID={layout.md_boot_uuid}\n"
                f"ARRAY /dev/md/root metadata=1.2 UUID={layout.md_root_uuid}\n")
-    if network.mode == "dhcp":
-        interfaces = f"auto lo\niface lo inet loopback\n\nauto {network.interface}\n" \
-                     f"iface {network.interface} inet dhcp\n"
-    else:
-        onlink = (f"    post-up ip route add {network.gateway} dev {network.interface}\n"
-                  f"    post-up ip route add default via {network.gateway} dev "
-                  f"{network.interface}\n") if network.onlink_gateway else \
-                 f"    gateway {network.gateway}\n"
-        interfaces = (f"auto lo\niface lo inet loopback\n\nauto {network.interface}\n"
-                      f"iface {network.interface} inet static\n"
-                      f"    address {network.address}/{network.prefix}\n{onlink}")
-    _write(root, "/etc/network/interfaces", interfaces)
-    if network.onlink_gateway:
-        # klibc ipconfig cannot reach an off-link gateway on a /32: add the route first.
+    _write(root, "/etc/network/interfaces", interfaces_text(network))
+    script = onlink_script(network)
+    if script:
         _write(root, "/etc/initramfs-tools/scripts/init-premount/zz-clonefleet-onlink",
-               "#!/bin/sh\n[ \"$1\" = prereqs ] && exit 0\n. /scripts/functions\n"
-               "configure_networking\n"
-               f"ip route add {network.gateway} dev {network.interface} 2>/dev/null\n"
-               f"ip route add default via {network.gateway} dev {network.interface} "
-               "2>/dev/null\nexit 0\n", 0o755)
+               script, 0o755)
     _write(root, "/etc/default/grub.d/50-clonefleet-node.cfg",
            f'GRUB_CMDLINE_LINUX="{kernel_cmdline(network)}"\n')
     _write(root, "/etc/initramfs-tools/conf.d/clonefleet",

@@ -1,6 +1,8 @@
 """Load and validate `inventory/<fleet>.toml` into a `Fleet`.
 
-Every problem is one `InventoryError` naming the file, the dotted key and the fix. Defaults
+Every problem is one `InventoryError` naming the file, the dotted key and the fix, and the
+loader reports every problem of the file at once (`InventoryErrors`, one line each): a check
+that fails records its error and the loader goes on with what it can still check. Defaults
 and validation live here and nowhere else.
 """
 
@@ -9,13 +11,12 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from clonefleet.errors import InventoryError
+from clonefleet.errors import InventoryError, InventoryErrors
 from clonefleet.inventory.model import (
-    PROVIDERS,
     Admin,
     Fleet,
     Node,
@@ -23,21 +24,34 @@ from clonefleet.inventory.model import (
     RoutedName,
     StaticNetwork,
 )
+from clonefleet.providers.base import ProviderConfig
+from clonefleet.providers.registry import (
+    COMMON_SETTINGS,
+    DRIVERS,
+    ENV_NAME_RE,
+    Driver,
+    Setting,
+    missing_credentials,
+)
+from clonefleet.providers.routes import LabRoutes
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 DOMAIN_RE = re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+# Keys that hold a secret: never accepted in the fleet file, whatever the driver.
+SECRET_RE = re.compile(r"(token|password|passwd|secret|api_?key|application_key|"
+                       r"consumer_key|credential|user)s?$")
 
 FLEET_KEYS = {
     "name", "domain", "ssh_key", "min_active_total", "dns_grace_seconds",
     "allowed_tcp_ports", "allowed_udp_ports", "control_url", "alert_urls",
 }
-TOP_KEYS = {"fleet", "regions", "nodes", "routed", "admins"}
+TOP_KEYS = {"fleet", "regions", "nodes", "routed", "admins", "providers"}
 REGION_KEYS = {"provider", "location", "latitude", "longitude", "min_active"}
 NODE_KEYS = {
     "region", "provider", "disks", "server_type", "server_id", "memory_mb", "disk_size_gb",
     "ipv4", "ipv6", "network", "labels",
 }
-NETWORK_KEYS = {"address", "prefix", "gateway", "interface"}
+NETWORK_KEYS = {"address", "prefix", "gateway", "interface", "ipv6_address", "ipv6_gateway"}
 ROUTED_KEYS = {"name", "ttl", "answers"}
 # More nearest nodes than this per answer is no longer "nearest", and keeps answers small.
 MAX_ANSWERS = 8
@@ -47,49 +61,64 @@ T = TypeVar("T")
 
 
 class _Checker:
+    """Records every problem found; each check returns a usable value (its default, or
+    None for a missing required key) so that the loader can go on checking."""
+
     def __init__(self, path: Path) -> None:
         self.path = str(path)
+        self.errors: list[InventoryError] = []
 
-    def fail(self, key: str, problem: str, fix: str) -> InventoryError:
-        return InventoryError(self.path, key, problem, fix)
+    def fail(self, key: str, problem: str, fix: str) -> None:
+        self.errors.append(InventoryError(self.path, key, problem, fix))
 
     def table(self, value: Any, key: str) -> dict[str, Any]:
         if not isinstance(value, dict):
-            raise self.fail(key, f"expected a table, got {type(value).__name__}",
-                            f"write it as [{key}]")
+            self.fail(key, f"expected a table, got {type(value).__name__}",
+                      f"write it as [{key}]")
+            return {}
         return value
 
-    def known_keys(self, table: dict[str, Any], allowed: set[str], prefix: str) -> None:
+    def known_keys(self, table: dict[str, Any], allowed: set[str] | Mapping[str, Any],
+                   prefix: str) -> None:
         for key in table:
             if key not in allowed:
                 where = f"{prefix}.{key}" if prefix else key
-                raise self.fail(where, "unknown key",
-                                f"remove it or use one of: {', '.join(sorted(allowed))}")
+                self.fail(where, "unknown key",
+                          f"remove it or use one of: {', '.join(sorted(allowed))}")
 
     def typed(self, table: dict[str, Any], key: str, prefix: str, kind: type[T] | tuple[type, ...],
               default: Any = None, required: bool = False) -> Any:
+        """The value of `key`, or `default` when it is absent or wrong (the error recorded);
+        None for a missing or wrong required key."""
         where = f"{prefix}.{key}" if prefix else key
         if key not in table:
             if required:
-                raise self.fail(where, "missing", f"add {key} = ... to [{prefix}]")
+                self.fail(where, "missing", f"add {key} = ... to [{prefix}]")
+                return None
             return default
         value = table[key]
         kinds = kind if isinstance(kind, tuple) else (kind,)
+        fallback = None if required else default
         # TOML booleans are ints in Python; never accept one where a number is meant.
         if isinstance(value, bool) and bool not in kinds:
-            raise self.fail(where, f"expected {_names(kinds)}, got a boolean", "fix its value")
+            self.fail(where, f"expected {_names(kinds)}, got a boolean", "fix its value")
+            return fallback
         if not isinstance(value, kinds):
-            raise self.fail(where, f"expected {_names(kinds)}, got {type(value).__name__}",
-                            "fix its value")
+            self.fail(where, f"expected {_names(kinds)}, got {type(value).__name__}",
+                      "fix its value")
+            return fallback
         return value
 
-    def name(self, value: str, key: str, what: str) -> str:
+    def name(self, value: str, key: str, what: str) -> bool:
         if not NAME_RE.match(value):
-            raise self.fail(key, f"invalid {what} name {value!r}",
-                            "use lowercase letters, digits and '-' (like a DNS label)")
-        return value
+            self.fail(key, f"invalid {what} name {value!r}",
+                      "use lowercase letters, digits and '-' (like a DNS label)")
+            return False
+        return True
 
-    def address(self, value: str, key: str, version: int) -> str:
+    def address(self, value: str | None, key: str, version: int) -> bool:
+        if value is None:
+            return False
         check: Callable[[str], Any] = (
             ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
         )
@@ -97,17 +126,29 @@ class _Checker:
             check(value)
         except ValueError:
             example = "203.0.113.10" if version == 4 else "2001:db8::10"
-            raise self.fail(key, f"invalid IPv{version} address {value!r}",
-                            f"write a single address such as {example!r}") from None
-        return value
+            self.fail(key, f"invalid IPv{version} address {value!r}",
+                      f"write a single address such as {example!r}")
+            return False
+        return True
+
+    def raise_errors(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise InventoryErrors(self.errors)
 
 
 def _names(kinds: tuple[type, ...]) -> str:
     return " or ".join("number" if k in (int, float) else k.__name__ for k in kinds)
 
 
-def load_fleet(path: str | Path) -> Fleet:
-    """Given a fleet file path, parse and validate it, return the `Fleet`."""
+def load_fleet(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Fleet:
+    """Given a fleet file path, parse and validate it, return the `Fleet`.
+
+    Raises `InventoryError` for one problem and `InventoryErrors` for several. With
+    `environ`, also checks that every credential variable the used providers name is set
+    there (`clonefleet check` does; commands check when a driver first needs one).
+    """
     path = Path(path)
     check = _Checker(path)
     try:
@@ -122,41 +163,50 @@ def load_fleet(path: str | Path) -> Fleet:
     check.known_keys(raw, TOP_KEYS, "")
     fleet_table = check.table(raw.get("fleet", {}), "fleet")
     check.known_keys(fleet_table, FLEET_KEYS, "fleet")
-    fleet_name = check.name(
-        check.typed(fleet_table, "name", "fleet", str, default=path.stem), "fleet.name", "fleet")
+    fleet_name = check.typed(fleet_table, "name", "fleet", str, default=path.stem)
+    check.name(fleet_name, "fleet.name", "fleet")
     domain = check.typed(fleet_table, "domain", "fleet", str, required=True)
-    if not DOMAIN_RE.match(domain):
-        raise check.fail("fleet.domain", f"invalid domain {domain!r}",
-                         "use a fully qualified name such as 'fleet.example.com'")
+    if domain is not None and not DOMAIN_RE.match(domain):
+        check.fail("fleet.domain", f"invalid domain {domain!r}",
+                   "use a fully qualified name such as 'fleet.example.com'")
 
-    regions = _regions(check, check.table(raw.get("regions", {}), "regions"))
-    nodes = _nodes(check, check.table(raw.get("nodes", {}), "nodes"), regions)
+    providers = _Providers(check, path, fleet_name,
+                           check.table(raw.get("providers", {}), "providers"))
+    regions = _regions(check, check.table(raw.get("regions", {}), "regions"), providers)
+    nodes = _nodes(check, check.table(raw.get("nodes", {}), "nodes"), regions, providers)
     routed = _routed(check, raw.get("routed", []))
     for index, entry in enumerate(routed):
         # Every node's host name <node>.<domain> is in the zone with its own address; a routed
         # name of the same name would be two rrsets for one name and break every publish.
         if entry.name in nodes:
-            raise check.fail(f"routed[{index}].name",
-                             f"routed name {entry.name!r} is also a node's host name "
-                             f"({entry.name}.{domain})", "rename the routed name")
+            check.fail(f"routed[{index}].name",
+                       f"routed name {entry.name!r} is also a node's host name "
+                       f"({entry.name}.{domain})", "rename the routed name")
     admins = _admins(check, raw.get("admins", []))
 
     min_total = check.typed(fleet_table, "min_active_total", "fleet", int, default=1)
     if min_total < 0:
-        raise check.fail("fleet.min_active_total", "must not be negative", "use 0 or more")
+        check.fail("fleet.min_active_total", "must not be negative", "use 0 or more")
     ports_tcp = _ports(check, fleet_table, "allowed_tcp_ports", (22,))
     if 22 not in ports_tcp:
-        raise check.fail("fleet.allowed_tcp_ports", "does not allow 22 (ssh)",
-                         "keep 22 in the list or the node cannot be managed")
+        check.fail("fleet.allowed_tcp_ports", "does not allow 22 (ssh)",
+                   "keep 22 in the list or the node cannot be managed")
     control_url = check.typed(fleet_table, "control_url", "fleet", str, default="")
     if control_url and not re.match(r"^https?://[^/\s]+", control_url):
-        raise check.fail("fleet.control_url", f"not an http(s) URL: {control_url!r}",
-                         "use the address of `clonefleet serve`, e.g. 'https://10.66.0.1:8441'")
+        check.fail("fleet.control_url", f"not an http(s) URL: {control_url!r}",
+                   "use the address of `clonefleet serve`, e.g. 'https://10.66.0.1:8441'")
     alert_urls = check.typed(fleet_table, "alert_urls", "fleet", list, default=[])
     if not all(isinstance(url, str) and "://" in url for url in alert_urls):
-        raise check.fail("fleet.alert_urls", "every entry must be an apprise URL",
-                         "e.g. ['mailtos://user:pass@example.com', 'ntfys://topic']")
+        check.fail("fleet.alert_urls", "every entry must be an apprise URL",
+                   "e.g. ['mailtos://user:pass@example.com', 'ntfys://topic']")
     _floors(check, regions, nodes, min_total)
+    used = {name: config for name, config in providers.configs.items()
+            if any(node.provider == name for node in nodes.values())
+            or any(region.provider == name for region in regions.values())}
+    if environ is not None:
+        for config in used.values():
+            check.errors += missing_credentials(config, environ)
+    check.raise_errors()
     return Fleet(
         name=fleet_name,
         control_url=control_url,
@@ -172,6 +222,7 @@ def load_fleet(path: str | Path) -> Fleet:
         dns_grace_seconds=check.typed(fleet_table, "dns_grace_seconds", "fleet", int, default=10),
         allowed_tcp_ports=ports_tcp,
         allowed_udp_ports=_ports(check, fleet_table, "allowed_udp_ports", ()),
+        providers=providers.configs,
     )
 
 
@@ -182,14 +233,14 @@ def _floors(check: _Checker, regions: dict[str, Region], nodes: dict[str, Node],
     for name, region in regions.items():
         count = sum(1 for node in nodes.values() if node.region == name)
         if count and region.min_active > count:
-            raise check.fail(f"regions.{name}.min_active",
-                             f"{region.min_active} is more than the region's {count} "
-                             f"node{'s' if count != 1 else ''}, so no node there could ever "
-                             "be drained", f"use at most {count}")
+            check.fail(f"regions.{name}.min_active",
+                       f"{region.min_active} is more than the region's {count} "
+                       f"node{'s' if count != 1 else ''}, so no node there could ever "
+                       "be drained", f"use at most {count}")
     if nodes and min_total > len(nodes):
-        raise check.fail("fleet.min_active_total",
-                         f"{min_total} is more than the fleet's {len(nodes)} nodes, so no "
-                         "node could ever be drained", f"use at most {len(nodes)}")
+        check.fail("fleet.min_active_total",
+                   f"{min_total} is more than the fleet's {len(nodes)} nodes, so no "
+                   "node could ever be drained", f"use at most {len(nodes)}")
 
 
 def _ports(check: _Checker, table: dict[str, Any], key: str,
@@ -197,13 +248,120 @@ def _ports(check: _Checker, table: dict[str, Any], key: str,
     ports = check.typed(table, key, "fleet", list, default=list(default))
     for port in ports:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise check.fail(f"fleet.{key}", f"invalid port {port!r}", "use numbers 1-65535")
+            check.fail(f"fleet.{key}", f"invalid port {port!r}", "use numbers 1-65535")
+            return default
     return tuple(ports)
 
 
-def _regions(check: _Checker, table: dict[str, Any]) -> dict[str, Region]:
+def _secret_fix(driver: Driver, key: str) -> str:
+    """How to give `driver` the secret someone put in the fleet file as `key`."""
+    variables = [name for name, setting in driver.settings.items() if setting.env_var]
+    stem = key.rstrip("s")
+    for name in variables:
+        if name == f"{stem}_env":
+            return (f"remove it and export the secret in {driver.settings[name].default} "
+                    f"(or name another variable with {name} = \"VARIABLE\")")
+    if variables:
+        return ("remove it; " + ", ".join(variables) + " name the environment variables "
+                "holding the secrets")
+    if driver.credentials:
+        return f"remove it; {driver.credentials}"
+    return f"remove it; the {driver.name} driver needs no credentials"
+
+
+class _Providers:
+    """The `[providers.NAME]` tables, and the names regions and nodes give in `provider`."""
+
+    def __init__(self, check: _Checker, path: Path, fleet_name: str,
+                 tables: dict[str, Any]) -> None:
+        self.check, self.path, self.fleet_name = check, path, fleet_name
+        self.configs: dict[str, ProviderConfig] = {}
+        # name -> driver, or None when its table names an unknown driver (already reported)
+        self.drivers: dict[str, str | None] = {}
+        for name, value in tables.items():
+            self.drivers[name] = self._table(name, check.table(value, f"providers.{name}"))
+
+    def _table(self, name: str, body: dict[str, Any]) -> str | None:
+        check, prefix = self.check, f"providers.{name}"
+        check.name(name, prefix, "provider")
+        driver_name = check.typed(body, "driver", prefix, str, default=name)
+        driver = DRIVERS.get(driver_name)
+        if driver is None:
+            if "driver" in body:
+                check.fail(f"{prefix}.driver", f"unknown driver {driver_name!r}",
+                           f"use one of: {', '.join(sorted(DRIVERS))}")
+            else:
+                check.fail(f"{prefix}.driver", f"missing, and {name!r} is no driver's name",
+                           f"add driver = one of: {', '.join(sorted(DRIVERS))}")
+            return None
+        allowed = {**COMMON_SETTINGS, **driver.settings}
+        for key in body:
+            if key in allowed:
+                continue
+            if SECRET_RE.search(key):
+                check.fail(f"{prefix}.{key}", "credentials never go in the fleet file",
+                           _secret_fix(driver, key))
+            else:
+                check.fail(f"{prefix}.{key}", f"unknown setting of driver {driver.name}",
+                           f"remove it or use one of: {', '.join(sorted(allowed))}")
+        self.configs[name] = self._config(name, driver, body)
+        return driver.name
+
+    def _config(self, name: str, driver: Driver, body: dict[str, Any]) -> ProviderConfig:
+        check, prefix = self.check, f"providers.{name}"
+        settings: dict[str, Any] = {}
+        allowed: dict[str, Setting] = {**COMMON_SETTINGS, **driver.settings}
+        for key, setting in allowed.items():
+            if key == "driver":
+                continue
+            value = check.typed(body, key, prefix, setting.kind, default=setting.default,
+                                required=setting.required)
+            if key not in body and isinstance(value, str):
+                value = value.replace("{fleet}", self.fleet_name)
+            if setting.env_var and key in body and isinstance(value, str) \
+                    and not ENV_NAME_RE.match(value):
+                # Never echo the value: it may be the secret itself.
+                check.fail(f"{prefix}.{key}", "is not an environment variable name (a secret "
+                           "pasted here?)", f"write the variable's name, e.g. {key} = "
+                           f"\"{setting.default}\", and export the secret in it")
+                value = setting.default
+            if value is not None:
+                settings[key] = value
+        config = ProviderConfig(name=name, driver=driver.name, settings=settings,
+                                fleet_path=self.path)
+        if settings.get("lab_routes"):
+            config = ProviderConfig(name=name, driver=driver.name, settings=settings,
+                                    fleet_path=self.path, route=LabRoutes(self._routes_file))
+        return config
+
+    def _routes_file(self) -> Path:
+        from clonefleet.paths import fleet_state_dir
+        from clonefleet.providers.routes import routes_path
+
+        return routes_path(fleet_state_dir(self.fleet_name))
+
+    def resolve(self, name: str, key: str) -> Driver | None:
+        """The driver behind provider `name` (a table, or a driver named directly)."""
+        if name in self.drivers:
+            driver = self.drivers[name]
+            return DRIVERS[driver] if driver else None
+        if name in DRIVERS:
+            self.drivers[name] = name
+            self.configs[name] = self._config(name, DRIVERS[name], {})
+            return DRIVERS[name]
+        tables = [table for table in self.drivers if table not in DRIVERS]
+        known = ", ".join(sorted(DRIVERS) + sorted(tables))
+        self.check.fail(key, f"unknown provider {name!r}",
+                        f"use one of: {known}, or add a [providers.{name}] table with "
+                        "driver = ...")
+        self.drivers[name] = None  # reported once
+        return None
+
+
+def _regions(check: _Checker, table: dict[str, Any],
+             providers: _Providers) -> dict[str, Region]:
     if not table:
-        raise check.fail("regions", "no regions defined", "add at least one [regions.NAME] table")
+        check.fail("regions", "no regions defined", "add at least one [regions.NAME] table")
     regions = {}
     for name, value in table.items():
         prefix = f"regions.{name}"
@@ -211,33 +369,64 @@ def _regions(check: _Checker, table: dict[str, Any]) -> dict[str, Region]:
         body = check.table(value, prefix)
         check.known_keys(body, REGION_KEYS, prefix)
         provider = check.typed(body, "provider", prefix, str, required=True)
-        _provider(check, provider, f"{prefix}.provider")
-        latitude = float(check.typed(body, "latitude", prefix, (int, float), required=True))
-        longitude = float(check.typed(body, "longitude", prefix, (int, float), required=True))
+        if provider is not None:
+            providers.resolve(provider, f"{prefix}.provider")
+        latitude = float(check.typed(body, "latitude", prefix, (int, float), required=True)
+                         or 0.0)
+        longitude = float(check.typed(body, "longitude", prefix, (int, float), required=True)
+                          or 0.0)
         if not -90 <= latitude <= 90:
-            raise check.fail(f"{prefix}.latitude", f"{latitude} is out of range",
-                             "use degrees between -90 and 90")
+            check.fail(f"{prefix}.latitude", f"{latitude} is out of range",
+                       "use degrees between -90 and 90")
         if not -180 <= longitude <= 180:
-            raise check.fail(f"{prefix}.longitude", f"{longitude} is out of range",
-                             "use degrees between -180 and 180")
+            check.fail(f"{prefix}.longitude", f"{longitude} is out of range",
+                       "use degrees between -180 and 180")
         min_active = check.typed(body, "min_active", prefix, int, default=1)
         if min_active < 0:
-            raise check.fail(f"{prefix}.min_active", "must not be negative", "use 0 or more")
+            check.fail(f"{prefix}.min_active", "must not be negative", "use 0 or more")
         regions[name] = Region(
-            name=name, provider=provider,
+            name=name, provider=provider or "",
             location=check.typed(body, "location", prefix, str, default=name),
             latitude=latitude, longitude=longitude, min_active=min_active,
         )
     return regions
 
 
-def _provider(check: _Checker, provider: str, key: str) -> None:
-    if provider not in PROVIDERS:
-        raise check.fail(key, f"unknown provider {provider!r}",
-                         f"use one of: {', '.join(PROVIDERS)}")
+def _node_keys(check: _Checker, body: dict[str, Any], prefix: str, node: str,
+               provider: str, driver: Driver | None) -> dict[str, Any]:
+    """Check the node's keys; return the driver's own keys it sets, validated."""
+    own = dict(driver.node_keys) if driver else {}
+    others = {key: name for name, other in DRIVERS.items() for key in other.node_keys
+              if driver is not None and other is not driver}
+    for key in body:
+        if key in NODE_KEYS or key in own:
+            continue
+        if driver is None and any(key in other.node_keys for other in DRIVERS.values()):
+            continue  # the provider itself is unknown (reported); its keys are unknowable
+        if key in others:
+            assert driver is not None
+            usable = ", ".join(sorted(driver.node_keys)) or "none"
+            check.fail(f"{prefix}.{key}", f"a {others[key]} key, but node {node}'s provider "
+                       f"{provider!r} uses driver {driver.name}",
+                       f"remove it (driver {driver.name} node keys: {usable})")
+        else:
+            check.fail(f"{prefix}.{key}", "unknown key", "remove it or use one of: "
+                       f"{', '.join(sorted(NODE_KEYS | set(own)))}")
+    settings: dict[str, Any] = {}
+    for key, setting in own.items():
+        kind = setting.kind
+        if key in NODE_KEYS:  # a generic key (server_type): checked once, with the others
+            if isinstance(body.get(key), str) and body[key]:
+                settings[key] = body[key]
+            continue
+        value = check.typed(body, key, prefix, kind, required=setting.required)
+        if value is not None:
+            settings[key] = value
+    return settings
 
 
-def _nodes(check: _Checker, table: dict[str, Any], regions: dict[str, Region]) -> dict[str, Node]:
+def _nodes(check: _Checker, table: dict[str, Any], regions: dict[str, Region],
+           providers: _Providers) -> dict[str, Node]:
     nodes: dict[str, Node] = {}
     seen_serials: dict[str, str] = {}
     seen_addresses: dict[str, str] = {}
@@ -245,116 +434,150 @@ def _nodes(check: _Checker, table: dict[str, Any], regions: dict[str, Region]) -
         prefix = f"nodes.{name}"
         check.name(name, prefix, "node")
         body = check.table(value, prefix)
-        check.known_keys(body, NODE_KEYS, prefix)
         region = check.typed(body, "region", prefix, str, required=True)
-        if region not in regions:
-            raise check.fail(f"{prefix}.region", f"unknown region {region!r}",
-                             f"use one of: {', '.join(sorted(regions))} or add [regions.{region}]")
-        provider = check.typed(body, "provider", prefix, str, default=regions[region].provider)
-        _provider(check, provider, f"{prefix}.provider")
+        if region is not None and region not in regions:
+            check.fail(f"{prefix}.region", f"unknown region {region!r}",
+                       f"use one of: {', '.join(sorted(regions))} or add [regions.{region}]")
+            region = None
+        default_provider = regions[region].provider if region else None
+        provider = check.typed(body, "provider", prefix, str, default=default_provider)
+        driver = None
+        if provider and "provider" in body:
+            driver = providers.resolve(provider, f"{prefix}.provider")
+        elif provider:
+            driver = providers.resolve(provider, f"regions.{region}.provider")
+        provider_settings = _node_keys(check, body, prefix, name, provider or "", driver)
         disks = check.typed(body, "disks", prefix, list, required=True)
-        if not 1 <= len(disks) <= 2 or not all(isinstance(d, str) and d for d in disks):
-            raise check.fail(f"{prefix}.disks", "expected one or two disk serials",
-                             'list the serials, e.g. disks = ["S4EWNX0R123456"]')
-        if len(set(disks)) != len(disks):
-            raise check.fail(f"{prefix}.disks", "the same serial is listed twice",
-                             "list each disk once")
-        for serial in disks:
-            if serial in seen_serials:
-                raise check.fail(f"{prefix}.disks", f"serial {serial!r} is also a disk of node "
-                                 f"{seen_serials[serial]!r}", "a disk belongs to one node")
-            seen_serials[serial] = name
+        if disks is not None:
+            if not 1 <= len(disks) <= 2 or not all(isinstance(d, str) and d for d in disks):
+                check.fail(f"{prefix}.disks", "expected one or two disk serials",
+                           'list the serials, e.g. disks = ["S4EWNX0R123456"]')
+                disks = []
+            elif len(set(disks)) != len(disks):
+                check.fail(f"{prefix}.disks", "the same serial is listed twice",
+                           "list each disk once")
+                disks = list(dict.fromkeys(disks))
+            for serial in disks:
+                if serial in seen_serials:
+                    check.fail(f"{prefix}.disks", f"serial {serial!r} is also a disk of node "
+                               f"{seen_serials[serial]!r}", "a disk belongs to one node")
+                seen_serials[serial] = name
         ipv4 = check.typed(body, "ipv4", prefix, str, default="")
         ipv6 = check.typed(body, "ipv6", prefix, str, default="")
         for key, address, version in (("ipv4", ipv4, 4), ("ipv6", ipv6, 6)):
-            if not address:
+            if not address or not check.address(address, f"{prefix}.{key}", version):
                 continue
-            check.address(address, f"{prefix}.{key}", version)
             if address in seen_addresses:
-                raise check.fail(f"{prefix}.{key}", f"address {address} is also used by node "
-                                 f"{seen_addresses[address]!r}", "give every node its own address")
+                check.fail(f"{prefix}.{key}", f"address {address} is also used by node "
+                           f"{seen_addresses[address]!r}", "give every node its own address")
             seen_addresses[address] = name
         network = None
         if "network" in body:
             network = _network(check, check.table(body["network"], f"{prefix}.network"),
                                f"{prefix}.network")
-        elif provider != "lab" and not ipv4:
-            raise check.fail(f"{prefix}.ipv4", "missing for a provider node",
-                                 "add the server's public IPv4 address")
+        elif driver is not None and driver.name != "lab" and not ipv4:
+            check.fail(f"{prefix}.ipv4", "missing for a provider node",
+                       "add the server's public IPv4 address")
         memory = check.typed(body, "memory_mb", prefix, int, default=2048)
         if memory < 1024:
-            raise check.fail(f"{prefix}.memory_mb", f"{memory} MiB is too small",
-                             "use at least 1024 (the rescue system runs from RAM)")
+            check.fail(f"{prefix}.memory_mb", f"{memory} MiB is too small",
+                       "use at least 1024 (the rescue system runs from RAM)")
         size = check.typed(body, "disk_size_gb", prefix, int, default=8)
         if size < 4:
-            raise check.fail(f"{prefix}.disk_size_gb", f"{size} GiB is too small",
-                             "use at least 4")
+            check.fail(f"{prefix}.disk_size_gb", f"{size} GiB is too small", "use at least 4")
         labels = check.table(body.get("labels", {}), f"{prefix}.labels")
         if not all(isinstance(v, str) for v in labels.values()):
-            raise check.fail(f"{prefix}.labels", "label values must be strings", "quote them")
+            check.fail(f"{prefix}.labels", "label values must be strings", "quote them")
+        if region is None:
+            continue
         nodes[name] = Node(
-            name=name, region=region, provider=provider, disks=tuple(disks),
+            name=name, region=region, provider=provider or "", disks=tuple(disks or ()),
             server_type=check.typed(body, "server_type", prefix, str, default=""),
             server_id=str(check.typed(body, "server_id", prefix, (str, int), default="")),
             memory_mb=memory, disk_size_gb=size, ipv4=ipv4, ipv6=ipv6, network=network,
-            labels=dict(labels),
+            labels=dict(labels), provider_settings=provider_settings,
         )
     return nodes
 
 
 def _network(check: _Checker, body: dict[str, Any], prefix: str) -> StaticNetwork:
     check.known_keys(body, NETWORK_KEYS, prefix)
-    address = check.address(check.typed(body, "address", prefix, str, required=True),
-                            f"{prefix}.address", 4)
+    address = check.typed(body, "address", prefix, str, required=True)
+    check.address(address, f"{prefix}.address", 4)
     prefix_len = check.typed(body, "prefix", prefix, int, required=True)
-    if not 8 <= prefix_len <= 32:
-        raise check.fail(f"{prefix}.prefix", f"invalid prefix length {prefix_len}",
-                         "use 8-32 (Hetzner uses 32 with an off-link gateway)")
-    gateway = check.address(check.typed(body, "gateway", prefix, str, required=True),
-                            f"{prefix}.gateway", 4)
+    if prefix_len is not None and not 8 <= prefix_len <= 32:
+        check.fail(f"{prefix}.prefix", f"invalid prefix length {prefix_len}",
+                   "use 8-32 (Hetzner uses 32 with an off-link gateway)")
+    gateway = check.typed(body, "gateway", prefix, str, required=True)
+    check.address(gateway, f"{prefix}.gateway", 4)
     interface = check.typed(body, "interface", prefix, str, default="eth0")
-    return StaticNetwork(address=address, prefix=prefix_len, gateway=gateway, interface=interface)
+    ipv6_address = check.typed(body, "ipv6_address", prefix, str, default="")
+    if ipv6_address:
+        try:
+            if "/" not in ipv6_address:
+                raise ValueError("no prefix length")
+            ipaddress.IPv6Interface(ipv6_address)
+        except ValueError:
+            check.fail(f"{prefix}.ipv6_address", f"invalid IPv6 address with prefix "
+                       f"{ipv6_address!r}", "write it with its prefix length, e.g. "
+                       "'2a01:4f8:1:2::2/64'")
+    ipv6_gateway = check.typed(body, "ipv6_gateway", prefix, str,
+                               default="fe80::1" if ipv6_address else "")
+    if ipv6_gateway:
+        if not ipv6_address:
+            check.fail(f"{prefix}.ipv6_gateway", "set without ipv6_address",
+                       "add ipv6_address = \"ADDRESS/PREFIX\" or remove it")
+        check.address(ipv6_gateway, f"{prefix}.ipv6_gateway", 6)
+    return StaticNetwork(address=address or "", prefix=prefix_len or 32, gateway=gateway or "",
+                         interface=interface, ipv6_address=ipv6_address,
+                         ipv6_gateway=ipv6_gateway)
 
 
 def _routed(check: _Checker, value: Any) -> tuple[RoutedName, ...]:
     if not isinstance(value, list):
-        raise check.fail("routed", "expected an array of tables", "write [[routed]] entries")
+        check.fail("routed", "expected an array of tables", "write [[routed]] entries")
+        return ()
     names: list[RoutedName] = []
     for index, item in enumerate(value):
         prefix = f"routed[{index}]"
         body = check.table(item, prefix)
         check.known_keys(body, ROUTED_KEYS, prefix)
         name = check.typed(body, "name", prefix, str, required=True)
+        if name is None:
+            continue
         check.name(name, f"{prefix}.name", "routed")
         if any(existing.name == name for existing in names):
-            raise check.fail(f"{prefix}.name", f"duplicate routed name {name!r}", "list it once")
+            check.fail(f"{prefix}.name", f"duplicate routed name {name!r}", "list it once")
         ttl = check.typed(body, "ttl", prefix, int, default=30)
         if not 1 <= ttl <= 86400:
-            raise check.fail(f"{prefix}.ttl", f"invalid TTL {ttl}", "use 1-86400 seconds")
+            check.fail(f"{prefix}.ttl", f"invalid TTL {ttl}", "use 1-86400 seconds")
         answers = check.typed(body, "answers", prefix, int, default=1)
         if not 1 <= answers <= MAX_ANSWERS:
-            raise check.fail(f"{prefix}.answers", f"invalid answer count {answers}",
-                             f"use 1-{MAX_ANSWERS} nearest nodes per answer")
+            check.fail(f"{prefix}.answers", f"invalid answer count {answers}",
+                       f"use 1-{MAX_ANSWERS} nearest nodes per answer")
         names.append(RoutedName(name=name, ttl=ttl, answers=answers))
     return tuple(names)
 
 
 def _admins(check: _Checker, value: Any) -> tuple[Admin, ...]:
     if not isinstance(value, list):
-        raise check.fail("admins", "expected an array of tables", "write [[admins]] entries")
+        check.fail("admins", "expected an array of tables", "write [[admins]] entries")
+        return ()
     admins: list[Admin] = []
     for index, item in enumerate(value):
         prefix = f"admins[{index}]"
         body = check.table(item, prefix)
         check.known_keys(body, ADMIN_KEYS, prefix)
         name = check.typed(body, "name", prefix, str, required=True)
+        if name is None:
+            continue
         if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", name) or name == "root":
-            raise check.fail(f"{prefix}.name", f"invalid user name {name!r}",
-                             "use a lowercase Unix user name other than root")
+            check.fail(f"{prefix}.name", f"invalid user name {name!r}",
+                       "use a lowercase Unix user name other than root")
         keys = check.typed(body, "keys", prefix, list, default=[])
         for key in keys:
             if not isinstance(key, str) or not key.startswith(("ssh-", "ecdsa-", "sk-")):
-                raise check.fail(f"{prefix}.keys", f"not an SSH public key: {str(key)[:30]!r}",
-                                 "paste the line from the user's id_*.pub")
+                check.fail(f"{prefix}.keys", f"not an SSH public key: {str(key)[:30]!r}",
+                           "paste the line from the user's id_*.pub")
         admins.append(Admin(name=name, keys=tuple(keys)))
     return tuple(admins)

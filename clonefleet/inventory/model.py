@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-PROVIDERS = ("lab", "hetzner-cloud", "hetzner-robot", "ovh")
+if TYPE_CHECKING:
+    from clonefleet.providers.base import ProviderConfig
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,8 @@ class StaticNetwork:
     prefix: int
     gateway: str
     interface: str = "eth0"
+    ipv6_address: str = ""  # with its prefix length, e.g. "2a01:4f8:1:2::2/64"
+    ipv6_gateway: str = ""  # "fe80::1" when ipv6_address is set and this is not
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,9 @@ class Node:
     ipv6: str = ""
     network: StaticNetwork | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # The driver's own per-node keys (e.g. hetzner-robot's robot_server), validated against
+    # the driver's `node_keys`; only keys the fleet file sets.
+    provider_settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def raid(self) -> bool:
@@ -77,6 +84,9 @@ class Fleet:
     allowed_udp_ports: tuple[int, ...] = ()
     control_url: str = ""  # where nodes' smartwatch agents reach `clonefleet serve`
     alert_urls: tuple[str, ...] = ()  # apprise URLs for the agents' alerts
+    # Every provider a region or node names: its `[providers.NAME]` table, or a driver's
+    # defaults when a driver is named without a table.
+    providers: dict[str, ProviderConfig] = field(default_factory=dict)
 
     def node(self, name: str) -> Node:
         from clonefleet.errors import UnknownNodeError

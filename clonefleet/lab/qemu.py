@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from clonefleet.errors import ClonefleetError, ProviderError, TimeoutError_
-from clonefleet.retry import RetryPolicy, retry
+from clonefleet.retry import RetryPolicy, TimedOut, retry, wait_until
 
 QEMU = "qemu-system-x86_64"
 # Booting guests are polled often: waiting a second more than needed costs more than a probe.
 PORT_POLL = RetryPolicy(first=1.0, cap=2.0, factor=1.5)
+# qemu quits within a fraction of a second of QMP "quit".
+STOP_POLL = RetryPolicy(first=0.1, cap=0.1, factor=1.0, jitter=0.0)
 
 
 @dataclass
@@ -199,11 +201,12 @@ def stop(config: VmConfig, timeout: float = 10) -> None:
         return
     with contextlib.suppress(ProviderError, OSError):
         qmp(config, "quit")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if running_pid(config) is None:
-            return
-        time.sleep(0.1)
+    try:
+        wait_until(lambda: True if running_pid(config) is None else None,
+                   what=f"{config.name}: stop", timeout=timeout, policy=STOP_POLL)
+        return
+    except TimedOut:
+        pass  # qemu ignored "quit": pull the plug
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     time.sleep(0.2)
@@ -269,6 +272,8 @@ def _kernel_prints_under_kvm(kernel: Path, timeout: float) -> bool:
             "-cpu", "host", "-no-reboot", "-serial", "stdio", "-kernel", str(kernel),
             "-append", "console=ttyS0 panic=-1"]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    # A stream read of the guest's console until a marker or the deadline, not a poll of a
+    # condition: it stays a loop of its own rather than `wait_until`.
     deadline = time.monotonic() + timeout
     output = b""
     assert process.stdout is not None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clonefleet.providers.base import (
     SERVER_STATUSES,
@@ -14,10 +16,13 @@ from clonefleet.providers.base import (
     ServerStatus,
     SshAccess,
 )
-from clonefleet.providers.registry import driver
+from clonefleet.providers.registry import credential, driver
+
+if TYPE_CHECKING:
+    from clonefleet.inventory.model import Fleet, Node
 
 __all__ = ["SERVER_STATUSES", "InitramfsNetwork", "Provider", "ProviderConfig", "ServerInfo",
-           "ServerStatus", "SshAccess", "get_provider"]
+           "ServerStatus", "SshAccess", "credential", "get_provider", "provider_for"]
 
 
 def get_provider(config: ProviderConfig | str, fleet_state_dir: Path,
@@ -26,3 +31,17 @@ def get_provider(config: ProviderConfig | str, fleet_state_dir: Path,
     if isinstance(config, str):
         config = ProviderConfig(name=config, driver=config)
     return driver(config.driver).create(config, fleet_state_dir, log)
+
+
+def provider_for(fleet: Fleet, node: Node, fleet_state_dir: Path,
+                 log: Callable[[str], None] = print) -> Provider:
+    """The driver instance serving `node`: its provider's `[providers.NAME]` table (or the
+    driver's defaults), with lab routes read from this state folder."""
+    config = fleet.providers.get(node.provider) or ProviderConfig(name=node.provider,
+                                                                  driver=node.provider,
+                                                                  fleet_path=fleet.path)
+    if config.settings.get("lab_routes"):
+        from clonefleet.providers.routes import LabRoutes, routes_path
+
+        config = dataclasses.replace(config, route=LabRoutes(routes_path(fleet_state_dir)))
+    return get_provider(config, fleet_state_dir, log)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from clonefleet.inventory import Node
+if TYPE_CHECKING:  # the inventory loader imports this module: no import cycle at run time
+    from clonefleet.inventory.model import Node, StaticNetwork
 
 
 @dataclass(frozen=True)
@@ -15,6 +17,9 @@ class SshAccess:
     host: str
     port: int
     user: str = "root"
+    # Host key fingerprints the provider's API reported for the system answering here
+    # ("SHA256:<base64>" or "MD5:<hex:pairs>"); pinned when present, TOFU otherwise.
+    host_keys: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return f"{self.user}@{self.host}:{self.port}"
@@ -31,12 +36,28 @@ class InitramfsNetwork:
     gateway: str = ""
     # Hetzner: /32 with an off-link gateway needs an explicit on-link route in the initramfs.
     onlink_gateway: bool = False
+    # Static IPv6 of the booted system ("2001:db8::2/64"); klibc's ipconfig (the initramfs)
+    # is IPv4 only, so Dropbear is reached over IPv4.
+    ipv6_address: str = ""
+    ipv6_gateway: str = ""  # "fe80::1" (Hetzner, OVH) when ipv6_address is set
 
     def kernel_ip_arg(self) -> str:
         if self.mode == "dhcp":
             return f"ip=:::::{self.interface}:dhcp"
         netmask = _prefix_to_netmask(self.prefix)
         return f"ip={self.address}::{self.gateway}:{netmask}::{self.interface}:off"
+
+
+def static_network(network: StaticNetwork) -> InitramfsNetwork:
+    """The fleet file's `[nodes.X.network]` as the install sees it: a gateway outside the
+    address's own prefix (Hetzner's /32) is reached through an explicit on-link route."""
+    own = ipaddress.ip_network(f"{network.address}/{network.prefix}", strict=False)
+    onlink = ipaddress.ip_address(network.gateway) not in own or network.prefix == 32
+    ipv6_gateway = network.ipv6_gateway or ("fe80::1" if network.ipv6_address else "")
+    return InitramfsNetwork(mode="static", interface=network.interface,
+                            address=network.address, prefix=network.prefix,
+                            gateway=network.gateway, onlink_gateway=onlink,
+                            ipv6_address=network.ipv6_address, ipv6_gateway=ipv6_gateway)
 
 
 def _prefix_to_netmask(prefix: int) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clonefleet.errors import StateError
+from clonefleet.retry import RetryPolicy, TimedOut, wait_until
 from clonefleet.state.model import (
     LIFECYCLE,
     DnsServerRecord,
@@ -22,6 +23,9 @@ from clonefleet.state.model import (
     StepRecord,
     Transition,
 )
+
+# Locks are held for seconds at most; a waiter takes over soon after the holder lets go.
+LOCK_POLL = RetryPolicy(first=0.02, cap=0.02, factor=1.0, jitter=0.0)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -301,19 +305,22 @@ class SqliteStateStore:
             raise StateError(f"invalid lock name {name!r}; use letters, digits and '-'")
         path = self.path.with_name(f"{self.path.name}.{name}.lock")
         handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        def acquired() -> bool | None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            return True
+
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise StateError(
-                            f"lock {name!r} ({path}) still held after {timeout:.0f} s; "
-                            "another clonefleet process is working, retry later"
-                        ) from None
-                    time.sleep(0.02)
+            try:
+                wait_until(acquired, what=f"lock {name}", timeout=timeout, policy=LOCK_POLL,
+                           transient=lambda error: False)
+            except TimedOut:
+                raise StateError(
+                    f"lock {name!r} ({path}) still held after {timeout:.0f} s; "
+                    "another clonefleet process is working, retry later"
+                ) from None
             try:
                 yield
             finally:

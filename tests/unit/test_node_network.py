@@ -1,0 +1,75 @@
+"""The node's network as written into the image: ifupdown, the initramfs and kernel `ip=`."""
+
+from __future__ import annotations
+
+import pytest
+
+from clonefleet.image.node import interfaces_text, kernel_cmdline, onlink_script
+from clonefleet.inventory import StaticNetwork
+from clonefleet.providers.base import InitramfsNetwork, static_network
+
+pytestmark = pytest.mark.unit
+
+# qemu's user network, as the issue asks: a /32 whose gateway is off-link.
+SLASH32 = StaticNetwork(address="10.0.2.15", prefix=32, gateway="10.0.2.2")
+
+
+def test_a_slash32_with_an_off_link_gateway_gets_on_link_routes() -> None:
+    network = static_network(SLASH32)
+    assert network.onlink_gateway and network.mode == "static"
+    assert network.kernel_ip_arg() == "ip=10.0.2.15::10.0.2.2:255.255.255.255::eth0:off"
+    assert "ip=10.0.2.15::10.0.2.2:255.255.255.255::eth0:off" in kernel_cmdline(network)
+    assert interfaces_text(network) == (
+        "auto lo\niface lo inet loopback\n\nauto eth0\n"
+        "iface eth0 inet static\n"
+        "    address 10.0.2.15/32\n"
+        "    post-up ip route replace 10.0.2.2 dev eth0\n"
+        "    post-up ip route replace default via 10.0.2.2 dev eth0\n")
+    script = onlink_script(network)
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/sh" and lines[1] == '[ "$1" = prereqs ] && exit 0'
+    # configure_networking (ip=) first, then the routes klibc's ipconfig cannot add.
+    assert lines.index("configure_networking") < lines.index(
+        "ip route replace 10.0.2.2 dev eth0 2>/dev/null")
+    assert "ip route replace default via 10.0.2.2 dev eth0 2>/dev/null" in lines
+
+
+def test_a_gateway_inside_the_prefix_is_a_plain_gateway() -> None:
+    network = static_network(StaticNetwork(address="198.51.100.10", prefix=24,
+                                           gateway="198.51.100.1", interface="eth1"))
+    assert not network.onlink_gateway
+    assert network.kernel_ip_arg() == "ip=198.51.100.10::198.51.100.1:255.255.255.0::eth1:off"
+    assert "    gateway 198.51.100.1\n" in interfaces_text(network)
+    assert "post-up" not in interfaces_text(network)
+    assert onlink_script(network) == ""
+
+
+def test_a_gateway_outside_a_wider_prefix_is_on_link_too() -> None:
+    network = static_network(StaticNetwork(address="203.0.113.10", prefix=26,
+                                           gateway="203.0.113.129"))
+    assert network.onlink_gateway and onlink_script(network)
+
+
+def test_static_ipv6_is_written_with_the_link_local_gateway() -> None:
+    network = static_network(StaticNetwork(address="10.0.2.15", prefix=32, gateway="10.0.2.2",
+                                           ipv6_address="2001:db8:1::2/64"))
+    assert network.ipv6_gateway == "fe80::1"
+    text = interfaces_text(network)
+    assert text.endswith("\niface eth0 inet6 static\n    address 2001:db8:1::2/64\n"
+                         "    gateway fe80::1\n")
+    # klibc's ipconfig is IPv4 only: the initramfs' ip= carries no IPv6.
+    assert "2001:db8" not in network.kernel_ip_arg() and "2001:db8" not in onlink_script(network)
+
+
+def test_dhcp_with_static_ipv6_keeps_dhcp_for_ipv4() -> None:
+    network = InitramfsNetwork(mode="dhcp", ipv6_address="2a01:4f8:c0c:1::1/64",
+                               ipv6_gateway="fe80::1")
+    text = interfaces_text(network)
+    assert "iface eth0 inet dhcp\n" in text and "iface eth0 inet6 static\n" in text
+    assert network.kernel_ip_arg() == "ip=:::::eth0:dhcp"
+    assert onlink_script(network) == ""
+
+
+def test_the_lab_default_is_unchanged() -> None:
+    assert interfaces_text(InitramfsNetwork(mode="dhcp")) == (
+        "auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet dhcp\n")

@@ -1,0 +1,143 @@
+"""`clonefleet retire NODE`: the server goes first, and only then the node's secrets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from clonefleet.cli import _register, cli
+from clonefleet.errors import ProviderError, StateError
+from clonefleet.inventory import Node, load_fleet
+from clonefleet.keystore import Keystore
+from clonefleet.lab import qemu
+from clonefleet.retire import plan_retire, retire
+from clonefleet.state import open_store
+
+pytestmark = pytest.mark.unit
+
+FLEET = """
+[fleet]
+name = "retiretest"
+domain = "retire.clonefleet.test"
+min_active_total = 0
+
+[regions.fsn]
+provider = "lab"
+latitude = 50.47
+longitude = 12.37
+min_active = 0
+
+[nodes.fsn-1]
+region = "fsn"
+disks = ["S-FSN1"]
+
+[nodes.fsn-2]
+region = "fsn"
+disks = ["S-FSN2"]
+"""
+
+_register()
+
+
+@pytest.fixture
+def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """A provisioned-looking lab node: VM folder, keystore passphrase, facts, state."""
+    (tmp_path / "fleet.toml").write_text(FLEET)
+    state = tmp_path / "state" / "retiretest"
+    monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("CLONEFLEET_AGE_KEY", str(tmp_path / "age.key"))
+    stopped: list[str] = []
+    monkeypatch.setattr(qemu, "stop", lambda config, timeout=10: stopped.append(config.name))
+    vm = state / "lab" / "fsn-1"
+    vm.mkdir(parents=True)
+    qemu.VmConfig(name="fsn-1", directory=vm, memory_mb=2048, disks=[("S-FSN1", "x")],
+                  ssh_port=1, dropbear_port=2).save()
+    keystore = Keystore(state / "keystore")
+    keystore.create("fsn-1")
+    store = open_store(state)
+    store.transition("fsn-1", "deployed", actor="test")
+    store.set_fact("fsn-1", "server_id", "lab-fsn-1")
+    store.set_fact("fsn-1", "ssh_host_key", "ssh-ed25519 AAAA")
+    return {"fleet": tmp_path / "fleet.toml", "state": state, "vm": vm, "stopped": stopped,
+            "keystore": keystore, "store": store}
+
+
+def invoke(lab: dict[str, object], *args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(cli, ["--fleet", str(lab["fleet"]), *args])
+
+
+def test_retire_without_yes_refuses_in_one_line_and_touches_nothing(
+        lab: dict[str, object]) -> None:
+    result = invoke(lab, "retire", "fsn-1")
+    assert result.exit_code == 2
+    assert result.output.startswith("error: retire fsn-1 deletes its lab server")
+    assert len(result.output.strip().splitlines()) == 1 and "--yes" in result.output
+    assert (lab["vm"] / "vm.json").exists()  # type: ignore[operator]
+    assert lab["keystore"].has("fsn-1")  # type: ignore[attr-defined]
+
+
+def test_dry_run_says_what_would_happen(lab: dict[str, object]) -> None:
+    result = invoke(lab, "retire", "fsn-1", "--dry-run")
+    assert result.exit_code == 0
+    assert "fsn-1 (lab server lab-fsn-1, now deployed) would be retired: delete server" \
+        in result.output
+    data = json.loads(invoke(lab, "--json", "retire", "fsn-1", "--dry-run").output)
+    assert data["steps"][0] == "delete server" and data["done"] is False
+    assert data["server_id"] == "lab-fsn-1" and data["state"] == "deployed"
+    assert lab["stopped"] == [] and lab["keystore"].has("fsn-1")  # type: ignore[attr-defined]
+
+
+def test_retire_deletes_the_vm_then_forgets_passphrase_and_facts(
+        lab: dict[str, object]) -> None:
+    result = invoke(lab, "--json", "retire", "fsn-1", "--yes")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["done"] is True and data["node"] == "fsn-1"
+    assert lab["stopped"] == ["fsn-1"]
+    assert not lab["vm"].exists()  # type: ignore[attr-defined]
+    assert not lab["keystore"].has("fsn-1")  # type: ignore[attr-defined]
+    store = lab["store"]
+    assert store.facts("fsn-1") == {}  # type: ignore[attr-defined]
+    record = store.get("fsn-1")  # type: ignore[attr-defined]
+    assert record.state == "retired" and record.actor == "clonefleet retire"
+    assert "lab server lab-fsn-1 deleted" in record.reason
+    again = invoke(lab, "retire", "fsn-1", "--yes")
+    assert again.exit_code == 0 and "already retired" in again.output
+
+
+def test_a_provider_that_cannot_delete_leaves_everything_in_place(
+        lab: dict[str, object]) -> None:
+    class Robot:
+        name = "hetzner-robot"
+
+        def delete(self, node: Node) -> None:
+            raise ProviderError(f"{node.name}: Robot servers are cancelled in the Robot "
+                                "console, not by clonefleet")
+
+    fleet = load_fleet(lab["fleet"])  # type: ignore[arg-type]
+    store, keystore = lab["store"], lab["keystore"]
+    with pytest.raises(ProviderError, match="cancelled in the Robot console"):
+        retire(fleet, store, Robot(), keystore, "fsn-1", log=lambda m: None)  # type: ignore[arg-type]
+    assert keystore.has("fsn-1")  # type: ignore[attr-defined]
+    assert store.get_fact("fsn-1", "ssh_host_key") == "ssh-ed25519 AAAA"  # type: ignore[attr-defined]
+    assert store.get("fsn-1").state == "deployed"  # type: ignore[attr-defined]
+
+
+def test_a_node_in_dns_answers_must_be_drained_first(lab: dict[str, object]) -> None:
+    store = lab["store"]
+    store.transition("fsn-1", "active", actor="test")  # type: ignore[attr-defined]
+    fleet = load_fleet(lab["fleet"])  # type: ignore[arg-type]
+    with pytest.raises(StateError, match="drain it first"):
+        plan_retire(fleet, store, "fsn-1")  # type: ignore[arg-type]
+    result = invoke(lab, "retire", "fsn-1", "--yes")
+    assert result.exit_code == 3 and lab["stopped"] == []
+
+
+def test_a_node_never_provisioned_can_be_retired(lab: dict[str, object]) -> None:
+    result = invoke(lab, "retire", "fsn-2", "--yes")
+    assert result.exit_code == 0, result.output
+    assert lab["store"].get("fsn-2").state == "retired"  # type: ignore[attr-defined]
+    assert "lab server (none recorded) deleted" in result.output
