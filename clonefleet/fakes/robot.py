@@ -475,8 +475,9 @@ class RobotFake:
         return f"http://{host!s}:{port}"
 
     def start(self) -> RobotFake:
-        self.thread = threading.Thread(target=self.http.serve_forever, daemon=True,
-                                       name="robot-fake")
+        # A short poll interval keeps shutdown() quick (it waits for the next poll).
+        self.thread = threading.Thread(target=self.http.serve_forever, args=(0.02,),
+                                       daemon=True, name="robot-fake")
         self.thread.start()
         return self
 

@@ -47,7 +47,7 @@ from clonefleet.providers.robot_client import (
     RobotServer,
     md5_fingerprint,
 )
-from clonefleet.retry import POLL, RetryPolicy, wait_until
+from clonefleet.retry import POLL, RetryPolicy, TimedOut, wait_until
 
 DRIVER = "hetzner-robot"
 SSH_PORT = 22
@@ -230,6 +230,7 @@ class HetznerRobotProvider:
 
     def boot_rescue(self, node: Node, ssh_public_keys: list[str]) -> SshAccess:
         server = self._ready(node)
+        self._check_reset_type(server, node)  # before arming anything
         fingerprints = self._ensure_keys(ssh_public_keys)
         current = self.client.rescue(server.number)
         if current.active:
@@ -263,8 +264,14 @@ class HetznerRobotProvider:
         if host_keys:
             self.log(f"{node.name}: Robot published {len(host_keys)} rescue host key "
                      "fingerprint(s); pinning them")
-        self.wait_ready(_with_host_keys(access, host_keys), node, self.boot_timeout,
-                        "rescue system ssh", host_keys=host_keys)
+        try:
+            self.wait_ready(access, node, self.boot_timeout, "rescue system ssh",
+                            host_keys=host_keys)
+        except TimedOut as error:
+            raise ProviderError(f"{error}; Robot says server {server.number} booted its rescue "
+                                "system but SSH does not answer: look at it in Robot (or its "
+                                f"KVM console), then run `clonefleet provision {node.name}` "
+                                "again") from None
         if not host_keys:
             self.log(f"{node.name}: Robot published no rescue host key; trusting the rescue "
                      "system's key on first use")
@@ -358,6 +365,9 @@ class HetznerRobotProvider:
         return self._setting("reset_type", "hw")
 
     def _reset(self, server: RobotServer, node: Node) -> None:
+        self.client.reset(server.number, self._check_reset_type(server, node))
+
+    def _check_reset_type(self, server: RobotServer, node: Node) -> str:
         reset_type = self._reset_type()
         options = self.client.reset_options(server.number)
         if reset_type not in options.types:
@@ -365,7 +375,7 @@ class HetznerRobotProvider:
                                 f"Robot server {server.number} (available: "
                                 f"{', '.join(options.types) or 'none'}); set reset_type in "
                                 f"[providers.{self.name}]")
-        self.client.reset(server.number, reset_type)
+        return reset_type
 
     def _last_boot_time(self, number: int) -> str | None:
         try:
