@@ -200,8 +200,9 @@ class OvhFake(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}{API_PREFIX}"
+        host, port = self.server_address[0], self.server_address[1]
+        name = host.decode() if isinstance(host, bytes) else host
+        return f"http://{name}:{port}{API_PREFIX}"
 
     def add_credential(self, application_key: str, application_secret: str,
                        consumer_key: str, *, state: str = "validated",
