@@ -583,3 +583,7 @@ def main(argv: Sequence[str] | None = None, machines: Machines | None = None) ->
     finally:
         fake.server_close()
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
