@@ -364,6 +364,14 @@ class OvhDedicatedProvider:
             f"back on the hard disk (boot id {disk}) and it may be running rescue until its "
             f"next reboot; run `clonefleet provision {node.name}` again") from None
 
+    def _restore_quietly(self, node: Node, service: str) -> None:
+        try:
+            self.prepare_disk_boot(node)
+        except BaseException as error:  # reported, then the original error goes on
+            self.log(f"{node.name}: OVH server {service} is LEFT NETBOOTING RESCUE ({error}); "
+                     f"set its Netboot to 'Boot from the hard disk' in the OVHcloud console, "
+                     f"then run `clonefleet provision {node.name}` again")
+
     # -- protocol --------------------------------------------------------------------------
 
     def ensure_server(self, node: Node) -> ServerInfo:
@@ -427,6 +435,11 @@ class OvhDedicatedProvider:
             self.prepare_disk_boot(node)
         except ClonefleetError as error:
             self._restore_after_failure(node, service, error, "boot into OVH rescue")
+        except BaseException:
+            # Ctrl-C or a bug: keep its traceback, but never leave the rescue netboot
+            # behind without a word.
+            self._restore_quietly(node, service)
+            raise
         return access
 
     def boot_disk(self, node: Node) -> None:

@@ -441,3 +441,17 @@ def test_list_reports_every_server_of_the_account(lab: Lab) -> None:
     assert sorted(server.server_id for server in servers) == sorted(
         [SERVICE, "ns2.ip-198-51-100.eu"])
     assert {server.status for server in servers} == {"disk"}
+
+
+def test_an_interrupt_during_the_rescue_boot_still_restores_the_disk_netboot(
+        lab: Lab) -> None:
+    def interrupted(service: str, task_id: int, what: str) -> None:
+        raise KeyboardInterrupt
+
+    lab.provider._wait_task = interrupted  # type: ignore[method-assign]
+
+    with pytest.raises(KeyboardInterrupt):
+        lab.provider.boot_rescue(lab.node, [KEY])
+
+    assert lab.fake.boot_type(SERVICE) == "harddisk"
+    assert any("set back to the hard disk" in line for line in lab.logs)
