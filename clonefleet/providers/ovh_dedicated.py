@@ -428,8 +428,9 @@ class OvhDedicatedProvider:
         self.disk_boot_id(service)  # know the way back before leaving it
         access = self.config.route(SshAccess(str(server.get("ip") or node.ipv4), 22))
         self.log(f"{node.name}: OVH netboot of {service} → rescue (boot id {rescue})")
-        self._set_boot(service, rescue, rescueSshKey=ssh_public_keys[0].strip())
         try:
+            # Inside the try: a PUT that gave up may still have been applied.
+            self._set_boot(service, rescue, rescueSshKey=ssh_public_keys[0].strip())
             self._wait_task(service, self._reboot(service), "reboot into rescue")
             self.wait_ready(access, node, self.ssh_timeout, "rescue system ssh")
             self.prepare_disk_boot(node)
