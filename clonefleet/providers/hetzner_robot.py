@@ -37,6 +37,7 @@ from clonefleet.providers.base import (
     ServerInfo,
     ServerStatus,
     SshAccess,
+    static_network,
 )
 from clonefleet.providers.robot_client import (
     DEFAULT_URL,
@@ -114,7 +115,7 @@ class HetznerRobotProvider:
     # -- which server ----------------------------------------------------------------------
 
     def _reference(self, node: Node) -> int | str:
-        settings: Mapping[str, Any] = getattr(node, "provider_settings", {}) or {}
+        settings: Mapping[str, Any] = node.provider_settings
         reference = settings.get("robot_server") or node.server_id
         if reference in (None, ""):
             raise ConfigError(f"node {node.name}: no Robot server to adopt; set robot_server "
@@ -315,12 +316,7 @@ class HetznerRobotProvider:
 
     def network(self, node: Node) -> InitramfsNetwork:
         if node.network is not None:
-            static = node.network
-            return InitramfsNetwork(mode="static", interface=static.interface,
-                                    address=static.address, prefix=static.prefix,
-                                    gateway=static.gateway,
-                                    onlink_gateway=not _on_link(static.address, static.prefix,
-                                                                static.gateway))
+            return static_network(node.network)
         server = self._server(node)
         gateway = self.client.ip(server.ip).gateway
         if not gateway:
@@ -339,7 +335,7 @@ class HetznerRobotProvider:
                    host_keys: tuple[str, ...] | None = None) -> None:
         """Wait until an SSH banner answers at `access`; when `host_keys` (or the access's
         own) are given, the key presented must match one of them."""
-        pinned = host_keys if host_keys is not None else tuple(getattr(access, "host_keys", ()))
+        pinned = host_keys if host_keys is not None else access.host_keys
 
         def check() -> bool | None:
             if not pinned:
@@ -494,31 +490,12 @@ def _matches(presented: tuple[str, bytes], pinned: tuple[str, ...]) -> bool:
 
 
 def _with_host_keys(access: SshAccess, host_keys: tuple[str, ...]) -> SshAccess:
-    # The seam adds `SshAccess.host_keys`; until it lands there is nowhere to carry them.
-    if "host_keys" in {item.name for item in dataclasses.fields(access)}:
-        changes: dict[str, Any] = {"host_keys": tuple(host_keys)}
-        return dataclasses.replace(access, **changes)
-    return access
+    return dataclasses.replace(access, host_keys=tuple(host_keys))
 
 
 def _with_ipv6(network: InitramfsNetwork, address: str, prefix: int,
                gateway: str) -> InitramfsNetwork:
-    # The seam adds IPv6 fields to InitramfsNetwork; fill whichever names it chose.
-    names = {item.name for item in dataclasses.fields(network)}
-    for fields in (("ipv6_address", "ipv6_prefix", "ipv6_gateway"),
-                   ("address6", "prefix6", "gateway6")):
-        if set(fields) <= names:
-            changes: dict[str, Any] = dict(zip(fields, (address, prefix, gateway), strict=True))
-            return dataclasses.replace(network, **changes)
-    return network
-
-
-def _on_link(address: str, prefix: int, gateway: str) -> bool:
-    try:
-        return ipaddress.ip_address(gateway) in ipaddress.ip_network(f"{address}/{prefix}",
-                                                                     strict=False)
-    except ValueError:
-        return False
+    return dataclasses.replace(network, ipv6_address=f"{address}/{prefix}", ipv6_gateway=gateway)
 
 
 def create(config: ProviderConfig, state_dir: Path,

@@ -44,6 +44,7 @@ from clonefleet.providers.base import (
     ServerInfo,
     ServerStatus,
     SshAccess,
+    static_network,
 )
 from clonefleet.retry import POLL, RetryPolicy, retry, wait_until
 
@@ -237,7 +238,7 @@ class OvhDedicatedProvider:
     # -- servers, boots, tasks ---------------------------------------------------------------
 
     def service_name(self, node: Node) -> str:
-        settings: dict[str, Any] = getattr(node, "provider_settings", {}) or {}
+        settings: dict[str, Any] = node.provider_settings
         name = str(settings.get("service_name") or node.server_id or "")
         if not name:
             raise ConfigError(f"node {node.name}: an ovh node needs service_name (e.g. "
@@ -487,10 +488,7 @@ class OvhDedicatedProvider:
         """OVH dedicated servers: static IPv4; the gateway is the .254 of the IP's /24
         (OVH's convention), unless the fleet file gives the node's network."""
         if node.network is not None:
-            return InitramfsNetwork(mode="static", interface=node.network.interface,
-                                    address=node.network.address,
-                                    prefix=node.network.prefix,
-                                    gateway=node.network.gateway)
+            return static_network(node.network)
         ip = node.ipv4
         if not ip:
             ip = str(self._server(self.service_name(node), node.name).get("ip") or "")

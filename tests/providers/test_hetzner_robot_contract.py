@@ -221,9 +221,8 @@ def test_published_rescue_host_keys_are_pinned(driver: HetznerRobotProvider,
                                                logs: list[str]) -> None:
     fake.api.servers[321].rescue_host_keys = ("SHA256:someotherkeyfirst", ssh.fingerprint)
     access = driver.boot_rescue(node(), [OPERATOR.public_line])
-    carried = dataclasses.asdict(access)
-    if "host_keys" in carried:  # the seam's SshAccess carries them to the installer
-        assert carried["host_keys"] == ("SHA256:someotherkeyfirst", ssh.fingerprint)
+    # SshAccess carries them to the installer, which pins the rescue connection to them.
+    assert access.host_keys == ("SHA256:someotherkeyfirst", ssh.fingerprint)
     # ... and wait_ready checks them again for whoever waits on that access later.
     driver.wait_ready(access, node(), 2.0, "rescue again", host_keys=(ssh.fingerprint,))
     assert any("pinning" in line for line in logs)
@@ -407,10 +406,8 @@ def test_network_is_a_slash_32_with_robots_off_link_gateway_and_ipv6(
     assert (network.mode, network.address, network.prefix) == ("static", "203.0.113.70", 32)
     assert (network.gateway, network.onlink_gateway) == ("203.0.113.65", True)
     assert network.kernel_ip_arg() == "ip=203.0.113.70::203.0.113.65:255.255.255.255::eth0:off"
-    values = dataclasses.asdict(network)
-    if "ipv6_address" in values:
-        assert (values["ipv6_address"], values["ipv6_gateway"]) == ("2a01:4f8:111:4221::2",
-                                                                    "fe80::1")
+    assert (network.ipv6_address, network.ipv6_gateway) == ("2a01:4f8:111:4221::2/64",
+                                                            "fe80::1")
 
 
 def test_network_from_the_fleet_file_wins(driver: HetznerRobotProvider) -> None:
