@@ -530,9 +530,10 @@ class HcloudApi:
         self._budget_at = now
         forced = self._take("rate_limit")
         if forced or self._budget < 1:
-            if forced:
-                self._budget = min(self._budget, 0.0)
+            # An injected 429 reports a spent budget without spending it.
             headers = self._rate_headers(now)
+            if forced:
+                headers["RateLimit-Remaining"] = "0"
             raise ApiError("rate_limit_exceeded", "limit of 3600 requests per hour reached",
                            headers=headers)
         self._budget -= 1
@@ -775,8 +776,12 @@ class HcloudApi:
             server.status = "starting" if start else "off"
             return []
 
+        follow_ups: list[Action] = []
+
         def failed() -> None:
             server.status = "off"
+            for action in follow_ups:  # nothing starts a server that was not created
+                action.fail = True
 
         create = self._new_action("create_server", server, on_success=created, on_error=failed)
         next_actions = []
@@ -785,6 +790,7 @@ class HcloudApi:
             boot = self._new_action("start_server", server, after=create.due,
                                     on_success=lambda: self._booted(server),
                                     on_error=failed)
+            follow_ups.append(boot)
             next_actions.append(boot.payload(self.clock()))
         return {"server": self._server_payload(server),
                 "action": create.payload(self.clock()), "next_actions": next_actions,
@@ -940,6 +946,9 @@ class HcloudApi:
 class _Handler(BaseHTTPRequestHandler):
     server: _HttpServer
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, a keep-alive client (requests'
+    # Session, as hcloud uses) waits ~40 ms for the delayed ACK on every request.
+    disable_nagle_algorithm = True
 
     def _serve(self) -> None:
         parts = urlsplit(self.path)
@@ -1010,8 +1019,9 @@ class HcloudFake:
 
     def start(self) -> HcloudFake:
         self._start_ticker()
-        thread = threading.Thread(target=self.http.serve_forever, name="hcloud-fake",
-                                  daemon=True)
+        # A short poll keeps shutdown() quick (tests start and stop many fakes).
+        thread = threading.Thread(target=self.http.serve_forever, args=(0.05,),
+                                  name="hcloud-fake", daemon=True)
         thread.start()
         self._threads.append(thread)
         return self
