@@ -451,3 +451,14 @@ def test_wait_ready_returns_when_a_banner_answers_and_times_out_otherwise(
         provider.wait_ready(SshAccess("127.0.0.1", port), NODE, 0.2, "sshd")
     assert isinstance(caught.value, ClonefleetError) and caught.value.exit_code == 9
     assert "fsn-1: wait for sshd" in one_line(caught.value)
+
+
+def test_create_without_a_fleet_file_names_the_fleet_after_the_state_folder(
+        tmp_path: Path) -> None:
+    from clonefleet.providers.hetzner_cloud import create
+
+    provider = create(ProviderConfig(name="hcloud", driver="hetzner-cloud"),
+                      tmp_path / "prod", print)
+
+    assert provider.fleet == "prod" and provider.ssh_key_name == "clonefleet-prod"
+    assert provider.settings["api_url"] == "https://api.hetzner.cloud/v1"
