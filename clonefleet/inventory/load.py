@@ -327,12 +327,12 @@ class _Providers:
                 value = setting.default
             if value is not None:
                 settings[key] = value
-        config = ProviderConfig(name=name, driver=driver.name, settings=settings,
-                                fleet_path=self.path)
         if settings.get("lab_routes"):
-            config = ProviderConfig(name=name, driver=driver.name, settings=settings,
-                                    fleet_path=self.path, route=LabRoutes(self._routes_file))
-        return config
+            return ProviderConfig(name=name, driver=driver.name, settings=settings,
+                                  fleet_path=self.path, fleet_name=self.fleet_name,
+                                  route=LabRoutes(self._routes_file))
+        return ProviderConfig(name=name, driver=driver.name, settings=settings,
+                              fleet_path=self.path, fleet_name=self.fleet_name)
 
     def _routes_file(self) -> Path:
         from clonefleet.paths import fleet_state_dir

@@ -94,6 +94,7 @@ class ProviderConfig:
     driver: str  # "lab" | "hetzner-cloud" | "hetzner-robot" | "ovh"
     settings: Mapping[str, Any] = field(default_factory=dict)
     fleet_path: Path | None = None
+    fleet_name: str = ""  # labels and key names say which fleet a server belongs to
     # Lab fakes only: maps the address the API reports (public IP, port 22) to where the
     # lab VM behind it really answers (127.0.0.1, a forwarded port). Identity otherwise.
     route: Callable[[SshAccess], SshAccess] = lambda access: access

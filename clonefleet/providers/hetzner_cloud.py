@@ -331,7 +331,7 @@ class HetznerCloudProvider:
         return f"{selector},{NODE_LABEL}={node}" if node else selector
 
     def _node_settings(self, node: Node) -> dict[str, Any]:
-        return dict(getattr(node, "provider_settings", {}) or {})
+        return dict(node.provider_settings)
 
     # -- finding servers ------------------------------------------------------------------
 
@@ -649,6 +649,8 @@ def _operator_key_reader(config: ProviderConfig, state_dir: Path) -> Callable[[]
 
 
 def _fleet_name(config: ProviderConfig, state_dir: Path) -> str:
+    if config.fleet_name:
+        return config.fleet_name
     if config.fleet_path is not None:
         from clonefleet.inventory import load_fleet
 
