@@ -111,11 +111,13 @@ class LabMachines:
         from clonefleet.providers.routes import routes_path
 
         self.state_dir = state_dir
-        self.specs: dict[str, MachineSpec] = dict(specs or {})
+        self.specs: dict[str, MachineSpec] = {}
         self.routes = routes_path(state_dir)
         self.log = log
         self._lab = lab
         self.lock = threading.RLock()
+        for server, spec in (specs or {}).items():
+            self.register(server, spec)
 
     @property
     def lab(self) -> LabBackend:
@@ -126,8 +128,11 @@ class LabMachines:
         return self._lab
 
     def register(self, server: str, spec: MachineSpec) -> None:
+        """A server exists from now on: its (powered-off) VM and its routes too, so the
+        addresses a driver records when it first sees the server already lead to the VM."""
         with self.lock:
             self.specs[server] = spec
+            self._route(spec, self.lab.ensure_server(spec.node()))
 
     def _spec(self, server: str) -> MachineSpec:
         try:

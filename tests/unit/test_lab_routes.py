@@ -134,15 +134,17 @@ def test_lab_machines_boot_lab_vms_and_record_where_they_answer(tmp_path: Path) 
     spec = MachineSpec(vm="vm-a", disks=("SER-A", "SER-B"), public_ipv4="203.0.113.10",
                        memory_mb=3072)
     machines = LabMachines(tmp_path, {"4711": spec}, lab=lab)
-    assert machines.running("4711") is None
-    machines.power_off("4711")  # never created: already off, nothing to do
-    machines.power_on("4711", "rescue", ["ssh-ed25519 AAAA op"])
-    assert lab.calls == [("ensure_server", "vm-a", ("SER-A", "SER-B")),
-                         ("boot_rescue", "vm-a", ("ssh-ed25519 AAAA op",))]
-    assert machines.running("4711") == "rescue"
+    # The server exists from the start: its VM (off) and its routes, so the addresses a
+    # driver records when it first sees the server already lead to the VM.
+    assert lab.calls == [("ensure_server", "vm-a", ("SER-A", "SER-B"))]
     routes = json.loads((tmp_path / "lab" / "routes.json").read_text())
     assert routes == {"203.0.113.10:22": "127.0.0.1:40022",
                       "203.0.113.10:2222": "127.0.0.1:40222"}
+    assert machines.running("4711") is None
+    machines.power_on("4711", "rescue", ["ssh-ed25519 AAAA op"])
+    assert lab.calls[-2:] == [("ensure_server", "vm-a", ("SER-A", "SER-B")),
+                              ("boot_rescue", "vm-a", ("ssh-ed25519 AAAA op",))]
+    assert machines.running("4711") == "rescue"
     route = LabRoutes(routes_path(tmp_path))
     assert route(SshAccess("203.0.113.10", 2222)) == SshAccess("127.0.0.1", 40222)
 
@@ -163,6 +165,7 @@ def test_lab_machines_refuse_a_server_without_a_vm_in_one_line(tmp_path: Path) -
     with pytest.raises(ProviderError, match="fake server 9 has no lab VM behind it"):
         machines.power_on("9", "rescue", [])
     machines.register("9", MachineSpec(vm="vm-a", disks=("S",)))
+    machines.power_off("9")  # created but never started: already off, nothing to do
     machines.power_on("9", "disk", [])  # no public address: nothing routed
     assert not (tmp_path / "lab" / "routes.json").exists()
 
