@@ -249,8 +249,9 @@ class Provisioner:
         self.store.transition(node.name, "locked", actor=self.actor,
                               reason="booted from disk, waiting for unlock")
 
-    def wait_for_dropbear(self, node: Node, timeout: float = 600) -> None:
-        self.provider.wait_ready(self._access(node.name, "unlock"), node, timeout,
+    def wait_for_dropbear(self, node: Node, timeout: float | None = None) -> None:
+        self.provider.wait_ready(self._access(node.name, "unlock"), node,
+                                 timeout or self.provider.boot_timeout,
                                  "Dropbear in the initramfs")
 
     def _access(self, node: str, kind: str) -> SshAccess:
@@ -260,9 +261,11 @@ class Provisioner:
         return SshAccess(data["host"], int(data["port"]))
 
     def unlock(self, node_name: str, *, wait_for_sshd: bool = True,
-               timeout: float = 600) -> str:
-        """Unlock a node waiting in its initramfs; then wait for sshd with its pinned key."""
+               timeout: float | None = None) -> str:
+        """Unlock a node waiting in its initramfs; then wait for sshd with its pinned key.
+        `timeout` bounds each wait (default: the provider's boot timeout)."""
         node = self.fleet.node(node_name)
+        timeout = timeout or self.provider.boot_timeout
         pinned = self.store.get_fact(node.name, "dropbear_host_key")
         if not pinned:
             raise StateError(f"no pinned Dropbear host key for {node.name}; it was not "
@@ -289,9 +292,9 @@ class Provisioner:
             self.provider.boot_disk(node)
         self.unlock(node_name)
 
-    def wait_for_sshd(self, node: Node, timeout: float = 600) -> None:
+    def wait_for_sshd(self, node: Node, timeout: float | None = None) -> None:
         access = self._access(node.name, "ssh")
-        self.provider.wait_ready(access, node, timeout, "sshd")
+        self.provider.wait_ready(access, node, timeout or self.provider.boot_timeout, "sshd")
         pinned = self.store.get_fact(node.name, "ssh_host_key")
         shell = wait_for_ssh(lambda: RemoteShell(access, self.operator.path, pinned=pinned,
                                                  what=f"{node.name} sshd"), 120,

@@ -90,7 +90,9 @@ def provision(ctx: Context, node: str, wipe: bool, dry_run: bool) -> None:
 @click.command()
 @click.argument("node")
 @click.option("--no-wait", is_flag=True, help="Return once unlocked, without waiting for sshd.")
-@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait.")
+@click.option("--timeout", type=float, default=None,
+              help="Seconds each wait may take (default: the provider's boot timeout, 600 s; "
+                   "900 s for dedicated servers; 1200 s for lab VMs under emulation).")
 @pass_context
 def unlock(ctx: Context, node: str, no_wait: bool, timeout: float) -> None:
     """Unlock a node waiting in its initramfs (pinned Dropbear key, keystore passphrase)."""

@@ -41,7 +41,18 @@ INITRAMFS_MODULES = (
     "raid1", "md_mod", "e1000e", "igb", "ixgbe", "r8169", "ext4",
 )
 DROPBEAR_PORT = 2222
-BUILD_VERSION = "3"  # bump when the configuration below changes
+# systemd runs every generator at each boot before it loads a single unit, and gives them
+# 90 s in all: an emulated node starved of CPU spent 3 minutes there, and a boot whose fstab
+# generator was cut off left the root read-only and /boot unmounted. These answer questions
+# a server never asks (GPT auto-discovery, hibernation, dm-integrity/verity, offline
+# updates, rc.local, systemd.run=); fstab, cryptsetup, getty, sysv and debug (for
+# systemd.mask= in an emergency) stay.
+MASKED_GENERATORS = (
+    "systemd-gpt-auto-generator", "systemd-hibernate-resume-generator",
+    "systemd-integritysetup-generator", "systemd-veritysetup-generator",
+    "systemd-system-update-generator", "systemd-rc-local-generator", "systemd-run-generator",
+)
+BUILD_VERSION = "4"  # bump when the configuration below changes
 
 
 @dataclass(frozen=True)
@@ -145,6 +156,12 @@ def _configure(root: Path) -> None:
         'GRUB_SERIAL_COMMAND="serial --speed=115200"\n'
         'GRUB_CMDLINE_LINUX_DEFAULT=""\n'
     )
+    generators = root / "etc/systemd/system-generators"
+    generators.mkdir(parents=True, exist_ok=True)
+    for name in MASKED_GENERATORS:
+        link = generators / name
+        if not link.is_symlink():
+            link.symlink_to("/dev/null")
     (root / "etc/needrestart/conf.d").mkdir(parents=True, exist_ok=True)
     # needrestart must never prompt: rollouts and unattended upgrades run without a TTY.
     (root / "etc/needrestart/conf.d/50-clonefleet.conf").write_text("$nrconf{restart} = 'l';\n")

@@ -88,8 +88,11 @@ def _write(root: Path, path: str, text: str, mode: int = 0o644) -> None:
 def kernel_cmdline(network: InitramfsNetwork) -> str:
     # A slow boot (a degraded RAID, or emulation) must not turn a 90 s device wait into
     # emergency mode, which is unreachable on a remote box with a locked root account.
+    # `rw` (after GRUB's `ro`, so it wins): the initramfs checks the root filesystem and
+    # mounts it read-write itself, so a writable root never depends on systemd's late
+    # remount, which a boot starved of CPU once skipped.
     return (f"net.ifnames=0 console=tty0 console=ttyS0,115200 {network.kernel_ip_arg()} "
-            "systemd.default_device_timeout_sec=600")
+            "rw systemd.default_device_timeout_sec=600")
 
 
 def interfaces_text(network: InitramfsNetwork) -> str:
@@ -155,7 +158,10 @@ def _write_files(root: Path, spec: NodeLayerInput) -> None:
     _write(root, "/etc/default/grub.d/50-clonefleet-node.cfg",
            f'GRUB_CMDLINE_LINUX="{kernel_cmdline(network)}"\n')
     _write(root, "/etc/initramfs-tools/conf.d/clonefleet",
-           "# network for Dropbear comes from the kernel ip= argument\n")
+           "# network for Dropbear comes from the kernel ip= argument\n"
+           # The fsck hook probes the root device to learn its type, and the device does not
+           # exist where the initramfs is built: name the type, or fsck is left out.
+           "FSTYPE=ext4\n")
     _write(root, "/etc/ssh/ssh_host_ed25519_key", secrets.ssh_host_key, 0o600)
     _write(root, "/etc/ssh/ssh_host_ed25519_key.pub", secrets.ssh_host_public + "\n")
     _write(root, "/etc/ssh/sshd_config.d/10-clonefleet-hostkey.conf",
@@ -179,6 +185,7 @@ REQUIRED_IN_INITRAMFS = (
     "usr/bin/cryptroot-unlock",
     "dm-crypt.ko",
     "libargon2.so",
+    "fsck.ext4",  # the root is checked here: the kernel mounts it read-write (`rw`)
 )
 
 

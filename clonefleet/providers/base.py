@@ -102,6 +102,9 @@ class ProviderConfig:
 
 class Provider(Protocol):
     name: str
+    # How long one boot may take to reach Dropbear, or sshd after the unlock: a dedicated
+    # server's firmware alone can take minutes, and an emulated lab VM is slower still.
+    boot_timeout: float
 
     def ensure_server(self, node: Node) -> ServerInfo: ...
 

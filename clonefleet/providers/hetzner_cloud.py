@@ -204,6 +204,8 @@ def _banner(host: str, port: int, patience: float) -> bool:
 
 
 class HetznerCloudProvider:
+    boot_timeout = 600.0
+
     def __init__(self, config: ProviderConfig, state_dir: Path,
                  log: Callable[[str], None] = print, *, fleet_name: str | None = None,
                  operator_public_key: Callable[[], str | None] | None = None,

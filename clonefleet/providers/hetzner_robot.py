@@ -67,6 +67,7 @@ class _NotYet(ClonefleetError):
 
 
 class HetznerRobotProvider:
+    # firmware and RAID controllers take minutes: see boot_timeout in __init__
     name = DRIVER
 
     def __init__(self, config: ProviderConfig, state_dir: Path,

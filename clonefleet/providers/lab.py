@@ -55,6 +55,13 @@ class LabProvider:
             self.log(f"lab: qemu acceleration: {self._accel}")
         return self._accel
 
+    @property
+    def boot_timeout(self) -> float:
+        """Under emulation (TCG) a boot takes minutes and slows down further with the
+        machine's load (a CI run saw 9 minutes from unlock to sshd): allow twice a real
+        server's time."""
+        return 1200.0 if self.accel() == "tcg" else 600.0
+
     def _info(self, config: qemu.VmConfig) -> ServerInfo:
         running = qemu.running_pid(config) is not None
         mode_file = self._dir(config.name) / "mode"

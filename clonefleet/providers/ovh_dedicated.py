@@ -70,6 +70,8 @@ class OvhApiError(ProviderError):
 class OvhDedicatedProvider:
     """One `[providers.NAME]` table with `driver = "ovh"`."""
 
+    boot_timeout = 900.0  # firmware and RAID controllers take minutes
+
     def __init__(self, config: ProviderConfig, state_dir: Path,
                  log: Callable[[str], None] = print, *,
                  api_timeout: float = 120.0, api_policy: RetryPolicy = API_RETRY,

@@ -19,6 +19,9 @@ def test_a_slash32_with_an_off_link_gateway_gets_on_link_routes() -> None:
     assert network.onlink_gateway and network.mode == "static"
     assert network.kernel_ip_arg() == "ip=10.0.2.15::10.0.2.2:255.255.255.255::eth0:off"
     assert "ip=10.0.2.15::10.0.2.2:255.255.255.255::eth0:off" in kernel_cmdline(network)
+    # GRUB writes `ro` first; our `rw` comes after it and wins (the initramfs checks the
+    # root and mounts it read-write, independent of systemd's late remount).
+    assert " rw " in f" {kernel_cmdline(network)} "
     assert interfaces_text(network) == (
         "auto lo\niface lo inet loopback\n\nauto eth0\n"
         "iface eth0 inet static\n"

@@ -59,6 +59,15 @@ def test_lab_node_is_encrypted_unlockable_pinned_and_idempotent(lab: Lab) -> Non
         assert shell.run("hostname")[1].strip() == NODE
         assert shell.run("systemctl is-active nftables chrony ssh")[1].split() == [
             "active"] * 3
+        # The initramfs checked the root filesystem and mounted it read-write itself, and
+        # systemd ran only the generators a server needs (a boot starved of CPU once had
+        # them cut off, leaving / read-only).
+        assert "rw" in shell.run("findmnt -no OPTIONS /")[1].strip().split(",")
+        assert shell.run("readlink /etc/systemd/system-generators/"
+                         "systemd-gpt-auto-generator")[1].strip() == "/dev/null"
+    console = qemu.VmConfig.load(lab.state_dir / "lab" / NODE).console_log.read_text(
+        errors="replace")
+    assert "fsck not present" not in console
 
     # smartwatch on the node reads a real SMART disk end to end: the lab's extra AHCI disk,
     # which the installer left alone (no partition, no signature).
@@ -110,3 +119,21 @@ def test_lab_node_is_encrypted_unlockable_pinned_and_idempotent(lab: Lab) -> Non
     assert unlocked["unlocked"] is True
     with lab.shell(NODE) as shell:
         assert "is active" in shell.run("cryptsetup status root")[1]
+
+    # A node that comes up with a failed unit is not deployed: provision stops at its health
+    # check with the finding in one line, and goes on once the node is healthy.
+    lab.store.transition(NODE, "booted", actor="test", reason="health check test")
+    with lab.shell(NODE) as shell:
+        shell.run("systemd-run --unit=cf-broken --property=Type=oneshot false", check=False)
+    stopped = lab.cli("provision", NODE, check=False)
+    assert stopped.returncode == 15, stopped.stderr
+    errors = [line for line in stopped.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "failed units: cf-broken.service" in errors[0], stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert lab.store.get(NODE).state == "booted"
+    with lab.shell(NODE) as shell:
+        shell.run("systemctl reset-failed cf-broken.service")
+    resumed = json.loads(lab.cli("--json", "provision", NODE).stdout)
+    assert resumed["state"] == "deployed"
+    assert [step["step"] for step in resumed["steps"] if not step["substep"]] == [
+        "health check", "deploy"]
