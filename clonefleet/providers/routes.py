@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from clonefleet.errors import ConfigError
+from clonefleet.errors import ConfigError, ProviderError
 from clonefleet.providers.base import SshAccess
 
 
@@ -50,7 +50,8 @@ class LabRoutes:
     """`ProviderConfig.route` for `lab_routes = true`: API address → where the VM answers.
 
     `path` is the routes file, or a function giving it (the loader does not know the state
-    folder yet). An address without an entry is returned unchanged.
+    folder yet). An address without an entry is refused: a lab fleet never sends traffic
+    to the public addresses its fake API reports.
     """
 
     path: Path | Callable[[], Path]
@@ -61,7 +62,10 @@ class LabRoutes:
     def __call__(self, access: SshAccess) -> SshAccess:
         target = read_routes(self.file()).get(f"{access.host}:{access.port}")
         if target is None:
-            return access
+            raise ProviderError(
+                f"no lab VM answers for {access.host}:{access.port} (lab_routes = true); "
+                "start the provider's lab API (`clonefleet lab api NAME`) so its servers "
+                "have VMs, or set lab_routes = false for a real provider")
         host, port = _split(target)
         return replace(access, host=host, port=port)
 

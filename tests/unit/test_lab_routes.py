@@ -23,14 +23,18 @@ def test_routes_map_api_addresses_and_are_re_read_on_each_call(tmp_path: Path) -
     path = tmp_path / "lab" / "routes.json"
     route = LabRoutes(path)
     api = SshAccess("203.0.113.10", 22, host_keys=("SHA256:abc",))
-    assert route(api) == api  # no file yet: identity
+    # No route yet: refused, never sent to the public address the fake reported.
+    with pytest.raises(ProviderError, match=r"no lab VM answers for 203\.0\.113\.10:22"):
+        route(api)
     update_routes(path, add={"203.0.113.10:22": "127.0.0.1:40022"})
     assert route(api) == SshAccess("127.0.0.1", 40022, host_keys=("SHA256:abc",))
     path.write_text(json.dumps({"203.0.113.10:22": "127.0.0.1:40023"}))
     assert route(api).port == 40023
-    assert route(SshAccess("203.0.113.99", 22)) == SshAccess("203.0.113.99", 22)
+    with pytest.raises(ProviderError):
+        route(SshAccess("203.0.113.99", 22))
     update_routes(path, remove=("203.0.113.10:22",))
-    assert route(api) == api
+    with pytest.raises(ProviderError):
+        route(api)
 
 
 class _Echo:
