@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,7 @@ class Lab:
     fleet: Fleet
     state_root: Path
     env: dict[str, str]
+    fleet_path: Path = LAB_FLEET
 
     @property
     def state_dir(self) -> Path:
@@ -48,8 +49,9 @@ class Lab:
 
     def cli(self, *args: str, check: bool = True,
             timeout: float = 2400) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([sys.executable, "-m", "clonefleet", "--fleet", str(LAB_FLEET),
-                                 *args], env=self.env, capture_output=True, text=True,
+        result = subprocess.run([sys.executable, "-m", "clonefleet", "--fleet",
+                                 str(self.fleet_path), *args], env=self.env,
+                                capture_output=True, text=True,
                                 timeout=timeout, cwd=ROOT)
         if check and result.returncode != 0:
             raise AssertionError(f"clonefleet {' '.join(args)} exited {result.returncode}:\n"
@@ -73,16 +75,25 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    yield from open_lab(tmp_path_factory)
+
+
+def open_lab(tmp_path_factory: pytest.TempPathFactory,
+             fleet: Callable[[Path], Path] = lambda state_root: LAB_FLEET,
+             env_extra: dict[str, str] | None = None) -> Iterator[Lab]:
+    """A private fleet state folder; `fleet(state_root)` returns the fleet file to use
+    (written there if it depends on the test, e.g. a fake API's URL)."""
     if os.geteuid() != 0:
         pytest.fail("lab VM tests need root (image build, chroot); run scripts/test as root")
     state_root = tmp_path_factory.mktemp("fleet-state")
     env = dict(os.environ)
     env.update({"CLONEFLEET_STATE_DIR": str(state_root),
-                "CLONEFLEET_AGE_KEY": str(state_root / "age.key")})
+                "CLONEFLEET_AGE_KEY": str(state_root / "age.key"), **(env_extra or {})})
     old_env = {key: os.environ.get(key) for key in ("CLONEFLEET_STATE_DIR",
-                                                     "CLONEFLEET_AGE_KEY")}
+                                                     "CLONEFLEET_AGE_KEY", *(env_extra or {}))}
     os.environ.update({key: env[key] for key in old_env})
-    lab = Lab(load_fleet(LAB_FLEET), state_root, env)
+    fleet_path = fleet(state_root)
+    lab = Lab(load_fleet(fleet_path), state_root, env, fleet_path)
     try:
         yield lab
     finally:

@@ -1,19 +1,90 @@
-"""End to end on one lab VM: blank disk → encrypted, remotely unlocked, deployed node."""
+"""End to end on one lab VM: blank disk → encrypted, remotely unlocked, deployed node.
+
+The node is a Hetzner dedicated server as the `hetzner-robot` driver sees one: the Robot API
+is the local fake (`clonefleet.fakes.robot`), server 321 is a lab VM behind it, and the
+network is what Hetzner gives a dedicated server: a /32 with an off-link gateway and
+nothing else (10.0.2.15/32 via 10.0.2.2 inside qemu's user network), so Dropbear, sshd and
+the deploy all depend on the on-link routes in the initramfs and in the booted system.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from clonefleet.fakes import robot
+from clonefleet.fakes.machines import LabMachines, MachineSpec
+from clonefleet.inventory.model import Node
 from clonefleet.lab import qemu
 from clonefleet.ssh import generate_ed25519
 
-from .conftest import Lab
+from .conftest import Lab, open_lab
 
 pytestmark = pytest.mark.vm
 NODE = "fsn-1"
+SERVER = 321
+PUBLIC_IPV4 = "203.0.113.21"  # what Robot reports; the VM itself is 10.0.2.15 (qemu)
+ROBOT_ENV = {"HETZNER_ROBOT_USER": "lab-robot", "HETZNER_ROBOT_PASSWORD": "lab-robot-secret"}
+
+FLEET = """
+[fleet]
+name = "robotlab"
+domain = "robotlab.clonefleet.test"
+ssh_key = ""
+allowed_tcp_ports = [22]
+
+[providers.robot]
+driver = "hetzner-robot"
+api_url = "{url}"
+lab_routes = true
+
+[regions.fsn]
+provider = "robot"
+location = "Falkenstein, DE"
+latitude = 50.47
+longitude = 12.37
+
+[nodes.fsn-1]
+region = "fsn"
+disks = ["CFLAB-FSN1-A"]
+memory_mb = 2048
+disk_size_gb = 8
+ipv4 = "{ip}"
+robot_server = {server}
+
+[nodes.fsn-1.network]
+address = "10.0.2.15"
+prefix = 32
+gateway = "10.0.2.2"
+"""
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    fakes: list[robot.RobotFake] = []
+
+    def fleet(state_root: Path) -> Path:
+        node = Node(name=NODE, region="fsn", provider="robot", disks=("CFLAB-FSN1-A",),
+                    ipv4=PUBLIC_IPV4)
+        machines = LabMachines(state_root / "robotlab", {str(SERVER): MachineSpec.for_node(node)})
+        fake = robot.make_server(machines, user=ROBOT_ENV["HETZNER_ROBOT_USER"],
+                                 password=ROBOT_ENV["HETZNER_ROBOT_PASSWORD"], boot_delay=1.0)
+        fake.add_server(SERVER, NODE, PUBLIC_IPV4)
+        fake.start()
+        fakes.append(fake)
+        path = state_root / "robotlab.toml"
+        path.write_text(FLEET.format(url=fake.url, ip=PUBLIC_IPV4, server=SERVER))
+        return path
+
+    try:
+        yield from open_lab(tmp_path_factory, fleet, ROBOT_ENV)
+    finally:
+        for fake in fakes:
+            fake.shutdown()
 
 
 def test_dry_run_prints_the_plan_and_touches_nothing(lab: Lab) -> None:
@@ -22,7 +93,10 @@ def test_dry_run_prints_the_plan_and_touches_nothing(lab: Lab) -> None:
     assert plan["steps"][0] == "create server" and plan["steps"][-1] == "deploy"
     assert plan["install"]["wipe_disks"] == ["serial CFLAB-FSN1-A"]
     assert plan["install"]["luks"]["pbkdf"] == "argon2id"
-    assert lab.provider.list() == []
+    # Hetzner's dedicated-server network: a /32 whose gateway is reached by an on-link route.
+    assert "ip=10.0.2.15::10.0.2.2:255.255.255.255::eth0:off" in plan["install"]["kernel_cmdline"]
+    # The server exists (Robot servers are ordered by people): its VM is there, powered off.
+    assert [server.status for server in lab.provider.list()] == ["off"]
     assert lab.store.get(NODE) is None
     assert not (lab.state_dir / "id_ed25519").exists()
 
@@ -57,6 +131,9 @@ def test_lab_node_is_encrypted_unlockable_pinned_and_idempotent(lab: Lab) -> Non
                           "2>/dev/null; true", input_data=passphrase.encode())[1]
         assert found.strip() == ""
         assert shell.run("hostname")[1].strip() == NODE
+        # Only the /32 and the on-link routes: no DHCP, no other address.
+        assert shell.run("ip -4 -o addr show dev eth0")[1].split()[3] == "10.0.2.15/32"
+        assert "default via 10.0.2.2 dev eth0" in shell.run("ip -4 route show default")[1]
         assert shell.run("systemctl is-active nftables chrony ssh")[1].split() == [
             "active"] * 3
         # The initramfs checked the root filesystem and mounted it read-write itself, and
