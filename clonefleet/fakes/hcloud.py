@@ -1086,8 +1086,8 @@ def make_server(machines: Machines, host: str = "127.0.0.1", port: int = 0,
 
 def run(machines: Machines, argv: Sequence[str] | None = None,
         out: Callable[[str], None] = print) -> int:
-    """`clonefleet lab api hetzner-cloud` and `python -m clonefleet.fakes.hcloud`: serve until
-    interrupted."""
+    """`python -m clonefleet.fakes.hcloud`: serve until interrupted (`clonefleet lab api
+    PROVIDER` builds the fake from the fleet file instead)."""
     parser = argparse.ArgumentParser(prog="hcloud-fake",
                                      description="local fake of the Hetzner Cloud API")
     parser.add_argument("--host", default="127.0.0.1")
