@@ -1,6 +1,8 @@
-"""`clonefleet lab ls|destroy|console`: the local qemu lab."""
+"""`clonefleet lab ls|destroy|console|api`: the local qemu lab and the provider API fakes."""
 
 from __future__ import annotations
+
+import json
 
 import click
 
@@ -12,7 +14,7 @@ from clonefleet.providers.lab import LabProvider
 
 @click.group()
 def lab() -> None:
-    """Manage the local lab's qemu VMs."""
+    """Manage the local lab's qemu VMs and provider API fakes."""
 
 
 @lab.command("ls")
@@ -65,6 +67,75 @@ def console(ctx: Context, node: str, lines: int) -> None:
     provider = LabProvider(ctx.state_dir)
     text = provider.console_tail(ctx.fleet.node(node)).splitlines()[-lines:]
     click.echo("\n".join(text))
+
+
+@lab.command("api")
+@click.argument("provider")
+@click.option("--port", type=click.IntRange(1, 65535),
+              help="Listen here instead of the port of the table's api_url.")
+@click.option("--record", is_flag=True,
+              help="Print power actions instead of booting lab VMs (no VMs at all).")
+@click.option("--delay", type=click.FloatRange(min=0.0), metavar="SECONDS",
+              help="How long a simulated action (hetzner-cloud, 2), task status (ovh, 2) or "
+                   "reboot (hetzner-robot, 5) takes.")
+@click.option("--token", help="hetzner-cloud: the API token to accept.")
+@click.option("--user", help="hetzner-robot: the web service user to accept.")
+@click.option("--password", help="hetzner-robot: its password.")
+@click.option("--application-key", help="ovh: the application key to accept.")
+@click.option("--application-secret", help="ovh: its application secret.")
+@click.option("--consumer-key", help="ovh: the consumer key to accept.")
+@pass_context
+def api(ctx: Context, provider: str, port: int | None, record: bool, delay: float | None,
+        token: str | None, user: str | None, password: str | None,
+        application_key: str | None, application_secret: str | None,
+        consumer_key: str | None) -> None:
+    """Serve a local fake of PROVIDER's API (a [providers.PROVIDER] table of the fleet) on the
+    loopback port of its api_url, with the fleet's servers, until Ctrl-C or SIGTERM.
+
+    Prints the URL and the `export` lines of the lab credentials it accepts (with --json:
+    one JSON object on one line: url, provider, driver, env, servers). Power-ons boot the
+    nodes' lab VMs, unless --record.
+    """
+    from clonefleet.fakes import serve
+
+    fleet = ctx.fleet
+    # With --json, stdout holds the one JSON object: the machine room talks on stderr.
+    out = (lambda line: click.echo(line, err=True)) if ctx.as_json else click.echo
+    machines = serve.machines_for(fleet, provider, record=record, out=out)
+    flags = {"token": token, "user": user, "password": password,
+             "application_key": application_key, "application_secret": application_secret,
+             "consumer_key": consumer_key}
+    given = {key: value for key, value in flags.items() if value is not None}
+    served = serve.build(fleet, provider, machines, port=port, delay=delay, credentials=given,
+                         recording=record)
+
+    def announce() -> None:
+        if ctx.as_json:
+            click.echo(json.dumps(served.summary(), sort_keys=True))
+            if served.endpoint.note:
+                click.echo(served.endpoint.note, err=True)
+            return
+        how = "power actions are printed, no lab VMs" if record else \
+            "power-ons boot the nodes' lab VMs"
+        click.echo(f"{served.title} API fake for [providers.{provider}] at {served.url} "
+                   f"(fleet {fleet.name}; {how})")
+        if served.endpoint.note:
+            click.echo(served.endpoint.note)
+        for line in served.exports():
+            click.echo(line)
+        if served.seeds:
+            click.echo("servers:")
+            for seed in served.seeds:
+                click.echo(f"  {seed.server:<10} {seed.name:<32} {seed.ip:<16} "
+                           f"node {seed.node}")
+        elif served.endpoint.driver == "hetzner-cloud":
+            click.echo("servers: none yet; the driver creates them (a server named after a "
+                       "node of the fleet runs on that node's lab VM)")
+        else:
+            click.echo(f"servers: none (no node has provider = \"{provider}\")")
+        click.echo("stop with Ctrl-C or SIGTERM")
+
+    serve.serve(served, announce, err=lambda line: click.echo(line, err=True))
 
 
 def register(group: click.Group) -> None:

@@ -40,6 +40,7 @@ import itertools
 import json
 import re
 import secrets
+import sys
 import threading
 import time
 import uuid
@@ -50,7 +51,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from clonefleet.fakes.machines import BootMode, Machines, RecordingMachines
+from clonefleet.errors import ClonefleetError
+from clonefleet.fakes.machines import BootMode, Machines, PrintingMachines
 
 DEFAULT_TOKEN = "lab-hcloud-token"
 API_PREFIX = "/v1"
@@ -331,8 +333,12 @@ class Server:
     rescue_keys: list[str] = field(default_factory=list)
     rescue_enabled_at: float = 0.0
 
+    @property
+    def ipv4(self) -> str:
+        return f"203.0.113.{self.id % 250 + 1}"
+
     def payload(self, locked: bool) -> dict[str, Any]:
-        ipv4 = f"203.0.113.{self.id % 250 + 1}"
+        ipv4 = self.ipv4
         ipv6 = f"2001:db8:{self.id:x}::/64"
         datacenter = {"id": self.location["id"], "name": f"{self.location['name']}-dc14",
                       "description": f"{self.location['description']} DC14",
@@ -396,8 +402,10 @@ class HcloudApi:
     def __init__(self, machines: Machines, *, tokens: Sequence[str] = (DEFAULT_TOKEN,),
                  action_seconds: float = 2.0, rescue_expiry_seconds: float = 3600.0,
                  rate_limit: int = 3600, rate_refill_per_second: float = 1.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 log: Callable[[str], None] | None = None) -> None:
         self.machines = machines
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.tokens = set(tokens)
         self.action_seconds = action_seconds
         self.rescue_expiry_seconds = rescue_expiry_seconds
@@ -464,10 +472,17 @@ class HcloudApi:
                             action.on_error()
                     elif action.on_success is not None:
                         effects = action.on_success()
+                broken = False
                 for effect in effects:
-                    effect()
+                    try:
+                        effect()
+                    except ClonefleetError as error:
+                        # The machine room could not do it (no lab VM, qemu failed): the
+                        # action fails as a real one would, and the fake keeps serving.
+                        broken = True
+                        self.log(f"action {action.id} ({action.command}) failed: {error}")
                 with self.lock:
-                    action.status = "error" if action.fail else "success"
+                    action.status = "error" if action.fail or broken else "success"
                     action.finished = self.clock()
         finally:
             self.advancing.release()
@@ -774,7 +789,13 @@ class HcloudApi:
 
         def created() -> list[Callable[[], None]]:
             server.status = "starting" if start else "off"
-            return []
+            # A machine room that builds machines on demand (LabMachines) learns the new
+            # server here, before anything powers it on.
+            hook = getattr(self.machines, "created", None)
+            if hook is None:
+                return []
+            server_id, address = str(server.id), server.ipv4
+            return [lambda: hook(server_id, name, address)]
 
         follow_ups: list[Action] = []
 
@@ -841,6 +862,10 @@ class HcloudApi:
         def deleted() -> list[Callable[[], None]]:
             self.servers.pop(server.id, None)
             machines, server_id = self.machines, str(server.id)
+            # A machine room that builds machines (LabMachines) removes the VM and its disks.
+            delete = getattr(machines, "delete", None)
+            if delete is not None:
+                return [lambda: delete(server_id)]
             return [lambda: machines.power_off(server_id)]
 
         def failed() -> None:
@@ -1061,8 +1086,8 @@ def make_server(machines: Machines, host: str = "127.0.0.1", port: int = 0,
 
 def run(machines: Machines, argv: Sequence[str] | None = None,
         out: Callable[[str], None] = print) -> int:
-    """`clonefleet lab api hetzner-cloud` and `python -m clonefleet.fakes.hcloud`: serve until
-    interrupted."""
+    """`python -m clonefleet.fakes.hcloud`: serve until interrupted (`clonefleet lab api
+    PROVIDER` builds the fake from the fleet file instead)."""
     parser = argparse.ArgumentParser(prog="hcloud-fake",
                                      description="local fake of the Hetzner Cloud API")
     parser.add_argument("--host", default="127.0.0.1")
@@ -1080,18 +1105,8 @@ def run(machines: Machines, argv: Sequence[str] | None = None,
     return 0
 
 
-class _PrintingMachines(RecordingMachines):
-    def power_on(self, server: str, mode: BootMode, ssh_keys: list[str]) -> None:
-        super().power_on(server, mode, ssh_keys)
-        print(f"machine {server}: power on into {mode}", flush=True)
-
-    def power_off(self, server: str) -> None:
-        super().power_off(server)
-        print(f"machine {server}: power off", flush=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(_PrintingMachines(), argv)
+    return run(PrintingMachines(), argv)
 
 
 if __name__ == "__main__":

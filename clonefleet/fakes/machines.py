@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -54,6 +54,31 @@ class RecordingMachines:
     def running(self, server: str) -> BootMode | None:
         with self.lock:
             return self.state.get(server)
+
+    def created(self, server: str, name: str, public_ipv4: str) -> None:
+        """A fake that creates servers (Hetzner Cloud) made one: recorded, nothing boots."""
+        with self.lock:
+            self.calls.append(("created", server, name))
+
+
+@dataclass
+class PrintingMachines(RecordingMachines):
+    """Records like `RecordingMachines` and says each call in one line (`clonefleet lab api
+    --record`): the API can be tried without lab VMs."""
+
+    out: Callable[[str], None] = print
+
+    def power_on(self, server: str, mode: BootMode, ssh_keys: list[str]) -> None:
+        super().power_on(server, mode, ssh_keys)
+        self.out(f"machine {server}: power on into {mode}")
+
+    def power_off(self, server: str) -> None:
+        super().power_off(server)
+        self.out(f"machine {server}: power off")
+
+    def created(self, server: str, name: str, public_ipv4: str) -> None:
+        super().created(server, name, public_ipv4)
+        self.out(f"machine {server}: created for {name} ({public_ipv4})")
 
 
 @dataclass(frozen=True)
@@ -102,16 +127,19 @@ class LabMachines:
     sshd (public IP:22) and Dropbear (public IP:2222) really answer in
     `<fleet state>/lab/routes.json`, for drivers whose provider has `lab_routes = true`.
 
-    `specs` maps the fake's server ids to VMs; a fake that creates servers (Hetzner Cloud)
-    calls `register` when it assigns an id and an address.
+    `specs` maps the fake's server ids to VMs. A fake that creates servers (Hetzner Cloud)
+    calls `created(server, name, public_ipv4)` when it has made one: the fleet's node of that
+    name (`nodes`) gets its VM there; a name that is no node gets none (its power-on fails).
     """
 
     def __init__(self, state_dir: Path, specs: Mapping[str, MachineSpec] | None = None, *,
-                 lab: LabBackend | None = None, log: Callable[[str], None] = print) -> None:
+                 nodes: Mapping[str, Node] | None = None, lab: LabBackend | None = None,
+                 log: Callable[[str], None] = print) -> None:
         from clonefleet.providers.routes import routes_path
 
         self.state_dir = state_dir
         self.specs: dict[str, MachineSpec] = {}
+        self.nodes: dict[str, Node] = dict(nodes or {})
         self.routes = routes_path(state_dir)
         self.log = log
         self._lab = lab
@@ -133,6 +161,17 @@ class LabMachines:
         with self.lock:
             self.specs[server] = spec
             self._route(spec, self.lab.ensure_server(spec.node()))
+
+    def created(self, server: str, name: str, public_ipv4: str) -> None:
+        """The fake created server `server` named `name` with this public address: the
+        fleet's node `name` is the VM behind it (its disks, memory, disk size)."""
+        node = self.nodes.get(name)
+        if node is None:
+            known = ", ".join(sorted(self.nodes)) or "none"
+            self.log(f"fake server {server} ({name}) is no node of the fleet (nodes: {known}): "
+                     "no lab VM behind it, so it cannot power on")
+            return
+        self.register(server, replace(MachineSpec.for_node(node), public_ipv4=public_ipv4))
 
     def _spec(self, server: str) -> MachineSpec:
         try:
@@ -167,8 +206,11 @@ class LabMachines:
         return status if status in ("rescue", "disk") else None
 
     def delete(self, server: str) -> None:
-        """The server is gone (Hetzner Cloud's DELETE): its VM, disks and routes too."""
-        spec = self._spec(server)
+        """The server is gone (Hetzner Cloud's DELETE): its VM, disks and routes too (a
+        server without a VM has nothing to remove)."""
+        spec = self.specs.get(server)
+        if spec is None:
+            return
         with self.lock:
             self.lab.delete(spec.node())
             if spec.public_ipv4:

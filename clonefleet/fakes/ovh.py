@@ -552,7 +552,8 @@ def make_server(machines: Machines, host: str = "127.0.0.1", port: int = 0,
 
 
 def main(argv: Sequence[str] | None = None, machines: Machines | None = None) -> int:
-    """Run the fake in the foreground (`clonefleet lab api ovh` calls this)."""
+    """Run the fake in the foreground with servers given on the command line
+    (`clonefleet lab api PROVIDER` builds it from the fleet file instead)."""
     parser = argparse.ArgumentParser(prog="clonefleet lab api ovh",
                                      description="a local fake of the OVHcloud API v1")
     parser.add_argument("--host", default="127.0.0.1")

@@ -94,7 +94,8 @@ def test_ensure_server_creates_a_labelled_server_with_the_operator_key_and_waits
     (key,) = fake.api.ssh_keys.values()
     assert key.name == "clonefleet-testfleet" and server.ssh_keys == [key.id]
     assert info.status == "disk" and server.status == "running"
-    assert machines.calls == [("power_on", info.server_id, "disk")]
+    assert machines.calls == [("created", info.server_id, "fsn-1"),
+                              ("power_on", info.server_id, "disk")]
     # Addresses come from the API and go through the provider's route.
     assert info.ssh == SshAccess("127.0.0.1", 20022)
     assert info.unlock == SshAccess("127.0.0.1", 22222)
