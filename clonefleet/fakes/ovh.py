@@ -215,8 +215,11 @@ class OvhFake(ThreadingHTTPServer):
         return credential
 
     def add_server(self, service_name: str, ip: str, *, ipv6: str = "",
-                   datacenter: str = "gra3", boot: str = "harddisk") -> Server:
-        """Seed a delivered server; it runs its disk (as after OVH's own install)."""
+                   datacenter: str = "gra3", boot: str = "harddisk",
+                   power_on: bool = True) -> Server:
+        """Seed a delivered server; it runs its disk (as after OVH's own install).
+        `power_on=False` leaves its machine off until the first reboot task: a blank lab VM
+        has nothing to boot."""
         with self.lock:
             server_id = next(self._server_ids)
             # Boot ids differ per server on the real API; make them differ here too.
@@ -225,7 +228,7 @@ class OvhFake(ThreadingHTTPServer):
             server = Server(service_name, ip, server_id, datacenter, boots, ipv6=ipv6)
             server.boot_id = server.boot_ids(boot)[0]
             self.servers[service_name] = server
-        if boot == "harddisk":
+        if boot == "harddisk" and power_on:
             self.machines.power_on(service_name, "disk", [])
         return server
 

@@ -358,7 +358,8 @@ def _seed(fake: Any, driver: str, seed: Seed) -> None:
             extra.update(gateway=seed.gateway, mask=seed.mask)
         fake.add_server(int(seed.server), seed.name, seed.ip, seed.ipv6, **extra)
     else:
-        fake.add_server(seed.server, seed.ip, ipv6=seed.ipv6)
+        # Lab VMs start blank: nothing to boot until the first reboot task (into rescue).
+        fake.add_server(seed.server, seed.ip, ipv6=seed.ipv6, power_on=False)
 
 
 @contextlib.contextmanager

@@ -188,9 +188,11 @@ def test_ovh_servers_are_seeded_by_service_name_and_registered_before_they_run(
         assert sorted(fake.servers) == ["ns1001.ip-203-0-113.eu", "ns1002.ip-203-0-113.eu",
                                         "o3"]
         assert fake.servers["ns1002.ip-203-0-113.eu"].ip == "203.0.113.22"
-        # A delivered OVH server runs its disk: after its VM was registered.
-        assert machines.calls[:2] == [("register", "ns1001.ip-203-0-113.eu", "o1"),
-                                      ("power_on", "ns1001.ip-203-0-113.eu", "disk")]
+        # Each VM is registered, and none is powered on: a blank lab disk has nothing to
+        # boot until the first reboot task (into rescue).
+        assert machines.calls == [("register", "ns1001.ip-203-0-113.eu", "o1"),
+                                  ("register", "ns1002.ip-203-0-113.eu", "o2"),
+                                  ("register", "o3", "o3")]
         assert served.env == {"OVH_APPLICATION_KEY": "lab-application-key",
                               "OVH_APPLICATION_SECRET": "lab-application-secret",
                               "OVH_CONSUMER_KEY": "lab-consumer-key"}
@@ -447,8 +449,8 @@ def test_ovh_fake_lets_the_driver_adopt_the_seeded_service(
     code, err = run.stop(signal.SIGINT)
     assert code == 0, err
     assert "Traceback" not in err
-    # With --json, stdout is the one object; the machine room spoke on stderr.
-    assert "machine ns1001.ip-203-0-113.eu: power on into disk" in err
+    # Seeded lab servers stay off until a reboot task: the machine room was not asked.
+    assert "power on" not in err
 
 
 def test_hetzner_cloud_fake_creates_the_nodes_server_and_tells_the_machine_room(
