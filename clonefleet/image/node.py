@@ -151,9 +151,11 @@ def fstab_text(layout: NodeLayout) -> str:
     if layout.esp_volume_ids:
         # The first disk's ESP, for tools that look at /boot/efi. Nothing at boot needs it
         # (GRUB, kernel and initrd are on /boot): nofail, so a node whose first disk died
-        # still boots. The other disks' ESPs are written at install time only.
+        # still boots. The other disks' ESPs are written at install time only. The disk is
+        # known since the initramfs assembled the root, so a short device wait suffices;
+        # a long one would keep a node without its first disk "starting" for that long.
         text += (f"UUID={layout.esp_uuid} /boot/efi vfat umask=0077,nofail,"
-                 "x-systemd.device-timeout=600s 0 2\n")
+                 "x-systemd.device-timeout=120s 0 2\n")
     return text
 
 
