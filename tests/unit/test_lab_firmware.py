@@ -152,3 +152,16 @@ def test_the_lab_provider_carries_the_fleet_key_into_vm_json(
     bios.save()
     provider.ensure_server(fleet.node("fsn-2"))
     assert qemu.VmConfig.load(tmp_path / "lab" / "fsn-2").firmware == "uefi"
+
+
+def test_the_rescue_build_names_install_tools_the_image_lacks(tmp_path: Path) -> None:
+    from clonefleet.lab.rescue import INSTALL_TOOLS, missing_tools
+
+    (tmp_path / "usr/sbin").mkdir(parents=True)
+    for tool in INSTALL_TOOLS:
+        if tool != "mkfs.vfat":
+            (tmp_path / "usr/sbin" / tool).write_text("")
+    assert missing_tools(tmp_path) == ["mkfs.vfat"]
+    (tmp_path / "usr/sbin/mkfs.vfat").symlink_to("mkfs.fat")
+    (tmp_path / "usr/sbin/mkfs.fat").write_text("")
+    assert missing_tools(tmp_path) == []
