@@ -91,6 +91,8 @@ class MachineSpec:
     public_ipv4: str = ""
     memory_mb: int = 2048
     disk_size_gb: int = 8
+    # How the fake server's VM boots: "bios" or "uefi" (OVMF), as a real box's setup says.
+    firmware: str = "bios"
 
     @classmethod
     def for_node(cls, node: Node) -> MachineSpec:
@@ -102,7 +104,8 @@ class MachineSpec:
         from clonefleet.inventory.model import Node
 
         return Node(name=self.vm, region="lab", provider="lab", disks=self.disks,
-                    memory_mb=self.memory_mb, disk_size_gb=self.disk_size_gb)
+                    memory_mb=self.memory_mb, disk_size_gb=self.disk_size_gb,
+                    provider_settings={"firmware": self.firmware})
 
 
 class LabBackend(Protocol):

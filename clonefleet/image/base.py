@@ -28,6 +28,10 @@ PACKAGES = (
     "dropbear-initramfs", "ifupdown", "isc-dhcp-client", "python3", "mdadm", "grub-pc", "zstd",
     "gdisk", "e2fsprogs", "nftables", "chrony", "unattended-upgrades", "smartmontools", "sudo",
     "iproute2", "procps", "kmod", "udev", "apt-utils", "needrestart", "less", "netbase",
+    # UEFI beside BIOS: GRUB's x86_64-efi modules (only the -bin package: grub-efi-amd64
+    # conflicts with grub-pc) and mkfs.vfat for the ESPs (the lab rescue, built from this
+    # image, needs it too). No efibootmgr: GRUB goes to the removable path, not NVRAM.
+    "grub-efi-amd64-bin", "dosfstools",
 )
 # Installed with apt after debootstrap: debootstrap's own resolver ignores virtual packages
 # (apprise → python3-cryptography → python3-cffi-backend-api-min failed to configure).
@@ -52,7 +56,7 @@ MASKED_GENERATORS = (
     "systemd-integritysetup-generator", "systemd-veritysetup-generator",
     "systemd-system-update-generator", "systemd-rc-local-generator", "systemd-run-generator",
 )
-BUILD_VERSION = "4"  # bump when the configuration below changes
+BUILD_VERSION = "5"  # bump when the configuration below changes
 
 
 @dataclass(frozen=True)

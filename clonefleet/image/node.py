@@ -37,6 +37,16 @@ class NodeLayout:
     raid: bool
     md_root_uuid: str = ""  # mdadm --uuid for the RAID1 under LUKS
     md_boot_uuid: str = ""
+    # vfat volume ids (8 hex digits, `mkfs.vfat -i`) of each disk's EFI system partition,
+    # in the order of the node's disks. Each disk has its own ESP (firmware reads FAT, not
+    # md), so each disk boots alone; fstab mounts the first one at /boot/efi.
+    esp_volume_ids: tuple[str, ...] = ()
+
+    @property
+    def esp_uuid(self) -> str:
+        """The first ESP as blkid and fstab name it: `UUID=XXXX-XXXX`."""
+        first = self.esp_volume_ids[0].upper()
+        return f"{first[:4]}-{first[4:]}"
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,23 @@ def onlink_script(network: InitramfsNetwork) -> str:
             "2>/dev/null\nexit 0\n")
 
 
+def fstab_text(layout: NodeLayout) -> str:
+    """/etc/fstab of the node: everything by the UUIDs chosen up front."""
+    text = (f"UUID={layout.root_fs_uuid} / ext4 errors=remount-ro 0 1\n"
+            # nofail: a node whose /boot is damaged still boots to sshd and can be repaired
+            f"UUID={layout.boot_fs_uuid} /boot ext4 defaults,nofail,"
+            "x-systemd.device-timeout=600s 0 2\n")
+    if layout.esp_volume_ids:
+        # The first disk's ESP, for tools that look at /boot/efi. Nothing at boot needs it
+        # (GRUB, kernel and initrd are on /boot): nofail, so a node whose first disk died
+        # still boots. The other disks' ESPs are written at install time only. The disk is
+        # known since the initramfs assembled the root, so a short device wait suffices;
+        # a long one would keep a node without its first disk "starting" for that long.
+        text += (f"UUID={layout.esp_uuid} /boot/efi vfat umask=0077,nofail,"
+                 "x-systemd.device-timeout=120s 0 2\n")
+    return text
+
+
 def _write_files(root: Path, spec: NodeLayerInput) -> None:
     layout, secrets, network = spec.layout, spec.secrets, spec.network
     fqdn = f"{layout.hostname}.{layout.domain}"
@@ -140,11 +167,7 @@ def _write_files(root: Path, spec: NodeLayerInput) -> None:
            "::1 localhost ip6-localhost ip6-loopback\n")
     _write(root, "/etc/crypttab",
            f"root UUID={layout.luks_uuid} none luks,discard,initramfs,tries=0\n")
-    _write(root, "/etc/fstab",
-           f"UUID={layout.root_fs_uuid} / ext4 errors=remount-ro 0 1\n"
-           # nofail: a node whose /boot is damaged still boots to sshd and can be repaired
-           f"UUID={layout.boot_fs_uuid} /boot ext4 defaults,nofail,"
-           "x-systemd.device-timeout=600s 0 2\n")
+    _write(root, "/etc/fstab", fstab_text(layout))
     if layout.raid:
         _write(root, "/etc/mdadm/mdadm.conf",
                "HOMEHOST <none>\nMAILADDR root\n"

@@ -3,6 +3,11 @@
 Only what must touch the disks runs here: partitioning, RAID, luksFormat, mkfs with UUIDs
 chosen up front, unpacking the cached image and the node layer, and GRUB. The passphrase
 travels on stdin only; nothing of it is written to the node's disk or printed.
+
+Every disk gets the same hybrid layout (see `clonefleet.install.plan`) and GRUB for both
+BIOS (`i386-pc`, core image in the BIOS boot partition) and UEFI (`x86_64-efi` on the
+disk's own EFI system partition, at the removable-media path), so a node boots whichever
+way its firmware is set, and from any one of its disks.
 """
 
 from __future__ import annotations
@@ -15,11 +20,23 @@ from pathlib import Path
 
 from clonefleet.errors import InstallError
 from clonefleet.install.disks import FoundDisk, match_disks
-from clonefleet.install.plan import BOOT_SIZE_MIB, InstallPlan
+from clonefleet.install.plan import (
+    BOOT_SIZE_MIB,
+    ESP_SIZE_MIB,
+    PART_BIOS,
+    PART_BOOT,
+    PART_ESP,
+    PART_ROOT,
+    InstallPlan,
+)
 from clonefleet.ssh import RemoteShell
 
 Step = Callable[[str], None]
 TARGET = "/mnt/clonefleet"
+ESP_MOUNT = "/boot/efi"  # inside the target
+# The path UEFI firmware boots from a disk with no boot entry in its NVRAM (a replaced disk,
+# a moved box, a wiped NVRAM); `grub-install --removable` writes exactly this.
+EFI_REMOVABLE_PATH = "EFI/BOOT/BOOTX64.EFI"
 
 
 class RescueInstaller:
@@ -33,6 +50,7 @@ class RescueInstaller:
         self.on_step = on_step or (lambda step, seconds: None)
         self.log = log
         self.disks: list[FoundDisk] = []
+        self.firmware = ""  # "uefi" or "bios": how the rescue system booted
 
     def sh(self, command: str, *, what: str, input_data: bytes | None = None,
            timeout: float = 600) -> str:
@@ -49,10 +67,12 @@ class RescueInstaller:
         """Match the inventory's serials to disks; returns the plan with their by-id paths."""
         self.sh("test -e /etc/clonefleet-rescue || grep -qi rescue /etc/hostname",
                 what="rescue system check")
-        if self.shell.run("test -d /sys/firmware/efi", check=False)[0] == 0:
-            raise InstallError(f"node {self.plan.node}: the rescue system booted with UEFI; "
-                               "clonefleet installs BIOS/GPT boot only so far: switch the "
-                               "server to legacy boot")
+        # Either is fine: the disks get GRUB for both. Recorded because it says how the box
+        # will boot the installed system (the firmware's setting outlives the rescue).
+        uefi = self.shell.run("test -d /sys/firmware/efi", check=False)[0] == 0
+        self.firmware = "uefi" if uefi else "bios"
+        self.log(f"install: {self.plan.node}: the rescue system booted "
+                 f"{'UEFI' if uefi else 'BIOS (legacy)'}; installing GRUB for BIOS and UEFI")
         self.sh("udevadm settle || true", what="udev settle")
         lsblk = self.sh("lsblk -J -d -o NAME,SERIAL,SIZE,TYPE,MODEL", what="lsblk")
         listing = self.sh("cd /dev/disk/by-id && for l in *; do printf '%s=%s\\n' \"$l\" "
@@ -83,8 +103,9 @@ class RescueInstaller:
         """Make a re-run after a crash possible: undo mounts, mappings and arrays we made."""
         disks = " ".join(shlex.quote(d.by_id) for d in self.disks)
         self.sh(
-            f"for m in {TARGET}/dev {TARGET}/proc {TARGET}/sys {TARGET}/run {TARGET}/boot "
-            f"{TARGET}; do umount -l $m 2>/dev/null || true; done; "
+            f"for m in {TARGET}/dev {TARGET}/proc {TARGET}/sys {TARGET}/run "
+            f"{TARGET}{ESP_MOUNT} {TARGET}/boot {TARGET}; do umount -l $m 2>/dev/null "
+            "|| true; done; "
             "cryptsetup close root 2>/dev/null || true; "
             "for md in /dev/md/* /dev/md[0-9]*; do [ -e \"$md\" ] && "
             "mdadm --stop \"$md\" 2>/dev/null || true; done; "
@@ -99,17 +120,20 @@ class RescueInstaller:
             boot_type, root_type = ("fd00", "fd00") if raid else ("8300", "8309")
             self.sh(
                 f"sgdisk --zap-all {shlex.quote(disk.by_id)} >/dev/null; "
-                f"sgdisk -n1:0:+1M -t1:ef02 -c1:cf-bios "
-                f"-n2:0:+{BOOT_SIZE_MIB}M -t2:{boot_type} -c2:cf-boot "
-                f"-n3:0:0 -t3:{root_type} -c3:cf-root {shlex.quote(disk.by_id)} >/dev/null; "
+                f"sgdisk -n{PART_BIOS}:0:+1M -t{PART_BIOS}:ef02 -c{PART_BIOS}:cf-bios "
+                f"-n{PART_ESP}:0:+{ESP_SIZE_MIB}M -t{PART_ESP}:ef00 -c{PART_ESP}:cf-esp "
+                f"-n{PART_BOOT}:0:+{BOOT_SIZE_MIB}M -t{PART_BOOT}:{boot_type} "
+                f"-c{PART_BOOT}:cf-boot "
+                f"-n{PART_ROOT}:0:0 -t{PART_ROOT}:{root_type} -c{PART_ROOT}:cf-root "
+                f"{shlex.quote(disk.by_id)} >/dev/null; "
                 f"partprobe {shlex.quote(disk.by_id)} 2>/dev/null || true; udevadm settle; "
-                f"test -e {shlex.quote(self._part(disk, 3))}",
+                f"test -e {shlex.quote(self._part(disk, PART_ROOT))}",
                 what=f"partition {disk.by_id}")
 
     def _raid(self) -> None:
         layout = self.plan.layout
-        boots = " ".join(self._part(d, 2) for d in self.disks)
-        roots = " ".join(self._part(d, 3) for d in self.disks)
+        boots = " ".join(self._part(d, PART_BOOT) for d in self.disks)
+        roots = " ".join(self._part(d, PART_ROOT) for d in self.disks)
         count = len(self.disks)
         # Blank lab disks are already identical, so skip the initial resync there; real disks
         # resync in the background while we install.
@@ -127,7 +151,7 @@ class RescueInstaller:
         if self.plan.layout.raid:
             return "/dev/md/boot", "/dev/md/root"
         disk = self.disks[0]
-        return self._part(disk, 2), self._part(disk, 3)
+        return self._part(disk, PART_BOOT), self._part(disk, PART_ROOT)
 
     def _luks(self, passphrase: str) -> None:
         _, root = self._devices()
@@ -143,11 +167,23 @@ class RescueInstaller:
     def _filesystems(self) -> None:
         boot, _ = self._devices()
         layout = self.plan.layout
+        if len(layout.esp_volume_ids) != len(self.disks):
+            raise InstallError(f"node {self.plan.node}: the plan has "
+                               f"{len(layout.esp_volume_ids)} ESP volume ids for "
+                               f"{len(self.disks)} disks")
+        # One FAT32 ESP per disk, each with its own volume id chosen up front (fstab names
+        # the first). Not mirrored: firmware reads the partition itself, not an md array.
+        esps = "; ".join(
+            f"mkfs.vfat -F 32 -n ESP -i {volume_id} {shlex.quote(self._part(disk, PART_ESP))}"
+            " >/dev/null" for disk, volume_id in zip(self.disks, layout.esp_volume_ids,
+                                                     strict=True))
         self.sh(
+            f"{esps}; "
             f"mkfs.ext4 -q -F -U {layout.boot_fs_uuid} -L boot {boot}; "
             f"mkfs.ext4 -q -F -U {layout.root_fs_uuid} -L root /dev/mapper/root; "
             f"mkdir -p {TARGET}; mount /dev/mapper/root {TARGET}; "
-            f"mkdir -p {TARGET}/boot; mount {boot} {TARGET}/boot",
+            f"mkdir -p {TARGET}/boot; mount {boot} {TARGET}/boot; "
+            f"mkdir -p {TARGET}{ESP_MOUNT}",
             what="mkfs and mount")
 
     def _copy(self, source: Path, decompress: str,
@@ -174,7 +210,31 @@ class RescueInstaller:
                 f"echo 'grub-pc grub-pc/install_devices multiselect {devices}' "
                 "| debconf-set-selections; "
                 f"{installs}; update-grub"),
-            what="grub-install", timeout=900)
+            what="grub-install (BIOS)", timeout=900)
+        for disk in self.disks:
+            self._efi_bootloader(disk)
+
+    def _efi_bootloader(self, disk: FoundDisk) -> None:
+        """GRUB's EFI image on this disk's own ESP, mounted at /boot/efi for the install.
+
+        --removable writes EFI/BOOT/BOOTX64.EFI, which firmware boots with no NVRAM entry,
+        and --no-nvram leaves the NVRAM alone (the rescue system may have booted BIOS, and
+        a disk moved to another box has no entry there anyway). --no-uefi-secure-boot (a
+        Debian option): always GRUB's own core image, never a shim path, even if a signed
+        GRUB package ever lands in the image. The image reads its modules and grub.cfg from
+        /boot/grub, which update-grub wrote once for both platforms.
+        """
+        esp = shlex.quote(self._part(disk, PART_ESP))
+        target_esp = f"{TARGET}{ESP_MOUNT}"
+        self.sh(
+            f"mount -t vfat {esp} {target_esp}; "
+            f"chroot {TARGET} grub-install --target=x86_64-efi --efi-directory={ESP_MOUNT} "
+            "--boot-directory=/boot --removable --no-nvram --bootloader-id=debian "
+            "--no-uefi-secure-boot; "
+            f"test -s {target_esp}/{EFI_REMOVABLE_PATH} || "
+            f"{{ echo 'no {EFI_REMOVABLE_PATH} on the ESP' >&2; exit 1; }}; "
+            f"sync; umount {target_esp}",
+            what=f"grub-install (UEFI) on {disk.by_id}", timeout=600)
 
     def _verify_and_close(self) -> None:
         _, root = self._devices()
@@ -185,6 +245,11 @@ class RescueInstaller:
         kernel_files = self.sh(f"ls {TARGET}/boot", what="list /boot")
         if "initrd.img-" not in kernel_files or "grub" not in kernel_files:
             raise InstallError(f"/boot is incomplete on the node: {kernel_files.split()}")
+        platforms = self.sh(f"ls {TARGET}/boot/grub", what="list /boot/grub").split()
+        missing = [name for name in ("i386-pc", "x86_64-efi") if name not in platforms]
+        if missing:
+            raise InstallError(f"/boot/grub on the node lacks GRUB modules for "
+                               f"{', '.join(missing)}: it would not boot that way")
         self.sh(
             f"sync; for m in dev proc sys run boot; do umount {TARGET}/$m; done; "
             f"umount {TARGET}; cryptsetup close root; "

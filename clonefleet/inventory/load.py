@@ -325,7 +325,7 @@ class _Providers:
                            "pasted here?)", f"write the variable's name, e.g. {key} = "
                            f"\"{setting.default}\", and export the secret in it")
                 value = setting.default
-            if value is not None:
+            if value is not None and _choice(check, setting, value, f"{prefix}.{key}"):
                 settings[key] = value
         if settings.get("lab_routes"):
             return ProviderConfig(name=name, driver=driver.name, settings=settings,
@@ -420,9 +420,19 @@ def _node_keys(check: _Checker, body: dict[str, Any], prefix: str, node: str,
                 settings[key] = body[key]
             continue
         value = check.typed(body, key, prefix, kind, required=setting.required)
-        if value is not None:
+        if value is not None and _choice(check, setting, value, f"{prefix}.{key}"):
             settings[key] = value
     return settings
+
+
+def _choice(check: _Checker, setting: Setting, value: Any, where: str) -> bool:
+    """Whether `value` is one of the setting's choices (any value when it has none)."""
+    if not setting.choices or value in setting.choices:
+        return True
+    key = where.rsplit(".", 1)[-1]
+    check.fail(where, f"{value!r} is not one of {', '.join(setting.choices)}",
+               "use " + " or ".join(f'{key} = "{choice}"' for choice in setting.choices))
+    return False
 
 
 def _nodes(check: _Checker, table: dict[str, Any], regions: dict[str, Region],

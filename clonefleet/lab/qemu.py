@@ -24,6 +24,13 @@ QEMU = "qemu-system-x86_64"
 PORT_POLL = RetryPolicy(first=1.0, cap=2.0, factor=1.5)
 # qemu quits within a fraction of a second of QMP "quit".
 STOP_POLL = RetryPolicy(first=0.1, cap=0.1, factor=1.0, jitter=0.0)
+# UEFI firmware for `firmware = "uefi"` lab nodes, from Debian's ovmf package: the plain
+# 4 MiB build without Secure Boot (the .secboot/.ms builds need SMM, i.e. `-machine q35,
+# smm=on`; this one runs on qemu's default i440fx `pc` machine, under TCG too). Its VARS
+# file is an empty variable store that each VM gets a writable copy of.
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+FIRMWARES = ("bios", "uefi")
 
 
 @dataclass
@@ -38,6 +45,8 @@ class VmConfig:
     dropbear_port: int
     smp: int = 2
     extra_forwards: dict[str, int] = field(default_factory=dict)  # "tcp:53" -> host port
+    # "bios" (qemu's SeaBIOS) or "uefi" (OVMF); a vm.json written before this key is bios.
+    firmware: str = "bios"
 
     @property
     def console_log(self) -> Path:
@@ -50,6 +59,11 @@ class VmConfig:
     @property
     def pidfile(self) -> Path:
         return self.directory / "vm.pid"
+
+    @property
+    def uefi_vars(self) -> Path:
+        """This VM's own UEFI variable store (boot entries OVMF writes survive restarts)."""
+        return self.directory / "OVMF_VARS.fd"
 
     def save(self) -> None:
         data = asdict(self)
@@ -113,7 +127,24 @@ def start(config: VmConfig, *, accel: str, kernel: Path | None = None,
         raise ProviderError(f"lab VM {config.name} is already running; stop it first")
     if shutil.which(QEMU) is None:
         raise ProviderError(f"{QEMU} is not installed; run scripts/setup first")
+    argv = qemu_argv(config, accel=accel, kernel=kernel, initrd=initrd, append=append,
+                     disks=disks)
     config.qmp_socket.unlink(missing_ok=True)
+    with open(config.console_log, "ab") as log:
+        log.write(f"\n=== clonefleet: starting {config.name} ({'rescue' if kernel else 'disk'},"
+                  f" {accel}, {config.firmware}) at {time.strftime('%H:%M:%S')} ===\n"
+                  .encode())
+    result = subprocess.run(argv, capture_output=True, timeout=60)
+    if result.returncode != 0:
+        raise ProviderError(f"qemu failed to start {config.name}: "
+                            f"{result.stderr.decode(errors='replace').strip()}")
+
+
+def qemu_argv(config: VmConfig, *, accel: str, kernel: Path | None = None,
+              initrd: Path | None = None, append: str = "",
+              disks: list[str] | None = None) -> list[str]:
+    """The qemu command line that `start` runs (creates the VM's own disk-side files: the
+    SMART disk, and the UEFI variable store for a uefi VM, on first use)."""
     forwards = [f"hostfwd=tcp:127.0.0.1:{config.ssh_port}-:22",
                 f"hostfwd=tcp:127.0.0.1:{config.dropbear_port}-:2222"]
     for guest, host_port in config.extra_forwards.items():
@@ -130,6 +161,7 @@ def start(config: VmConfig, *, accel: str, kernel: Path | None = None,
         # romfile= : we never PXE-boot, so qemu needs no iPXE ROM
         "-device", "virtio-net-pci,netdev=net0,romfile=",
         "-daemonize", "-pidfile", str(config.pidfile),
+        *firmware_args(config),
     ]
     for index, (serial, path) in enumerate(config.disks):
         if disks is not None and serial not in disks:
@@ -140,16 +172,35 @@ def start(config: VmConfig, *, accel: str, kernel: Path | None = None,
                  f"bootindex={index + 1}"]
     argv += smart_disk_args(config)
     if kernel is not None:
+        # The netboot-like rescue. Under OVMF this still works: the firmware loads the
+        # kernel (an EFI stub) and initrd from qemu's fw_cfg before any boot entry, so the
+        # rescue runs as a UEFI boot and sees /sys/firmware/efi, as on a UEFI server.
         argv += ["-kernel", str(kernel), "-append", append]
         if initrd is not None:
             argv += ["-initrd", str(initrd)]
-    with open(config.console_log, "ab") as log:
-        log.write(f"\n=== clonefleet: starting {config.name} ({'rescue' if kernel else 'disk'},"
-                  f" {accel}) at {time.strftime('%H:%M:%S')} ===\n".encode())
-    result = subprocess.run(argv, capture_output=True, timeout=60)
-    if result.returncode != 0:
-        raise ProviderError(f"qemu failed to start {config.name}: "
-                            f"{result.stderr.decode(errors='replace').strip()}")
+    return argv
+
+
+def firmware_args(config: VmConfig) -> list[str]:
+    """qemu flags for the VM's firmware: none for bios (qemu's built-in SeaBIOS), OVMF's
+    read-only code and the VM's own variable store (copied once) for uefi."""
+    if config.firmware == "bios":
+        return []
+    if config.firmware != "uefi":
+        raise ProviderError(f"lab VM {config.name}: unknown firmware {config.firmware!r} in "
+                            f"{config.directory / 'vm.json'}; use one of: "
+                            f"{', '.join(FIRMWARES)}")
+    for path in (OVMF_CODE, OVMF_VARS):
+        if not path.is_file():
+            raise ProviderError(f"lab VM {config.name} boots UEFI but {path} is missing; "
+                                "install Debian's ovmf package (apt-get install ovmf, or run "
+                                "scripts/setup)")
+    if not config.uefi_vars.exists():
+        shutil.copyfile(OVMF_VARS, config.uefi_vars)
+    # Plain `pc` machine (no -machine flag, as for bios): the non-Secure-Boot OVMF needs
+    # neither q35 nor SMM, and TCG emulates both machines alike.
+    return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={config.uefi_vars}"]
 
 
 SMART_DISK_MB = 64

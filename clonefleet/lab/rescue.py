@@ -29,6 +29,10 @@ KEEP_MODULES = (
     "kernel/net/core/", "kernel/net/ipv4/", "kernel/net/ipv6/", "kernel/net/packet/",
     "kernel/net/unix/",
 )
+# What the installer runs in a rescue system (clonefleet/install/rescue.py); the lab's rescue
+# is the node image, so a package missing there fails here, not halfway through an install.
+INSTALL_TOOLS = ("sgdisk", "mkfs.vfat", "mkfs.ext4", "wipefs", "mdadm", "cryptsetup",
+                 "udevadm", "lsblk", "zstd", "tar")
 KEYS_SCRIPT = """#!/bin/sh
 # Install the SSH keys the provider passed on the kernel command line, and fresh host keys.
 set -e
@@ -75,6 +79,11 @@ def _build(base: BaseImage, directory: Path, log: Callable[[str], None]) -> None
     root = directory / "root"
     directory.mkdir(parents=True)
     run(["cp", "-a", "--reflink=auto", f"{base.root}/.", str(root)], what="copy rootfs")
+    missing = missing_tools(root)
+    if missing:
+        raise InstallError(f"the lab rescue system would lack {', '.join(missing)}, which the "
+                           "installer runs; add their packages to PACKAGES in "
+                           "clonefleet/image/base.py")
     shutil.copy2(base.vmlinuz, directory / "vmlinuz")
     _prune_modules(root, base.kernel_version)
     for path in (root / "boot").iterdir():
@@ -115,6 +124,13 @@ def _build(base: BaseImage, directory: Path, log: Callable[[str], None]) -> None
     shutil.rmtree(root)
     size = (directory / "rescue.cpio").stat().st_size
     (directory / "rescue.json").write_text(json.dumps({"size": size}))
+
+
+def missing_tools(root: Path) -> list[str]:
+    """The INSTALL_TOOLS that the root filesystem at `root` does not have."""
+    folders = ("usr/sbin", "usr/bin", "sbin", "bin")
+    return [tool for tool in INSTALL_TOOLS
+            if not any((root / folder / tool).exists() for folder in folders)]
 
 
 def _prune_modules(root: Path, kernel_version: str) -> None:

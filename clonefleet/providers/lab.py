@@ -75,7 +75,8 @@ class LabProvider:
             ssh=SshAccess("127.0.0.1", config.ssh_port),
             unlock=SshAccess("127.0.0.1", config.dropbear_port),
             nic_modules=("virtio_net",),
-            details={"directory": str(config.directory), "console": str(config.console_log)},
+            details={"directory": str(config.directory), "console": str(config.console_log),
+                     "firmware": config.firmware},
         )
 
     # -- protocol ------------------------------------------------------------------------
@@ -83,8 +84,17 @@ class LabProvider:
     def ensure_server(self, node: Node) -> ServerInfo:
         """Create the bare box (blank disks, fixed ports) if it does not exist yet."""
         directory = self._dir(node)
+        firmware = firmware_of(node)
         if (directory / "vm.json").exists():
-            return self._info(self._config(node))
+            config = self._config(node)
+            if config.firmware != firmware:
+                # The fleet file decides, as a server's setup menu would; the hybrid disk
+                # layout boots either way, so an installed disk stays bootable.
+                self.log(f"lab: {node.name} firmware {config.firmware} -> {firmware} "
+                         "(takes effect at its next start)")
+                config.firmware = firmware
+                config.save()
+            return self._info(config)
         directory.mkdir(parents=True, exist_ok=True)
         disks = []
         for serial in node.disks:
@@ -100,7 +110,8 @@ class LabProvider:
                                dropbear_port=qemu.free_port(),
                                extra_forwards={"udp:53": qemu.free_port(),
                                                "tcp:53": qemu.free_port(),
-                                               "tcp:8081": qemu.free_port()})
+                                               "tcp:8081": qemu.free_port()},
+                               firmware=firmware)
         config.save()
         return self._info(config)
 
@@ -146,6 +157,11 @@ class LabProvider:
 
     def console_tail(self, node: Node) -> str:
         return qemu.console_tail(self._config(node))
+
+
+def firmware_of(node: Node) -> str:
+    """The lab node's `firmware` key (validated by the fleet loader), "bios" by default."""
+    return str(node.provider_settings.get("firmware", "bios"))
 
 
 def create(config: ProviderConfig, state_dir: Path,

@@ -29,6 +29,8 @@ class Setting:
     # The value names an environment variable holding a secret; the secret itself never
     # appears in the fleet file.
     env_var: bool = False
+    # The only values accepted (a str setting); empty: any value of the right kind.
+    choices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,15 @@ COMMON_SETTINGS: Mapping[str, Setting] = {
 }
 
 DRIVERS: dict[str, Driver] = {
-    "lab": Driver("lab", "clonefleet.providers.lab",
-                  "qemu VMs on this machine stand in for bare servers"),
+    "lab": Driver(
+        "lab", "clonefleet.providers.lab",
+        "qemu VMs on this machine stand in for bare servers",
+        node_keys={
+            # A real server's firmware is the box's own; a lab VM's is chosen here, so one
+            # lab node proves the UEFI path (OVMF) while the others boot SeaBIOS.
+            "firmware": Setting(str, "how the lab VM boots: bios (SeaBIOS) or uefi (OVMF)",
+                                default="bios", choices=("bios", "uefi")),
+        }),
     "hetzner-cloud": Driver(
         "hetzner-cloud", "clonefleet.providers.hetzner_cloud",
         "Hetzner Cloud servers through the hcloud library",

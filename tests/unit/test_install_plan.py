@@ -87,3 +87,29 @@ def test_unknown_unlock_failure_is_still_an_unlock_error() -> None:
 
 def test_connection_closed_by_the_initramfs_is_confirmed_later_not_an_error() -> None:
     assert "likely unlocked" in interpret(None, "")
+
+
+def test_two_disk_plan_describes_the_hybrid_layout_with_an_esp_on_each_disk() -> None:
+    fleet = load_fleet(LAB)
+    plan = make_plan(fleet, fleet.node("fsn-2"), InitramfsNetwork("dhcp"))
+    p1, p2, p3, p4 = plan.partitions
+    assert p1.startswith("p1 1 MiB BIOS boot") and "every disk" in p1
+    assert p2.startswith("p2 256 MiB EFI system partition, vfat") and "every disk" in p2
+    assert "not mirrored" in p2 and "RAID" not in p2
+    assert p3.startswith("p3 512 MiB md RAID1 (metadata 1.0) -> ext4 /boot")
+    assert p4.startswith("p4 rest md RAID1 (metadata 1.2) -> LUKS2")
+    description = plan.describe()
+    assert "UEFI" in str(description["boot"]) and "BIOS" in str(description["boot"])
+    assert len(description["esp_uuids"]) == 2  # type: ignore[arg-type]
+
+
+def test_one_disk_plan_describes_the_same_hybrid_layout_without_raid() -> None:
+    fleet = load_fleet(LAB)
+    plan = make_plan(fleet, fleet.node("fsn-1"), InitramfsNetwork("dhcp"))
+    assert [p.split()[0] for p in plan.partitions] == ["p1", "p2", "p3", "p4"]
+    assert "EFI system partition" in plan.partitions[1]
+    assert not any("RAID" in p for p in plan.partitions)
+    assert plan.partitions[3].startswith("p4 rest LUKS2 argon2id -> ext4 /")
+    assert len(plan.layout.esp_volume_ids) == 1
+    assert plan.layout.esp_uuid == \
+        f"{plan.layout.esp_volume_ids[0][:4]}-{plan.layout.esp_volume_ids[0][4:]}"

@@ -1,4 +1,9 @@
-"""End to end on a two-disk lab VM: RAID1 under LUKS, bootable from either disk."""
+"""End to end on a two-disk lab VM: RAID1 under LUKS, bootable from either disk.
+
+The node is `firmware = "uefi"` in the lab fleet: its VM boots OVMF, so this also proves the
+UEFI path (an ESP with GRUB at the removable path on each disk). BIOS GRUB is installed on
+both disks too (the hybrid layout); the single-disk test boots that one under SeaBIOS.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,19 @@ from .conftest import Lab
 
 pytestmark = pytest.mark.vm
 NODE = "fsn-2"
+BOOTX64 = "EFI/BOOT/BOOTX64.EFI"
+
+
+def esp_check(serial: str) -> str:
+    """A command that succeeds if the disk's ESP holds GRUB at the removable path: the ESP
+    is looked at where it is mounted (/boot/efi for the first disk), else mounted read-only
+    for the check and unmounted again."""
+    return (f"part=$(readlink -f /dev/disk/by-id/virtio-{serial}-part2); "
+            'dir=$(findmnt -rn -o TARGET -S "$part" | head -n1); mounted=; '
+            'if [ -z "$dir" ]; then dir=$(mktemp -d); mount -o ro -t vfat "$part" "$dir" '
+            "|| exit 3; mounted=1; fi; "
+            f'test -s "$dir/{BOOTX64}"; rc=$?; '
+            'if [ -n "$mounted" ]; then umount "$dir"; rmdir "$dir"; fi; exit $rc')
 
 
 def test_two_disk_node_mirrors_under_luks_and_boots_from_either_disk(lab: Lab) -> None:
@@ -29,6 +47,16 @@ def test_two_disk_node_mirrors_under_luks_and_boots_from_either_disk(lab: Lab) -
         for serial in lab.fleet.node(NODE).disks:
             assert "GRUB" in shell.run(
                 f"dd if=/dev/disk/by-id/virtio-{serial} bs=512 count=1 2>/dev/null | strings")[1]
+        # OVMF booted it, and GRUB's EFI image is on each disk's own ESP.
+        assert shell.run("test -d /sys/firmware/efi", check=False)[0] == 0, \
+            "the node did not boot UEFI"
+        first = lab.fleet.node(NODE).disks[0]
+        mounted = shell.run("findmnt -n -o FSTYPE,SOURCE /boot/efi", check=False)[1].split()
+        expected = shell.run(f"readlink -f /dev/disk/by-id/virtio-{first}-part2")[1].strip()
+        assert mounted == ["vfat", expected], f"/boot/efi: {mounted}, expected {expected}"
+        for serial in lab.fleet.node(NODE).disks:
+            code, out, err = shell.run(esp_check(serial), check=False)
+            assert code == 0, f"no {BOOTX64} on the ESP of {serial}: {out}{err}"
 
     node = lab.fleet.node(NODE)
     for serial in node.disks:
@@ -42,3 +70,5 @@ def test_two_disk_node_mirrors_under_luks_and_boots_from_either_disk(lab: Lab) -
             other = next(s for s in node.disks if s != serial)
             assert f"virtio-{other}" not in disks
             assert "[2/1]" in shell.run("cat /proc/mdstat")[1]
+            # Booted UEFI from this disk's ESP alone (OVMF has no BIOS fallback).
+            assert shell.run("test -d /sys/firmware/efi", check=False)[0] == 0
