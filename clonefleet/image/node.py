@@ -101,8 +101,13 @@ def kernel_cmdline(network: InitramfsNetwork) -> str:
     # `rw` (after GRUB's `ro`, so it wins): the initramfs checks the root filesystem and
     # mounts it read-write itself, so a writable root never depends on systemd's late
     # remount, which a boot starved of CPU once skipped.
+    # `rootdelay=120`: the initramfs waits max(30, rootdelay) s of wall time for the root
+    # device, and mdadm starts a degraded array (a dead disk) only at 2/3 of it. With the
+    # default 30 s that left 10 s to prompt for and receive the passphrase; a loaded
+    # emulated node needed more and dropped to the initramfs shell. Now: degraded arrays
+    # start after 80 s, and 40 s remain. Healthy arrays assemble at once either way.
     return (f"net.ifnames=0 console=tty0 console=ttyS0,115200 {network.kernel_ip_arg()} "
-            "rw systemd.default_device_timeout_sec=600")
+            "rw rootdelay=120 systemd.default_device_timeout_sec=600")
 
 
 def interfaces_text(network: InitramfsNetwork) -> str:

@@ -22,6 +22,9 @@ def test_a_slash32_with_an_off_link_gateway_gets_on_link_routes() -> None:
     # GRUB writes `ro` first; our `rw` comes after it and wins (the initramfs checks the
     # root and mounts it read-write, independent of systemd's late remount).
     assert " rw " in f" {kernel_cmdline(network)} "
+    # A degraded RAID1 (one dead disk) starts at 2/3 of rootdelay: 80 s, leaving 40 s for
+    # the passphrase before the initramfs gives up.
+    assert " rootdelay=120 " in f" {kernel_cmdline(network)} "
     assert interfaces_text(network) == (
         "auto lo\niface lo inet loopback\n\nauto eth0\n"
         "iface eth0 inet static\n"
