@@ -296,21 +296,31 @@ def kernel_append(*, ssh_keys: list[str]) -> str:
     return f"console=ttyS0,115200 net.ifnames=0 panic=10 clonefleet.ssh_keys={keys}"
 
 
+def known_accel(cache: Path) -> str | None:
+    """The acceleration forced by CLONEFLEET_ACCEL or already probed on this host boot;
+    None when only a probe (a guest boot) can tell."""
+    forced = os.environ.get("CLONEFLEET_ACCEL")
+    if forced in ("kvm", "tcg"):
+        return forced
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+        data = json.loads((cache / "accel.json").read_text())
+        if data["boot_id"] == boot_id:
+            return str(data["accel"])
+    return None
+
+
 def probe_accel(cache: Path, kernel: Path, timeout: float = 20) -> str:
     """Return "kvm" only if a real guest kernel prints under KVM here, else "tcg".
 
     /dev/kvm can open and create VMs while guests still hang after the BIOS, so the only
     honest probe is a boot. The answer is cached per host boot.
     """
-    forced = os.environ.get("CLONEFLEET_ACCEL")
-    if forced in ("kvm", "tcg"):
-        return forced
+    known = known_accel(cache)
+    if known is not None:
+        return known
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     cached = cache / "accel.json"
-    with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
-        data = json.loads(cached.read_text())
-        if data["boot_id"] == boot_id:
-            return str(data["accel"])
     accel = "tcg"
     if os.access("/dev/kvm", os.R_OK | os.W_OK):
         accel = "kvm" if _kernel_prints_under_kvm(kernel, timeout) else "tcg"

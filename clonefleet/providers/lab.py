@@ -60,7 +60,9 @@ class LabProvider:
         """Under emulation (TCG) a boot takes minutes and slows down further with the
         machine's load (a CI run saw 9 minutes from unlock to sshd): allow twice a real
         server's time."""
-        return 1200.0 if self.accel() == "tcg" else 600.0
+        # Never probe (a guest boot, maybe an image build) just to pick a timeout.
+        accel = self._accel or qemu.known_accel(cache_dir())
+        return 600.0 if accel == "kvm" else 1200.0
 
     def _info(self, config: qemu.VmConfig) -> ServerInfo:
         running = qemu.running_pid(config) is not None

@@ -165,3 +165,18 @@ def test_the_rescue_build_names_install_tools_the_image_lacks(tmp_path: Path) ->
     (tmp_path / "usr/sbin/mkfs.vfat").symlink_to("mkfs.fat")
     (tmp_path / "usr/sbin/mkfs.fat").write_text("")
     assert missing_tools(tmp_path) == []
+
+
+def test_lab_boot_timeout_never_probes_and_is_longer_under_emulation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLONEFLEET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("CLONEFLEET_ACCEL", raising=False)
+
+    def no_probe(*args: object, **kwargs: object) -> str:
+        raise AssertionError("boot_timeout must not boot a probe guest")
+
+    monkeypatch.setattr(qemu, "probe_accel", no_probe)
+    provider = LabProvider(tmp_path / "state")
+    assert provider.boot_timeout == 1200.0  # unknown yet: assume emulation
+    monkeypatch.setenv("CLONEFLEET_ACCEL", "kvm")
+    assert provider.boot_timeout == 600.0
