@@ -80,6 +80,20 @@ def key_fingerprints(key_bytes: bytes) -> tuple[str, str]:
     return f"SHA256:{sha256}", "MD5:" + ":".join(md5[i:i + 2] for i in range(0, 32, 2))
 
 
+def public_key_md5(public_line: str) -> str | None:
+    """The MD5 fingerprint Hetzner's APIs use for an OpenSSH public key line ("aa:bb:..",
+    lowercase hex of the key blob), or None when the line is not a public key."""
+    parts = public_line.split()
+    if len(parts) < 2:
+        return None
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except ValueError:
+        return None
+    digest = hashlib.md5(blob, usedforsecurity=False).hexdigest()
+    return ":".join(digest[index:index + 2] for index in range(0, len(digest), 2))
+
+
 def normalize_fingerprint(text: str) -> str:
     """'ED25519 SHA256:abc', 'SHA256:abc', 'md5:AA:BB..' or bare 'aa:bb:..' → one form."""
     token = text.split()[-1] if text.split() else ""

@@ -33,9 +33,7 @@ the logic and returns `(status, headers, payload)`.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
-import hashlib
 import itertools
 import json
 import re
@@ -53,6 +51,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from clonefleet.errors import ClonefleetError
 from clonefleet.fakes.machines import BootMode, Machines, PrintingMachines
+from clonefleet.ssh import public_key_md5
 
 DEFAULT_TOKEN = "lab-hcloud-token"
 API_PREFIX = "/v1"
@@ -190,15 +189,10 @@ def label_key_valid(key: str) -> bool:
 
 def ssh_fingerprint(public_key: str) -> str | None:
     """Hetzner's fingerprint of an OpenSSH public key: MD5 of the key blob, colon-separated."""
-    parts = public_key.split()
-    if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")):
+    if not public_key.split()[:1] or not public_key.split()[0].startswith(
+            ("ssh-", "ecdsa-", "sk-")):
         return None
-    try:
-        blob = base64.b64decode(parts[1], validate=True)
-    except ValueError:
-        return None
-    digest = hashlib.md5(blob, usedforsecurity=False).hexdigest()
-    return ":".join(digest[index:index + 2] for index in range(0, len(digest), 2))
+    return public_key_md5(public_key)
 
 
 class SelectorError(ValueError):

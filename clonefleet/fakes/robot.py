@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import hashlib
 import ipaddress
 import json
 import secrets
@@ -39,6 +38,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from clonefleet.fakes.machines import BootMode, Machines, RecordingMachines
+from clonefleet.ssh import public_key_md5
 
 RESET_TYPES = ("sw", "hw", "power", "power_long", "man")
 RESCUE_OS = ("linux", "vkvm")
@@ -58,8 +58,9 @@ def _invalid(invalid: Sequence[str] = (), missing: Sequence[str] = ()) -> Answer
 
 
 def _md5_fingerprint(blob: bytes) -> str:
-    digest = hashlib.md5(blob, usedforsecurity=False).hexdigest()
-    return ":".join(digest[index:index + 2] for index in range(0, len(digest), 2))
+    fingerprint = public_key_md5(f"key {base64.b64encode(blob).decode()}")
+    assert fingerprint is not None  # any blob re-encodes
+    return fingerprint
 
 
 @dataclass

@@ -20,8 +20,6 @@ itself off on that boot), so the driver remembers which boot it asked for, per n
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import socket
@@ -41,6 +39,7 @@ from clonefleet.providers.base import (
     SshAccess,
 )
 from clonefleet.retry import POLL, GaveUp, RetryPolicy, TimedOut, is_transient, retry, wait_until
+from clonefleet.ssh import public_key_md5
 
 if TYPE_CHECKING:
     from hcloud import Client
@@ -160,15 +159,7 @@ class ActionHung(ProviderError):
 def ssh_fingerprint(public_key: str) -> str | None:
     """Hetzner's fingerprint of an OpenSSH public key: MD5 of the key blob, colon-separated
     (what `GET /ssh_keys?fingerprint=` matches)."""
-    parts = public_key.split()
-    if len(parts) < 2:
-        return None
-    try:
-        blob = base64.b64decode(parts[1], validate=True)
-    except ValueError:
-        return None
-    digest = hashlib.md5(blob, usedforsecurity=False).hexdigest()
-    return ":".join(digest[index:index + 2] for index in range(0, len(digest), 2))
+    return public_key_md5(public_key)
 
 
 def _api_code(error: BaseException) -> str | int | None:

@@ -12,9 +12,7 @@ after repeated failed logins).
 
 from __future__ import annotations
 
-import hashlib
 import time
-from base64 import b64decode
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +21,7 @@ import requests
 
 from clonefleet.errors import ProviderError
 from clonefleet.retry import GaveUp, RetryPolicy, retry
+from clonefleet.ssh import public_key_md5
 
 DEFAULT_URL = "https://robot-ws.your-server.de"
 RETRY_POLICY = RetryPolicy(first=2.0, cap=30.0, factor=2.0, jitter=0.2)
@@ -93,11 +92,10 @@ class IpInfo:
 
 def md5_fingerprint(public_line: str) -> str:
     """Robot's key fingerprint: MD5 of the key blob, colon-separated lowercase hex."""
-    parts = public_line.split()
-    if len(parts) < 2:
+    fingerprint = public_key_md5(public_line)
+    if fingerprint is None:
         raise ValueError(f"not an OpenSSH public key line: {public_line[:40]!r}")
-    digest = hashlib.md5(b64decode(parts[1]), usedforsecurity=False).hexdigest()
-    return ":".join(digest[index:index + 2] for index in range(0, len(digest), 2))
+    return fingerprint
 
 
 def _host_key_strings(value: Any) -> tuple[str, ...]:
