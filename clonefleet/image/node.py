@@ -154,13 +154,11 @@ def fstab_text(layout: NodeLayout) -> str:
             f"UUID={layout.boot_fs_uuid} /boot ext4 defaults,nofail,"
             "x-systemd.device-timeout=600s 0 2\n")
     if layout.esp_volume_ids:
-        # The first disk's ESP, for tools that look at /boot/efi. Nothing at boot needs it
-        # (GRUB, kernel and initrd are on /boot): nofail, so a node whose first disk died
-        # still boots. The other disks' ESPs are written at install time only. The disk is
-        # known since the initramfs assembled the root, so a short device wait suffices;
-        # a long one would keep a node without its first disk "starting" for that long.
-        text += (f"UUID={layout.esp_uuid} /boot/efi vfat umask=0077,nofail,"
-                 "x-systemd.device-timeout=120s 0 2\n")
+        # The first disk's ESP, for whoever refreshes GRUB (`mount /boot/efi`). Nothing at
+        # run time reads it (GRUB, kernel and initrd are on /boot), so it is not mounted at
+        # boot: a node never waits for it, and one whose first disk died boots the same.
+        # (Mounted at boot with a 120 s device wait, two emulated nodes came up without it.)
+        text += f"UUID={layout.esp_uuid} /boot/efi vfat umask=0077,noauto,nofail 0 0\n"
     return text
 
 

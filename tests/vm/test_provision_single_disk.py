@@ -142,6 +142,11 @@ def test_lab_node_is_encrypted_unlockable_pinned_and_idempotent(lab: Lab) -> Non
         assert "rw" in shell.run("findmnt -no OPTIONS /")[1].strip().split(",")
         assert shell.run("readlink /etc/systemd/system-generators/"
                          "systemd-gpt-auto-generator")[1].strip() == "/dev/null"
+        # The hybrid layout: booted BIOS here, yet the ESP named in fstab holds GRUB's EFI
+        # image too, so the same disk boots a UEFI server.
+        code, out, err = shell.run("mount /boot/efi && test -s /boot/efi/EFI/BOOT/BOOTX64.EFI; "
+                                   "rc=$?; umount /boot/efi; exit $rc", check=False)
+        assert code == 0, f"ESP: {out}{err}"
     console = qemu.VmConfig.load(lab.state_dir / "lab" / NODE).console_log.read_text(
         errors="replace")
     assert "fsck not present" not in console
