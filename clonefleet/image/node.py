@@ -101,13 +101,11 @@ def kernel_cmdline(network: InitramfsNetwork) -> str:
     # `rw` (after GRUB's `ro`, so it wins): the initramfs checks the root filesystem and
     # mounts it read-write itself, so a writable root never depends on systemd's late
     # remount, which a boot starved of CPU once skipped.
-    # `rootdelay=120`: the initramfs waits max(30, rootdelay) s of wall time for the root
-    # device, and mdadm starts a degraded array (a dead disk) only at 2/3 of it. With the
-    # default 30 s that left 10 s to prompt for and receive the passphrase; a loaded
-    # emulated node needed more and dropped to the initramfs shell. Now: degraded arrays
-    # start after 80 s, and 40 s remain. Healthy arrays assemble at once either way.
+    # `rootdelay=300`: how long the initramfs waits for the root before its (for a remote
+    # box useless) shell; cryptsetup asks for the passphrase within it. Degraded RAID
+    # arrays start after 20 s regardless (DEGRADED_RAID_SCRIPT).
     return (f"net.ifnames=0 console=tty0 console=ttyS0,115200 {network.kernel_ip_arg()} "
-            "rw rootdelay=120 systemd.default_device_timeout_sec=600")
+            "rw rootdelay=300 systemd.default_device_timeout_sec=600")
 
 
 def interfaces_text(network: InitramfsNetwork) -> str:
@@ -147,6 +145,30 @@ def onlink_script(network: InitramfsNetwork) -> str:
             "2>/dev/null\nexit 0\n")
 
 
+DEGRADED_SCRIPT = "zz-clonefleet-degraded-raid"
+DEGRADED_AFTER_SECONDS = 20
+# Debian's initramfs waits for the root with wall-clock time but lets mdadm start a degraded
+# array (a dead disk) only when its call count, caught up to that time in one go, reaches
+# 2/3 of the wait: on a slow boot (each round of local-block scripts taking long) the array
+# started in the same round as the wait gave up, before cryptsetup could ask for the
+# passphrase, and the node sat in the initramfs shell. This script starts degraded arrays
+# 20 s (wall) after the first round, like Debian's default, whatever rootdelay says, so
+# rootdelay can be long.
+DEGRADED_RAID_SCRIPT = f"""#!/bin/sh
+PREREQ="mdadm"
+prereqs() {{ echo "$PREREQ"; }}
+case "$1" in prereqs) prereqs; exit 0 ;; esac
+now=$(cut -d. -f1 /proc/uptime)
+[ -f /run/clonefleet-degraded.start ] || echo "$now" > /run/clonefleet-degraded.start
+start=$(cat /run/clonefleet-degraded.start)
+if [ $((now - start)) -ge {DEGRADED_AFTER_SECONDS} ]; then
+    mdadm -q --run /dev/md?* 2>/dev/null
+    mdadm -q --assemble --scan --run 2>/dev/null
+fi
+exit 0
+"""
+
+
 def fstab_text(layout: NodeLayout) -> str:
     """/etc/fstab of the node: everything by the UUIDs chosen up front."""
     text = (f"UUID={layout.root_fs_uuid} / ext4 errors=remount-ro 0 1\n"
@@ -176,6 +198,8 @@ def _write_files(root: Path, spec: NodeLayerInput) -> None:
                "HOMEHOST <none>\nMAILADDR root\n"
                f"ARRAY /dev/md/boot metadata=1.0 UUID={layout.md_boot_uuid}\n"
                f"ARRAY /dev/md/root metadata=1.2 UUID={layout.md_root_uuid}\n")
+        _write(root, f"/etc/initramfs-tools/scripts/local-block/{DEGRADED_SCRIPT}",
+               DEGRADED_RAID_SCRIPT, 0o755)
     _write(root, "/etc/network/interfaces", interfaces_text(network))
     script = onlink_script(network)
     if script:
@@ -226,6 +250,9 @@ def check_initramfs(root: Path, kernel_version: str, spec: NodeLayerInput) -> li
                 if not any(line.endswith(f"/{module}.ko") for line in listing)]
     if spec.layout.raid and not any(line.endswith("raid1.ko") for line in listing):
         missing.append("raid1.ko")
+    if spec.layout.raid and not any(line.endswith(f"local-block/{DEGRADED_SCRIPT}")
+                                    for line in listing):
+        missing.append(f"scripts/local-block/{DEGRADED_SCRIPT}")
     if not any(line.endswith("/.ssh/authorized_keys") for line in listing):
         missing.append("authorized_keys")
     if missing:
