@@ -145,6 +145,16 @@ def onlink_script(network: InitramfsNetwork) -> str:
             "2>/dev/null\nexit 0\n")
 
 
+# ifupdown-pre runs `udevadm settle` before networking, which gives up after 120 s and fails
+# the unit (networking comes up regardless). udev can take longer than that on a slow boot
+# (many disks behind a controller, or emulation: a lab node failed its health check on it).
+IFUPDOWN_PRE_DROPIN = (
+    "[Service]\nTimeoutSec=660\nExecStart=\n"
+    "ExecStart=/bin/sh -c 'if [ \"$CONFIGURE_INTERFACES\" != \"no\" ] && "
+    "[ -n \"$(ifquery --read-environment --list --exclude=lo)\" ] && [ -x /bin/udevadm ]; "
+    "then udevadm settle --timeout=600; fi'\n"
+)
+
 DEGRADED_SCRIPT = "zz-clonefleet-degraded-raid"
 DEGRADED_AFTER_SECONDS = 20
 # Debian's initramfs waits for the root with wall-clock time but lets mdadm start a degraded
@@ -201,6 +211,8 @@ def _write_files(root: Path, spec: NodeLayerInput) -> None:
         _write(root, f"/etc/initramfs-tools/scripts/local-block/{DEGRADED_SCRIPT}",
                DEGRADED_RAID_SCRIPT, 0o755)
     _write(root, "/etc/network/interfaces", interfaces_text(network))
+    _write(root, "/etc/systemd/system/ifupdown-pre.service.d/50-clonefleet.conf",
+           IFUPDOWN_PRE_DROPIN)
     script = onlink_script(network)
     if script:
         _write(root, "/etc/initramfs-tools/scripts/init-premount/zz-clonefleet-onlink",
