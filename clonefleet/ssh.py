@@ -254,7 +254,7 @@ def _collect(channel: paramiko.Channel, timeout: float) -> tuple[int, str, str]:
                    transient=lambda error: False)
     except TimedOut:
         channel.close()
-        raise RemoteCommandFailed(f"remote command timed out after {timeout:.0f} s") from None
+        raise RemoteCommandTimedOut(f"remote command timed out after {timeout:.0f} s") from None
     status = channel.recv_exit_status()
     channel.close()
     return status, out.decode(errors="replace"), err.decode(errors="replace")
@@ -282,6 +282,10 @@ class AccessDenied(ConnectionFailed):
 
 class RemoteCommandFailed(ClonefleetError):
     exit_code = 12
+
+
+class RemoteCommandTimedOut(RemoteCommandFailed):
+    """The command did not finish in time (it may still be waiting for something)."""
 
 
 def wait_for_ssh(connect: Callable[[], RemoteShell], timeout: float,

@@ -13,7 +13,7 @@ from pathlib import Path
 from clonefleet.errors import UnlockError
 from clonefleet.providers.base import SshAccess
 from clonefleet.retry import retry
-from clonefleet.ssh import ConnectionFailed, RemoteShell
+from clonefleet.ssh import ConnectionFailed, RemoteCommandTimedOut, RemoteShell
 
 
 class UnlockNotReady(UnlockError):
@@ -63,13 +63,20 @@ def send_passphrase(access: SshAccess, key_path: Path, pinned_host_key: str,
                                          check=False, timeout=timeout)
         except ConnectionFailed:
             return interpret(None, "")
+        except RemoteCommandTimedOut:
+            # cryptroot-unlock waits for cryptsetup to ask, and cryptsetup asks only once the
+            # encrypted device exists: a degraded RAID (a dead disk) or a slow boot keeps it
+            # waiting. Not an error yet: try again until the caller's deadline.
+            raise UnlockNotReady(f"cryptroot-unlock still waiting after {timeout:.0f} s: the "
+                                 "initramfs is not asking for the passphrase yet (its root "
+                                 "device is not there: a slow or degraded RAID?)") from None
         # paramiko reports -1 when the channel closed without an exit status
         return interpret(None if status == -1 else status, out + err)
 
 
 def unlock(access: SshAccess, key_path: Path, pinned_host_key: str, passphrase: str, *,
            timeout: float, what: str = "node",
-           log: Callable[[str], None] | None = None) -> str:
+           log: Callable[[str], None] | None = None, attempt_timeout: float = 120) -> str:
     """Send the passphrase to Dropbear, retrying what passes by itself until `timeout`.
 
     Dropbear drops a new connection during the banner while too many earlier ones from the
@@ -83,6 +90,7 @@ def unlock(access: SshAccess, key_path: Path, pinned_host_key: str, passphrase: 
             log(f"{what}: unlock attempt {attempt} failed ({error}); trying again in "
                 f"{delay:.0f} s")
 
-    return retry(lambda: send_passphrase(access, key_path, pinned_host_key, passphrase),
+    return retry(lambda: send_passphrase(access, key_path, pinned_host_key, passphrase,
+                                         timeout=attempt_timeout),
                  what=f"unlock {what} through Dropbear at {access}", timeout=timeout,
                  on_retry=note)

@@ -28,6 +28,12 @@ from clonefleet.ssh import generate_ed25519
 # Messages and behaviour of Debian 12's cryptroot-unlock (see clonefleet/unlock.py).
 FAKE_CRYPTROOT_UNLOCK = """#!/bin/sh
 # Reads the passphrase from stdin (no trailing newline) like cryptroot-unlock without a TTY.
+# With a `hang_once` file beside it, the first call waits like the real one while nothing
+# asks for a passphrase yet (the root device is not there).
+if [ -e '{expected}.hang_once' ]; then
+    rm -f '{expected}.hang_once'
+    sleep 30
+fi
 given=$(cat; printf x)
 given=${{given%x}}
 if [ "$given" = "$(cat '{expected}')" ]; then

@@ -116,6 +116,18 @@ def test_unlock_rides_out_dropbears_cap_on_unauthenticated_connections(
     assert 3.5 < elapsed < 30, elapsed
 
 
+def test_a_cryptroot_unlock_still_waiting_for_its_device_is_tried_again(
+        dropbear: Dropbear) -> None:
+    # A degraded or slow RAID: cryptsetup does not ask yet, cryptroot-unlock just waits.
+    Path(f"{dropbear.folder / 'expected'}.hang_once").touch()
+    notes: list[str] = []
+    message = unlock(dropbear.access, dropbear.operator_key, dropbear.host_key,
+                     dropbear.passphrase, timeout=60, what="test-node", log=notes.append,
+                     attempt_timeout=3)
+    assert message == "cryptsetup: root set up successfully"
+    assert len(notes) == 1 and "not asking for the passphrase yet" in notes[0], notes
+
+
 def test_unlock_retries_connections_closed_during_the_banner(dropbear: Dropbear) -> None:
     proxy = DroppingProxy(dropbear.port, drop=2)
     notes: list[str] = []
