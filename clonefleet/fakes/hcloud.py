@@ -920,44 +920,36 @@ class HcloudApi:
         return {"action": self._new_action(command, server,
                                            on_success=disabled).payload(self.clock())}
 
+    def _power_action(self, server: Server, command: str, moving: str | None,
+                      done: Callable[[], list[Callable[[], None]]]) -> dict[str, Any]:
+        """An action that puts the server in `moving` (if not None) until it completes with
+        `done`; a failed action puts the server back where it was."""
+        previous = server.status
+        if moving is not None:
+            server.status = moving
+
+        def failed() -> None:
+            server.status = previous
+
+        return {"action": self._new_action(command, server, on_success=done,
+                                           on_error=failed).payload(self.clock())}
+
     def _reset(self, server: Server, command: str, data: dict[str, Any]) -> dict[str, Any]:
         # A reset of a server that is off starts it, as a power cycle would.
-        previous = server.status
-        if previous == "off":
-            server.status = "starting"
-
-        def failed() -> None:
-            server.status = previous
-
-        return {"action": self._new_action(command, server,
-                                           on_success=lambda: self._booted(server),
-                                           on_error=failed).payload(self.clock())}
+        return self._power_action(server, command,
+                                  "starting" if server.status == "off" else None,
+                                  lambda: self._booted(server))
 
     def _poweron(self, server: Server, command: str, data: dict[str, Any]) -> dict[str, Any]:
-        previous = server.status
-        if previous == "running":
+        if server.status == "running":
             return {"action": self._new_action(command, server,
                                                on_success=list).payload(self.clock())}
-        server.status = "starting"
-
-        def failed() -> None:
-            server.status = previous
-
-        return {"action": self._new_action(command, server,
-                                           on_success=lambda: self._booted(server),
-                                           on_error=failed).payload(self.clock())}
+        return self._power_action(server, command, "starting", lambda: self._booted(server))
 
     def _poweroff(self, server: Server, command: str, data: dict[str, Any]) -> dict[str, Any]:
-        previous = server.status
-        if previous != "off":
-            server.status = "stopping"
-
-        def failed() -> None:
-            server.status = previous
-
-        return {"action": self._new_action(command, server,
-                                           on_success=lambda: self._stopped(server),
-                                           on_error=failed).payload(self.clock())}
+        return self._power_action(server, command,
+                                  "stopping" if server.status != "off" else None,
+                                  lambda: self._stopped(server))
 
 
 # -- HTTP front ------------------------------------------------------------------------------
