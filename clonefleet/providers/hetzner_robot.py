@@ -16,9 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import hashlib
 import ipaddress
 import json
 import os
@@ -49,6 +47,7 @@ from clonefleet.providers.robot_client import (
     md5_fingerprint,
 )
 from clonefleet.retry import POLL, RetryPolicy, TimedOut, wait_until
+from clonefleet.ssh import key_fingerprints
 
 DRIVER = "hetzner-robot"
 SSH_PORT = 22
@@ -347,7 +346,7 @@ class HetznerRobotProvider:
             if not _matches(presented, pinned):
                 raise HostKeyMismatchError(
                     f"{node.name}: {what} at {access} presented host key "
-                    f"{presented[0]} {_sha256(presented[1])}, which is none of the "
+                    f"{presented[0]} {key_fingerprints(presented[1])[0]}, which is none of the "
                     f"fingerprints Robot published for its rescue ({', '.join(pinned)}); "
                     "refusing to continue (possible man-in-the-middle): check the server in "
                     "Robot and run the command again")
@@ -472,20 +471,15 @@ def _presented_key(access: SshAccess, patience: float) -> tuple[str, bytes] | No
         transport.close()
 
 
-def _sha256(blob: bytes) -> str:
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-
-
 def _matches(presented: tuple[str, bytes], pinned: tuple[str, ...]) -> bool:
     """Robot's fingerprints may be SHA256 ("SHA256:..." or bare base64) or MD5 hex."""
-    blob = presented[1]
-    sha = _sha256(blob)
-    md5 = hashlib.md5(blob, usedforsecurity=False).hexdigest()
+    sha, md5 = key_fingerprints(presented[1])
+    md5_hex = md5.removeprefix("MD5:").replace(":", "")
     for entry in pinned:
         text = entry.strip().split()[-1] if entry.strip() else ""
         if text in (sha, sha.removeprefix("SHA256:")):
             return True
-        if text.replace(":", "").lower().removeprefix("md5") == md5:
+        if text.replace(":", "").lower().removeprefix("md5") == md5_hex:
             return True
     return False
 

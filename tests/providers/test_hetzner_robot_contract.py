@@ -23,10 +23,10 @@ from clonefleet.fakes.robot import RobotFake, make_server
 from clonefleet.inventory import Node
 from clonefleet.inventory.model import StaticNetwork
 from clonefleet.providers.base import ProviderConfig, SshAccess
-from clonefleet.providers.hetzner_robot import HetznerRobotProvider, RescueArmed, _sha256
+from clonefleet.providers.hetzner_robot import HetznerRobotProvider, RescueArmed
 from clonefleet.providers.robot_client import md5_fingerprint
 from clonefleet.retry import RetryPolicy
-from clonefleet.ssh import generate_ed25519
+from clonefleet.ssh import generate_ed25519, key_fingerprints
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,7 @@ class SshStub:
 
     @property
     def fingerprint(self) -> str:
-        return _sha256(self.key.asbytes())
+        return key_fingerprints(self.key.asbytes())[0]
 
     def _accept(self) -> None:
         while self.running:
