@@ -1,7 +1,8 @@
 """Is a node that just booted fit to be deployed (or put back into the DNS map)?
 
 Asked over the node's own sshd once it answers: the root filesystem is mounted read-write,
-every filesystem in its fstab is mounted, systemd finished booting and no unit failed. Each
+every filesystem in its fstab is mounted, systemd finished booting and no unit failed (a
+unit whose start only timed out, as on a boot starved of CPU, gets one more try). Each
 problem becomes one finding in words an operator can act on; a node with findings is not
 deployed, because a deploy onto a half-booted node fails in ways that hide the cause (a
 read-only root makes every upload fail).
@@ -10,7 +11,8 @@ read-only root makes every upload fail).
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from clonefleet.errors import ClonefleetError
 from clonefleet.ssh import RemoteShell
@@ -27,8 +29,14 @@ echo "root=$(findmnt -no OPTIONS /)"
 awk '$1 !~ /^#/ && $2 ~ /^\\// && $3 != "swap" && $4 !~ /noauto/ {{print "fstab=" $2}}' \
     /etc/fstab
 findmnt -rno TARGET | sed 's/^/mounted=/'
-systemctl list-units --failed --plain --no-legend --no-pager | awk '{{print "failed=" $1}}'
+for unit in $(systemctl list-units --failed --plain --no-legend --no-pager | awk '{{print $1}}')
+do
+    echo "failed=$unit $(systemctl show -p Result --value "$unit")"
+done
 """
+# A start job that ran out of time (systemd's `Result=timeout`) on a boot starved of CPU is
+# not a fault of the node: such units are restarted once before they count as findings.
+RESTART_SECONDS = 120
 
 
 class NodeUnhealthy(ClonefleetError):
@@ -43,7 +51,10 @@ class Health:
     root_options: tuple[str, ...]
     unmounted: tuple[str, ...] = ()
     failed_units: tuple[str, ...] = ()
+    failed_results: dict[str, str] = field(default_factory=dict)
     findings: tuple[str, ...] = field(default=())
+    # Units that had timed out at boot and were started again successfully.
+    restarted: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -55,7 +66,7 @@ def parse(output: str) -> Health:
     state, root = "unknown", ""
     in_fstab: list[str] = []
     mounted: set[str] = set()
-    failed: list[str] = []
+    failed: dict[str, str] = {}
     for line in output.splitlines():
         key, _, value = line.partition("=")
         value = value.strip()
@@ -68,7 +79,8 @@ def parse(output: str) -> Health:
         elif key == "mounted":
             mounted.add(value.replace("\\x20", " "))
         elif key == "failed" and value:
-            failed.append(value)
+            unit, _, result = value.partition(" ")
+            failed[unit] = result.strip()
     options = tuple(option for option in root.split(",") if option)
     findings: list[str] = []
     if not options:
@@ -79,25 +91,47 @@ def parse(output: str) -> Health:
     if unmounted:
         findings.append(f"not mounted although in /etc/fstab: {', '.join(unmounted)}")
     if failed:
-        findings.append(f"failed units: {', '.join(failed)}")
+        findings.append("failed units: " + ", ".join(
+            f"{unit} ({result})" if result else unit for unit, result in failed.items()))
     if state not in ("running", "degraded") or (state == "degraded" and not failed):
         findings.append(f"systemd reports the system as {state!r}"
                         + (" (boot not finished)" if state in ("starting", "initializing")
                            else ""))
     return Health(state=state, root_options=options, unmounted=unmounted,
-                  failed_units=tuple(failed), findings=tuple(findings))
+                  failed_units=tuple(failed), failed_results=failed,
+                  findings=tuple(findings))
 
 
-def check(shell: RemoteShell) -> Health:
-    """Probe the node behind `shell` (its own sshd)."""
+def _probe(shell: RemoteShell) -> Health:
     _, out, _ = shell.run(f"sh -c {shlex.quote(_PROBE)}", check=False,
                           timeout=BOOT_FINISH_SECONDS + 60, what="health check")
     return parse(out)
 
 
-def require_healthy(shell: RemoteShell, node: str) -> Health:
-    """Raise `NodeUnhealthy` with every finding in one line, or return the health."""
+def check(shell: RemoteShell) -> Health:
+    """Probe the node behind `shell` (its own sshd); units that only timed out are started
+    once more and the node probed again."""
+    health = _probe(shell)
+    timed_out = [unit for unit, result in health.failed_results.items() if result == "timeout"]
+    if not timed_out:
+        return health
+    units = " ".join(shlex.quote(unit) for unit in timed_out)
+    shell.run(f"systemctl reset-failed {units}; timeout {RESTART_SECONDS} "
+              f"systemctl restart {units}", check=False, timeout=RESTART_SECONDS + 30,
+              what="restart of units that timed out")
+    again = _probe(shell)
+    restarted = tuple(unit for unit in timed_out if unit not in again.failed_results)
+    return replace(again, restarted=restarted)
+
+
+def require_healthy(shell: RemoteShell, node: str,
+                    log: Callable[[str], None] = lambda _: None) -> Health:
+    """Raise `NodeUnhealthy` with every finding in one line, or return the health. Units
+    restarted after a timeout are told to `log` either way."""
     health = check(shell)
+    if health.restarted:
+        log(f"{node}: restarted {', '.join(health.restarted)} (timed out at boot, started "
+            "fine on a second try)")
     if not health.ok:
         raise NodeUnhealthy(
             f"{node} booted but is not fit to deploy: {'; '.join(health.findings)}; "

@@ -310,7 +310,7 @@ class Provisioner:
         with wait_for_ssh(lambda: RemoteShell(access, self.operator.path, pinned=pinned,
                                               what=f"{node.name} sshd"), 120,
                           f"{node.name} sshd") as shell:
-            health = require_healthy(shell, node.name)
+            health = require_healthy(shell, node.name, self.log)
         self.log(f"{node.name}: healthy (systemd {health.state}, root "
                  f"{'rw' if 'rw' in health.root_options else 'ro'})")
 

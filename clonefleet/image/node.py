@@ -104,8 +104,11 @@ def kernel_cmdline(network: InitramfsNetwork) -> str:
     # `rootdelay=300`: how long the initramfs waits for the root before its (for a remote
     # box useless) shell; cryptsetup asks for the passphrase within it. Degraded RAID
     # arrays start after 20 s regardless (DEGRADED_RAID_SCRIPT).
+    # The systemd timeouts: a boot starved of CPU once failed the /dev/mqueue and tracefs
+    # mounts (90 s by default for any start job) with nothing wrong on the node.
     return (f"net.ifnames=0 console=tty0 console=ttyS0,115200 {network.kernel_ip_arg()} "
-            "rw rootdelay=300 systemd.default_device_timeout_sec=600")
+            "rw rootdelay=300 systemd.default_device_timeout_sec=600 "
+            "systemd.default_timeout_start_sec=600")
 
 
 def interfaces_text(network: InitramfsNetwork) -> str:
