@@ -77,6 +77,11 @@ class HostKeyMismatchError(UnlockError):
     exit_code = 8
 
 
+class HostKeyNotPinnedError(HostKeyMismatchError):
+    """No key is pinned for the address a node is reached at: strict checking refuses it like
+    a changed key, since accepting it would pin whoever answers."""
+
+
 class TimeoutError_(ClonefleetError):
     """Waiting for a VM or node timed out. Named with a trailing underscore to keep the builtin."""
 

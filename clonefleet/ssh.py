@@ -1,8 +1,10 @@
 """SSH plumbing: the operator key, per-node host keys, and a small paramiko shell.
 
 Host keys are pinned: a connection to a node (sshd or Dropbear) is accepted only when the
-server presents exactly the key recorded at install time. Rescue systems are created fresh
-on every boot: their key is pinned to the fingerprints the provider's API reported
+server presents exactly the key recorded at install time, read from the fleet's known_hosts
+file (`clonefleet.known_hosts`, the same file pyinfra checks against), and compared by
+paramiko itself as it does for any known_hosts. Rescue systems are created fresh on every
+boot: their key is pinned to the fingerprints the provider's API reported
 (`SshAccess.host_keys`) when it reported any, and otherwise accepted on first use and logged.
 """
 
@@ -19,8 +21,15 @@ from typing import IO
 import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paramiko.pkey import UnknownKeyType
 
-from clonefleet.errors import ClonefleetError, ConfigError, HostKeyMismatchError
+from clonefleet.errors import (
+    ClonefleetError,
+    ConfigError,
+    HostKeyMismatchError,
+    HostKeyNotPinnedError,
+)
+from clonefleet.known_hosts import host_pattern, public_key_blob
 from clonefleet.providers.base import SshAccess
 from clonefleet.retry import RetryPolicy, TimedOut, retry, wait_until
 
@@ -66,12 +75,6 @@ def ensure_operator_key(configured: str, state_dir: Path) -> OperatorKey:
     return OperatorKey(path, public.read_text().strip())
 
 
-def public_key_blob(line: str) -> str:
-    """'ssh-ed25519 AAAA... comment' -> 'ssh-ed25519 AAAA...' for comparisons."""
-    parts = line.split()
-    return " ".join(parts[:2])
-
-
 def key_fingerprints(key_bytes: bytes) -> tuple[str, str]:
     """A host key's SHA256 fingerprint as OpenSSH prints it ("SHA256:<base64, unpadded>")
     and its MD5 one ("MD5:aa:bb:..."), both as providers' APIs report them."""
@@ -105,26 +108,27 @@ def normalize_fingerprint(text: str) -> str:
     return f"MD5:{token.lower()}"  # a bare colon-separated hex digest is MD5
 
 
-class _PinnedPolicy(paramiko.MissingHostKeyPolicy):
-    def __init__(self, pinned: str | None, what: str, seen: list[str],
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """What to do with a key when nothing is pinned for the address (paramiko itself refuses a
+    key that differs from a pinned one). A pinned connection refuses; a rescue system's key is
+    checked against the provider's fingerprints, or else trusted on first use."""
+
+    def __init__(self, pinned_in: str | None, what: str, seen: list[str],
                  fingerprints: tuple[str, ...] = ()) -> None:
-        self.pinned = public_key_blob(pinned) if pinned else None
+        self.pinned_in = pinned_in
         self.fingerprints = {normalize_fingerprint(text) for text in fingerprints}
         self.what = what
         self.seen = seen
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
                          key: paramiko.PKey) -> None:
-        presented = f"{key.get_name()} {key.get_base64()}"
-        self.seen.append(presented)
-        if self.pinned is not None and presented != self.pinned:
-            raise HostKeyMismatchError(
-                f"{self.what} at {hostname} presented host key {_fingerprint(key)}, which is "
-                f"not the key pinned at install time; refusing to connect (possible "
-                "man-in-the-middle or a reinstalled node: investigate, then re-pin with "
-                "`clonefleet provision --wipe`)")
-        if self.pinned is None and self.fingerprints \
-                and not self.fingerprints & set(key_fingerprints(key.asbytes())):
+        self.seen.append(f"{key.get_name()} {key.get_base64()}")
+        if self.pinned_in is not None:
+            raise HostKeyNotPinnedError(
+                f"{self.what} at {hostname} presented host key {_fingerprint(key)}, but no key "
+                f"is pinned for {hostname} in {self.pinned_in}; refusing to connect (was the "
+                "node installed by this controller? `clonefleet provision` pins its keys)")
+        if self.fingerprints and not self.fingerprints & set(key_fingerprints(key.asbytes())):
             raise HostKeyMismatchError(
                 f"{self.what} at {hostname} presented host key {_fingerprint(key)}, which is "
                 "none of the fingerprints the provider's API reported "
@@ -136,20 +140,47 @@ def _fingerprint(key: paramiko.PKey) -> str:
     return f"{key.get_name()} {key_fingerprints(key.asbytes())[0]}"
 
 
+def _public_key(line: str) -> tuple[str, paramiko.PKey]:
+    """An OpenSSH public key line as paramiko's (type, key), for its host key table."""
+    parts = public_key_blob(line).split()
+    try:
+        key = paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1]))
+    except (IndexError, ValueError, paramiko.SSHException, UnknownKeyType):
+        raise ConfigError(f"pinned host key {line[:60]!r} is not an OpenSSH public key "
+                          "line") from None
+    return key.get_name(), key
+
+
 class RemoteShell:
     """One SSH session used for many commands."""
 
-    def __init__(self, access: SshAccess, key_path: Path, *, pinned: str | None,
-                 what: str, timeout: float = 20) -> None:
-        """`pinned`: the public key line recorded at install time. Without one, the key is
-        checked against `access.host_keys` (fingerprints from the provider's API) if there
-        are any, and otherwise trusted on first use (`seen_keys` says which it was)."""
+    def __init__(self, access: SshAccess, key_path: Path, *, what: str,
+                 known_hosts: Path | None = None, pinned: str | None = None,
+                 timeout: float = 20) -> None:
+        """`known_hosts`: the fleet's file holding the keys pinned at install time (see
+        `clonefleet.nodefacts.load_pinned`); the server must present the key pinned there for
+        its `[host]:port`. `pinned`: one public key line instead, for a caller holding just
+        that key (tests, ad-hoc tools). With neither, the key is checked against
+        `access.host_keys` (fingerprints from the provider's API) if there are any, and
+        otherwise trusted on first use (`seen_keys` says which it was)."""
+        if known_hosts is not None and pinned is not None:
+            raise ValueError("give known_hosts or pinned, not both")
         self.access = access
         self.what = what
         self.seen_keys: list[str] = []
         self.client = paramiko.SSHClient()
+        pinned_in = None
+        if known_hosts is not None:
+            pinned_in = str(known_hosts)
+            if known_hosts.exists():
+                # The "system" set: paramiko reads it and never writes it back.
+                self.client.load_system_host_keys(str(known_hosts))
+        elif pinned is not None:
+            pinned_in = "the given key line"
+            self.client.get_host_keys().add(host_pattern(access.host, access.port),
+                                            *_public_key(pinned))
         self.client.set_missing_host_key_policy(
-            _PinnedPolicy(pinned, what, self.seen_keys, access.host_keys))
+            _HostKeyPolicy(pinned_in, what, self.seen_keys, access.host_keys))
         try:
             self.client.connect(access.host, port=access.port, username=access.user,
                                 key_filename=str(key_path), timeout=timeout,
@@ -158,6 +189,14 @@ class RemoteShell:
         except ClonefleetError:
             self.client.close()
             raise
+        except paramiko.BadHostKeyException as error:
+            self.client.close()
+            raise HostKeyMismatchError(
+                f"{what} at {host_pattern(access.host, access.port)} presented host key "
+                f"{_fingerprint(error.key)}, which is not the key pinned at install time "
+                f"({_fingerprint(error.expected_key)} per {pinned_in}); refusing to connect "
+                "(possible man-in-the-middle or a reinstalled node: investigate, then re-pin "
+                "with `clonefleet provision --wipe`)") from None
         except paramiko.AuthenticationException as error:
             self.client.close()
             raise AccessDenied(f"{what} at {access} refused the operator key "
