@@ -23,6 +23,8 @@ class DeployResult:
     unchanged: int
     errors: tuple[str, ...]  # "operation: its own error", in order
     not_run: tuple[str, ...] = ()  # operations skipped after the first failure
+    # The node's host key was not the one pinned in the fleet's known_hosts (or none was).
+    host_key_refused: bool = False
 
 
 def describe_failure(result: DeployResult) -> str:
@@ -53,5 +55,6 @@ def run_deploy(fleet_path: Path, nodes: list[str], deploy: str = "deploys.full:n
     return {name: DeployResult(node=name, connected=value["connected"], failed=value["failed"],
                                changed=tuple(value["changed"]), unchanged=value["unchanged"],
                                errors=tuple(value["errors"]),
-                               not_run=tuple(value.get("not_run", ())))
+                               not_run=tuple(value.get("not_run", ())),
+                               host_key_refused=bool(value.get("host_key_refused")))
             for name, value in data.items()}

@@ -60,13 +60,16 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str) -> dict[str, Any]:
     pyinfra_logger.addHandler(collector)
     try:
         state.set_stage(StateStage.Connect)
-        connect_all(state)
-        state.set_stage(StateStage.Prepare)
-        add_deploy(state, deploy_function)
-        state.set_stage(StateStage.Execute)
-        # "No hosts remaining!" when every host failed: the per-host results below say why.
+        # "No hosts remaining!" when every host failed (to connect, or an operation): the
+        # per-host results below say why, e.g. a host key that is not the pinned one.
         with contextlib.suppress(PyinfraError):
-            run_ops(state)
+            connect_all(state)
+        if state.active_hosts:
+            state.set_stage(StateStage.Prepare)
+            add_deploy(state, deploy_function)
+            state.set_stage(StateStage.Execute)
+            with contextlib.suppress(PyinfraError):
+                run_ops(state)
     finally:
         pyinfra_logger.removeHandler(collector)
 
@@ -90,13 +93,17 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str) -> dict[str, Any]:
             else:
                 unchanged += 1
         connect_error = collector.connect_errors.get(host.name)
+        host_key_refused = bool(connect_error and HOST_KEY_REFUSED.search(connect_error))
         if connect_error:
-            errors.insert(0, f"cannot connect: {connect_error}")
+            checked = (f"; checked against {host.data.get('ssh_known_hosts_file')}"
+                       if host_key_refused else "")
+            errors.insert(0, f"cannot connect: {connect_error}{checked}")
         results[host.name] = {
-            "connected": host in activated or host in state.failed_hosts,
+            # Activated hosts are those that connected, whatever happened to them later.
+            "connected": host in activated,
             "failed": host in state.failed_hosts or host not in activated or bool(errors),
             "changed": changed, "unchanged": unchanged, "errors": errors,
-            "not_run": not_run,
+            "not_run": not_run, "host_key_refused": host_key_refused,
         }
     state.set_stage(StateStage.Disconnect)
     disconnect_all(state)
@@ -108,6 +115,9 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str) -> dict[str, Any]:
 
 TOKEN_DELIVERED_FACT = "drain_token_delivered"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# pyinfra's words for a key that differs from the pinned one, and for an address with none
+# pinned under strict checking.
+HOST_KEY_REFUSED = re.compile(r"SSH host key error|No host key for .* found in known_hosts")
 HOST_PREFIX = re.compile(r"^\[([^\]]+)\]\s*(?:nested\s*)?(.*)$", re.S)
 # pyinfra's own summary lines ("Error: executed 0 commands") say nothing about the cause.
 NOISE = re.compile(r"^Error(:? executed \d+ commands.*)?$")
