@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clonefleet import nodefacts
 from clonefleet.errors import ClonefleetError
 from clonefleet.inventory import Fleet
+from clonefleet.known_hosts import KnownHosts, fleet_known_hosts
+from clonefleet.paths import fleet_state_dir
 from clonefleet.providers.base import SshAccess
 from clonefleet.ssh import RemoteShell, wait_for_ssh
 from clonefleet.state import StateStore
@@ -43,13 +46,14 @@ class NodeDisks:
     checked_at: float | None = None
 
 
-Connect = Callable[[str, SshAccess, str | None], RemoteShell]
+# (node, its sshd address, the fleet's known_hosts holding its pinned key) -> a session
+Connect = Callable[[str, SshAccess, Path], RemoteShell]
 
 
 def _connect(key_path: Path) -> Connect:
-    def connect(node: str, access: SshAccess, pinned: str | None) -> RemoteShell:
+    def connect(node: str, access: SshAccess, known_hosts: Path) -> RemoteShell:
         # A short deadline: a node that is down is reported, not waited for.
-        return wait_for_ssh(lambda: RemoteShell(access, key_path, pinned=pinned,
+        return wait_for_ssh(lambda: RemoteShell(access, key_path, known_hosts=known_hosts,
                                                 what=f"node {node}", timeout=20),
                             CONNECT_DEADLINE, f"node {node}")
     return connect
@@ -59,7 +63,8 @@ CONNECT_DEADLINE = 30.0
 
 
 def gather_node(fleet: Fleet, store: StateStore, node: str, connect: Connect,
-                command: str = COMMAND, timeout: float = 300) -> NodeDisks:
+                command: str = COMMAND, timeout: float = 300,
+                known_hosts: KnownHosts | None = None) -> NodeDisks:
     """Run the agent's report on one node; any failure becomes an `unreachable` answer."""
     fleet.node(node)
     record = store.get(node)
@@ -68,13 +73,13 @@ def gather_node(fleet: Fleet, store: StateStore, node: str, connect: Connect,
             f"(state {record.state})"
         return NodeDisks(node, NOT_PROVISIONED,
                          error=f"{state}: run `clonefleet provision {node}`")
-    access = store.get_fact(node, "ssh")
-    if not access:
-        return NodeDisks(node, "unreachable",
-                         error=f"no SSH address recorded although the node is {record.state}")
-    pinned = store.get_fact(node, "ssh_host_key")
+    pins = known_hosts or fleet_known_hosts(fleet_state_dir(fleet.name))
     try:
-        with connect(node, SshAccess(access["host"], int(access["port"])), pinned) as shell:
+        facts = nodefacts.load_pinned(store, node, pins)
+        if facts.ssh is None:
+            return NodeDisks(node, "unreachable", error="no SSH address recorded although the "
+                             f"node is {record.state}")
+        with connect(node, facts.ssh, pins.path) as shell:
             status, out, err = shell.run(command, check=False, timeout=timeout)
     except ClonefleetError as error:
         return NodeDisks(node, "unreachable", error=str(error))
@@ -90,13 +95,17 @@ def gather_node(fleet: Fleet, store: StateStore, node: str, connect: Connect,
 
 def gather(fleet: Fleet, store: StateStore, key_path: Path, nodes: list[str] | None = None, *,
            command: str = COMMAND, parallel: int = 8, timeout: float = 300,
-           connect: Connect | None = None) -> list[NodeDisks]:
-    """Given the fleet, return every node's disk report (in parallel, `parallel` at a time)."""
+           connect: Connect | None = None,
+           known_hosts: KnownHosts | None = None) -> list[NodeDisks]:
+    """Given the fleet, return every node's disk report (in parallel, `parallel` at a time).
+    Host keys are checked against `known_hosts` (default: the fleet's, in its state folder)."""
     names = nodes or sorted(fleet.nodes)
     connector = connect or _connect(key_path)
+    pins = known_hosts or fleet_known_hosts(fleet_state_dir(fleet.name))
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(names)))) as pool:
         return list(pool.map(
-            lambda name: gather_node(fleet, store, name, connector, command, timeout), names))
+            lambda name: gather_node(fleet, store, name, connector, command, timeout, pins),
+            names))
 
 
 def rows(reports: list[NodeDisks]) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clonefleet import nodefacts
 from clonefleet.deploy import describe_failure, run_deploy
 from clonefleet.errors import DeployError, StateError
 from clonefleet.health import require_healthy
@@ -24,6 +25,7 @@ from clonefleet.install.plan import InstallPlan, make_plan
 from clonefleet.install.rescue import RescueInstaller
 from clonefleet.inventory import Fleet, Node
 from clonefleet.keystore import Keystore
+from clonefleet.known_hosts import fleet_known_hosts
 from clonefleet.paths import cache_dir
 from clonefleet.providers.base import Provider, SshAccess
 from clonefleet.ssh import (
@@ -86,6 +88,7 @@ class Provisioner:
         self.state_dir = state_dir
         self.provider = provider
         self.keystore = keystore or Keystore(state_dir / "keystore")
+        self.known_hosts = fleet_known_hosts(state_dir)
         self.log = log
         self.progress = progress
         self.actor = actor
@@ -190,11 +193,7 @@ class Provisioner:
 
     def _create(self, node: Node) -> None:
         info = self.provider.ensure_server(node)
-        self.store.set_fact(node.name, "ssh", {"host": info.ssh.host, "port": info.ssh.port})
-        self.store.set_fact(node.name, "unlock", {"host": info.unlock.host,
-                                                  "port": info.unlock.port})
-        self.store.set_fact(node.name, "server_id", info.server_id)
-        self.store.set_fact(node.name, "nic_modules", list(info.nic_modules))
+        nodefacts.record_server(self.store, node.name, info)
         record = self.store.get(node.name)
         if record is None:
             self.store.transition(node.name, "ordered", actor=self.actor,
@@ -206,15 +205,17 @@ class Provisioner:
         dropbear_key = generate_ed25519(f"dropbear@{node.name}")
         secrets = NodeSecrets(ssh_key.private_openssh, ssh_key.public_line,
                               dropbear_key.private_openssh, dropbear_key.public_line)
-        nic_modules = tuple(self.store.get_fact(node.name, "nic_modules", []))
+        nic_modules = nodefacts.load(self.store, node.name).nic_modules
         build_node_layer(base, NodeLayerInput(
             layout=plan.layout, secrets=secrets, network=plan.network,
             operator_keys=(self.operator.public_line,), nic_modules=nic_modules),
             output, workspace)
-        # Pinned before the node first boots them; a reinstall pins fresh keys.
-        self.store.set_fact(node.name, "ssh_host_key", ssh_key.public_line)
-        self.store.set_fact(node.name, "dropbear_host_key", dropbear_key.public_line)
-        self.store.set_fact(node.name, "layout", plan.layout.__dict__)
+        # Pinned before the node first boots them; a reinstall pins fresh keys, and its
+        # known_hosts entries replace the old ones at once.
+        nodefacts.record_host_keys(self.store, node.name, ssh_host_key=ssh_key.public_line,
+                                   dropbear_host_key=dropbear_key.public_line)
+        nodefacts.record_layout(self.store, node.name, plan.layout)
+        nodefacts.load_pinned(self.store, node.name, self.known_hosts)
 
     def _run_installer(self, base: BaseImage, node: Node, plan: InstallPlan,
                        access: SshAccess, layer: Path, report: ProvisionReport) -> None:
@@ -231,7 +232,7 @@ class Provisioner:
                 shell, plan, log=self.log,
                 on_step=lambda step, seconds: report.steps.append((f"  {step}", seconds)))
             final_plan = installer.discover()
-            self.store.set_fact(node.name, "disks", final_plan.disk_paths)
+            nodefacts.record_disks(self.store, node.name, final_plan.disk_paths)
             installer.install(passphrase, base.tarball, layer, progress=self._copy_progress(
                 node.name))
         self.store.transition(node.name, "installed", actor=self.actor,
@@ -250,15 +251,9 @@ class Provisioner:
                               reason="booted from disk, waiting for unlock")
 
     def wait_for_dropbear(self, node: Node, timeout: float | None = None) -> None:
-        self.provider.wait_ready(self._access(node.name, "unlock"), node,
+        self.provider.wait_ready(nodefacts.load(self.store, node.name).require_unlock(), node,
                                  timeout or self.provider.boot_timeout,
                                  "Dropbear in the initramfs")
-
-    def _access(self, node: str, kind: str) -> SshAccess:
-        data = self.store.get_fact(node, kind)
-        if not data:
-            raise StateError(f"no recorded {kind} address for node {node}; provision it first")
-        return SshAccess(data["host"], int(data["port"]))
 
     def unlock(self, node_name: str, *, wait_for_sshd: bool = True,
                timeout: float | None = None) -> str:
@@ -266,14 +261,14 @@ class Provisioner:
         `timeout` bounds each wait (default: the provider's boot timeout)."""
         node = self.fleet.node(node_name)
         timeout = timeout or self.provider.boot_timeout
-        pinned = self.store.get_fact(node.name, "dropbear_host_key")
-        if not pinned:
+        facts = nodefacts.load_pinned(self.store, node.name, self.known_hosts)
+        if not facts.dropbear_host_key:
             raise StateError(f"no pinned Dropbear host key for {node.name}; it was not "
                              "installed by this controller")
         passphrase = self.keystore.get(node.name)
         started = time.monotonic()
         self.wait_for_dropbear(node, timeout)
-        message = unlock(self._access(node.name, "unlock"), self.operator.path, pinned,
+        message = unlock(facts.require_unlock(), self.operator.path, self.known_hosts.path,
                          passphrase, what=node.name, log=self.log,
                          timeout=max(30.0, timeout - (time.monotonic() - started)))
         self.log(f"{node.name}: {message}")
@@ -293,23 +288,23 @@ class Provisioner:
         self.unlock(node_name)
 
     def wait_for_sshd(self, node: Node, timeout: float | None = None) -> None:
-        access = self._access(node.name, "ssh")
+        access = nodefacts.load(self.store, node.name).require_ssh()
         self.provider.wait_ready(access, node, timeout or self.provider.boot_timeout, "sshd")
-        pinned = self.store.get_fact(node.name, "ssh_host_key")
-        shell = wait_for_ssh(lambda: RemoteShell(access, self.operator.path, pinned=pinned,
-                                                 what=f"{node.name} sshd"), 120,
-                             f"{node.name} sshd")
-        with shell:
+        with self._sshd_shell(node) as shell:
             shell.run("true", what="ssh check")
+
+    def _sshd_shell(self, node: Node) -> RemoteShell:
+        """A session with the node's sshd, its key checked against the one pinned for it."""
+        access = nodefacts.load_pinned(self.store, node.name, self.known_hosts).require_ssh()
+        return wait_for_ssh(lambda: RemoteShell(access, self.operator.path,
+                                                known_hosts=self.known_hosts.path,
+                                                what=f"{node.name} sshd"), 120,
+                            f"{node.name} sshd")
 
     def _health_check(self, node: Node) -> None:
         """A half-booted node (read-only root, a filesystem not mounted, a failed unit) is
         not deployed: the deploy would fail without naming the cause."""
-        access = self._access(node.name, "ssh")
-        pinned = self.store.get_fact(node.name, "ssh_host_key")
-        with wait_for_ssh(lambda: RemoteShell(access, self.operator.path, pinned=pinned,
-                                              what=f"{node.name} sshd"), 120,
-                          f"{node.name} sshd") as shell:
+        with self._sshd_shell(node) as shell:
             health = require_healthy(shell, node.name, self.log)
         self.log(f"{node.name}: healthy (systemd {health.state}, root "
                  f"{'rw' if 'rw' in health.root_options else 'ro'})")

@@ -1,8 +1,9 @@
 """The fleet as a pyinfra inventory: used by clonefleet and by `inventory/<fleet>.py`.
 
 Only nodes whose sshd address is known (recorded at install) are listed. Every host gets the
-fleet's pinned host keys in a known_hosts file and strict checking, so pyinfra refuses a
-changed key exactly like `clonefleet unlock` does.
+fleet's known_hosts file (the one clonefleet's own SSH sessions check against, refreshed here
+from the pinned keys in the state store) and strict checking, so pyinfra refuses a changed or
+unpinned key exactly like `clonefleet unlock` does.
 """
 
 from __future__ import annotations
@@ -10,44 +11,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from clonefleet import nodefacts
 from clonefleet.inventory import Fleet, load_fleet
+from clonefleet.known_hosts import fleet_known_hosts
 from clonefleet.paths import fleet_state_dir
 from clonefleet.retry import DEFAULT, DEPLOY_CONNECT_TRIES
 from clonefleet.ssh import ensure_operator_key
 from clonefleet.state import StateStore, open_store
 
 
-def write_known_hosts(fleet: Fleet, store: StateStore, path: Path) -> Path:
-    lines = []
-    for name in sorted(fleet.nodes):
-        access = store.get_fact(name, "ssh")
-        key = store.get_fact(name, "ssh_host_key")
-        if not access or not key:
-            continue
-        host = access["host"] if access["port"] == 22 else f"[{access['host']}]:{access['port']}"
-        lines.append(f"{host} {' '.join(key.split()[:2])}\n")
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text("".join(lines))
-    temporary.replace(path)
-    return path
-
-
 def host_data(fleet: Fleet, store: StateStore, state_dir: Path,
               names: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
     key = ensure_operator_key(fleet.ssh_key, state_dir)
-    known_hosts = write_known_hosts(fleet, store, state_dir / "known_hosts")
+    known_hosts = fleet_known_hosts(state_dir)
+    # Every node of the fleet, not just those asked for: one rewrite also drops the entries of
+    # nodes whose keys are no longer recorded (retired ones).
+    facts = nodefacts.load_pinned_many(store, sorted(fleet.nodes), known_hosts)
     hosts = []
     for name in names if names is not None else sorted(fleet.nodes):
         node = fleet.node(name)
-        access = store.get_fact(name, "ssh")
-        if not access:
+        access = facts[node.name].ssh
+        if access is None:
             continue
         hosts.append((name, {
-            "ssh_hostname": access["host"],
-            "ssh_port": access["port"],
+            "ssh_hostname": access.host,
+            "ssh_port": access.port,
             "ssh_user": "root",
             "ssh_key": str(key.path),
-            "ssh_known_hosts_file": str(known_hosts),
+            "ssh_known_hosts_file": str(known_hosts.path),
             "ssh_strict_host_key_checking": "yes",
             # The shared retry policy, in pyinfra's terms: it retries refused, reset and EOF
             # connects, never a changed host key (that is a ConnectError at once).

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from clonefleet import nodefacts
 from clonefleet.errors import StateError
 from clonefleet.inventory import Fleet
 from clonefleet.keystore import Keystore
@@ -40,9 +41,10 @@ def plan_retire(fleet: Fleet, store: StateStore, node_name: str) -> RetireResult
     node = fleet.node(node_name)
     record = store.get(node.name)
     state = record.state if record else None
-    result = RetireResult(node=node.name, provider=node.provider,
-                          server_id=str(store.get_fact(node.name, "server_id", "")
-                                        or node.server_id), state=state)
+    # This one fact only: a node whose other facts are damaged can still be retired.
+    server_id = store.get_fact(node.name, nodefacts.SERVER_ID, "") or node.server_id
+    result = RetireResult(node=node.name, provider=node.provider, server_id=str(server_id),
+                          state=state)
     if state == "retired":
         result.note = "already retired"
         return result

@@ -53,10 +53,11 @@ def interpret(status: int | None, output: str) -> str:
     raise UnlockError(f"cryptroot-unlock failed (exit {status}): {output.strip()[-300:]}")
 
 
-def send_passphrase(access: SshAccess, key_path: Path, pinned_host_key: str,
+def send_passphrase(access: SshAccess, key_path: Path, known_hosts: Path,
                     passphrase: str, timeout: float = 120) -> str:
-    """Connect to Dropbear (refusing any key but the pinned one) and unlock."""
-    with RemoteShell(access, key_path, pinned=pinned_host_key,
+    """Connect to Dropbear (refusing any key but the one pinned for it in `known_hosts`, the
+    fleet's file) and unlock."""
+    with RemoteShell(access, key_path, known_hosts=known_hosts,
                      what="Dropbear (initramfs)") as shell:
         try:
             status, out, err = shell.run("cryptroot-unlock", input_data=passphrase.encode(),
@@ -74,7 +75,7 @@ def send_passphrase(access: SshAccess, key_path: Path, pinned_host_key: str,
         return interpret(None if status == -1 else status, out + err)
 
 
-def unlock(access: SshAccess, key_path: Path, pinned_host_key: str, passphrase: str, *,
+def unlock(access: SshAccess, key_path: Path, known_hosts: Path, passphrase: str, *,
            timeout: float, what: str = "node",
            log: Callable[[str], None] | None = None, attempt_timeout: float = 120) -> str:
     """Send the passphrase to Dropbear, retrying what passes by itself until `timeout`.
@@ -90,7 +91,7 @@ def unlock(access: SshAccess, key_path: Path, pinned_host_key: str, passphrase: 
             log(f"{what}: unlock attempt {attempt} failed ({error}); trying again in "
                 f"{delay:.0f} s")
 
-    return retry(lambda: send_passphrase(access, key_path, pinned_host_key, passphrase,
+    return retry(lambda: send_passphrase(access, key_path, known_hosts, passphrase,
                                          timeout=attempt_timeout),
                  what=f"unlock {what} through Dropbear at {access}", timeout=timeout,
                  on_retry=note)

@@ -58,6 +58,32 @@ class Sshd:
         self.log.close()
 
 
+def sshd_fleet(folder: Path, sshd: Sshd, name: str) -> Path:
+    """A one-node lab fleet file (`<folder>/inventory/<name>.toml`, node fsn-1) whose operator
+    key is the one `sshd` accepts, for running clonefleet's deploy runner against it. Deploy
+    modules written to `folder` are importable by the runner."""
+    public = sshd.client_key.with_name(sshd.client_key.name + ".pub")
+    public.write_text((sshd.client_key.parent / "authorized_keys").read_text())
+    (folder / "inventory").mkdir(exist_ok=True)
+    path = folder / "inventory" / f"{name}.toml"
+    path.write_text(f"""
+[fleet]
+name = "{name}"
+domain = "{name}.clonefleet.test"
+ssh_key = "{sshd.client_key}"
+
+[regions.fsn]
+provider = "lab"
+latitude = 50.47
+longitude = 12.37
+
+[nodes.fsn-1]
+region = "fsn"
+disks = ["A"]
+""")
+    return path
+
+
 def running_sshd(tmp_path: Path) -> Iterator[Sshd]:
     if not Path(SSHD).exists():
         pytest.fail("openssh-server is missing: apt-get install openssh-server")

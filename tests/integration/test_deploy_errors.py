@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sshd_fixture import Sshd
+from sshd_fixture import Sshd, sshd_fleet
 
 from clonefleet.deploy import describe_failure, run_deploy
 from clonefleet.inventory import load_fleet
@@ -33,25 +33,7 @@ def test_failed_operation_reports_its_own_error_and_what_never_ran(
         tmp_path: Path, sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "state"))
     (tmp_path / "brokendeploy.py").write_text(DEPLOY)
-    public = sshd.client_key.with_name(sshd.client_key.name + ".pub")
-    public.write_text((sshd.client_key.parent / "authorized_keys").read_text())
-    (tmp_path / "inventory").mkdir()
-    fleet_path = tmp_path / "inventory" / "deploytest.toml"
-    fleet_path.write_text(f"""
-[fleet]
-name = "deploytest"
-domain = "deploytest.clonefleet.test"
-ssh_key = "{sshd.client_key}"
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["A"]
-""")
+    fleet_path = sshd_fleet(tmp_path, sshd, "deploytest")
     fleet = load_fleet(fleet_path)
     store = open_store(tmp_path / "state" / "deploytest")
     store.transition("fsn-1", "booted", actor="test")

@@ -10,6 +10,7 @@ from sshd_fixture import Sshd
 
 from clonefleet.disks import gather, rows
 from clonefleet.inventory import Fleet, load_fleet
+from clonefleet.known_hosts import KnownHosts
 from clonefleet.ssh import generate_ed25519
 from clonefleet.state import SqliteStateStore
 
@@ -67,12 +68,14 @@ def lab(tmp_path: Path, sshd: Sshd, pinned: str) -> tuple[Fleet, SqliteStateStor
 def test_fleet_table_lists_critical_disk_first_and_unreachable_node(
         tmp_path: Path, sshd: Sshd) -> None:
     fleet, store = lab(tmp_path, sshd, sshd.host_key)
+    known_hosts = KnownHosts(tmp_path / "known_hosts")
     commands = {"fsn-1": node_command(tmp_path, "fsn-1", "nvme_critical"),
                 "fsn-2": node_command(tmp_path, "fsn-2", "healthy_sata_hdd")}
     reports = [
-        gather(fleet, store, sshd.client_key, [node], command=commands[node], timeout=60)[0]
+        gather(fleet, store, sshd.client_key, [node], command=commands[node], timeout=60,
+               known_hosts=known_hosts)[0]
         for node in ("fsn-2", "fsn-1")
-    ] + gather(fleet, store, sshd.client_key, ["fsn-3"], timeout=60)
+    ] + gather(fleet, store, sshd.client_key, ["fsn-3"], timeout=60, known_hosts=known_hosts)
     table = rows(reports)
     # fsn-3 was never provisioned: listed as such, last, not as a failure.
     assert [(row["status"], row["node"]) for row in table] == [
@@ -89,6 +92,7 @@ def test_node_presenting_another_host_key_is_refused(tmp_path: Path, sshd: Sshd)
     other = generate_ed25519("someone-else").public_line
     fleet, store = lab(tmp_path, sshd, other)
     command = node_command(tmp_path, "fsn-1", "healthy_nvme")
-    [report] = gather(fleet, store, sshd.client_key, ["fsn-1"], command=command, timeout=60)
+    [report] = gather(fleet, store, sshd.client_key, ["fsn-1"], command=command, timeout=60,
+                      known_hosts=KnownHosts(tmp_path / "known_hosts"))
     assert report.status == "unreachable"
     assert "not the key pinned at install time" in report.error

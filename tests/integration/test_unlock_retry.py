@@ -26,6 +26,7 @@ import contextlib
 from dropbear_fixture import Dropbear, dropbear_available, running_dropbear
 
 from clonefleet.errors import HostKeyMismatchError
+from clonefleet.known_hosts import HostKeyEntry, KnownHosts, public_key_blob
 from clonefleet.lab.qemu import free_port
 from clonefleet.providers.base import SshAccess
 from clonefleet.retry import GaveUp
@@ -87,6 +88,14 @@ class DroppingProxy:
         self.listener.close()
 
 
+def pinned(dropbear: Dropbear, access: SshAccess, key: str) -> Path:
+    """A fleet-style known_hosts pinning `key` for the Dropbear reached at `access`."""
+    known_hosts = KnownHosts(dropbear.folder.parent / "known_hosts")
+    known_hosts.replace_node("test-node", [HostKeyEntry(
+        "test-node", "dropbear", access.host, access.port, public_key_blob(key))])
+    return known_hosts.path
+
+
 @pytest.fixture
 def dropbear(tmp_path: Path) -> Iterator[Dropbear]:
     if os.geteuid() != 0:
@@ -105,7 +114,8 @@ def test_unlock_rides_out_dropbears_cap_on_unauthenticated_connections(
     notes: list[str] = []
     started = time.monotonic()
     try:
-        message = unlock(dropbear.access, dropbear.operator_key, dropbear.host_key,
+        message = unlock(dropbear.access, dropbear.operator_key,
+                         pinned(dropbear, dropbear.access, dropbear.host_key),
                          dropbear.passphrase, timeout=60, what="test-node", log=notes.append)
     finally:
         timer.cancel()
@@ -121,7 +131,8 @@ def test_a_cryptroot_unlock_still_waiting_for_its_device_is_tried_again(
     # A degraded or slow RAID: cryptsetup does not ask yet, cryptroot-unlock just waits.
     Path(f"{dropbear.folder / 'expected'}.hang_once").touch()
     notes: list[str] = []
-    message = unlock(dropbear.access, dropbear.operator_key, dropbear.host_key,
+    message = unlock(dropbear.access, dropbear.operator_key,
+                     pinned(dropbear, dropbear.access, dropbear.host_key),
                      dropbear.passphrase, timeout=60, what="test-node", log=notes.append,
                      attempt_timeout=3)
     assert message == "cryptsetup: root set up successfully"
@@ -132,7 +143,8 @@ def test_unlock_retries_connections_closed_during_the_banner(dropbear: Dropbear)
     proxy = DroppingProxy(dropbear.port, drop=2)
     notes: list[str] = []
     try:
-        message = unlock(proxy.access, dropbear.operator_key, dropbear.host_key,
+        message = unlock(proxy.access, dropbear.operator_key,
+                         pinned(dropbear, proxy.access, dropbear.host_key),
                          dropbear.passphrase, timeout=60, what="test-node", log=notes.append)
     finally:
         proxy.close()
@@ -147,7 +159,8 @@ def test_a_changed_host_key_is_refused_at_once_without_retry(dropbear: Dropbear)
     started = time.monotonic()
     try:
         with pytest.raises(HostKeyMismatchError) as refused:
-            unlock(proxy.access, dropbear.operator_key, generate_ed25519().public_line,
+            unlock(proxy.access, dropbear.operator_key,
+                   pinned(dropbear, proxy.access, generate_ed25519().public_line),
                    dropbear.passphrase, timeout=60, what="test-node", log=notes.append)
     finally:
         proxy.close()
@@ -162,7 +175,8 @@ def test_a_rejected_passphrase_is_not_retried(dropbear: Dropbear) -> None:
     notes: list[str] = []
     try:
         with pytest.raises(BadPassphrase) as rejected:
-            unlock(proxy.access, dropbear.operator_key, dropbear.host_key, "wrong",
+            unlock(proxy.access, dropbear.operator_key,
+                   pinned(dropbear, proxy.access, dropbear.host_key), "wrong",
                    timeout=60, what="test-node", log=notes.append)
     finally:
         proxy.close()
@@ -174,7 +188,8 @@ def test_giving_up_names_the_target_the_time_and_the_last_error(dropbear: Dropbe
     dropbear.hold_unauthenticated()
     started = time.monotonic()
     with pytest.raises(GaveUp) as gave_up:
-        unlock(dropbear.access, dropbear.operator_key, dropbear.host_key,
+        unlock(dropbear.access, dropbear.operator_key,
+               pinned(dropbear, dropbear.access, dropbear.host_key),
                dropbear.passphrase, timeout=4, what="test-node")
     message = str(gave_up.value)
     assert message.startswith(f"unlock test-node through Dropbear at root@127.0.0.1:"
