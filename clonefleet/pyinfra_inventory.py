@@ -24,13 +24,14 @@ def host_data(fleet: Fleet, store: StateStore, state_dir: Path,
               names: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
     key = ensure_operator_key(fleet.ssh_key, state_dir)
     known_hosts = fleet_known_hosts(state_dir)
-    # Every node of the fleet, not just those asked for: one rewrite also drops the entries of
-    # nodes whose keys are no longer recorded (retired ones).
-    facts = nodefacts.load_pinned_many(store, sorted(fleet.nodes), known_hosts)
+    wanted = sorted(fleet.nodes) if names is None else [fleet.node(name).name for name in names]
+    # Only the nodes asked for: another node's damaged facts must not stop this deploy. One
+    # rewrite for all of them; a node without recorded keys loses any entries it had.
+    facts = nodefacts.load_pinned_many(store, wanted, known_hosts)
     hosts = []
-    for name in names if names is not None else sorted(fleet.nodes):
+    for name in wanted:
         node = fleet.node(name)
-        access = facts[node.name].ssh
+        access = facts[name].ssh
         if access is None:
             continue
         hosts.append((name, {

@@ -1,0 +1,59 @@
+"""The fleet as pyinfra hosts: addresses from the recorded facts, and the fleet's known_hosts
+(refreshed from the pinned keys) with strict checking on every host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clonefleet import nodefacts
+from clonefleet.inventory import load_fleet
+from clonefleet.known_hosts import fleet_known_hosts
+from clonefleet.providers.base import ServerInfo, SshAccess
+from clonefleet.pyinfra_inventory import host_data
+from clonefleet.ssh import generate_ed25519
+from clonefleet.state import SqliteStateStore
+
+pytestmark = pytest.mark.unit
+LAB = Path(__file__).resolve().parents[2] / "inventory" / "lab.toml"
+
+
+def installed(store: SqliteStateStore, node: str, ssh_port: int) -> str:
+    nodefacts.record_server(store, node, ServerInfo(
+        node=node, server_id=f"lab-{node}", status="disk", ssh=SshAccess("127.0.0.1", ssh_port),
+        unlock=SshAccess("127.0.0.1", ssh_port + 1000)))
+    key = generate_ed25519(f"root@{node}").public_line
+    nodefacts.record_host_keys(store, node, ssh_host_key=key,
+                               dropbear_host_key=generate_ed25519().public_line)
+    return " ".join(key.split()[:2])
+
+
+def test_hosts_use_the_recorded_address_and_the_fleets_known_hosts_strictly(
+        tmp_path: Path) -> None:
+    fleet = load_fleet(LAB)
+    store = SqliteStateStore(tmp_path / "state.sqlite")
+    keys = {"fsn-1": installed(store, "fsn-1", 10022), "ash-1": installed(store, "ash-1", 10023)}
+
+    hosts = dict(host_data(fleet, store, tmp_path))
+
+    assert sorted(hosts) == ["ash-1", "fsn-1"]  # fsn-2 has no recorded address
+    known_hosts = fleet_known_hosts(tmp_path)
+    for name, port in (("fsn-1", 10022), ("ash-1", 10023)):
+        data = hosts[name]
+        assert (data["ssh_hostname"], data["ssh_port"]) == ("127.0.0.1", port)
+        assert data["ssh_known_hosts_file"] == str(known_hosts.path)
+        assert data["ssh_strict_host_key_checking"] == "yes"
+        assert known_hosts.keys_for("127.0.0.1", port) == [keys[name]]
+
+
+def test_another_nodes_damaged_facts_do_not_stop_a_deploy_of_this_one(tmp_path: Path) -> None:
+    fleet = load_fleet(LAB)
+    store = SqliteStateStore(tmp_path / "state.sqlite")
+    key = installed(store, "fsn-1", 10022)
+    store.set_fact("fsn-2", nodefacts.SSH_ACCESS, "127.0.0.1:10024")
+
+    [(name, data)] = host_data(fleet, store, tmp_path, ["fsn-1"])
+
+    assert name == "fsn-1" and data["ssh_port"] == 10022
+    assert fleet_known_hosts(tmp_path).keys_for("127.0.0.1", 10022) == [key]
