@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from clonefleet.deploy import DeployResult, describe_failure, run_deploy
-from clonefleet.errors import ClonefleetError, ConfigError
+from clonefleet.errors import ClonefleetError, ConfigError, DeployError
 from clonefleet.inventory import Fleet
 from clonefleet.keystore import Keystore
 from clonefleet.providers import provider_for
@@ -117,7 +117,7 @@ class NodeOutcome:
     def summary(self) -> dict[str, Any]:
         """What a result event and a result row carry."""
         return {"ok": self.ok, "state": self.state, "seconds": round(self.seconds, 1),
-                "skipped": bool(self.report and self.report.skipped),
+                "skipped": list(self.report.skipped) if self.report else [],
                 "failed_step": self.failed_step, "error": self.message or None,
                 "error_kind": type(self.error).__name__ if self.error else None,
                 "exit_code": self.exit_code}
@@ -454,18 +454,22 @@ class FleetRun:
             results = run_deploy(self.fleet.path, list(names), deploy_ref)
         except ClonefleetError as error:
             for name in names:
-                self.emit(name, "result", ok=False, state=None,
-                          seconds=round(time.monotonic() - began, 1), failed_step="deploy",
-                          error=" ".join(str(error).split()), error_kind=type(error).__name__,
-                          exit_code=error.exit_code)
+                self._deploy_result(name, began, None, error)
             raise
-        seconds = round(time.monotonic() - began, 1)
         for name in names:
-            result = results.get(name)
-            failed = result is None or result.failed
-            self.emit(name, "result", ok=not failed, state=None, seconds=seconds,
-                      failed_step="deploy" if failed else None,
-                      error=(describe_failure(result) if result else "no result") if failed
-                      else None, changed=len(result.changed) if result else 0,
-                      unchanged=result.unchanged if result else 0)
+            self._deploy_result(name, began, results.get(name), None)
         return results
+
+    def _deploy_result(self, name: str, began: float, result: DeployResult | None,
+                       error: ClonefleetError | None) -> None:
+        fields: dict[str, Any] = {"ok": True, "failed_step": None, "error": None,
+                                  "error_kind": None, "exit_code": 0}
+        if error is not None or result is None or result.failed:
+            problem = error or DeployError(describe_failure(result) if result is not None
+                                           else "the deploy reported nothing for this node")
+            fields = {"ok": False, "failed_step": "deploy",
+                      "error": " ".join(str(problem).split()),
+                      "error_kind": type(problem).__name__, "exit_code": problem.exit_code}
+        self.emit(name, "result", state=None, seconds=round(time.monotonic() - began, 1),
+                  changed=len(result.changed) if result else 0,
+                  unchanged=result.unchanged if result else 0, **fields)

@@ -103,6 +103,7 @@ def test_with_json_several_nodes_give_one_result_document_and_events_on_stderr(
     nodes = {entry["node"]: entry for entry in document["nodes"]}
     assert set(nodes["fsn-1"]) >= SINGLE_NODE_KEYS
     assert nodes["fsn-1"]["ok"] and nodes["fsn-1"]["state"] == "deployed"
+    assert nodes["fsn-1"]["skipped"] == ["all (already provisioned)"]  # as for one node
     failed = nodes["hel-1"]
     assert (failed["ok"], failed["failed_step"], failed["exit_code"], failed["error_kind"]) == (
         False, "create server", 2, "ConfigError")
