@@ -26,6 +26,7 @@ from clonefleet.keystore import Keystore
 from clonefleet.providers import provider_for
 from clonefleet.providers.registry import DRIVERS
 from clonefleet.provision import Provisioner, ProvisionReport, remaining_steps
+from clonefleet.ssh import ensure_operator_key
 from clonefleet.state import StateStore
 
 # Most of a node's time is spent waiting on its provider, its boot and the network; the
@@ -126,12 +127,12 @@ class NodeOutcome:
         if self.report is not None:
             data = report_as_dict(self.report)
         else:
-            data = {"node": self.node, "state": self.state or "",
+            data = {"node": self.node,
                     "steps": [{"step": step, "seconds": round(seconds, 1), "substep": False}
                               for step, seconds in self.done_steps],
-                    "skipped": [], "deploy_changes": [],
+                    "deploy_changes": [],
                     "total_seconds": round(sum(seconds for _, seconds in self.done_steps), 1)}
-        return {**data, **self.summary(), "state": self.state}
+        return {**data, **self.summary()}
 
 
 @dataclass
@@ -385,8 +386,6 @@ class FleetRun:
         working = [steps for _, steps in planned.values() if steps]
         if len(working) < 2:
             return  # one node alone creates them as it always has
-        from clonefleet.ssh import ensure_operator_key
-
         ensure_operator_key(self.fleet.ssh_key, self.state_dir)
         if sum("install" in steps for steps in working) > 1:
             Keystore(self.state_dir / "keystore").ensure_identity()
@@ -395,7 +394,8 @@ class FleetRun:
              run_node: Callable[[str, bool], ProvisionReport], several: bool) -> NodeOutcome:
         current, steps = planned
         self.emit(name, "start", from_state=current, steps=steps)
-        began_wall, began = self.clock(), time.monotonic()
+        # Wall clock as the state store records steps: this run's records come after it.
+        began_wall, began = time.time(), time.monotonic()
         report: ProvisionReport | None = None
         error: BaseException | None = None
         try:
