@@ -50,6 +50,11 @@ class Keystore:
             raise KeystoreError(f"keystore key {self.identity_path} is not an age identity "
                                 f"({error}); restore the right file") from None
 
+    def ensure_identity(self) -> None:
+        """Create the identity now if it is missing: nodes installed at once would otherwise
+        race to create it on their first passphrase, and all but one would fail."""
+        self._identity(create=True)
+
     def _path(self, node: str) -> Path:
         return self.directory / f"{node}.age"
 

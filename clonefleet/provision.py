@@ -82,7 +82,8 @@ class Provisioner:
     def __init__(self, fleet: Fleet, store: StateStore, state_dir: Path, provider: Provider,
                  keystore: Keystore | None = None, log: Callable[[str], None] = print,
                  progress: Callable[[str, int, int], None] | None = None,
-                 actor: str = ACTOR) -> None:
+                 actor: str = ACTOR,
+                 on_step: Callable[[str, str], None] | None = None) -> None:
         self.fleet = fleet
         self.store = store
         self.state_dir = state_dir
@@ -92,6 +93,9 @@ class Provisioner:
         self.log = log
         self.progress = progress
         self.actor = actor
+        # (node, step) as each step starts: a live display follows steps without parsing
+        # the log lines.
+        self.on_step = on_step
         self._operator: OperatorKey | None = None
 
     @property
@@ -156,6 +160,8 @@ class Provisioner:
 
     def _step(self, report: ProvisionReport, step: str, function: Callable[[], None]) -> None:
         self.log(f"{report.node}: {step}")
+        if self.on_step is not None:
+            self.on_step(report.node, step)
         started = time.monotonic()
         try:
             function()

@@ -28,17 +28,20 @@ def disks(ctx: Context, nodes: tuple[str, ...], parallel: int) -> None:
     if ctx.as_json:
         ctx.emit(table)
     else:
-        click.echo(f"{'STATUS':<16}{'NODE':<12}{'DEVICE':<14}{'MODEL':<30}{'SERIAL':<22}"
-                   f"{'TEMP':>5}{'HOURS':>8}  FINDINGS")
+        from rich.table import Column
+
+        from clonefleet.cli.display import print_table, status_text
+
+        cells = []
         for row in table:
             temperature = "-" if row["temperature"] is None else f"{row['temperature']}C"
             hours = "-" if row["power_on_hours"] is None else str(row["power_on_hours"])
-            first = row["findings"][0] if row["findings"] else ""
-            click.echo(f"{row['status']:<16}{row['node']:<12}{row['device']:<14}"
-                       f"{str(row['model'])[:29]:<30}{row['serial'][:21]:<22}"
-                       f"{temperature:>5}{hours:>8}  {first}")
-            for more in row["findings"][1:]:
-                click.echo(f"{'':<112}  {more}")
+            cells.append((status_text(row["status"]), row["node"], row["device"],
+                          str(row["model"]), row["serial"], temperature, hours,
+                          "\n".join(row["findings"])))
+        print_table(["STATUS", "NODE", "DEVICE", "MODEL", "SERIAL",
+                     Column("TEMP", justify="right"), Column("HOURS", justify="right"),
+                     "FINDINGS"], cells)
     missing = [report.node for report in reports if report.status == "unreachable"]
     if missing:
         raise ClonefleetError(f"{len(missing)} node(s) could not be asked: {', '.join(missing)}")

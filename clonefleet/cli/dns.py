@@ -79,14 +79,17 @@ def show(ctx: Context) -> None:
     if ctx.as_json:
         ctx.emit(data)
         return
+    from rich.table import Column
+
+    from clonefleet.cli.display import print_table, status_text
+
     click.echo(f"zone {dns_map.domain}  last published serial {serial or '-'}")
-    click.echo(f"{'NAME':<40}{'TTL':>5}  NODES")
-    for entry in dns_map.routed:
-        names = ", ".join(node.name for node in entry.nodes) or "(none active: empty answer)"
-        click.echo(f"{entry.name:<40}{entry.ttl:>5}  {names}")
+    print_table(["NAME", Column("TTL", justify="right"), "NODES"], [
+        (entry.name, str(entry.ttl),
+         ", ".join(node.name for node in entry.nodes) or "(none active: empty answer)")
+        for entry in dns_map.routed])
     click.echo("")
-    click.echo(f"{'NODE':<14}{'REGION':<8}{'STATE':<10}{'SINCE':<21}{'DNS SERVER':<20}"
-               "BY / REASON")
+    rows = []
     for node in dns_map.nodes:
         server = servers.get(node.name)
         if server is None:
@@ -96,8 +99,10 @@ def show(ctx: Context) -> None:
         else:
             pushed = "UNREACHABLE"
         why = f"{node.actor}: {node.reason}" if node.actor else ""
-        click.echo(f"{node.name:<14}{node.region:<8}{node.state:<10}{_when(node.since):<21}"
-                   f"{pushed:<20}{why}")
+        rows.append((node.name, node.region, node.state, _when(node.since),
+                     status_text(pushed, good=(f"ok {server.serial}" if server else "",)),
+                     why))
+    print_table(["NODE", "REGION", "STATE", "SINCE", "DNS SERVER", "BY / REASON"], rows)
 
 
 @dns.command(name="publish")

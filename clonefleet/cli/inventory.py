@@ -56,17 +56,22 @@ def status(ctx: Context, nodes: tuple[str, ...], history: bool) -> None:
     if ctx.as_json:
         ctx.emit(rows)
         return
-    click.echo(f"{'NODE':<14}{'REGION':<8}{'PROVIDER':<15}{'STATE':<17}{'SINCE':<21}REASON")
+    from clonefleet.cli.display import print_table
+
+    table: list[tuple[str, ...]] = []
     for row in rows:
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["since"])) \
-            if row["since"] else "-"
-        click.echo(f"{row['node']:<14}{row['region']:<8}{row['provider']:<15}"
-                   f"{row['state'] or 'not provisioned':<17}{since:<21}{row['reason']}")
+        table.append((row["node"], row["region"], row["provider"],
+                      row["state"] or "not provisioned", _when(row["since"]), row["reason"]))
+        # Each transition under its node: from -> to in STATE, when in SINCE, who and why.
         for transition in row.get("history", []):
-            at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(transition["at"]))
-            click.echo(f"    {at}  {transition['from_state'] or '-'} -> "
-                       f"{transition['to_state']}  by {transition['actor']}  "
-                       f"{transition['reason']}")
+            table.append(("", "", "", f"{transition['from_state'] or '-'} -> "
+                                      f"{transition['to_state']}", _when(transition["at"]),
+                          f"by {transition['actor']}  {transition['reason']}"))
+    print_table(["NODE", "REGION", "PROVIDER", "STATE", "SINCE", "REASON"], table)
+
+
+def _when(at: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"
 
 
 def register(group: click.Group) -> None:

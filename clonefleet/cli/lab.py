@@ -7,6 +7,7 @@ import json
 import click
 
 from clonefleet.cli import Context, pass_context
+from clonefleet.cli.display import print_table
 from clonefleet.errors import ConfigError
 from clonefleet.keystore import Keystore
 from clonefleet.providers.lab import LabProvider
@@ -30,10 +31,9 @@ def list_vms(ctx: Context) -> None:
     if not rows:
         click.echo("no lab VMs")
         return
-    click.echo(f"{'NODE':<12}{'STATUS':<8}{'SSH':<22}{'DROPBEAR':<22}CONSOLE")
-    for row in rows:
-        click.echo(f"{row['node']:<12}{row['status']:<8}{row['ssh']:<22}{row['unlock']:<22}"
-                   f"{row['console']}")
+    print_table(["NODE", "STATUS", "SSH", "DROPBEAR", "CONSOLE"],
+                [(row["node"], row["status"], row["ssh"], row["unlock"], row["console"])
+                 for row in rows])
 
 
 @lab.command()
@@ -125,9 +125,9 @@ def api(ctx: Context, provider: str, port: int | None, record: bool, delay: floa
             click.echo(line)
         if served.seeds:
             click.echo("servers:")
-            for seed in served.seeds:
-                click.echo(f"  {seed.server:<10} {seed.name:<32} {seed.ip:<16} "
-                           f"node {seed.node}")
+            print_table(["SERVER", "NAME", "IP", "NODE"],
+                        [(str(seed.server), seed.name, seed.ip, seed.node)
+                         for seed in served.seeds], indent=2)
         elif served.endpoint.driver == "hetzner-cloud":
             click.echo("servers: none yet; the driver creates them (a server named after a "
                        "node of the fleet runs on that node's lab VM)")

@@ -1,47 +1,46 @@
-"""`clonefleet provision`, `unlock`, `deploy`: parse, call the core, print."""
+"""`clonefleet provision`, `unlock`, `deploy`: parse, call the core, print.
+
+`provision` over several nodes (several NODEs, `--region`, `--all`) runs them at once through
+`clonefleet.fleetrun` and ends with a table; with exactly one NODE named, its output and exit
+code are what they have always been (the node's own error and exit code).
+"""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
+from rich.table import Column
 
 from clonefleet.cli import Context, pass_context
-from clonefleet.deploy import describe_failure, run_deploy
+from clonefleet.cli.display import print_table, progress_display, status_text
+from clonefleet.deploy import describe_failure
 from clonefleet.errors import ConfigError, DeployError
-from clonefleet.keystore import Keystore
-from clonefleet.providers import provider_for
+from clonefleet.fleetrun import (
+    DEFAULT_PARALLEL,
+    FleetResult,
+    FleetRun,
+    PlanOutcome,
+    build_provisioner,
+    failure_error,
+    report_as_dict,
+    select_nodes,
+)
 from clonefleet.provision import Provisioner, ProvisionReport
 
 
-def make_provisioner(ctx: Context, node_name: str, quiet: bool = False) -> Provisioner:
-    node = ctx.fleet.node(node_name)
+def make_provisioner(ctx: Context, node_name: str) -> Provisioner:
     started = time.monotonic()
 
     def log(message: str) -> None:
-        if not quiet:
-            click.echo(f"[{time.monotonic() - started:7.1f}s] {message}", err=ctx.as_json)
+        click.echo(f"[{time.monotonic() - started:7.1f}s] {message}", err=ctx.as_json)
 
-    last_shown = {"percent": -10}
-
-    def progress(what: str, done: int, total: int) -> None:
-        percent = int(done * 100 / total) if total else 100
-        if percent >= last_shown["percent"] + 10 or done == total:
-            last_shown["percent"] = percent
-            log(f"{what}: {percent}% of {total / 1e6:.0f} MB")
-
-    provider = provider_for(ctx.fleet, node, ctx.state_dir, log)
-    return Provisioner(ctx.fleet, ctx.store, ctx.state_dir, provider,
-                       Keystore(ctx.state_dir / "keystore"), log=log, progress=progress)
+    return build_provisioner(ctx.fleet, ctx.store, ctx.state_dir, node_name, log=log)
 
 
 def _print_report(ctx: Context, report: ProvisionReport) -> None:
-    data = {"node": report.node, "state": report.final_state,
-            "steps": [{"step": step.strip(), "seconds": round(seconds, 1),
-                       "substep": step.startswith("  ")} for step, seconds in report.steps],
-            "skipped": report.skipped, "deploy_changes": report.deploy_changes,
-            "total_seconds": round(sum(s for n, s in report.steps if not n.startswith("  ")),
-                                   1)}
+    data = report_as_dict(report)
     if ctx.as_json:
         ctx.emit(data)
         return
@@ -50,41 +49,115 @@ def _print_report(ctx: Context, report: ProvisionReport) -> None:
                    f"{report.final_state}")
         return
     click.echo(f"\n{report.node}: {report.final_state}. Step timings:")
-    for step, seconds in report.steps:
-        click.echo(f"  {step:<22}{seconds:8.1f} s")
-    click.echo(f"  {'total':<22}{data['total_seconds']:8.1f} s")
+    rows = [(step, f"{seconds:.1f} s") for step, seconds in report.steps]
+    print_table(["STEP", Column("SECONDS", justify="right")],
+                [*rows, ("total", f"{data['total_seconds']:.1f} s")], indent=2)
+
+
+def _print_plan(plan: dict[str, Any]) -> None:
+    node = plan["node"]
+    click.echo(f"{node} ({plan['provider']}), now {plan['current_state']}")
+    for key in ("note", "warning"):
+        if key in plan:
+            click.echo(f"  {key}: {plan[key]}")
+    click.echo(f"  steps: {' → '.join(plan['steps']) or 'none'}")
+    install = plan.get("install")
+    if isinstance(install, dict):
+        click.echo(f"  wipe disks: {', '.join(install['wipe_disks'])}")
+        click.echo(f"  raid1: {install['raid1']}")
+        for partition in install["partitions"]:
+            click.echo(f"  partition: {partition}")
+        click.echo(f"  luks: {install['luks']}")
+        click.echo(f"  kernel: {install['kernel_cmdline']}")
+        click.echo(f"  packages: {' '.join(install['packages'])}")
+
+
+def _print_plans(ctx: Context, outcomes: list[PlanOutcome]) -> None:
+    if ctx.as_json:
+        ctx.emit({"nodes": [outcome.as_dict() for outcome in outcomes],
+                  "failed": [outcome.node for outcome in outcomes if not outcome.ok]})
+        return
+    for index, outcome in enumerate(outcomes):
+        if index:
+            click.echo("")
+        if outcome.plan is not None:
+            _print_plan(outcome.plan)
+        else:
+            click.echo(f"{outcome.node}: no plan: {' '.join(str(outcome.error).split())}")
+
+
+def _print_summary(ctx: Context, result: FleetResult) -> None:
+    if ctx.as_json:
+        ctx.emit(result.as_dict())
+        return
+    rows = []
+    for outcome in result.outcomes:
+        if outcome.ok:
+            verdict = "nothing to do" if outcome.report and outcome.report.skipped else "ok"
+        else:
+            verdict = "FAILED"
+        rows.append((outcome.node, outcome.state or "not provisioned", status_text(verdict),
+                     f"{outcome.seconds:.1f} s", outcome.failed_step or "-",
+                     outcome.message or "-"))
+    click.echo("")
+    print_table(["NODE", "STATE", "RESULT", Column("DURATION", justify="right"), "FAILED STEP",
+                 "ERROR"], rows)
+    click.echo(f"{len(result.succeeded)} of {len(result.outcomes)} nodes succeeded in "
+               f"{result.seconds:.1f} s (at most {result.parallel} at once)")
 
 
 @click.command()
-@click.argument("node")
+@click.argument("nodes", nargs=-1)
+@click.option("--region", help="Every node of this region.")
+@click.option("--all", "everything", is_flag=True, help="Every node of the fleet.")
+@click.option("--parallel", type=click.IntRange(min=1), default=DEFAULT_PARALLEL,
+              show_default=True,
+              help="Nodes provisioned at once (a provider's max_parallel bounds its own).")
 @click.option("--wipe", is_flag=True,
               help="Reinstall even if the node was installed before (erases its disks).")
 @click.option("--dry-run", is_flag=True, help="Print the plan; touch nothing.")
 @pass_context
-def provision(ctx: Context, node: str, wipe: bool, dry_run: bool) -> None:
-    """Bare box → rescue → encrypted install → reboot → unlock → deploy (resumable)."""
-    provisioner = make_provisioner(ctx, node, quiet=dry_run)
+def provision(ctx: Context, nodes: tuple[str, ...], region: str | None, everything: bool,
+              parallel: int, wipe: bool, dry_run: bool) -> None:
+    """Bare box → rescue → encrypted install → reboot → unlock → deploy (resumable).
+
+    Several nodes (NODE..., --region or --all) run at once and end with a table; exit 0 if
+    all succeeded, 30 if some failed, 31 if none succeeded. One NODE exits with its own
+    error's code.
+    """
+    names = select_nodes(ctx.fleet, nodes, region, everything)
+    single = len(nodes) == 1  # one NODE named: the output and exit codes it always had
     if dry_run:
-        plan = provisioner.plan(node, wipe=wipe)
-        if ctx.as_json:
-            ctx.emit(plan)
+        plans = FleetRun(ctx.fleet, ctx.store, ctx.state_dir).plan(names, wipe=wipe)
+        if single:
+            [planned] = plans
+            if planned.error is not None:
+                raise planned.error
+            if ctx.as_json:
+                ctx.emit(planned.plan)
+            else:
+                _print_plan(planned.plan or {})
             return
-        click.echo(f"{node} ({plan['provider']}), now {plan['current_state']}")
-        for key in ("note", "warning"):
-            if key in plan:
-                click.echo(f"  {key}: {plan[key]}")
-        click.echo(f"  steps: {' → '.join(plan['steps']) or 'none'}")
-        install = plan.get("install")
-        if isinstance(install, dict):
-            click.echo(f"  wipe disks: {', '.join(install['wipe_disks'])}")
-            click.echo(f"  raid1: {install['raid1']}")
-            for partition in install["partitions"]:
-                click.echo(f"  partition: {partition}")
-            click.echo(f"  luks: {install['luks']}")
-            click.echo(f"  kernel: {install['kernel_cmdline']}")
-            click.echo(f"  packages: {' '.join(install['packages'])}")
+        _print_plans(ctx, plans)
+        error = failure_error("dry run", len(plans),
+                              [(outcome.node, None) for outcome in plans if not outcome.ok])
+        if error is not None:
+            raise error
         return
-    _print_report(ctx, provisioner.provision(node, wipe=wipe))
+    with progress_display(names, as_json=ctx.as_json) as display:
+        run = FleetRun(ctx.fleet, ctx.store, ctx.state_dir, parallel=parallel, sink=display)
+        result = run.provision(names, wipe=wipe)
+    if single:
+        [outcome] = result.outcomes
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.report is not None
+        _print_report(ctx, outcome.report)
+        return
+    _print_summary(ctx, result)
+    error = result.error()
+    if error is not None:
+        raise error
 
 
 @click.command()
@@ -109,22 +182,24 @@ def unlock(ctx: Context, node: str, no_wait: bool, timeout: float) -> None:
 @pass_context
 def deploy(ctx: Context, nodes: tuple[str, ...], deploy_ref: str) -> None:
     """Apply a pyinfra deploy to nodes; exits 1 if any node failed."""
-    for name in nodes:
-        ctx.fleet.node(name)
+    names = select_nodes(ctx.fleet, nodes)
     if ":" not in deploy_ref:
         raise ConfigError(f"--deploy {deploy_ref!r}: expected module:function, "
                           "e.g. deploys.full:node or deploys.base:base")
-    results = run_deploy(ctx.fleet.path, list(nodes), deploy_ref)
+    with progress_display(names, as_json=ctx.as_json) as display:
+        results = FleetRun(ctx.fleet, ctx.store, ctx.state_dir, sink=display).deploy(
+            names, deploy_ref)
     if ctx.as_json:
         ctx.emit({name: result.__dict__ for name, result in results.items()})
     else:
+        rows = []
         for name, result in sorted(results.items()):
-            status = "FAILED" if result.failed else "ok"
-            click.echo(f"{name}: {status}, {len(result.changed)} changed, "
-                       f"{result.unchanged} unchanged"
-                       + (f"; {describe_failure(result)}" if result.failed else ""))
-            for op in result.changed:
-                click.echo(f"    changed: {op}")
+            detail = describe_failure(result) if result.failed else \
+                "\n".join(f"changed: {op}" for op in result.changed) or "-"
+            rows.append((name, status_text("FAILED" if result.failed else "ok"),
+                         str(len(result.changed)), str(result.unchanged), detail))
+        print_table(["NODE", "RESULT", Column("CHANGED", justify="right"),
+                     Column("UNCHANGED", justify="right"), "DETAIL"], rows)
     if any(result.failed for result in results.values()):
         raise DeployError("deploy failed on: " + ", ".join(
             sorted(name for name, result in results.items() if result.failed)))

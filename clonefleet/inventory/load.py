@@ -327,6 +327,10 @@ class _Providers:
                 value = setting.default
             if value is not None and _choice(check, setting, value, f"{prefix}.{key}"):
                 settings[key] = value
+        limit = settings.get("max_parallel")
+        if isinstance(limit, int) and limit < 1:
+            check.fail(f"{prefix}.max_parallel", f"{limit} would let no node be provisioned",
+                       "set 1 or more, or remove it for no limit of the provider's own")
         if settings.get("lab_routes"):
             return ProviderConfig(name=name, driver=driver.name, settings=settings,
                                   fleet_path=self.path, fleet_name=self.fleet_name,

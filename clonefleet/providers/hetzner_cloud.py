@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
 }
 FLEET_LABEL = "clonefleet/fleet"
 NODE_LABEL = "clonefleet/node"
+_SSH_KEY_UPLOAD = threading.Lock()  # see HetznerCloudProvider._key_id
 
 # API error codes worth another try: the resource is busy (`locked`: an action is still
 # running, e.g. right after create), out of stock for a moment, rate limited, or the API
@@ -394,6 +396,12 @@ class HetznerCloudProvider:
         return ids
 
     def _key_id(self, node: Node, name: str, line: str, fingerprint: str) -> int:
+        # Nodes provisioned at once each have their own driver instance: unserialized, all
+        # would find no key and all but the first upload would clash on the name.
+        with _SSH_KEY_UPLOAD:
+            return self._find_or_upload_key(node, name, line, fingerprint)
+
+    def _find_or_upload_key(self, node: Node, name: str, line: str, fingerprint: str) -> int:
         what = f"{node.name}: upload SSH key {name}"
         existing = self._call(what, lambda: self.client.ssh_keys.get_by_fingerprint(fingerprint))
         if existing is not None:

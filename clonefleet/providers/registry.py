@@ -42,6 +42,9 @@ class Driver:
     node_keys: Mapping[str, Setting] = field(default_factory=dict)
     # Where the driver's credentials come from, for the fix of a secret put in the fleet file.
     credentials: str = ""
+    # How many of its servers `provision` may work on at once when the fleet file says
+    # nothing (`max_parallel`): an API's rate limits, for one. None: no limit of its own.
+    max_parallel: int | None = None
 
     def create(self, config: ProviderConfig, state_dir: Path,
                log: Callable[[str], None]) -> Provider:
@@ -54,6 +57,8 @@ COMMON_SETTINGS: Mapping[str, Setting] = {
     "driver": Setting(str, "which driver serves this provider (defaults to the table's name)"),
     "lab_routes": Setting(bool, "reach the servers through <fleet state>/lab/routes.json "
                                 "(lab VMs behind a local API fake)", default=False),
+    "max_parallel": Setting(int, "at most this many of the provider's nodes are provisioned "
+                                 "at once (besides `provision --parallel`)"),
 }
 
 DRIVERS: dict[str, Driver] = {

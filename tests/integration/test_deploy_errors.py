@@ -1,8 +1,13 @@
 """A failed deploy names the operation that failed with its own error, and how many later
-operations never ran, run through the real deploy runner (pyinfra) against a real sshd."""
+operations never ran; `clonefleet deploy` over several nodes ends with one row per node. Run
+through the real deploy runner (pyinfra) against a real sshd."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,19 +31,31 @@ def broken():
                  commands=["echo 'cannot create /etc/x: Read-only file system' >&2; exit 3"])
     server.shell(name="later one", commands=["true"])
     server.shell(name="later two", commands=["true"])
+
+
+@deploy("fine")
+def fine():
+    server.shell(name="say hello", commands=["true"])
 '''
+
+
+def deploy_fleet(tmp_path: Path, sshd: Sshd) -> Path:
+    """fsn-1 answers on the local sshd; fsn-2 was never given an address."""
+    (tmp_path / "brokendeploy.py").write_text(DEPLOY)
+    fleet_path = sshd_fleet(tmp_path, sshd, "deploytest")
+    with fleet_path.open("a") as fleet_file:
+        fleet_file.write('\n[nodes.fsn-2]\nregion = "fsn"\ndisks = ["B"]\n')
+    store = open_store(tmp_path / "state" / "deploytest")
+    store.transition("fsn-1", "booted", actor="test")
+    store.set_fact("fsn-1", "ssh", {"host": "127.0.0.1", "port": sshd.port})
+    store.set_fact("fsn-1", "ssh_host_key", sshd.host_key)
+    return fleet_path
 
 
 def test_failed_operation_reports_its_own_error_and_what_never_ran(
         tmp_path: Path, sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "state"))
-    (tmp_path / "brokendeploy.py").write_text(DEPLOY)
-    fleet_path = sshd_fleet(tmp_path, sshd, "deploytest")
-    fleet = load_fleet(fleet_path)
-    store = open_store(tmp_path / "state" / "deploytest")
-    store.transition("fsn-1", "booted", actor="test")
-    store.set_fact("fsn-1", "ssh", {"host": "127.0.0.1", "port": sshd.port})
-    store.set_fact("fsn-1", "ssh_host_key", sshd.host_key)
+    fleet = load_fleet(deploy_fleet(tmp_path, sshd))
 
     result = run_deploy(fleet.path, ["fsn-1"], "brokendeploy:broken", timeout=300)["fsn-1"]
 
@@ -51,3 +68,36 @@ def test_failed_operation_reports_its_own_error_and_what_never_ran(
     line = describe_failure(result)
     assert line.endswith("(2 later operations not run)")
     assert "\n" not in line, line
+
+
+def test_deploy_over_several_nodes_ends_with_a_row_per_node_and_json_events(
+        tmp_path: Path, sshd: Sshd) -> None:
+    fleet_path = deploy_fleet(tmp_path, sshd)
+    env = {**os.environ, "CLONEFLEET_STATE_DIR": str(tmp_path / "state")}
+
+    def clonefleet(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "clonefleet", "--fleet", str(fleet_path),
+                               *args, "deploy", "fsn-1", "fsn-2", "--deploy",
+                               "brokendeploy:fine"], env=env, capture_output=True, text=True,
+                              timeout=300, stdin=subprocess.DEVNULL)
+
+    shown = clonefleet()
+    assert shown.returncode == 10, shown.stderr
+    rows = {line.split()[0]: line for line in shown.stdout.splitlines()[1:]}
+    assert shown.stdout.splitlines()[0].split() == ["NODE", "RESULT", "CHANGED", "UNCHANGED",
+                                                    "DETAIL"]
+    assert rows["fsn-1"].split()[1:3] == ["ok", "1"]
+    assert rows["fsn-1"].endswith("changed: fine | say hello")
+    assert rows["fsn-2"].split()[1] == "FAILED" and rows["fsn-2"].endswith(
+        "no recorded ssh address")
+    assert shown.stderr.strip().splitlines()[-1] == "error: deploy failed on: fsn-2"
+
+    scripted = clonefleet("--json")
+    assert scripted.returncode == 10
+    results = json.loads(scripted.stdout)
+    assert (results["fsn-1"]["failed"], results["fsn-2"]["failed"]) == (False, True)
+    events = [json.loads(line) for line in scripted.stderr.splitlines()
+              if not line.startswith("error:")]
+    ends = {event["node"]: event for event in events if event["kind"] == "result"}
+    assert (ends["fsn-1"]["ok"], ends["fsn-2"]["ok"]) == (True, False)
+    assert ends["fsn-2"]["error"] == "no recorded ssh address"

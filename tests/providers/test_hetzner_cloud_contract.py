@@ -113,6 +113,30 @@ def test_a_second_ensure_server_adopts_the_labelled_server_and_creates_nothing(
     assert any("adopted" in line for line in logs)
 
 
+def test_nodes_created_at_once_by_their_own_drivers_share_one_uploaded_operator_key(
+        fake: HcloudFake, tmp_path: Path, logs: list[str]) -> None:
+    # provision over several nodes gives each node its own driver instance, in its own thread.
+    nodes = [Node(name=f"fsn-{number}", region="fsn", provider="hcloud", disks=("disk-a",))
+             for number in (1, 2, 3)]
+    outcomes: dict[str, object] = {}
+
+    def create(node: Node) -> None:
+        try:
+            outcomes[node.name] = provider_for(fake, tmp_path, logs).ensure_server(node)
+        except ClonefleetError as error:
+            outcomes[node.name] = error
+
+    threads = [threading.Thread(target=create, args=(node,)) for node in nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not [error for error in outcomes.values() if isinstance(error, ClonefleetError)]
+    (key,) = fake.api.ssh_keys.values()
+    assert all(server.ssh_keys == [key.id] for server in fake.api.servers.values())
+    assert len(fake.api.servers) == 3
+
+
 def test_settings_and_node_server_type_choose_what_is_created(
         fake: HcloudFake, tmp_path: Path, logs: list[str]) -> None:
     provider = provider_for(fake, tmp_path, logs, location="ash", image="ubuntu-24.04",

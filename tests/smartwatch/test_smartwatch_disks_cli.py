@@ -37,7 +37,7 @@ def test_never_provisioned_nodes_are_listed_as_such_and_exit_0(
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("STATUS")
-    assert lines[1].startswith("not-provisioned fsn-1")
+    assert lines[1].split()[:2] == ["not-provisioned", "fsn-1"]
     assert lines[1].endswith("never provisioned: run `clonefleet provision fsn-1`")
     assert len(lines) == 2
 
@@ -53,7 +53,7 @@ def test_deployed_node_without_an_ssh_address_is_unreachable_and_exits_1(
     result = CliRunner().invoke(cli, ["--fleet", str(tmp_path / "diskcli.toml"), "disks"])
     assert result.exit_code == 1
     lines = result.output.splitlines()
-    assert lines[1].startswith("unreachable     fsn-1")
+    assert lines[1].split()[:2] == ["unreachable", "fsn-1"]
     assert "no SSH address recorded although the node is deployed" in lines[1]
     assert lines[-1] == "error: 1 node(s) could not be asked: fsn-1"
 

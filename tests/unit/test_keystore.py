@@ -46,3 +46,13 @@ def test_wrong_identity_cannot_decrypt(tmp_path: Path) -> None:
 def test_unknown_node_is_reported(tmp_path: Path) -> None:
     with pytest.raises(KeystoreError, match="no passphrase stored for node 'n9'"):
         Keystore(tmp_path / "ks", tmp_path / "age.key").get("n9")
+
+
+def test_ensure_identity_creates_the_key_once_and_keeps_it_afterwards(tmp_path: Path) -> None:
+    store = Keystore(tmp_path / "ks", tmp_path / "age.key")
+    store.ensure_identity()
+    key = (tmp_path / "age.key").read_text()
+    store.ensure_identity()  # a second call (another node's) is no error and changes nothing
+    passphrase = store.create("n1")
+    assert (tmp_path / "age.key").read_text() == key
+    assert Keystore(tmp_path / "ks", tmp_path / "age.key").get("n1") == passphrase
