@@ -8,6 +8,7 @@ critical; the control plane applies the drain through the DNS map's safety rules
 from __future__ import annotations
 
 from clonefleet.serve.server import DrainService, make_server
-from clonefleet.serve.tokens import TOKEN_FACT, issue_token, verify_token
+from clonefleet.serve.tokens import TOKEN_FACT, issue_token, token_owner, verify_token
 
-__all__ = ["TOKEN_FACT", "DrainService", "issue_token", "make_server", "verify_token"]
+__all__ = ["TOKEN_FACT", "DrainService", "issue_token", "make_server", "token_owner",
+           "verify_token"]

@@ -6,7 +6,9 @@
 
     200 {"result": "drained" | "already-drained", "node", "state", "confirmed", "unreachable"}
     400 {"result": "bad-request", "error"}       malformed JSON or fields
-    401 {"result": "unauthorized"}               no token, wrong token or unknown node
+    401 {"result": "unauthorized"}               no token, a token no node has, or a node's
+                                                 token naming another node; judged before the
+                                                 body, so it wins over any 400
     409 {"result": "refused", "reason"}          DrainRefused: it would empty a region (or the
                                                  node is not active); the agent pages loudly
     422 {"result": "failed", "error"}            another clonefleet error the operator must fix
@@ -32,7 +34,7 @@ from clonefleet.dnsmap import DrainRefused, DrainResult, drain_node
 from clonefleet.dnsmap.errors import DrainNotConfirmed
 from clonefleet.errors import ClonefleetError
 from clonefleet.inventory import Fleet
-from clonefleet.serve.tokens import verify_token
+from clonefleet.serve.tokens import token_owner
 from clonefleet.state import StateStore
 
 log = logging.getLogger("clonefleet.serve")
@@ -40,6 +42,7 @@ log = logging.getLogger("clonefleet.serve")
 MAX_BODY = 64 * 1024
 MAX_REASON = 2000
 LAST_REQUEST_FACT = "drain_last_request"
+UNAUTHORIZED: dict[str, Any] = {"result": "unauthorized"}
 
 DrainFunction = Callable[..., DrainResult]
 
@@ -57,7 +60,21 @@ class DrainService:
         # after the other against the region's floor.
         self._lock = threading.Lock()
 
+    def caller(self, token: str) -> str | None:
+        """The node whose current drain token `token` is, or None."""
+        return token_owner(self.fleet, self.store, token)
+
     def handle_drain(self, token: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """The caller is judged before the body: without a node's current token the answer is
+        401 whatever the body holds, so a stranger learns nothing about the request format."""
+        caller = self.caller(token)
+        if caller is None:
+            log.warning("drain request rejected: no token, or one no node has")
+            return 401, dict(UNAUTHORIZED)
+        return self.drain_for(caller, body)
+
+    def drain_for(self, caller: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Given the node the token belongs to and the request body, drain that node."""
         try:
             request = json.loads(body or b"{}")
         except ValueError:
@@ -69,10 +86,10 @@ class DrainService:
         request_id = str(request.get("request_id") or "")
         if not isinstance(node, str) or not node:
             return 400, {"result": "bad-request", "error": "'node' must be a node name"}
-        # Unknown nodes and wrong tokens look the same from outside.
-        if node not in self.fleet.nodes or not verify_token(self.store, node, token):
-            log.warning("drain request for %r rejected: bad token or unknown node", node)
-            return 401, {"result": "unauthorized"}
+        # A token drains only its own node; another name looks the same as a wrong token.
+        if node != caller:
+            log.warning("drain request for %r rejected: it came with %s's token", node, caller)
+            return 401, dict(UNAUTHORIZED)
         if not isinstance(reason, str) or not reason.strip():
             return 400, {"result": "bad-request", "error": "'reason' must be a non-empty text"}
         reason = " ".join(reason.split())[:MAX_REASON]
