@@ -1,5 +1,6 @@
 """`clonefleet serve` on loopback for tests: in a thread or as its own process, spoken to with
-raw bytes over a socket (to send what no well-behaved client would)."""
+raw bytes over a socket (to send what no well-behaved client would) and scraped with the
+Prometheus client library's own text parser."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from clonefleet.dnsmap import DrainResult
 from clonefleet.inventory import Fleet
@@ -196,6 +199,25 @@ def exchange(port: int, data: bytes, timeout: float = WAIT_TIMEOUT) -> Answer:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
         connection.sendall(data)
         return parse_answer(read_until_closed(connection))
+
+
+def scrape(port: int, token: str = "") -> dict[str, list[Sample]]:
+    """GET /metrics, parsed by prometheus_client's parser: family name → its samples."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                     headers=bearer(token) if token else {})
+    with urllib.request.urlopen(request, timeout=WAIT_TIMEOUT) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    return {family.name: family.samples for family in text_string_to_metric_families(text)}
+
+
+def value(families: dict[str, list[Sample]], sample: str, **labels: str) -> float:
+    """The value of the one sample called `sample` with exactly `labels`."""
+    family = sample.removesuffix("_total").removesuffix("_count").removesuffix("_sum")
+    found = [item.value for item in families.get(family, [])
+             if item.name == sample and item.labels == labels]
+    assert len(found) == 1, f"{sample}{labels}: {len(found)} samples in {families.get(family)}"
+    return found[0]
 
 
 def wait_for(condition: Callable[[], bool], what: str,

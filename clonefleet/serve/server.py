@@ -1,4 +1,4 @@
-"""The drain endpoint: HTTP(S) with the standard library, one JSON request per drain.
+"""The drain endpoint and the metrics page: HTTP(S) with the standard library.
 
     POST /v1/drain
     Authorization: Bearer <node token>
@@ -19,6 +19,8 @@
     503 {"result": "not-confirmed", "error"}     recorded, but a DNS server still serves the node:
                                                  the agent retries, which republishes
     GET /v1/health → 200 {"ok": true}
+    GET /metrics   → Prometheus text format (docs/metrics.md); open to whoever reaches the
+                     port, or only with `Authorization: Bearer <metrics token>` when serve has one
     any other path → 404; another method on these paths → 405
 
 Run it behind the WireGuard mesh, or with --tls-cert/--tls-key: the token is a bearer secret.
@@ -32,6 +34,7 @@ under the same limit rather than in the one accepting connections.
 
 from __future__ import annotations
 
+import hmac
 import io
 import json
 import logging
@@ -47,10 +50,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+
 from clonefleet.dnsmap import DrainRefused, DrainResult, drain_node
 from clonefleet.dnsmap.errors import DrainNotConfirmed
 from clonefleet.errors import ClonefleetError, ConfigError
 from clonefleet.inventory import Fleet
+from clonefleet.serve.metrics import metrics_registry
 from clonefleet.serve.tokens import token_owner
 from clonefleet.state import StateStore
 
@@ -69,7 +75,7 @@ READ_TIMEOUT = 10.0
 DISCARD_LIMIT = 4 * MAX_BODY
 DISCARD_SECONDS = 2.0
 
-ROUTES = {"/v1/drain": "POST", "/v1/health": "GET"}
+ROUTES = {"/v1/drain": "POST", "/v1/health": "GET", "/metrics": "GET"}
 BYTE_COUNT = re.compile(r"[0-9]{1,12}")
 UNAUTHORIZED: dict[str, Any] = {"result": "unauthorized"}
 
@@ -182,7 +188,8 @@ def _described(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-def _handler(service: DrainService, read_timeout: float) -> type[BaseHTTPRequestHandler]:
+def _handler(service: DrainService, registry: CollectorRegistry, requests: Counter,
+             read_timeout: float, metrics_token: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "clonefleet-serve"
         sys_version = ""
@@ -218,8 +225,11 @@ def _handler(service: DrainService, read_timeout: float) -> type[BaseHTTPRequest
                              f"only {allowed} here", headers={"Allow": allowed})
             elif path == "/v1/drain":
                 self._drain()
+            elif path == "/v1/health":
+                # Asked every few seconds by probes: not worth a line in the journal each time.
+                self._answer(200, {"ok": True}, level=logging.DEBUG)
             else:
-                self._answer(200, {"ok": True})
+                self._metrics()
 
         def _bearer(self) -> str:
             authorization = self.headers.get("Authorization", "")
@@ -311,16 +321,32 @@ def _handler(service: DrainService, read_timeout: float) -> type[BaseHTTPRequest
             except OSError:
                 pass  # the client is gone or too slow: the answer was sent, close anyway
 
+        def _metrics(self) -> None:
+            if metrics_token and not hmac.compare_digest(self._bearer().encode(),
+                                                         metrics_token.encode()):
+                self._answer(401, dict(UNAUTHORIZED), "metrics need the metrics token",
+                             headers={"WWW-Authenticate": "Bearer"})
+                return
+            try:
+                payload = generate_latest(registry)
+            except Exception:
+                log.exception("metrics could not be collected")
+                self._answer(500, {"result": "error"})
+                return
+            self._send(200, payload, CONTENT_TYPE_LATEST, level=logging.DEBUG)  # every scrape
+
         def _answer(self, status: int, data: dict[str, Any], note: str = "", *,
                     headers: dict[str, str] | None = None, level: int | None = None) -> None:
             payload = json.dumps(data, sort_keys=True).encode()
-            self._send(status, payload, "application/json", note, headers, level)
+            self._send(status, payload, "application/json", note, headers, level=level)
 
         def _send(self, status: int, payload: bytes, content_type: str, note: str = "",
-                  headers: dict[str, str] | None = None, level: int | None = None) -> None:
+                  headers: dict[str, str] | None = None, *, level: int | None = None) -> None:
             # Either may be unset when the request line itself was unreadable.
             raw_path = getattr(self, "path", "") or ""
             command = self.command or "-"
+            path = _route_of(raw_path)
+            requests.labels(path if path in ROUTES else "other", str(status)).inc()
             if level is None:
                 level = (logging.INFO if status < 400 else
                          logging.WARNING if status < 500 else logging.ERROR)
@@ -344,7 +370,8 @@ def _handler(service: DrainService, read_timeout: float) -> type[BaseHTTPRequest
             # answered in JSON and logged in one line like every other answer.
             self.close_connection = True
             text = _shown(message or HTTPStatus(code).phrase, 120)
-            # Its one 5xx, 505 for an HTTP version other than 1.x, is the client's doing too.
+            # Its one 5xx, 505 for an HTTP version other than 1.x, is the client's doing too;
+            # a 5xx would read as a fault of the server in the request counter.
             self._answer(400 if code >= 500 else code,
                          {"result": "bad-request", "error": text}, text)
 
@@ -372,14 +399,19 @@ class _Server(ThreadingHTTPServer):
 
 
 def make_server(service: DrainService, host: str = "127.0.0.1", port: int = 8441, *,
-                tls_cert: str = "", tls_key: str = "",
-                read_timeout: float = READ_TIMEOUT) -> ThreadingHTTPServer:
-    """An HTTP server for `service` (HTTPS when a certificate and key are given); port 0 picks
-    a free port (`server.server_address[1]`). A request must arrive whole within
-    `read_timeout` seconds."""
+                tls_cert: str = "", tls_key: str = "", read_timeout: float = READ_TIMEOUT,
+                metrics_token: str = "") -> ThreadingHTTPServer:
+    """An HTTP server for `service` and the fleet's metrics (HTTPS when a certificate and key
+    are given); port 0 picks a free port (`server.server_address[1]`). A request must arrive
+    whole within `read_timeout` seconds; with `metrics_token`, `/metrics` needs it as bearer."""
     if not read_timeout > 0:
         raise ConfigError(f"read timeout {read_timeout!r} must be a positive number of seconds")
-    server = _Server((host, port), _handler(service, read_timeout))
+    registry = metrics_registry(service.fleet, service.store)
+    requests = Counter("clonefleet_serve_requests", "Requests this serve process answered, "
+                       "by path (or 'other') and HTTP status.", ["path", "code"],
+                       registry=registry)
+    server = _Server((host, port), _handler(service, registry, requests, read_timeout,
+                                            metrics_token))
     if tls_cert:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(tls_cert, tls_key or None)

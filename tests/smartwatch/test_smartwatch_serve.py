@@ -203,7 +203,8 @@ def test_token_issue_for_unknown_node_is_one_line_error_with_exit_2(
 
 @pytest.mark.parametrize("arguments", [["--listen", "localhost"], ["--listen", "127.0.0.1:x"],
                                        ["--tls-key", "key.pem"], ["--read-timeout", "0"],
-                                       ["--read-timeout", "-1"]])
+                                       ["--read-timeout", "-1"],
+                                       ["--metrics-token-file", "no-such-file"]])
 def test_serve_with_bad_options_is_one_line_error_with_exit_2(
         fleet, tmp_path, monkeypatch, arguments) -> None:
     monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "state"))
