@@ -34,7 +34,7 @@ from serve_fixture import (
 
 from clonefleet.inventory import Fleet, load_fleet
 from clonefleet.serve import DrainService, issue_token
-from clonefleet.serve.server import MAX_BODY
+from clonefleet.serve.server import DISCARD_SECONDS, MAX_BODY
 from clonefleet.state import SqliteStateStore
 
 pytestmark = pytest.mark.integration
@@ -188,8 +188,8 @@ def test_huge_declared_body_is_413_at_once_without_waiting_for_it(lab, caplog, c
     answer = exchange(running.port, raw_request("POST", "/v1/drain", headers=bearer(lab.token),
                                                 length=str(10**9)))
     assert answer.status == 413
-    # The answer ends (the server shuts its side) before the discard time runs out.
-    assert time.monotonic() - started < 1.5
+    # The answer ends when sent (the server shuts its side), not after the discard time.
+    assert time.monotonic() - started < DISCARD_SECONDS
     one_problem_line(caplog, "413")
     no_traceback(caplog, capfd)
 
