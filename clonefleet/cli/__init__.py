@@ -43,7 +43,8 @@ LAZY_COMMANDS = {
                      "confirms."),
     "undrain": ("dns", "Put NODE back into DNS answers and wait until every server "
                        "confirms."),
-    "serve": ("serve", "Answer drain requests from smartwatch agents on the nodes."),
+    "serve": ("serve", "Answer drain requests from smartwatch agents on the nodes; serve "
+                       "metrics."),
     "token": ("serve", "Per-node drain tokens for smartwatch."),
     "retire": ("retire", "Delete NODE's server and forget its passphrase and facts (needs "
                          "--yes)."),

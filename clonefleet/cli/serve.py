@@ -1,8 +1,8 @@
 """`clonefleet serve` and `clonefleet token issue NODE`.
 
 `serve` runs until interrupted (exit 0 on Ctrl-C or SIGTERM); it exits 2 for a bad option
-(listen address, TLS files). `token issue` prints the node's new drain token once (exit 0), or
-exits 2 for a node the fleet does not have.
+(listen address, TLS files, read timeout, metrics token file). `token issue` prints the
+node's new drain token once (exit 0), or exits 2 for a node the fleet does not have.
 """
 
 from __future__ import annotations
@@ -31,18 +31,29 @@ def _listen_address(value: str) -> tuple[str, int]:
 @click.option("--tls-key", default="", help="PEM private key for --tls-cert.")
 @click.option("--drain-timeout", default=60.0, show_default=True,
               help="Seconds to wait for DNS servers to confirm a drain.")
+@click.option("--read-timeout", default=10.0, show_default=True,
+              help="Seconds a client has to send its whole request; then it is cut off.")
+@click.option("--metrics-token-file", default="",
+              help="File holding a bearer token that GET /metrics must carry (default: "
+                   "metrics are open to whoever reaches the listen address).")
 @pass_context
-def serve(ctx: Context, listen: str, tls_cert: str, tls_key: str, drain_timeout: float) -> None:
-    """Answer drain requests from smartwatch agents on the nodes."""
-    from clonefleet.serve import DrainService, make_server
+def serve(ctx: Context, listen: str, tls_cert: str, tls_key: str, drain_timeout: float,
+          read_timeout: float, metrics_token_file: str) -> None:
+    """Answer drain requests from smartwatch agents on the nodes; serve metrics."""
+    from clonefleet.serve import DrainService, make_server, read_metrics_token
 
     host, port = _listen_address(listen)
     if tls_key and not tls_cert:
         raise ConfigError("--tls-key needs --tls-cert")
+    if not read_timeout > 0:
+        raise ConfigError(f"--read-timeout {read_timeout:g} must be a positive number of "
+                          "seconds, e.g. 10")
+    metrics_token = read_metrics_token(metrics_token_file) if metrics_token_file else ""
     logging.basicConfig(level=logging.INFO, format="clonefleet serve: %(message)s")
     service = DrainService(ctx.fleet, ctx.store, timeout=drain_timeout)
     try:
-        server = make_server(service, host, port, tls_cert=tls_cert, tls_key=tls_key)
+        server = make_server(service, host, port, tls_cert=tls_cert, tls_key=tls_key,
+                             read_timeout=read_timeout, metrics_token=metrics_token)
     except OSError as error:
         raise ConfigError(f"cannot serve on {listen}: {error}") from None
 
@@ -51,8 +62,8 @@ def serve(ctx: Context, listen: str, tls_cert: str, tls_key: str, drain_timeout:
 
     signal.signal(signal.SIGTERM, stop)
     scheme = "https" if tls_cert else "http"
-    click.echo(f"serving drain requests on {scheme}://{host}:{server.server_address[1]}",
-               err=True)
+    click.echo(f"serving drain requests and /metrics on "
+               f"{scheme}://{host}:{server.server_address[1]}", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -8,6 +8,8 @@ Two views, because each catches what the other cannot:
   are given, which is what matters if the API and the DNS side ever disagree.
 
 Each difference is one `Disagreement`. A server without the zone (never published to) is one.
+Every run's outcome is kept in the state store (`VERIFY_FACT`), so `clonefleet serve` can
+report the last result as metrics whichever process ran the check.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from clonefleet.dnsmap.powerdns import ask, get_zone, zone_serial
 from clonefleet.dnsmap.publish import MAX_PARALLEL, SERVER_SECONDS, positive_seconds
 from clonefleet.dnsmap.zone import RRset, render_rrsets, routed_sites
 from clonefleet.inventory import Fleet
-from clonefleet.state import StateStore
+from clonefleet.state import FLEET_FACTS, StateStore
 
 # ECS with a /0 source prefix tells the server nothing about the client: its location is
 # unknown everywhere, so the answer must be the whole active set.
 ANYWHERE = "0.0.0.0/0"
+
+VERIFY_FACT = "dns_verify_last"
 
 
 @dataclass(frozen=True)
@@ -285,7 +289,24 @@ def verify(fleet: Fleet, store: StateStore, endpoints: Endpoints | None = None, 
             else:
                 result.checked.append(endpoint.node)
                 result.disagreements.extend(outcome)
+    record_verify(store, result)
     return result
+
+
+def record_verify(store: StateStore, result: VerifyResult) -> None:
+    """Keep `result` as the fleet's last verify outcome (`VERIFY_FACT` of `FLEET_FACTS`):
+    counts and node names only, so it stays small however many answers disagree."""
+    store.set_fact(FLEET_FACTS, VERIFY_FACT, {
+        "at": time.time(),
+        # A run that reached no server proved nothing, so it is not a pass.
+        "ok": result.ok and bool(result.checked),
+        "serial": result.serial,
+        "checked": sorted(result.checked),
+        "disagreeing": sorted({item.server for item in result.disagreements}),
+        "unreachable": sorted(result.unreachable),
+        "unconfigured": sorted(result.unconfigured),
+        "disagreements": len(result.disagreements),
+    })
 
 
 def as_lines(result: VerifyResult) -> list[str]:

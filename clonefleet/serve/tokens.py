@@ -32,6 +32,24 @@ def issue_token(fleet: Fleet, store: StateStore, node: str) -> str:
     return token
 
 
+def token_owner(fleet: Fleet, store: StateStore, token: str) -> str | None:
+    """The node of the fleet whose current drain token `token` is, or None.
+
+    Lets serve judge the caller from the token alone, before it reads the request's body.
+    Every node is compared (in constant time), so how long it takes says nothing about which
+    node, if any, matched.
+    """
+    if not token:
+        return None
+    digest = _digest(token)
+    owner = None
+    for node in sorted(fleet.nodes):
+        expected = store.get_fact(node, TOKEN_FACT)
+        if isinstance(expected, str) and hmac.compare_digest(expected, digest):
+            owner = node
+    return owner
+
+
 def verify_token(store: StateStore, node: str, token: str) -> bool:
     """True when `token` is the current drain token of `node` (constant-time comparison)."""
     expected = store.get_fact(node, TOKEN_FACT)

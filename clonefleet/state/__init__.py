@@ -7,6 +7,7 @@ SQLite (WAL) is the default backend; a distributed backend (etcd) can implement 
 from __future__ import annotations
 
 from clonefleet.state.model import (
+    FLEET_FACTS,
     LIFECYCLE,
     DnsServerRecord,
     HealthCheck,
@@ -18,6 +19,7 @@ from clonefleet.state.model import (
 from clonefleet.state.sqlite import SqliteStateStore, open_store
 
 __all__ = [
+    "FLEET_FACTS",
     "LIFECYCLE",
     "DnsServerRecord",
     "HealthCheck",

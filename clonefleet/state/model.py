@@ -21,6 +21,10 @@ LIFECYCLE = (
     "retired",
 )
 
+# Facts about the fleet as a whole (e.g. the last `dns verify`) are kept under this name: node
+# names are DNS labels, so none can start with "@" and collide with it.
+FLEET_FACTS = "@fleet"
+
 
 @dataclass(frozen=True)
 class NodeRecord:

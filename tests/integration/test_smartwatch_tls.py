@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
@@ -85,3 +86,14 @@ def test_agent_refuses_an_untrusted_certificate_and_keeps_retrying(https_serve) 
         {"node": "fsn-1", "reason": "disk failing", "request_id": "tls-2"})
     assert answer.outcome == RETRY
     assert "CERTIFICATE_VERIFY_FAILED" in answer.error
+
+
+def test_client_that_never_finishes_its_tls_handshake_does_not_keep_others_out(
+        https_serve) -> None:
+    url, token, cert = https_serve
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+        stalled.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, then silence
+        answer = DrainClient(url, token, ca_file=str(cert), timeout=5).send(
+            {"node": "fsn-1", "reason": "disk failing", "request_id": "tls-3"})
+    assert (answer.outcome, answer.http_status) == (ACK, 200)

@@ -14,7 +14,7 @@ from clonefleet.dnsmap import DrainRefused, DrainResult
 from clonefleet.dnsmap.errors import DrainNotConfirmed
 from clonefleet.errors import StateError, UnknownNodeError
 from clonefleet.inventory import Fleet, load_fleet
-from clonefleet.serve import TOKEN_FACT, DrainService, issue_token, verify_token
+from clonefleet.serve import TOKEN_FACT, DrainService, issue_token, token_owner, verify_token
 from clonefleet.state import SqliteStateStore
 
 pytestmark = pytest.mark.unit
@@ -124,10 +124,43 @@ def test_unknown_node_looks_like_a_bad_token(fleet, store) -> None:
     assert status == 401
 
 
-@pytest.mark.parametrize("body", [b"not json", b"[]", json.dumps({"reason": "x"}).encode()])
-def test_malformed_request_is_a_bad_request(fleet, store, body) -> None:
-    status, answer = DrainService(fleet, store, drain=StubDrain()).handle_drain("t", body)
+MALFORMED = [b"not json", b"[]", json.dumps({"reason": "x"}).encode()]
+
+
+@pytest.mark.parametrize("body", MALFORMED)
+def test_malformed_request_with_a_valid_token_is_a_bad_request(fleet, store, body) -> None:
+    drain = StubDrain()
+    service = DrainService(fleet, store, drain=drain)
+    status, answer = service.handle_drain(issue_token(fleet, store, "fsn-1"), body)
     assert (status, answer["result"]) == (400, "bad-request")
+    assert drain.calls == []
+
+
+@pytest.mark.parametrize("body", MALFORMED)
+def test_malformed_request_with_a_bad_token_is_unauthorized_not_a_bad_request(
+        fleet, store, body) -> None:
+    issue_token(fleet, store, "fsn-1")
+    status, answer = DrainService(fleet, store, drain=StubDrain()).handle_drain("t", body)
+    assert (status, answer) == (401, {"result": "unauthorized"})
+
+
+def test_a_nodes_token_cannot_drain_another_node_and_looks_like_a_bad_token(
+        fleet, store) -> None:
+    drain = StubDrain()
+    service = DrainService(fleet, store, drain=drain)
+    status, answer = service.handle_drain(issue_token(fleet, store, "fsn-2"),
+                                          request(node="fsn-1"))
+    assert (status, answer) == (401, {"result": "unauthorized"})
+    assert drain.calls == []
+
+
+def test_token_owner_names_the_node_whose_current_token_it_is(fleet, store) -> None:
+    first = issue_token(fleet, store, "fsn-1")
+    second = issue_token(fleet, store, "fsn-2")
+    assert (token_owner(fleet, store, first), token_owner(fleet, store, second)) == \
+        ("fsn-1", "fsn-2")
+    assert token_owner(fleet, store, "") is None
+    assert token_owner(fleet, store, first + "x") is None
 
 
 def test_empty_reason_is_a_bad_request_even_with_a_good_token(fleet, store) -> None:
@@ -169,7 +202,9 @@ def test_token_issue_for_unknown_node_is_one_line_error_with_exit_2(
 
 
 @pytest.mark.parametrize("arguments", [["--listen", "localhost"], ["--listen", "127.0.0.1:x"],
-                                       ["--tls-key", "key.pem"]])
+                                       ["--tls-key", "key.pem"], ["--read-timeout", "0"],
+                                       ["--read-timeout", "-1"],
+                                       ["--metrics-token-file", "no-such-file"]])
 def test_serve_with_bad_options_is_one_line_error_with_exit_2(
         fleet, tmp_path, monkeypatch, arguments) -> None:
     monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "state"))

@@ -10,11 +10,11 @@ import pytest
 from clonefleet.dnsmap import ENDPOINT_FACT, Endpoint, EndpointError, Endpoints
 from clonefleet.dnsmap.model import build_map
 from clonefleet.dnsmap.nearest import Site, arc, lua_program, nearest
-from clonefleet.dnsmap.verify import expectations
+from clonefleet.dnsmap.verify import VERIFY_FACT, expectations, verify
 from clonefleet.dnsmap.zone import render_rrsets
 from clonefleet.errors import InventoryError, StateError
 from clonefleet.inventory import Fleet, load_fleet
-from clonefleet.state import SqliteStateStore
+from clonefleet.state import FLEET_FACTS, SqliteStateStore
 
 pytestmark = pytest.mark.unit
 
@@ -255,3 +255,16 @@ def test_named_lock_held_elsewhere_times_out_with_a_clear_error(
         pass
     with store.lock("dns-publish", timeout=0.2):
         pass  # released: taken again at once
+
+
+def test_verify_keeps_its_outcome_as_a_fleet_fact_and_reaching_no_server_is_no_pass(
+        tmp_path: Path, store: SqliteStateStore) -> None:
+    fleet = make_fleet(tmp_path)
+    before = time.time()
+    result = verify(fleet, store, Endpoints({}))
+    assert result.ok  # nothing disagreed...
+    recorded = store.get_fact(FLEET_FACTS, VERIFY_FACT)
+    assert recorded["ok"] is False  # ...but nothing was checked either
+    assert recorded["at"] >= before
+    assert recorded["unconfigured"] == sorted(fleet.nodes)
+    assert (recorded["checked"], recorded["disagreements"]) == ([], 0)
