@@ -101,13 +101,13 @@ def kernel_cmdline(network: InitramfsNetwork) -> str:
     # `rw` (after GRUB's `ro`, so it wins): the initramfs checks the root filesystem and
     # mounts it read-write itself, so a writable root never depends on systemd's late
     # remount, which a boot starved of CPU once skipped.
-    # `rootdelay=300`: how long the initramfs waits for the root before its (for a remote
-    # box useless) shell; cryptsetup asks for the passphrase within it. Degraded RAID
-    # arrays start after 20 s regardless (DEGRADED_RAID_SCRIPT).
+    # No `rootdelay=`: Debian's initramfs sleeps that long before it does anything at all
+    # (every boot of a lab node spent 300 s there). How long it waits for the root device is
+    # set by ROOT_WAIT_SCRIPT instead, which costs nothing when the root is there.
     # The systemd timeouts: a boot starved of CPU once failed the /dev/mqueue and tracefs
     # mounts (90 s by default for any start job) with nothing wrong on the node.
     return (f"net.ifnames=0 console=tty0 console=ttyS0,115200 {network.kernel_ip_arg()} "
-            "rw rootdelay=300 systemd.default_device_timeout_sec=600 "
+            "rw systemd.default_device_timeout_sec=600 "
             "systemd.default_timeout_start_sec=600")
 
 
@@ -158,22 +158,43 @@ IFUPDOWN_PRE_DROPIN = (
     "then udevadm settle --timeout=600; fi'\n"
 )
 
+ROOT_WAIT_SCRIPT_NAME = "clonefleet-root-wait"
+ROOT_WAIT_SECONDS = 300
+# How long the initramfs waits for the root device (a degraded RAID array, and then the
+# passphrase) before it gives up and drops to a shell nobody can reach on a remote box.
+# Debian reads that wait from `rootdelay=` but then also sleeps that long before anything
+# else, so it is set here instead: initramfs-tools sources /conf/param.conf after each
+# init-premount script, after the sleep. A `rootdelay=` on the command line still wins.
+# (CLONEFLEET_CONF is for tests only.)
+ROOT_WAIT_SCRIPT = f"""#!/bin/sh
+PREREQ=""
+prereqs() {{ echo "$PREREQ"; }}
+case "$1" in prereqs) prereqs; exit 0 ;; esac
+conf=${{CLONEFLEET_CONF:-/conf}}
+[ -n "$ROOTDELAY" ] || echo "ROOTDELAY={ROOT_WAIT_SECONDS}" >> "$conf/param.conf"
+exit 0
+"""
+
 DEGRADED_SCRIPT = "zz-clonefleet-degraded-raid"
 DEGRADED_AFTER_SECONDS = 20
-# Debian's initramfs waits for the root with wall-clock time but lets mdadm start a degraded
-# array (a dead disk) only when its call count, caught up to that time in one go, reaches
-# 2/3 of the wait: on a slow boot (each round of local-block scripts taking long) the array
-# started in the same round as the wait gave up, before cryptsetup could ask for the
-# passphrase, and the node sat in the initramfs shell. This script starts degraded arrays
-# 20 s (wall) after the first round, like Debian's default, whatever rootdelay says, so
-# rootdelay can be long.
+# Debian's initramfs lets mdadm start a degraded array (a dead disk) only when mdadm's
+# local-block script has been called 2/3 of the root wait's seconds times, and between two
+# rounds of local-block scripts it calls mdadm's alone until that count has caught up with
+# the seconds elapsed. When one call takes over a second (emulation, many disks) the count
+# never catches up: the calls go on until the degraded start, by then the wait has run out,
+# and the node sits in the initramfs shell with its array just started. This script keeps
+# mdadm's count far ahead (so that catch-up loop ends at once and every round runs every
+# script) and starts degraded arrays itself, 20 s (wall) after the first round.
+# Overridable paths are for tests only.
 DEGRADED_RAID_SCRIPT = f"""#!/bin/sh
 PREREQ="mdadm"
 prereqs() {{ echo "$PREREQ"; }}
 case "$1" in prereqs) prereqs; exit 0 ;; esac
-now=$(cut -d. -f1 /proc/uptime)
-[ -f /run/clonefleet-degraded.start ] || echo "$now" > /run/clonefleet-degraded.start
-start=$(cat /run/clonefleet-degraded.start)
+run=${{CLONEFLEET_RUN:-/run}}
+now=$(cut -d. -f1 "${{CLONEFLEET_UPTIME:-/proc/uptime}}")
+[ -f "$run/clonefleet-degraded.start" ] || echo "$now" > "$run/clonefleet-degraded.start"
+start=$(cat "$run/clonefleet-degraded.start")
+echo 1000000 > "$run/count.mdadm.initrd"
 if [ $((now - start)) -ge {DEGRADED_AFTER_SECONDS} ]; then
     mdadm -q --run /dev/md?* 2>/dev/null
     mdadm -q --assemble --scan --run 2>/dev/null
@@ -213,6 +234,8 @@ def _write_files(root: Path, spec: NodeLayerInput) -> None:
                f"ARRAY /dev/md/root metadata=1.2 UUID={layout.md_root_uuid}\n")
         _write(root, f"/etc/initramfs-tools/scripts/local-block/{DEGRADED_SCRIPT}",
                DEGRADED_RAID_SCRIPT, 0o755)
+    _write(root, f"/etc/initramfs-tools/scripts/init-premount/{ROOT_WAIT_SCRIPT_NAME}",
+           ROOT_WAIT_SCRIPT, 0o755)
     _write(root, "/etc/network/interfaces", interfaces_text(network))
     _write(root, "/etc/systemd/system/ifupdown-pre.service.d/50-clonefleet.conf",
            IFUPDOWN_PRE_DROPIN)
@@ -268,6 +291,8 @@ def check_initramfs(root: Path, kernel_version: str, spec: NodeLayerInput) -> li
     if spec.layout.raid and not any(line.endswith(f"local-block/{DEGRADED_SCRIPT}")
                                     for line in listing):
         missing.append(f"scripts/local-block/{DEGRADED_SCRIPT}")
+    if not any(line.endswith(f"init-premount/{ROOT_WAIT_SCRIPT_NAME}") for line in listing):
+        missing.append(f"scripts/init-premount/{ROOT_WAIT_SCRIPT_NAME}")
     if not any(line.endswith("/.ssh/authorized_keys") for line in listing):
         missing.append("authorized_keys")
     if missing:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -319,13 +320,22 @@ def probe_accel(cache: Path, kernel: Path, timeout: float = 20) -> str:
     known = known_accel(cache)
     if known is not None:
         return known
-    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    cached = cache / "accel.json"
-    accel = "tcg"
-    if os.access("/dev/kvm", os.R_OK | os.W_OK):
-        accel = "kvm" if _kernel_prints_under_kvm(kernel, timeout) else "tcg"
-    cached.write_text(json.dumps({"boot_id": boot_id, "accel": accel}))
-    return accel
+    cache.mkdir(parents=True, exist_ok=True)
+    # Several nodes provisioned at once start their VMs together: one probes, the others
+    # wait for its answer instead of booting probes side by side.
+    with open(cache / "accel.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        known = known_accel(cache)
+        if known is not None:
+            return known
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        accel = "tcg"
+        if os.access("/dev/kvm", os.R_OK | os.W_OK):
+            accel = "kvm" if _kernel_prints_under_kvm(kernel, timeout) else "tcg"
+        temporary = cache / f".accel.json.{os.getpid()}"
+        temporary.write_text(json.dumps({"boot_id": boot_id, "accel": accel}))
+        temporary.replace(cache / "accel.json")
+        return accel
 
 
 def _kernel_prints_under_kvm(kernel: Path, timeout: float) -> bool:
