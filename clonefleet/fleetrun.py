@@ -80,8 +80,7 @@ def report_as_dict(report: ProvisionReport) -> dict[str, Any]:
             "steps": [{"step": step.strip(), "seconds": round(seconds, 1),
                        "substep": step.startswith("  ")} for step, seconds in report.steps],
             "skipped": report.skipped, "deploy_changes": report.deploy_changes,
-            "total_seconds": round(sum(seconds for name, seconds in report.steps
-                                       if not name.startswith("  ")), 1)}
+            "total_seconds": round(report.total_seconds, 1)}
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,10 +71,37 @@ class ProvisionReport:
     skipped: list[str] = field(default_factory=list)
     final_state: str = ""
     deploy_changes: list[str] = field(default_factory=list)
+    # Wall time of the whole run: less than the sum of the steps, since some overlap (the
+    # node layer is built while the rescue system boots).
+    wall_seconds: float | None = None
 
     @property
     def total_seconds(self) -> float:
-        return sum(seconds for _, seconds in self.steps)
+        if self.wall_seconds is not None:
+            return self.wall_seconds
+        return sum(seconds for name, seconds in self.steps if not name.startswith("  "))
+
+
+class _InBackground:
+    """Run a function in a thread now; `join()` waits for it and raises what it raised."""
+
+    def __init__(self, function: Callable[[], None], name: str) -> None:
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                function()
+            except BaseException as error:
+                self._error = error
+
+        # A daemon: ^C in the caller ends the command without waiting for a provider.
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 class Provisioner:
@@ -144,6 +172,7 @@ class Provisioner:
             if current == "booted" and self.provider.info(node).status == "off":
                 current = "locked"  # powered off since: boot and unlock it again
         steps = remaining_steps(current, wipe)
+        started = time.monotonic()
         if "install" in steps:
             self._install(node, report)
         if "boot from disk" in steps:
@@ -156,6 +185,7 @@ class Provisioner:
             self._step(report, "deploy", lambda: self._deploy(node, report))
         final = self.store.get(node.name)
         report.final_state = final.state if final else ""
+        report.wall_seconds = time.monotonic() - started
         return report
 
     def _step(self, report: ProvisionReport, step: str, function: Callable[[], None]) -> None:
@@ -175,6 +205,7 @@ class Provisioner:
 
     def _install(self, node: Node, report: ProvisionReport) -> None:
         self._step(report, "create server", lambda: self._create(node))
+        plan = make_plan(self.fleet, node, self.provider.network(node))
         rescue: dict[str, SshAccess] = {}
 
         def boot_rescue() -> None:
@@ -184,14 +215,27 @@ class Provisioner:
             self.store.transition(node.name, "rescue", actor=self.actor,
                                   reason="booted rescue system for install")
 
-        self._step(report, "boot rescue", boot_rescue)
-        base = ensure_base_image(cache_dir(), self.log)
-        plan = make_plan(self.fleet, node, self.provider.network(node))
+        # The node layer needs nothing from the rescue system, so it is built (and on a
+        # first run the image with it) while the provider boots the rescue system. The
+        # rescue boot's step is reported before the layer's, in the order they started.
+        rescue_steps = ProvisionReport(node.name)
+        booting = _InBackground(lambda: self._step(rescue_steps, "boot rescue", boot_rescue),
+                                name=f"clonefleet-rescue-{node.name}")
+        position = len(report.steps)
         workspace = Path(tempfile.mkdtemp(prefix="clonefleet-", dir=self.state_dir))
         try:
             layer = workspace / f"{node.name}-layer.tar"
-            self._step(report, "build node layer", lambda: self._layer(
-                base, node, plan, layer, workspace))
+            layer_error: Exception | None = None
+            try:
+                base = ensure_base_image(cache_dir(), self.log)
+                self._step(report, "build node layer", lambda: self._layer(
+                    base, node, plan, layer, workspace))
+            except Exception as error:  # reported once the rescue boot has ended too
+                layer_error = error
+            booting.join()
+            report.steps[position:position] = rescue_steps.steps
+            if layer_error is not None:
+                raise layer_error
             self._step(report, "install", lambda: self._run_installer(
                 base, node, plan, rescue["access"], layer, report))
         finally:
