@@ -102,9 +102,13 @@ class ProviderConfig:
 
 class Provider(Protocol):
     name: str
-    # How long one boot may take to reach Dropbear, or sshd after the unlock: a dedicated
-    # server's firmware alone can take minutes, and an emulated lab VM is slower still.
-    boot_timeout: float
+
+    @property
+    def boot_timeout(self) -> float:
+        """How long one boot may take to reach Dropbear, or sshd after the unlock: a
+        dedicated server's firmware alone can take minutes, and an emulated lab VM is
+        slower still (a class attribute satisfies this as well as a property)."""
+        ...
 
     def ensure_server(self, node: Node) -> ServerInfo: ...
 
