@@ -146,8 +146,8 @@ def test_two_nodes_at_once_one_failing_mid_install_then_a_rerun_finishes_it(lab:
     began = {event["step"]: event["time"] for event in events
              if event["node"] == CLOUD and event["kind"] == "step"}
     took = {step["step"]: step["seconds"] for step in nodes[CLOUD]["steps"]}
-    assert began["boot rescue"] <= began["build node layer"] \
-        < began["boot rescue"] + took["boot rescue"]
+    # (The two steps start in two threads at the same moment, in either order.)
+    assert began["build node layer"] < began["boot rescue"] + took["boot rescue"] - 10
     assert nodes[CLOUD]["total_seconds"] < sum(
         step["seconds"] for step in nodes[CLOUD]["steps"] if not step["substep"])
 
