@@ -65,6 +65,7 @@ region = "nbg"
 disks = ["CFLAB-NBG1-A"]
 memory_mb = 2048
 disk_size_gb = 8
+ipv4 = "203.0.113.41"
 
 [nodes.gra-1]
 region = "gra"
