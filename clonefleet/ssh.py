@@ -11,6 +11,7 @@ boot: their key is pinned to the fingerprints the provider's API reported
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import os
 from collections.abc import Callable
@@ -66,12 +67,18 @@ def ensure_operator_key(configured: str, state_dir: Path) -> OperatorKey:
         return OperatorKey(path, public.read_text().strip())
     path = state_dir / "id_ed25519"
     public = state_dir / "id_ed25519.pub"
-    if not path.exists():
-        pair = generate_ed25519("clonefleet-operator")
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(pair.private_openssh)
-        public.write_text(pair.public_line + "\n")
+    if not path.exists() or not public.exists():
+        # Several nodes (or a node's rescue boot and its layer build, which run at once) may
+        # need the key first at the same moment: one creates it, the others wait and read it.
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with open(state_dir / "id_ed25519.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not path.exists():
+                pair = generate_ed25519("clonefleet-operator")
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(descriptor, "w") as handle:
+                    handle.write(pair.private_openssh)
+                public.write_text(pair.public_line + "\n")
     return OperatorKey(path, public.read_text().strip())
 
 
