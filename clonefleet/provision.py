@@ -219,7 +219,6 @@ class Provisioner:
         # first run the image with it) while the provider boots the rescue system. The
         # rescue boot's step is reported before the layer's, in the order they started.
         rescue_steps = ProvisionReport(node.name)
-        self.operator  # noqa: B018 (created here, not by two threads at once)
         booting = _InBackground(lambda: self._step(rescue_steps, "boot rescue", boot_rescue),
                                 name=f"clonefleet-rescue-{node.name}")
         position = len(report.steps)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clonefleet.errors import ClonefleetError, ProviderError, TimeoutError_
+from clonefleet.image.base import cache_lock
 from clonefleet.retry import RetryPolicy, TimedOut, retry, wait_until
 
 QEMU = "qemu-system-x86_64"
@@ -320,11 +320,9 @@ def probe_accel(cache: Path, kernel: Path, timeout: float = 20) -> str:
     known = known_accel(cache)
     if known is not None:
         return known
-    cache.mkdir(parents=True, exist_ok=True)
     # Several nodes provisioned at once start their VMs together: one probes, the others
     # wait for its answer instead of booting probes side by side.
-    with open(cache / "accel.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with cache_lock(cache / "accel.lock"):
         known = known_accel(cache)
         if known is not None:
             return known
