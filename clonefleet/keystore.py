@@ -29,7 +29,7 @@ class Keystore:
         self.directory = directory
         self.identity_path = identity_path or default_identity_path()
 
-    def _identity(self, *, create: bool) -> pyrage.x25519.Identity:
+    def identity(self, *, create: bool) -> pyrage.x25519.Identity:
         if not self.identity_path.exists():
             if not create:
                 raise KeystoreError(
@@ -53,7 +53,7 @@ class Keystore:
     def ensure_identity(self) -> None:
         """Create the identity now if it is missing: nodes installed at once would otherwise
         race to create it on their first passphrase, and all but one would fail."""
-        self._identity(create=True)
+        self.identity(create=True)
 
     def _path(self, node: str) -> Path:
         return self.directory / f"{node}.age"
@@ -65,7 +65,7 @@ class Keystore:
         """Return the node's passphrase, generating and storing a new one if none exists."""
         if self.has(node):
             return self.get(node)
-        identity = self._identity(create=True)
+        identity = self.identity(create=True)
         passphrase = secrets.token_urlsafe(32)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         encrypted = pyrage.encrypt(passphrase.encode(), [identity.to_public()])
@@ -79,7 +79,7 @@ class Keystore:
         if not path.exists():
             raise KeystoreError(f"no passphrase stored for node {node!r} in {self.directory}; "
                                 "was it provisioned from this controller?")
-        identity = self._identity(create=False)
+        identity = self.identity(create=False)
         try:
             return bytes(pyrage.decrypt(path.read_bytes(), [identity])).decode()
         except pyrage.DecryptError:
