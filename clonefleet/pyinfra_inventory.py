@@ -16,6 +16,8 @@ from clonefleet.inventory import Fleet, load_fleet
 from clonefleet.known_hosts import fleet_known_hosts
 from clonefleet.paths import fleet_state_dir
 from clonefleet.retry import DEFAULT, DEPLOY_CONNECT_TRIES
+from clonefleet.secrets import open_secrets
+from clonefleet.services import ServiceContext, service_host_data
 from clonefleet.ssh import ensure_operator_key
 from clonefleet.state import StateStore, open_store
 
@@ -28,6 +30,7 @@ def host_data(fleet: Fleet, store: StateStore, state_dir: Path,
     # Only the nodes asked for: another node's damaged facts must not stop this deploy. One
     # rewrite for all of them; a node without recorded keys loses any entries it had.
     facts = nodefacts.load_pinned_many(store, wanted, known_hosts)
+    secrets = open_secrets(state_dir)
     hosts = []
     for name in wanted:
         node = fleet.node(name)
@@ -56,6 +59,7 @@ def host_data(fleet: Fleet, store: StateStore, state_dir: Path,
             "smartwatch_node": node.name,
             "smartwatch_drain_url": fleet.control_url,
             "smartwatch_alert_urls": list(fleet.alert_urls),
+            **service_host_data(ServiceContext(fleet, node, store, secrets)),
         }))
     return hosts
 

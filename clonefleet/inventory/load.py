@@ -45,7 +45,7 @@ FLEET_KEYS = {
     "name", "domain", "ssh_key", "min_active_total", "dns_grace_seconds",
     "allowed_tcp_ports", "allowed_udp_ports", "control_url", "alert_urls",
 }
-TOP_KEYS = {"fleet", "regions", "nodes", "routed", "admins", "providers"}
+TOP_KEYS = {"fleet", "regions", "nodes", "routed", "admins", "providers", "services"}
 REGION_KEYS = {"provider", "location", "latitude", "longitude", "min_active"}
 NODE_KEYS = {
     "region", "provider", "disks", "server_type", "server_id", "memory_mb", "disk_size_gb",
@@ -183,6 +183,7 @@ def load_fleet(path: str | Path, *, environ: Mapping[str, str] | None = None) ->
                        f"routed name {entry.name!r} is also a node's host name "
                        f"({entry.name}.{domain})", "rename the routed name")
     admins = _admins(check, raw.get("admins", []))
+    services = _services(check, check.table(raw.get("services", {}), "services"))
 
     min_total = check.typed(fleet_table, "min_active_total", "fleet", int, default=1)
     if min_total < 0:
@@ -223,6 +224,7 @@ def load_fleet(path: str | Path, *, environ: Mapping[str, str] | None = None) ->
         allowed_tcp_ports=ports_tcp,
         allowed_udp_ports=_ports(check, fleet_table, "allowed_udp_ports", ()),
         providers=providers.configs,
+        services=services,
     )
 
 
@@ -427,6 +429,27 @@ def _node_keys(check: _Checker, body: dict[str, Any], prefix: str, node: str,
         if value is not None and _choice(check, setting, value, f"{prefix}.{key}"):
             settings[key] = value
     return settings
+
+
+def _services(check: _Checker, table: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every known service's settings, defaults filled in, from `[services.NAME]` tables."""
+    from clonefleet.services.registry import SETTINGS
+
+    check.known_keys(table, SETTINGS, "services")
+    result: dict[str, dict[str, Any]] = {}
+    for name, settings in SETTINGS.items():
+        prefix = f"services.{name}"
+        body = check.table(table.get(name, {}), prefix)
+        check.known_keys(body, settings, prefix)
+        values: dict[str, Any] = {}
+        for key, setting in settings.items():
+            value = check.typed(body, key, prefix, setting.kind, default=setting.default,
+                                required=setting.required)
+            if value is not None and key in body and isinstance(value, str):
+                _choice(check, setting, value, f"{prefix}.{key}")
+            values[key] = value
+        result[name] = values
+    return result
 
 
 def _choice(check: _Checker, setting: Setting, value: Any, where: str) -> bool:

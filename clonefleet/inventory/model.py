@@ -87,6 +87,9 @@ class Fleet:
     # Every provider a region or node names: its `[providers.NAME]` table, or a driver's
     # defaults when a driver is named without a table.
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
+    # [services.NAME] settings of every known service, defaults filled in
+    # (`clonefleet.services.registry`).
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def node(self, name: str) -> Node:
         from clonefleet.errors import UnknownNodeError

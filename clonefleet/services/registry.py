@@ -1,0 +1,20 @@
+"""The services a full-clone node runs, as the control plane knows them.
+
+To add a service: a module in this package with `SETTINGS` and `host_data`, one line in each
+table below, and its deploy in `deploys/` composed in `deploys/full.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from clonefleet.providers.registry import Setting
+    from clonefleet.services import ServiceContext
+
+# service name -> the keys of its [services.NAME] table in the fleet file
+SETTINGS: dict[str, Mapping[str, Setting]] = {}
+
+# functions giving one node's host data, in this order (later keys win)
+HOST_DATA: list[Callable[[ServiceContext], dict[str, Any]]] = []
