@@ -6,7 +6,10 @@ module here that declares
 - `SETTINGS`: the keys of its `[services.NAME]` table in the fleet file (`Setting`s, checked
   by the inventory loader, defaults filled in: `fleet.services[NAME]`), and
 - `host_data(context) -> dict`: the pyinfra host data its deploy in `deploys/` needs for one
-  node, secrets included (from the age-encrypted `SecretStore`, in memory only).
+  node, secrets included (from the age-encrypted `SecretStore`, in memory only), and
+- optionally an after-deploy hook `(context, outcome) -> None`, run by the deploy runner for
+  each node once the deploy ended, to record what the deploy made true (a fact, a delivered
+  token) only when the operations that did it succeeded on that node.
 
 `registry.py` lists them; `clonefleet.pyinfra_inventory` merges every service's host data.
 """
@@ -30,6 +33,22 @@ class ServiceContext:
     node: Node
     store: StateStore
     secrets: SecretStore
+
+
+@dataclass(frozen=True)
+class DeployOutcome:
+    """How one deploy went on one node, for the services' after-deploy hooks."""
+
+    failed: bool  # the node failed to connect or any operation failed
+    succeeded: frozenset[str]  # names of the operations that ran and succeeded on the node
+
+
+def after_deploy(context: ServiceContext, outcome: DeployOutcome) -> None:
+    """Run every registered after-deploy hook (e.g. record a fact the deploy made true)."""
+    from clonefleet.services.registry import AFTER_DEPLOY
+
+    for hook in AFTER_DEPLOY:
+        hook(context, outcome)
 
 
 def service_host_data(context: ServiceContext) -> dict[str, Any]:

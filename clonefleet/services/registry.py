@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from clonefleet.providers.registry import Setting
-    from clonefleet.services import ServiceContext
+    from clonefleet.services import DeployOutcome, ServiceContext
 
 # service name -> the keys of its [services.NAME] table in the fleet file
 SETTINGS: dict[str, Mapping[str, Setting]] = {}
 
 # functions giving one node's host data, in this order (later keys win)
 HOST_DATA: list[Callable[[ServiceContext], dict[str, Any]]] = []
+
+# run by the deploy runner for every node after each deploy, in this order
+AFTER_DEPLOY: list[Callable[[ServiceContext, DeployOutcome], None]] = []
