@@ -38,6 +38,9 @@ SSH_HOST_KEY = "ssh_host_key"  # sshd's public key line, pinned at install
 DROPBEAR_HOST_KEY = "dropbear_host_key"  # Dropbear's public key line, pinned at install
 LAYOUT = "layout"  # NodeLayout's fields: UUIDs chosen before the install
 DISKS = "disks"  # {serial: /dev/disk/by-id/...}
+# {"tcp/8081": ["127.0.0.1", 40123]}: the node's services behind a provider's port forwards
+FORWARDED_PORTS = "forwarded_ports"
+PRIVATE_ADDRESS = "private_address"  # "10.99.0.11/24" on the fleet's private network
 
 # Roles of pinned keys in known_hosts: which system of the node answers at an address.
 SSHD = "sshd"
@@ -57,6 +60,14 @@ class NodeFacts:
     dropbear_host_key: str | None = None
     layout: NodeLayout | None = None
     disks: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    forwarded_ports: Mapping[str, tuple[str, int]] = field(
+        default_factory=lambda: MappingProxyType({}))
+    private_address: str = ""
+
+    @property
+    def private_ip(self) -> str:
+        """The address on the fleet's private network without its prefix length, or ""."""
+        return self.private_address.split("/")[0]
 
     def require_ssh(self) -> SshAccess:
         return _required(self.node, "ssh", self.ssh)
@@ -96,6 +107,8 @@ def load(store: StateStore, node: str) -> NodeFacts:
         layout=_layout(node, facts.get(LAYOUT)),
         disks=MappingProxyType({str(serial): str(path) for serial, path
                                 in _mapping(node, DISKS, facts.get(DISKS)).items()}),
+        forwarded_ports=MappingProxyType(_forwards(node, facts.get(FORWARDED_PORTS))),
+        private_address=str(facts.get(PRIVATE_ADDRESS) or ""),
     )
 
 
@@ -121,6 +134,13 @@ def record_server(store: StateStore, node: str, info: ServerInfo) -> None:
         store.set_fact(node, UNLOCK_ACCESS, _access_value(info.unlock))
         store.set_fact(node, SERVER_ID, info.server_id)
         store.set_fact(node, NIC_MODULES, list(info.nic_modules))
+        store.set_fact(node, FORWARDED_PORTS, {guest: [host, port] for guest, (host, port)
+                                               in info.forwarded_ports.items()})
+
+
+def record_private_address(store: StateStore, node: str, address: str) -> None:
+    """The node's address on the fleet's private network ("" for none)."""
+    store.set_fact(node, PRIVATE_ADDRESS, address)
 
 
 def record_host_keys(store: StateStore, node: str, *, ssh_host_key: str,
@@ -186,6 +206,16 @@ def _mapping(node: str, key: str, value: object) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise _malformed(node, key, value, "an object")
     return value
+
+
+def _forwards(node: str, value: object) -> dict[str, tuple[str, int]]:
+    result = {}
+    for guest, target in _mapping(node, FORWARDED_PORTS, value).items():
+        if (not isinstance(target, list | tuple) or len(target) != 2
+                or not isinstance(target[0], str) or not str(target[1]).isdigit()):
+            raise _malformed(node, FORWARDED_PORTS, value, '{"tcp/8081": ["host", port]}')
+        result[str(guest)] = (target[0], int(target[1]))
+    return result
 
 
 def _layout(node: str, value: object) -> NodeLayout | None:

@@ -205,7 +205,9 @@ class Provisioner:
 
     def _install(self, node: Node, report: ProvisionReport) -> None:
         self._step(report, "create server", lambda: self._create(node))
-        plan = make_plan(self.fleet, node, self.provider.network(node))
+        network = self.provider.network(node)
+        plan = make_plan(self.fleet, node, network)
+        nodefacts.record_private_address(self.store, node.name, network.private_address)
         rescue: dict[str, SshAccess] = {}
 
         def boot_rescue() -> None:

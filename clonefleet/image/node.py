@@ -132,6 +132,11 @@ def interfaces_text(network: InitramfsNetwork) -> str:
         text += (f"\niface {network.interface} inet6 static\n"
                  f"    address {network.ipv6_address}\n"
                  f"    gateway {network.ipv6_gateway or 'fe80::1'}\n")
+    if network.private_address:
+        # The fleet's private network: no gateway, it only joins the nodes.
+        text += (f"\nauto {network.private_interface}\n"
+                 f"iface {network.private_interface} inet static\n"
+                 f"    address {network.private_address}\n")
     return text
 
 

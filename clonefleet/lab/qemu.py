@@ -48,6 +48,12 @@ class VmConfig:
     extra_forwards: dict[str, int] = field(default_factory=dict)  # "tcp:53" -> host port
     # "bios" (qemu's SeaBIOS) or "uefi" (OVMF); a vm.json written before this key is bios.
     firmware: str = "bios"
+    # The fleet's lab LAN, a second NIC (eth1) on a qemu multicast socket bound to
+    # loopback: every VM of the fleet joined to the same group and port is on one Ethernet
+    # segment, which never leaves this machine. Port 0: no LAN (a vm.json from before it).
+    lan_group: str = ""
+    lan_port: int = 0
+    lan_mac: str = ""
 
     @property
     def console_log(self) -> Path:
@@ -161,6 +167,7 @@ def qemu_argv(config: VmConfig, *, accel: str, kernel: Path | None = None,
         "-netdev", "user,id=net0," + ",".join(forwards),
         # romfile= : we never PXE-boot, so qemu needs no iPXE ROM
         "-device", "virtio-net-pci,netdev=net0,romfile=",
+        *lan_args(config),
         "-daemonize", "-pidfile", str(config.pidfile),
         *firmware_args(config),
     ]
@@ -180,6 +187,17 @@ def qemu_argv(config: VmConfig, *, accel: str, kernel: Path | None = None,
         if initrd is not None:
             argv += ["-initrd", str(initrd)]
     return argv
+
+
+def lan_args(config: VmConfig) -> list[str]:
+    """The second NIC on the fleet's LAN: multicast on loopback (`localaddr` sends it out
+    of `lo` only, with qemu's default TTL of 1), so the VMs see each other and nothing else
+    does. The guest names it eth1 (net.ifnames=0, PCI order)."""
+    if not config.lan_port:
+        return []
+    return ["-netdev", f"socket,id=lan,mcast={config.lan_group}:{config.lan_port},"
+                       "localaddr=127.0.0.1",
+            "-device", f"virtio-net-pci,netdev=lan,mac={config.lan_mac},romfile="]
 
 
 def firmware_args(config: VmConfig) -> list[str]:

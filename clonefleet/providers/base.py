@@ -40,6 +40,11 @@ class InitramfsNetwork:
     # is IPv4 only, so Dropbear is reached over IPv4.
     ipv6_address: str = ""
     ipv6_gateway: str = ""  # "fe80::1" (Hetzner, OVH) when ipv6_address is set
+    # A second, private network between the fleet's nodes (the lab's LAN; a provider's
+    # private network or vSwitch), "10.99.0.11/24" on `private_interface`; "" for none.
+    # The booted node only: the initramfs never needs it.
+    private_address: str = ""
+    private_interface: str = "eth1"
 
     def kernel_ip_arg(self) -> str:
         if self.mode == "dhcp":
@@ -82,6 +87,9 @@ class ServerInfo:
     unlock: SshAccess  # where Dropbear in the initramfs answers
     nic_modules: tuple[str, ...] = ()
     details: dict[str, str] = field(default_factory=dict)
+    # Where the controller reaches the node's other services when not at its public
+    # address: "tcp/8081" -> ("127.0.0.1", 40123), for lab VMs behind qemu port forwards.
+    forwarded_ports: Mapping[str, tuple[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from clonefleet.errors import ProviderError
 from clonefleet.image.base import ensure_base_image
 from clonefleet.inventory import Node
-from clonefleet.lab import qemu
+from clonefleet.lab import lan, qemu
 from clonefleet.lab.rescue import RescueSystem, ensure_rescue
 from clonefleet.paths import cache_dir
 from clonefleet.providers.base import (
@@ -20,6 +20,10 @@ from clonefleet.providers.base import (
     ServerStatus,
     SshAccess,
 )
+
+# Guest ports the controller reaches through qemu's port forwards on 127.0.0.1 (the lab's
+# stand-in for a node's public address): DNS, the PowerDNS API, HTTP and HTTPS.
+FORWARDED = ("udp:53", "tcp:53", "tcp:8081", "tcp:80", "tcp:443")
 
 
 class LabProvider:
@@ -79,6 +83,8 @@ class LabProvider:
             nic_modules=("virtio_net",),
             details={"directory": str(config.directory), "console": str(config.console_log),
                      "firmware": config.firmware},
+            forwarded_ports={guest.replace(":", "/"): ("127.0.0.1", host_port)
+                             for guest, host_port in config.extra_forwards.items()},
         )
 
     # -- protocol ------------------------------------------------------------------------
@@ -96,6 +102,9 @@ class LabProvider:
                          "(takes effect at its next start)")
                 config.firmware = firmware
                 config.save()
+            if self._join_lan(config):
+                self.log(f"lab: {node.name} joins the fleet's LAN at {config.lan_mac} "
+                         "(takes effect at its next start)")
             return self._info(config)
         directory.mkdir(parents=True, exist_ok=True)
         disks = []
@@ -110,12 +119,26 @@ class LabProvider:
         config = qemu.VmConfig(name=node.name, directory=directory, memory_mb=node.memory_mb,
                                disks=disks, ssh_port=qemu.free_port(),
                                dropbear_port=qemu.free_port(),
-                               extra_forwards={"udp:53": qemu.free_port(),
-                                               "tcp:53": qemu.free_port(),
-                                               "tcp:8081": qemu.free_port()},
+                               extra_forwards={guest: qemu.free_port()
+                                               for guest in FORWARDED},
                                firmware=firmware)
+        self._join_lan(config)
         config.save()
         return self._info(config)
+
+    def _join_lan(self, config: qemu.VmConfig) -> bool:
+        """Give the VM its seat on the fleet's LAN and the forwards it lacks (a VM made by
+        an older version); whether anything changed (then saved)."""
+        seat = lan.seat(self.root, config.name)
+        missing = [guest for guest in FORWARDED if guest not in config.extra_forwards]
+        if (config.lan_group, config.lan_port, config.lan_mac) == (seat.group, seat.port,
+                                                                    seat.mac) and not missing:
+            return False
+        config.lan_group, config.lan_port, config.lan_mac = seat.group, seat.port, seat.mac
+        for guest in missing:
+            config.extra_forwards[guest] = qemu.free_port()
+        config.save()
+        return True
 
     def info(self, node: Node) -> ServerInfo:
         return self._info(self._config(node))
@@ -146,13 +169,17 @@ class LabProvider:
         if (directory / "vm.json").exists():
             qemu.stop(qemu.VmConfig.load(directory))
         shutil.rmtree(directory, ignore_errors=True)
+        lan.release(self.root, node if isinstance(node, str) else node.name)
 
     def list(self) -> list[ServerInfo]:
         return [self._info(qemu.VmConfig.load(path.parent))
                 for path in sorted(self.root.glob("*/vm.json"))]
 
     def network(self, node: Node) -> InitramfsNetwork:
-        return InitramfsNetwork(mode="dhcp")
+        """DHCP from qemu's user network on eth0 (the "public" side, through which the
+        controller reaches the VM's forwarded ports), and the fleet's LAN on eth1."""
+        return InitramfsNetwork(mode="dhcp", private_address=lan.seat(self.root,
+                                                                       node.name).address)
 
     def wait_ready(self, access: SshAccess, node: Node, timeout: float, what: str) -> None:
         qemu.wait_for_port(access.port, config=self._config(node), timeout=timeout, what=what)

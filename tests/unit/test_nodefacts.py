@@ -73,6 +73,7 @@ def test_the_stored_json_keeps_the_shape_earlier_versions_wrote_and_read(
         "dropbear_host_key": "ssh-ed25519 BBBB dropbear@fsn-1",
         "layout": dict(LAYOUT.__dict__, esp_volume_ids=["1234abcd", "5678ef01"]),
         "disks": DISKS,
+        "forwarded_ports": {},
     }
 
 
@@ -148,3 +149,18 @@ def test_load_pinned_writes_the_nodes_keys_and_forgets_keys_no_longer_recorded(
     store.delete_facts("fsn-1")
     nodefacts.load_pinned(store, "fsn-1", known_hosts)
     assert known_hosts.entries() == []
+
+
+def test_forwarded_ports_and_the_private_address_round_trip(store: SqliteStateStore) -> None:
+    info = dataclasses.replace(server(), forwarded_ports={"tcp/8081": ("127.0.0.1", 40123),
+                                                          "udp/53": ("127.0.0.1", 40124)})
+    nodefacts.record_server(store, "fsn-1", info)
+    nodefacts.record_private_address(store, "fsn-1", "10.99.0.11/24")
+    facts = nodefacts.load(store, "fsn-1")
+    assert dict(facts.forwarded_ports) == {"tcp/8081": ("127.0.0.1", 40123),
+                                           "udp/53": ("127.0.0.1", 40124)}
+    assert store.get_fact("fsn-1", "forwarded_ports")["udp/53"] == ["127.0.0.1", 40124]
+    assert (facts.private_address, facts.private_ip) == ("10.99.0.11/24", "10.99.0.11")
+    store.set_fact("fsn-1", "forwarded_ports", {"tcp/8081": "nowhere"})
+    with pytest.raises(StateError, match="fact 'forwarded_ports'"):
+        nodefacts.load(store, "fsn-1")

@@ -175,3 +175,16 @@ def test_two_nodes_at_once_one_failing_mid_install_then_a_rerun_finishes_it(lab:
         assert "inet static" in interfaces and "10.0.2.15/24" in interfaces
         _, name, _ = shell.run("hostname")
         assert name.strip() == OVH
+
+    # Both VMs sit on the lab's LAN (eth1, a multicast socket on loopback): with an address
+    # each there, one reaches the other's sshd. What the lab provider's own nodes configure
+    # on eth1 is checked in tests/unit/test_lab_lan.py.
+    lan = {CLOUD: "10.99.0.201", OVH: "10.99.0.202"}
+    for node, address in lan.items():
+        with lab.shell(node) as shell:
+            shell.run(f"ip addr replace {address}/24 dev eth1 && ip link set eth1 up")
+    with lab.shell(CLOUD) as shell:
+        code, banner, error = shell.run(
+            "python3 -c \"import socket; s = socket.create_connection(('" + lan[OVH] +
+            "', 22), 20); print(s.recv(64).decode())\"", check=False, timeout=120)
+        assert code == 0 and banner.startswith("SSH-"), f"no LAN between the VMs: {error}"
