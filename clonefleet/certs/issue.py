@@ -13,6 +13,7 @@ import datetime
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from clonefleet.certs import acme_client
@@ -128,6 +129,7 @@ def ensure_certificate(fleet: Fleet, store: StateStore, secrets: SecretStore, *,
                        endpoints: Endpoints | None = None,
                        log: Callable[[str], None] = lambda line: None,
                        now: datetime.datetime | None = None,
+                       lock_seconds: float = LOCK_SECONDS,
                        clock: Callable[[], float] = time.monotonic,
                        sleep: Callable[[float], None] = time.sleep) -> IssueResult:
     """Given the fleet, obtain a certificate when one is needed and store it.
@@ -140,28 +142,28 @@ def ensure_certificate(fleet: Fleet, store: StateStore, secrets: SecretStore, *,
     settings = cert_settings(fleet)
     names = certificate_names(fleet, settings)
     now = now or datetime.datetime.now(datetime.UTC)
-    try:
-        with store.lock(LOCK, timeout=LOCK_SECONDS):
-            current = stored(secrets)
-            issued = store.get_fact(FLEET_FACTS, ISSUED_FACT) or {}
-            reason = "forced" if force else renewal_reason(
-                current, names, settings.key_type,
-                settings.renew_before_days if renewing else None, now,
-                issued.get("directory_url"), settings.directory_url)
-            if not reason:
-                assert current is not None
-                return IssueResult(False, f"valid until {current.not_after:%Y-%m-%d} for "
-                                   "every name", names, current)
-            log(f"obtaining a certificate: {reason}")
-            info, leftover = obtain(fleet, store, secrets, settings, names,
-                                    endpoints=endpoints, log=log, clock=clock, sleep=sleep)
-    except StateError:
-        raise CertError("another certificate run for this fleet is in progress; wait for it "
-                        "and run the command again") from None
+    with ExitStack() as held:
+        try:
+            held.enter_context(store.lock(LOCK, timeout=lock_seconds))
+        except StateError:
+            raise CertError("another certificate run for this fleet is in progress; wait for "
+                            "it and run the command again") from None
+        current = stored(secrets)
+        issued = store.get_fact(FLEET_FACTS, ISSUED_FACT) or {}
+        reason = "forced" if force else renewal_reason(
+            current, names, settings.key_type,
+            settings.renew_before_days if renewing else None, now,
+            issued.get("directory_url"), settings.directory_url)
+        if not reason:
+            assert current is not None
+            return IssueResult(False, f"valid until {current.not_after:%Y-%m-%d} for every "
+                               "name", names, current)
+        log(f"obtaining a certificate: {reason}")
+        info, leftover = obtain(fleet, store, secrets, settings, names, endpoints=endpoints,
+                                log=log, clock=clock, sleep=sleep)
     if leftover:
         nodes = ", ".join(sorted(leftover))
-        error = ChallengeLeftOver(f"certificate stored, but challenge records remain on "
-                                  f"{nodes} ({'; '.join(leftover.values())}); they are "
-                                  "replaced or removed by the next issuance")
-        raise error
+        raise ChallengeLeftOver(f"certificate stored, but challenge records remain on {nodes} "
+                                f"({'; '.join(leftover.values())}); they are replaced or "
+                                "removed by the next issuance")
     return IssueResult(True, reason, names, info, leftover)

@@ -175,3 +175,23 @@ def test_a_record_missing_on_one_server_is_named_after_the_wait(
                      sleep=sleep)
     assert asked.count("a-1") == 1  # a server that answered is not asked again
     assert asked.count("b-1") > 1
+
+
+def test_a_second_run_while_one_holds_the_lock_is_refused_in_one_line(tmp_path: Path) -> None:
+    from clonefleet.certs import CertError, ensure_certificate
+    from clonefleet.certs.issue import LOCK
+    from clonefleet.keystore import Keystore
+    from clonefleet.secrets import open_secrets
+    from clonefleet.state import open_store
+
+    fleet = _fleet(tmp_path)
+    store = open_store(tmp_path / "state")
+    secrets = open_secrets(tmp_path / "state", Keystore(tmp_path / "ks", tmp_path / "age.key"))
+    try:
+        with store.lock(LOCK), pytest.raises(CertError) as raised:
+            ensure_certificate(fleet, store, secrets, renewing=True, lock_seconds=0.2)
+        assert raised.value.exit_code == 40
+        assert str(raised.value).startswith("another certificate run for this fleet is in "
+                                            "progress")
+    finally:
+        store.close()
