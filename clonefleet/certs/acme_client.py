@@ -28,6 +28,11 @@ USER_AGENT = "clonefleet"
 NETWORK_SECONDS = 30
 
 
+class AccountUnknown(AcmeRefused):
+    """The remembered account URL is gone at the server (deactivated, or a test CA restarted):
+    the caller registers the key again."""
+
+
 @contextmanager
 def acme_errors(what: str, directory_url: str) -> Iterator[None]:
     """Turn the library's and the network's exceptions into one-line `CertError`s."""
@@ -49,6 +54,9 @@ def acme_errors(what: str, directory_url: str) -> Iterator[None]:
         raise AcmeRefused(f"{what}: the ACME server did not finish in time; run the command "
                           "again later") from None
     except messages.Error as error:
+        if error.code == "accountDoesNotExist":
+            raise AccountUnknown(f"{what}: the ACME server does not know the stored account "
+                                 f"({_one_line(error)})") from None
         raise AcmeRefused(f"{what}: the ACME server refused: {_one_line(error)}") from None
     except errors.Error as error:
         raise AcmeRefused(f"{what}: {_one_line(error) or type(error).__name__}") from None
@@ -92,6 +100,8 @@ def use_account(acme: client.ClientV2, settings: CertSettings, known_uri: str | 
         acme.net.account = messages.RegistrationResource(uri=known_uri,
                                                          body=messages.Registration())
         return known_uri
+    # A new-account request is signed with the key itself, not an account URL.
+    acme.net.account = None
     contact = (f"mailto:{settings.email}",) if settings.email else ()
     registration = messages.NewRegistration(contact=contact, terms_of_service_agreed=True)
     with acme_errors("register the ACME account", settings.directory_url):

@@ -64,6 +64,14 @@ def _account_key() -> str:
     return key_pem(new_key("ecdsa-p256"))
 
 
+def account(store: StateStore, settings: CertSettings, uri: str) -> None:
+    """Remember the account URL per ACME directory, so the account is registered once."""
+    accounts = dict(store.get_fact(FLEET_FACTS, ACCOUNT_FACT) or {})
+    if accounts.get(settings.directory_url) != uri:
+        accounts[settings.directory_url] = uri
+        store.set_fact(FLEET_FACTS, ACCOUNT_FACT, accounts)
+
+
 def obtain(fleet: Fleet, store: StateStore, secrets: SecretStore, settings: CertSettings,
            names: tuple[str, ...], *, endpoints: Endpoints | None = None,
            log: Callable[[str], None] = lambda line: None,
@@ -76,14 +84,16 @@ def obtain(fleet: Fleet, store: StateStore, secrets: SecretStore, settings: Cert
     account_key = secrets.get_or_create(FLEET, ACCOUNT_KEY, _account_key)
     log(f"contacting the ACME server {settings.directory_url}")
     acme = acme_client.connect(settings, account_key)
-    accounts = dict(store.get_fact(FLEET_FACTS, ACCOUNT_FACT) or {})
-    uri = acme_client.use_account(acme, settings, accounts.get(settings.directory_url))
-    if accounts.get(settings.directory_url) != uri:
-        accounts[settings.directory_url] = uri
-        store.set_fact(FLEET_FACTS, ACCOUNT_FACT, accounts)
+    known = (store.get_fact(FLEET_FACTS, ACCOUNT_FACT) or {}).get(settings.directory_url)
+    account(store, settings, acme_client.use_account(acme, settings, known))
     certificate_key = new_key(settings.key_type)
     log(f"ordering a certificate for {len(names)} names")
-    opened, pending = acme_client.order(acme, settings, names, certificate_key)
+    try:
+        opened, pending = acme_client.order(acme, settings, names, certificate_key)
+    except acme_client.AccountUnknown:
+        log("the ACME server no longer knows the stored account; registering it again")
+        account(store, settings, acme_client.use_account(acme, settings, None))
+        opened, pending = acme_client.order(acme, settings, names, certificate_key)
     records: dict[str, list[str]] = defaultdict(list)
     for item in pending:
         records[challenge_name(item.name)].append(item.validation)

@@ -336,3 +336,27 @@ def test_challenge_records_survive_a_concurrent_dns_publish_and_verify_ignores_t
         assert remove_records(both, ZONE, [challenge]) == {}
     assert not any(run.txt_everywhere(challenge).values())
 
+
+
+def test_the_account_is_registered_once_and_again_only_if_the_server_forgot_it(
+        run: Run) -> None:
+    from clonefleet.certs.stored import ACCOUNT_FACT
+    from clonefleet.state import FLEET_FACTS
+
+    directory = run.lab.pebble.directory_url
+    ensure_certificate(run.fleet, run.store, run.secrets, renewing=False)
+    accounts = run.store.get_fact(FLEET_FACTS, ACCOUNT_FACT)
+    assert list(accounts) == [directory] and accounts[directory].startswith("https://127.0.0.1")
+    ensure_certificate(run.fleet, run.store, run.secrets, renewing=False, force=True)
+    assert run.store.get_fact(FLEET_FACTS, ACCOUNT_FACT) == accounts
+
+    # An account URL the server does not know (a deactivated account, a restarted CA).
+    gone = accounts[directory].rsplit("/", 1)[0] + "/999999999"
+    run.store.set_fact(FLEET_FACTS, ACCOUNT_FACT, {directory: gone})
+    notes: list[str] = []
+    again = ensure_certificate(run.fleet, run.store, run.secrets, renewing=False, force=True,
+                               log=notes.append)
+    assert again.issued
+    assert any(note.startswith("the ACME server no longer knows the stored account")
+               for note in notes)
+    assert run.store.get_fact(FLEET_FACTS, ACCOUNT_FACT) == accounts  # same key, same account
