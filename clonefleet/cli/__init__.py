@@ -48,6 +48,8 @@ LAZY_COMMANDS = {
     "token": ("serve", "Per-node drain tokens for smartwatch."),
     "retire": ("retire", "Delete NODE's server and forget its passphrase and facts (needs "
                          "--yes)."),
+    "cert": ("cert", "The fleet's TLS certificate: ACME DNS-01 through every node's DNS "
+                     "server."),
     "disks": ("disks", "Show the disk health of every node (or NODES), gathered over SSH "
                        "from smartwatch."),
 }

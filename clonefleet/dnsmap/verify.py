@@ -25,7 +25,7 @@ from clonefleet.dnsmap.model import DnsMap, build_map
 from clonefleet.dnsmap.nearest import nearest
 from clonefleet.dnsmap.powerdns import ask, get_zone, zone_serial
 from clonefleet.dnsmap.publish import MAX_PARALLEL, SERVER_SECONDS, positive_seconds
-from clonefleet.dnsmap.zone import RRset, render_rrsets, routed_sites
+from clonefleet.dnsmap.zone import RRset, foreign, render_rrsets, routed_sites
 from clonefleet.inventory import Fleet
 from clonefleet.state import FLEET_FACTS, StateStore
 
@@ -129,7 +129,8 @@ def compare_zone(server: str, held: list[RRset], wanted: list[RRset],
     """Every difference between the rrsets a server holds and the rendered map: missing,
     stray, TTL, contents, and the SOA serial on its own."""
     found = []
-    have = {(rrset["name"], rrset["type"]): rrset for rrset in held}
+    # Challenge records come and go with certificate issuance; they are not the map's.
+    have = {(rrset["name"], rrset["type"]): rrset for rrset in held if not foreign(rrset)}
     want = {(rrset["name"], rrset["type"]): rrset for rrset in wanted}
 
     def differ(key: tuple[str, str], expected: list[str], answered: list[str],

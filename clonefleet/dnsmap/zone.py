@@ -20,6 +20,18 @@ NAMESERVER_TTL = 3600
 
 RRset = dict[str, Any]
 
+# rrsets in the zone that the map does not own: ACME DNS-01 challenge records, published and
+# removed by `clonefleet.certs` while a certificate is being obtained. A publish must neither
+# replace nor delete them (a drain during issuance would fail the validation), and `verify`
+# does not count them as stray. No routed or node name can start with "_" (the fleet file's
+# names are DNS labels of letters, digits and "-"), so the map never renders one.
+CHALLENGE_PREFIX = "_acme-challenge."
+
+
+def foreign(rrset: RRset) -> bool:
+    """Whether the rrset belongs to another part of clonefleet, not to the map."""
+    return rrset["type"] == "TXT" and str(rrset["name"]).startswith(CHALLENGE_PREFIX)
+
 
 def routed_sites(entry: RoutedEntry, family: str) -> tuple[Site, ...]:
     """The active nodes behind `entry` with an address of `family` (ipv4/ipv6), by place."""

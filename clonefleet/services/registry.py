@@ -9,12 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from clonefleet.services import certs
+
 if TYPE_CHECKING:
     from clonefleet.providers.registry import Setting
     from clonefleet.services import DeployOutcome, ServiceContext
 
 # service name -> the keys of its [services.NAME] table in the fleet file
-SETTINGS: dict[str, Mapping[str, Setting]] = {}
+SETTINGS: dict[str, Mapping[str, Setting]] = {
+    "certs": certs.SETTINGS,
+}
 
 # functions giving one node's host data, in this order (later keys win)
 HOST_DATA: list[Callable[[ServiceContext], dict[str, Any]]] = []
