@@ -9,15 +9,23 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from clonefleet.services import app, transport
+
 if TYPE_CHECKING:
     from clonefleet.providers.registry import Setting
     from clonefleet.services import DeployOutcome, ServiceContext
 
 # service name -> the keys of its [services.NAME] table in the fleet file
-SETTINGS: dict[str, Mapping[str, Setting]] = {}
+SETTINGS: dict[str, Mapping[str, Setting]] = {
+    "app": app.SETTINGS,
+    "transport": transport.SETTINGS,
+}
 
 # functions giving one node's host data, in this order (later keys win)
-HOST_DATA: list[Callable[[ServiceContext], dict[str, Any]]] = []
+HOST_DATA: list[Callable[[ServiceContext], dict[str, Any]]] = [
+    app.host_data,
+    transport.host_data,
+]
 
 # run by the deploy runner for every node after each deploy, in this order
 AFTER_DEPLOY: list[Callable[[ServiceContext, DeployOutcome], None]] = []
