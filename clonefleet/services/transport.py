@@ -16,7 +16,6 @@ from clonefleet.inventory import Fleet
 from clonefleet.inventory.load import DOMAIN_RE
 from clonefleet.providers.registry import Setting
 from clonefleet.services import ServiceContext
-from clonefleet.services.fleet_certificate import fleet_certificate
 
 PUBLIC_TCP_PORTS = [80, 443]
 
@@ -46,6 +45,9 @@ def fleet_hostnames(fleet: Fleet) -> list[str]:
 
 
 def host_data(context: ServiceContext) -> dict[str, Any]:
+    # Every command that loads the fleet file imports this module: cryptography only here.
+    from clonefleet.services.fleet_certificate import fleet_certificate
+
     fleet = context.fleet
     settings = fleet.services.get("transport", {})
     hsts = settings.get("hsts_max_age", SETTINGS["hsts_max_age"].default)
