@@ -1,4 +1,4 @@
-"""The whole full-clone node: the base plus the smartwatch agent.
+"""The whole full-clone node: the base, the app behind HAProxy, the smartwatch agent.
 
 Host data comes from `clonefleet.pyinfra_inventory` (or `inventory/<fleet>.py`); see each
 part's docstring for its keys and defaults.
@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 
+from deploys.app import app
 from deploys.base import base
 from deploys.smartwatch import smartwatch
+from deploys.transport import transport
 
 
 @deploy("clonefleet node")
 def node() -> None:
     base()
+    # The app first: HAProxy's health checks find it up once HAProxy starts.
+    app()
+    transport()
     smartwatch()

@@ -9,11 +9,13 @@ CHALLENGE_LABEL = "_acme-challenge"
 
 
 def certificate_names(fleet: Fleet, settings: CertSettings) -> tuple[str, ...]:
-    """Every routed name under the fleet's domain, every node's `<node>.<domain>` and the
-    extra names, lowercase, without trailing dots, sorted, each once."""
-    domain = fleet.domain.lower().rstrip(".")
-    names = {f"{entry.name}.{domain}" for entry in fleet.routed}
-    names |= {f"{node}.{domain}" for node in fleet.nodes}
+    """Every name the nodes serve over HTTPS (the transport's host names: routed names, each
+    node's `<node>.<domain>`, `[services.transport] hostnames`) and the extra names,
+    lowercase, without trailing dots, sorted, each once: the certificate HAProxy gets must
+    cover every name it answers for."""
+    from clonefleet.services.transport import fleet_hostnames
+
+    names = {name.lower().rstrip(".") for name in fleet_hostnames(fleet)}
     names |= set(settings.extra_names)
     return tuple(sorted(names))
 

@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from clonefleet.state import StateStore
 
 
+# Host data keys that several services contribute to (the firewall's port lists).
+MERGED_LISTS = frozenset({"clonefleet_public_tcp_ports", "clonefleet_backend_tcp_ports",
+                          "clonefleet_public_udp_ports"})
+
+
 @dataclass(frozen=True)
 class ServiceContext:
     """What a service needs to compute one node's host data."""
@@ -57,5 +62,10 @@ def service_host_data(context: ServiceContext) -> dict[str, Any]:
 
     data: dict[str, Any] = {}
     for provider in HOST_DATA:
-        data.update(provider(context))
+        for key, value in provider(context).items():
+            if key in MERGED_LISTS:
+                # Several services open ports: each adds to the list, none replaces it.
+                data[key] = sorted(set(data.get(key, [])) | set(value))
+            else:
+                data[key] = value
     return data

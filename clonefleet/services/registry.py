@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from clonefleet.services import certs
+from clonefleet.services import app, certs, transport
 
 if TYPE_CHECKING:
     from clonefleet.providers.registry import Setting
@@ -18,10 +18,15 @@ if TYPE_CHECKING:
 # service name -> the keys of its [services.NAME] table in the fleet file
 SETTINGS: dict[str, Mapping[str, Setting]] = {
     "certs": certs.SETTINGS,
+    "app": app.SETTINGS,
+    "transport": transport.SETTINGS,
 }
 
 # functions giving one node's host data, in this order (later keys win)
-HOST_DATA: list[Callable[[ServiceContext], dict[str, Any]]] = []
+HOST_DATA: list[Callable[[ServiceContext], dict[str, Any]]] = [
+    app.host_data,
+    transport.host_data,
+]
 
 # run by the deploy runner for every node after each deploy, in this order
 AFTER_DEPLOY: list[Callable[[ServiceContext, DeployOutcome], None]] = []
