@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from clonefleet.services import smartwatch
+
 if TYPE_CHECKING:
     from clonefleet.providers.registry import Setting
     from clonefleet.services import DeployOutcome, ServiceContext
@@ -20,4 +22,11 @@ SETTINGS: dict[str, Mapping[str, Setting]] = {}
 HOST_DATA: list[Callable[[ServiceContext], dict[str, Any]]] = []
 
 # run by the deploy runner for every node after each deploy, in this order
-AFTER_DEPLOY: list[Callable[[ServiceContext, DeployOutcome], None]] = []
+AFTER_DEPLOY: list[Callable[[ServiceContext, DeployOutcome], None]] = [
+    smartwatch.after_deploy,
+]
+
+# host data key -> makes its value the first time a deploy reads it on a node (see __init__)
+LAZY_HOST_DATA: dict[str, Callable[[ServiceContext, bool], Any]] = {
+    smartwatch.DRAIN_TOKEN_KEY: smartwatch.drain_token,
+}
