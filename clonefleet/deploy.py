@@ -1,4 +1,5 @@
-"""Run deploys on nodes (through `clonefleet.deploy_runner` in a child process)."""
+"""Run deploys on nodes (through `clonefleet.deploy_runner` in a child process), or find what
+a deploy would change on them without changing anything (`dry_run_deploy`, `--diff`)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,20 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from clonefleet.errors import DeployError
+from clonefleet import nodefacts
+from clonefleet.errors import DeployError, NotProvisionedError
+from clonefleet.inventory import Fleet
 from clonefleet.paths import PROJECT_ROOT
+from clonefleet.state import StateStore
+
+# `clonefleet deploy --diff`: something would change (like diff(1)'s 1, but distinct from any
+# error's code, so a script can tell "changes pending" from "could not tell").
+CHANGES_PENDING = 40
 
 
 @dataclass(frozen=True)
@@ -36,22 +46,95 @@ def describe_failure(result: DeployResult) -> str:
     return text
 
 
-def run_deploy(fleet_path: Path, nodes: list[str], deploy: str = "deploys.full:node",
-               timeout: float = 1800) -> dict[str, DeployResult]:
-    """Given nodes, apply `deploy` to them; return per-node results (never raises for a
-    failed host: callers decide; raises DeployError when pyinfra itself could not run)."""
+@dataclass(frozen=True)
+class FileDiff:
+    path: str | None
+    created: bool
+    diff: str | None  # unified diff; None when hidden
+    hidden: str | None = None  # why the content is not shown ("mode 600", "holds a secret")
+
+
+@dataclass(frozen=True)
+class PlannedChange:
+    operation: str
+    files: tuple[FileDiff, ...] = ()
+    # Runs only when its condition holds at run time (e.g. a reload after a config change).
+    conditional: bool = False
+
+
+@dataclass(frozen=True)
+class DiffResult:
+    """What a deploy would change on one node, from its facts; nothing was changed."""
+
+    node: str
+    connected: bool
+    failed: bool  # could not be compared (connection, or a fact that failed)
+    changes: tuple[PlannedChange, ...]
+    unchanged: int
+    errors: tuple[str, ...]
+    host_key_refused: bool = False
+
+
+def require_addresses(fleet: Fleet, store: StateStore, nodes: Sequence[str]) -> None:
+    """Raise NotProvisionedError when none of `nodes` has a recorded SSH address (a deploy
+    would have nowhere to go); some missing is each one's own failure in the results."""
+    without = [name for name in nodes if nodefacts.load(store, name).ssh is None]
+    if not nodes or len(without) < len(nodes):
+        return
+    described = ", ".join(f"{name} ({_state(store, name)})" for name in without)
+    raise NotProvisionedError(
+        f"cannot deploy: no SSH address is recorded for {described}; provision them first "
+        f"(clonefleet provision {' '.join(without)}), which records each node's address "
+        "when its server is created (a node provisioned from another state folder needs "
+        "that CLONEFLEET_STATE_DIR)")
+
+
+def _state(store: StateStore, node: str) -> str:
+    record = store.get(node)
+    return f"state {record.state}" if record else "never provisioned"
+
+
+def _run_runner(fleet_path: Path, nodes: list[str], deploy: str, timeout: float,
+                *options: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "results.json"
         process = subprocess.run(
             [sys.executable, "-m", "clonefleet.deploy_runner", "--fleet",
-             str(Path(fleet_path).resolve()), "--deploy", deploy, "--out", str(out), *nodes],
+             str(Path(fleet_path).resolve()), "--deploy", deploy, "--out", str(out), *options,
+             *nodes],
             capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT)
         if os.environ.get("CLONEFLEET_VERBOSE"):
             sys.stderr.write(process.stderr)
         if not out.exists():
             tail = "\n".join((process.stdout + process.stderr).strip().splitlines()[-20:])
             raise DeployError(f"pyinfra could not run {deploy}: {tail}")
-        data = json.loads(out.read_text())
+        data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
+def dry_run_deploy(fleet_path: Path, nodes: list[str], deploy: str = "deploys.full:node",
+                   timeout: float = 900) -> dict[str, DiffResult]:
+    """Given nodes, find what `deploy` would change on each, from pyinfra's facts, without
+    changing anything (no operation runs, no token is issued, no hook records anything)."""
+    data = _run_runner(fleet_path, nodes, deploy, timeout, "--dry-run")
+    return {name: DiffResult(
+        node=name, connected=value["connected"], failed=value["failed"],
+        changes=tuple(PlannedChange(
+            operation=change["operation"], conditional=change["conditional"],
+            files=tuple(FileDiff(path=item["path"], created=item["created"],
+                                 diff=item["diff"], hidden=item["hidden"])
+                        for item in change["files"]))
+            for change in value.get("changes", ())),
+        unchanged=value["unchanged"], errors=tuple(value["errors"]),
+        host_key_refused=bool(value.get("host_key_refused")))
+        for name, value in data.items()}
+
+
+def run_deploy(fleet_path: Path, nodes: list[str], deploy: str = "deploys.full:node",
+               timeout: float = 1800) -> dict[str, DeployResult]:
+    """Given nodes, apply `deploy` to them; return per-node results (never raises for a
+    failed host: callers decide; raises DeployError when pyinfra itself could not run)."""
+    data = _run_runner(fleet_path, nodes, deploy, timeout)
     return {name: DeployResult(node=name, connected=value["connected"], failed=value["failed"],
                                changed=tuple(value["changed"]), unchanged=value["unchanged"],
                                errors=tuple(value["errors"]),

@@ -23,41 +23,80 @@ from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from clonefleet.deploy_diff import DiffRecorder
     from clonefleet.inventory import Fleet
+    from clonefleet.lazy_host_data import LazyHostData
+    from clonefleet.secrets import SecretStore
     from clonefleet.state import StateStore
 
 
-def run(fleet_path: str, nodes: list[str], deploy_ref: str) -> dict[str, Any]:
-    from pyinfra.api.config import Config
-    from pyinfra.api.connect import connect_all, disconnect_all
-    from pyinfra.api.deploy import add_deploy
-    from pyinfra.api.exceptions import PyinfraError
-    from pyinfra.api.inventory import Inventory
-    from pyinfra.api.operations import run_ops
-    from pyinfra.api.state import State, StateStage
-
+def run(fleet_path: str, nodes: list[str], deploy_ref: str,
+        dry_run: bool = False) -> dict[str, Any]:
+    """Apply `deploy_ref` to `nodes` (or, with `dry_run`, only find what it would change) and
+    return each node's result; after a real run, every service's after-deploy hook runs for
+    every node (a hook that raises is that node's error, the others keep their results),
+    even when the run itself broke off, so that a hook can undo what it prepared."""
     from clonefleet.inventory import load_fleet
-    from clonefleet.paths import PROJECT_ROOT, fleet_state_dir
+    from clonefleet.paths import fleet_state_dir
     from clonefleet.pyinfra_inventory import host_data
+    from clonefleet.secrets import open_secrets
     from clonefleet.state import open_store
 
     fleet = load_fleet(fleet_path)
     state_dir = fleet_state_dir(fleet.name)
     store = open_store(state_dir)
+    secrets = open_secrets(state_dir)
     hosts = host_data(fleet, store, state_dir, nodes)
-    issued = _issue_drain_tokens(fleet, store, hosts)
     missing = sorted(set(nodes) - {name for name, _ in hosts})
     module_name, _, function_name = deploy_ref.partition(":")
     deploy_function = getattr(importlib.import_module(module_name), function_name)
 
-    inventory = Inventory((hosts, {}))  # type: ignore[no-untyped-call]
-    config = Config(PARALLEL=20, CONNECT_TIMEOUT=20)  # type: ignore[no-untyped-call]
+    results: dict[str, Any] = {name: {"connected": False, "failed": True, "changed": [],
+                                      "unchanged": 0, "errors": ["no recorded ssh address"]}
+                               for name in missing}
+    succeeded: dict[str, frozenset[str]] = {}
+    lazy = _lazy_host_data(fleet, store, secrets, dry_run)
+    try:
+        if hosts:  # pyinfra cannot make a State of an empty inventory
+            _run_pyinfra(hosts, lazy, deploy_function, dry_run, secrets, results, succeeded)
+    except BaseException:
+        if not dry_run:
+            for name in nodes:
+                results.setdefault(name, {"failed": True, "errors": []})["failed"] = True
+            _after_deploy(fleet, store, secrets, nodes, results, {})
+        raise
+    if not dry_run:
+        _after_deploy(fleet, store, secrets, nodes, results, succeeded)
+    return results
+
+
+def _run_pyinfra(hosts: list[tuple[str, dict[str, Any]]], lazy: LazyHostData,
+                 deploy_function: Callable[..., Any], dry_run: bool, secrets: SecretStore,
+                 results: dict[str, Any], succeeded: dict[str, frozenset[str]]) -> None:
+    """Connect, prepare and (unless `dry_run`) run; each host's result into `results`."""
+    from pyinfra.api.config import Config
+    from pyinfra.api.connect import connect_all, disconnect_all
+    from pyinfra.api.exceptions import PyinfraError
+    from pyinfra.api.inventory import Inventory
+    from pyinfra.api.operations import run_ops
+    from pyinfra.api.state import State, StateStage
+
+    from clonefleet.deploy_diff import DiffRecorder
+    from clonefleet.paths import PROJECT_ROOT
+
+    inventory = Inventory((hosts, {}), override_data=lazy)  # type: ignore[no-untyped-call]
+    # DIFF: pyinfra's file operations compare contents while the deploy is prepared.
+    config = Config(PARALLEL=20, CONNECT_TIMEOUT=20, DIFF=dry_run)  # type: ignore[no-untyped-call]
     state = State(inventory=inventory, config=config)
     state.cwd = str(PROJECT_ROOT)
     collector = _ErrorCollector()
     state.add_callback_handler(collector.callbacks())  # type: ignore[no-untyped-call]
     pyinfra_logger = logging.getLogger("pyinfra")
     pyinfra_logger.addHandler(collector)
+    recorder = DiffRecorder()
+    prepare_errors: dict[str, str] = {}
     try:
         state.set_stage(StateStage.Connect)
         # "No hosts remaining!" when every host failed (to connect, or an operation): the
@@ -66,54 +105,165 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str) -> dict[str, Any]:
             connect_all(state)
         if state.active_hosts:
             state.set_stage(StateStage.Prepare)
-            add_deploy(state, deploy_function)
-            state.set_stage(StateStage.Execute)
+            with recorder if dry_run else contextlib.nullcontext():
+                prepare_errors = _prepare_each(state, deploy_function)
+            # A host whose deploy could not be prepared runs none of it.
             with contextlib.suppress(PyinfraError):
+                state.fail_hosts(  # type: ignore[no-untyped-call]
+                    {host for host in inventory if host.name in prepare_errors})
+        if not dry_run and state.active_hosts:
+            state.set_stage(StateStage.Execute)
+            try:
                 run_ops(state)
+            except PyinfraError as error:
+                # "No hosts remaining", or an operation that raised (an SFTP upload
+                # refused): the latter leaves its host's operations unrun.
+                collector.run_error = " ".join(str(error).split())[:300]
     finally:
         pyinfra_logger.removeHandler(collector)
-
-    results: dict[str, Any] = {name: {"connected": False, "failed": True, "changed": [],
-                                      "unchanged": 0, "errors": ["no recorded ssh address"]}
-                               for name in missing}
     activated = set(inventory.iter_activated_hosts())
     for host in inventory:
-        changed, errors, not_run, unchanged = [], [], [], 0
-        for op_hash in state.get_op_order():  # type: ignore[no-untyped-call]
-            if op_hash not in state.ops[host]:
-                continue
-            meta = state.ops[host][op_hash].operation_meta
-            name = ", ".join(state.op_meta[op_hash].names) or op_hash
-            if not meta.is_complete():
-                not_run.append(name)
-            elif not meta.did_succeed(_raise_if_not_complete=False):
-                errors.append(f"{name}: {collector.why(host.name, op_hash)}")
-            elif meta.did_change():
+        if dry_run:
+            results[host.name] = _planned(state, host, recorder,
+                                          _masked_values(secrets, host.name, lazy))
+        else:
+            results[host.name], succeeded[host.name] = _outcome(state, host, collector)
+        if host.name in prepare_errors:
+            results[host.name]["errors"].insert(0, prepare_errors[host.name])
+        _connection_result(results[host.name], host, host in activated, collector)
+    state.set_stage(StateStage.Disconnect)
+    disconnect_all(state)
+
+
+def _lazy_host_data(fleet: Fleet, store: StateStore, secrets: SecretStore,
+                    dry_run: bool) -> LazyHostData:
+    from clonefleet.lazy_host_data import LazyHostData
+    from clonefleet.services import ServiceContext
+    from clonefleet.services.registry import LAZY_HOST_DATA
+
+    def maker(make: Callable[[ServiceContext, bool], Any]) -> Callable[[str], Any]:
+        return lambda node: make(ServiceContext(fleet, fleet.node(node), store, secrets),
+                                 dry_run)
+
+    return LazyHostData({key: maker(make) for key, make in LAZY_HOST_DATA.items()})
+
+
+def _outcome(state: Any, host: Any,
+             collector: _ErrorCollector) -> tuple[dict[str, Any], frozenset[str]]:
+    """What the deploy did on `host`, and the names of its operations that succeeded."""
+    changed, errors, not_run, unchanged = [], [], [], 0
+    succeeded: set[str] = set()
+    for op_hash in state.get_op_order():
+        if op_hash not in state.ops[host]:
+            continue
+        op_data = state.ops[host][op_hash]
+        meta = op_data.operation_meta
+        names = state.op_meta[op_hash].names
+        name = ", ".join(names) or op_hash
+        if not meta.is_complete():
+            not_run.append(name)
+        elif not meta.did_succeed(_raise_if_not_complete=False):
+            errors.append(f"{name}: {collector.why(host.name, op_hash)}")
+        else:
+            # As given in `name=`, and in full ("deploy | sub-deploy | name").
+            succeeded.update(names)
+            if op_data.global_arguments.get("name"):
+                succeeded.add(str(op_data.global_arguments["name"]))
+            if meta.did_change():
                 changed.append(name)
             else:
                 unchanged += 1
-        connect_error = collector.connect_errors.get(host.name)
-        host_key_refused = bool(connect_error and HOST_KEY_REFUSED.search(connect_error))
-        if connect_error:
-            checked = (f"; checked against {host.data.get('ssh_known_hosts_file')}"
-                       if host_key_refused else "")
-            errors.insert(0, f"cannot connect: {connect_error}{checked}")
-        results[host.name] = {
-            # Activated hosts are those that connected, whatever happened to them later.
-            "connected": host in activated,
-            "failed": host in state.failed_hosts or host not in activated or bool(errors),
-            "changed": changed, "unchanged": unchanged, "errors": errors,
-            "not_run": not_run, "host_key_refused": host_key_refused,
-        }
-    state.set_stage(StateStage.Disconnect)
-    disconnect_all(state)
-    for name in issued:
-        if not results[name]["failed"]:
-            store.set_fact(name, TOKEN_DELIVERED_FACT, True)
-    return results
+    if not_run and not errors and collector.run_error:
+        errors.append(f"{not_run[0]}: did not complete: {collector.run_error}")
+        not_run = not_run[1:]
+    result = {"failed": host in state.failed_hosts or bool(errors or not_run),
+              "changed": changed,
+              "unchanged": unchanged, "errors": errors, "not_run": not_run}
+    return result, frozenset(succeeded)
 
 
-TOKEN_DELIVERED_FACT = "drain_token_delivered"
+def _connection_result(result: dict[str, Any], host: Any, activated: bool,
+                       collector: _ErrorCollector) -> None:
+    connect_error = collector.connect_errors.get(host.name)
+    host_key_refused = bool(connect_error and HOST_KEY_REFUSED.search(connect_error))
+    if connect_error:
+        checked = (f"; checked against {host.data.get('ssh_known_hosts_file')}"
+                   if host_key_refused else "")
+        result["errors"].insert(0, f"cannot connect: {connect_error}{checked}")
+    # Activated hosts are those that connected, whatever happened to them later.
+    result["connected"] = activated
+    result["failed"] = result["failed"] or not activated or bool(result["errors"])
+    result["host_key_refused"] = host_key_refused
+
+
+def _after_deploy(fleet: Fleet, store: StateStore, secrets: SecretStore, nodes: list[str],
+                  results: dict[str, Any], succeeded: dict[str, frozenset[str]]) -> None:
+    """Every service's after-deploy hooks, for every node asked for (even one that could not
+    be reached: a hook may have to undo what it prepared for it)."""
+    from clonefleet.deploy_hooks import run_after_deploy
+    from clonefleet.services import DeployOutcome
+
+    outcomes = {name: DeployOutcome(failed=bool(results[name]["failed"]),
+                                    succeeded=succeeded.get(name, frozenset()))
+                for name in nodes}
+    for name, error in run_after_deploy(fleet, store, secrets, outcomes).items():
+        results[name]["failed"] = True
+        results[name]["errors"].append(error)
+
+
+def _prepare_each(state: Any, deploy_function: Callable[..., Any]) -> dict[str, str]:
+    """Prepare the deploy host by host, so that an operation that cannot even be prepared
+    (a fact that fails, a path of the wrong type) is that host's error, not everyone's."""
+    from pyinfra.api.deploy import add_deploy
+
+    errors = {}
+    for host in list(state.inventory.get_active_hosts()):
+        try:
+            add_deploy(state, deploy_function, host=host)
+        except Exception as error:  # reported as the host's own error
+            errors[host.name] = (f"cannot prepare the deploy: {type(error).__name__}: "
+                                 f"{' '.join(str(error).split())[:300]}")
+    return errors
+
+
+def _masked_values(secrets: SecretStore, node: str, lazy: LazyHostData) -> list[str]:
+    """Every secret value the node's deploy may hold: never shown by --diff."""
+    from clonefleet.secrets import FLEET
+
+    values = [str(value) for value in lazy.values_for(node)]
+    for scope in (node, FLEET):
+        values.extend(secrets.get(scope, name) for name in secrets.names(scope))
+    return values
+
+
+def _planned(state: Any, host: Any, recorder: DiffRecorder,
+             secrets: list[str]) -> dict[str, Any]:
+    """What the prepared deploy would change on `host` (nothing is run)."""
+    from clonefleet.deploy_diff import file_diffs, mask
+
+    changes, unchanged = [], 0
+    for op_hash in state.get_op_order():
+        if op_hash not in state.ops[host]:
+            continue
+        op_data = state.ops[host][op_hash]
+        if not op_data.operation_meta._maybe_is_change:
+            unchanged += 1
+            continue
+        name = mask(", ".join(state.op_meta[op_hash].names) or op_hash, secrets)
+        changes.append({
+            "operation": name,
+            # Runs only if its condition holds then (e.g. a reload after a changed config).
+            "conditional": bool(op_data.global_arguments.get("_if")),
+            "files": file_diffs(recorder.for_operation(host.name, op_hash), secrets),
+        })
+    # A conditional operation alone changes nothing: its conditions are other changes.
+    if all(change["conditional"] for change in changes):
+        unchanged += len(changes)
+        changes = []
+    return {"failed": host in state.failed_hosts, "changes": changes, "unchanged": unchanged,
+            "errors": []}
+
+
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # pyinfra's words for a key that differs from the pinned one, and for an address with none
 # pinned under strict checking.
@@ -132,6 +282,7 @@ class _ErrorCollector(logging.Handler):
         self.current: dict[str, list[str]] = {}
         self.by_op: dict[tuple[str, str], list[str]] = {}
         self.connect_errors: dict[str, str] = {}
+        self.run_error = ""  # what stopped the run, when pyinfra raised
 
     def emit(self, record: logging.LogRecord) -> None:
         text = ANSI.sub("", record.getMessage()).strip()
@@ -166,35 +317,20 @@ class _ErrorCollector(logging.Handler):
         return Callbacks()
 
 
-def _issue_drain_tokens(fleet: Fleet, store: StateStore,
-                        hosts: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    """Give each node that never received one a fresh smartwatch drain token.
-
-    Only its hash stays in the store; the clear token travels once, inside this deploy. A
-    failed deploy leaves it undelivered, so the next deploy issues a new one.
-    """
-    from clonefleet.serve.tokens import issue_token
-
-    issued = []
-    for name, data in hosts:
-        if not store.get_fact(name, TOKEN_DELIVERED_FACT):
-            data["smartwatch_drain_token"] = issue_token(fleet, store, name)
-            issued.append(name)
-    return issued
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--fleet", required=True)
     parser.add_argument("--deploy", default="deploys.full:node")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="Only find what the deploy would change (pyinfra's --dry --diff).")
     parser.add_argument("nodes", nargs="+")
     arguments = parser.parse_args()
     if os.environ.get("CLONEFLEET_VERBOSE"):  # `clonefleet -v`: pyinfra's own log too
         logging.basicConfig(level=logging.DEBUG if os.environ["CLONEFLEET_VERBOSE"] > "1"
                             else logging.INFO, format="%(name)s: %(message)s")
     sys.path.insert(0, str(Path(arguments.fleet).resolve().parent.parent))
-    results = run(arguments.fleet, arguments.nodes, arguments.deploy)
+    results = run(arguments.fleet, arguments.nodes, arguments.deploy, arguments.dry_run)
     Path(arguments.out).write_text(json.dumps(results, indent=2))
     sys.exit(1 if any(result["failed"] for result in results.values()) else 0)
 

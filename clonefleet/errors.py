@@ -51,6 +51,10 @@ class StateError(ClonefleetError):
     exit_code = 3
 
 
+class NotProvisionedError(StateError):
+    """None of the nodes asked for has a recorded SSH address: nothing to deploy to."""
+
+
 class ProviderError(ClonefleetError):
     """A provider refused or failed an operation."""
 

@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from clonefleet.deploy import DeployResult, describe_failure, run_deploy
+from clonefleet.deploy import (
+    DeployResult,
+    DiffResult,
+    describe_failure,
+    dry_run_deploy,
+    require_addresses,
+    run_deploy,
+)
 from clonefleet.errors import ClonefleetError, ConfigError, DeployError
 from clonefleet.inventory import Fleet
 from clonefleet.keystore import Keystore
@@ -442,7 +449,9 @@ class FleetRun:
 
     def deploy(self, names: Sequence[str], deploy_ref: str) -> dict[str, DeployResult]:
         """Apply `deploy_ref` to `names` (one pyinfra run for all of them, as `run_deploy`),
-        with a start, a step and a result event per node."""
+        with a start, a step and a result event per node. Refused (NotProvisionedError) when
+        none of them has a recorded SSH address."""
+        require_addresses(self.fleet, self.store, names)
         for name in names:
             record = self.store.get(name)
             self.emit(name, "start", from_state=record.state if record else None,
@@ -458,6 +467,11 @@ class FleetRun:
         for name in names:
             self._deploy_result(name, began, results.get(name), None)
         return results
+
+    def diff(self, names: Sequence[str], deploy_ref: str) -> dict[str, DiffResult]:
+        """What `deploy_ref` would change on `names`, changing nothing (`deploy --diff`)."""
+        require_addresses(self.fleet, self.store, names)
+        return dry_run_deploy(self.fleet.path, list(names), deploy_ref)
 
     def _deploy_result(self, name: str, began: float, result: DeployResult | None,
                        error: ClonefleetError | None) -> None:

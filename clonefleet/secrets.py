@@ -64,6 +64,13 @@ class SecretStore:
     def has(self, scope: str, name: str) -> bool:
         return self._path(scope, name).exists()
 
+    def names(self, scope: str) -> list[str]:
+        """The names of the secrets stored for `scope` (none for an unknown scope)."""
+        folder = self.directory / scope
+        if not NAME.match(scope) or not folder.is_dir():
+            return []
+        return sorted(path.name.removesuffix(".age") for path in folder.glob("*.age"))
+
     def get(self, scope: str, name: str) -> str:
         path = self._path(scope, name)
         if not path.exists():

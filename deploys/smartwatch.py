@@ -13,7 +13,9 @@ Host data (defaults in `data_defaults`):
 + smartwatch_reminder_hours: hours between reminders of a persisting finding
 + smartwatch_drain_url: the control plane's `clonefleet serve` URL (empty: never drain)
 + smartwatch_drain_token: the node's drain token from `clonefleet token issue NODE`; written
-  only when given, so later deploys keep the token already on the node
+  only when given, so later deploys keep the token already on the node (`clonefleet deploy`
+  gives one to a node that never received one, issued only when this deploy reads it)
++ smartwatch_config_dir: the folder of the config and the token file (/etc/smartwatch)
 + smartwatch_drain_ca_file: CA bundle on the node for an HTTPS drain URL
 + smartwatch_metrics_file: Prometheus textfile (empty: none)
 + smartwatch_check_calendar / smartwatch_flush_calendar: systemd OnCalendar of the timers
@@ -52,12 +54,26 @@ def _package_dir(name: str) -> str:
     return str(Path(pySMART.__file__).resolve().parent)
 
 
+def drain_token() -> None:
+    """Write the node's drain token, when one is given, to `<config dir>/drain_token` (0600).
+
+    The operation's name is what `clonefleet deploy` checks to record the token as delivered
+    (`clonefleet.services.smartwatch.TOKEN_OPERATION`): keep the two equal.
+    """
+    token = host.data.get("smartwatch_drain_token")
+    if token:
+        config_dir = host.data.get("smartwatch_config_dir") or "/etc/smartwatch"
+        files.put(name="smartwatch drain token", src=StringIO(str(token).strip() + "\n"),
+                  dest=f"{config_dir}/drain_token", mode="600")
+
+
 @deploy("smartwatch agent", data_defaults={
     "smartwatch_node": "",
     "smartwatch_alert_urls": [],
     "smartwatch_reminder_hours": 24,
     "smartwatch_drain_url": "",
     "smartwatch_drain_token": "",
+    "smartwatch_config_dir": "/etc/smartwatch",
     "smartwatch_drain_ca_file": "",
     "smartwatch_metrics_file": "/var/lib/prometheus/node-exporter/smartwatch.prom",
     "smartwatch_check_calendar": "hourly",
@@ -76,7 +92,8 @@ def smartwatch() -> None:
     files.put(name="smartwatch command", src=template("smartwatch/smartwatch.sh"),
               dest="/usr/local/bin/smartwatch", mode="755")
 
-    files.directory(name="smartwatch config folder", path="/etc/smartwatch", mode="700")
+    config_dir = host.data.smartwatch_config_dir
+    files.directory(name="smartwatch config folder", path=config_dir, mode="700")
     files.directory(name="smartwatch state folder", path="/var/lib/smartwatch", mode="700")
     metrics_file = host.data.smartwatch_metrics_file
     if metrics_file:
@@ -84,7 +101,8 @@ def smartwatch() -> None:
                         mode="755")
     files.template(
         name="smartwatch config", src=template("smartwatch/smartwatch.toml.j2"),
-        dest="/etc/smartwatch/smartwatch.toml", mode="600",
+        dest=f"{config_dir}/smartwatch.toml", mode="600",
+        token_file=f"{config_dir}/drain_token",
         node=host.data.smartwatch_node or host.name,
         metrics_file=metrics_file,
         alert_urls=list(host.data.smartwatch_alert_urls),
@@ -94,10 +112,7 @@ def smartwatch() -> None:
         selftests=bool(host.data.smartwatch_selftests),
         extra_config=host.data.smartwatch_extra_config,
     )
-    if host.data.smartwatch_drain_token:
-        files.put(name="smartwatch drain token",
-                  src=StringIO(host.data.smartwatch_drain_token.strip() + "\n"),
-                  dest="/etc/smartwatch/drain_token", mode="600")
+    drain_token()
 
     changed = []
     for unit in UNITS:

@@ -33,7 +33,9 @@ class Sshd:
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host_key'}\n"
             f"AuthorizedKeysFile {folder / 'authorized_keys'}\nPidFile {folder / 'sshd.pid'}\n"
             "StrictModes no\nUsePAM no\nPasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n")
+            "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+            # pyinfra uploads files (files.put, files.template) over SFTP.
+            "Subsystem sftp internal-sftp\n")
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
         self.log = (folder / "sshd.log").open("wb")
         self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],

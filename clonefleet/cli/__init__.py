@@ -36,7 +36,8 @@ LAZY_COMMANDS = {
                                "deploy (resumable)."),
     "unlock": ("provision", "Unlock a node waiting in its initramfs (pinned Dropbear key, "
                             "keystore passphrase)."),
-    "deploy": ("provision", "Apply a pyinfra deploy to nodes; exits 1 if any node failed."),
+    "deploy": ("provision", "Apply a pyinfra deploy to nodes; --diff shows what it would "
+                            "change."),
     "lab": ("lab", "Manage the local lab's qemu VMs and provider API fakes."),
     "dns": ("dns", "The DNS map: routed names → active nodes, on every node's PowerDNS."),
     "drain": ("dns", "Take NODE out of every DNS answer and wait until every server "

@@ -7,6 +7,8 @@ code are what they have always been (the node's own error and exit code).
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 import time
 from typing import Any
 
@@ -15,7 +17,7 @@ from rich.table import Column
 
 from clonefleet.cli import Context, pass_context
 from clonefleet.cli.display import print_table, progress_display, status_text
-from clonefleet.deploy import describe_failure
+from clonefleet.deploy import CHANGES_PENDING, describe_failure
 from clonefleet.errors import ConfigError, DeployError
 from clonefleet.fleetrun import (
     DEFAULT_PARALLEL,
@@ -175,17 +177,34 @@ def unlock(ctx: Context, node: str, no_wait: bool, timeout: float) -> None:
              f"{node}: unlocked ({message})")
 
 
-@click.command()
+DEPLOY_HELP = """Apply a pyinfra deploy to nodes; --diff shows what it would change.
+
+\b
+Exit codes:
+  0   every node deployed (--diff: nothing would change)
+  2   bad option or unknown node
+  3   no selected node has a recorded SSH address (provision it first)
+  10  a node failed (--diff: a node could not be compared)
+  40  --diff: something would change
+"""
+
+
+@click.command(help=DEPLOY_HELP)
 @click.argument("nodes", nargs=-1, required=True)
 @click.option("--deploy", "deploy_ref", default="deploys.full:node", show_default=True,
               help="pyinfra deploy as module:function.")
+@click.option("--diff", "--dry-run", "diff", is_flag=True,
+              help="Change nothing: per node, the operations that would change and each "
+                   "file's diff (secrets and non-public files hidden).")
 @pass_context
-def deploy(ctx: Context, nodes: tuple[str, ...], deploy_ref: str) -> None:
-    """Apply a pyinfra deploy to nodes; exits 1 if any node failed."""
+def deploy(ctx: Context, nodes: tuple[str, ...], deploy_ref: str, diff: bool) -> None:
     names = select_nodes(ctx.fleet, nodes)
     if ":" not in deploy_ref:
         raise ConfigError(f"--deploy {deploy_ref!r}: expected module:function, "
                           "e.g. deploys.full:node or deploys.base:base")
+    if diff:
+        _deploy_diff(ctx, names, deploy_ref)
+        return
     with progress_display(names, as_json=ctx.as_json) as display:
         results = FleetRun(ctx.fleet, ctx.store, ctx.state_dir, sink=display).deploy(
             names, deploy_ref)
@@ -203,6 +222,21 @@ def deploy(ctx: Context, nodes: tuple[str, ...], deploy_ref: str) -> None:
     if any(result.failed for result in results.values()):
         raise DeployError("deploy failed on: " + ", ".join(
             sorted(name for name, result in results.items() if result.failed)))
+
+
+def _deploy_diff(ctx: Context, names: list[str], deploy_ref: str) -> None:
+    from clonefleet.cli.diff_display import print_diff
+
+    results = FleetRun(ctx.fleet, ctx.store, ctx.state_dir).diff(names, deploy_ref)
+    if ctx.as_json:
+        ctx.emit({name: dataclasses.asdict(result) for name, result in sorted(results.items())})
+    else:
+        print_diff([results[name] for name in sorted(results)])
+    failed = sorted(name for name, result in results.items() if result.failed)
+    if failed:
+        raise DeployError("could not compare: " + ", ".join(failed))
+    if any(result.changes for result in results.values()):
+        sys.exit(CHANGES_PENDING)
 
 
 def register(group: click.Group) -> None:

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from clonefleet.serve.metrics import FleetCollector, metrics_registry, read_metrics_token
 from clonefleet.serve.server import DrainService, make_server
-from clonefleet.serve.tokens import TOKEN_FACT, issue_token, token_owner, verify_token
+from clonefleet.serve.tokens import (
+    TOKEN_FACT,
+    issue_token,
+    revoke_token,
+    token_owner,
+    verify_token,
+)
 
 __all__ = ["TOKEN_FACT", "DrainService", "FleetCollector", "issue_token", "make_server",
-           "metrics_registry", "read_metrics_token", "token_owner", "verify_token"]
+           "metrics_registry", "read_metrics_token", "revoke_token", "token_owner", "verify_token"]

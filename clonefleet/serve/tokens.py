@@ -32,6 +32,13 @@ def issue_token(fleet: Fleet, store: StateStore, node: str) -> str:
     return token
 
 
+def revoke_token(store: StateStore, node: str) -> None:
+    """Make `node`'s drain token (if any) valid no more: serve refuses it from now on."""
+    with store.transaction():
+        store.delete_fact(node, TOKEN_FACT)
+        store.delete_fact(node, ISSUED_FACT)
+
+
 def token_owner(fleet: Fleet, store: StateStore, token: str) -> str | None:
     """The node of the fleet whose current drain token `token` is, or None.
 

@@ -9,7 +9,11 @@ module here that declares
   node, secrets included (from the age-encrypted `SecretStore`, in memory only), and
 - optionally an after-deploy hook `(context, outcome) -> None`, run by the deploy runner for
   each node once the deploy ended, to record what the deploy made true (a fact, a delivered
-  token) only when the operations that did it succeeded on that node.
+  token) only when the operations that did it succeeded on that node, and
+- optionally lazy host data `(context, dry_run) -> value | None`: a value made only when a
+  deploy reads its key on that node (so a drain token is issued only by a deploy that
+  installs smartwatch); None leaves the key to its default, and under `dry_run`
+  (`clonefleet deploy --diff`) it must return a stand-in that reveals and changes nothing.
 
 `registry.py` lists them; `clonefleet.pyinfra_inventory` merges every service's host data.
 """
@@ -45,7 +49,9 @@ class DeployOutcome:
     """How one deploy went on one node, for the services' after-deploy hooks."""
 
     failed: bool  # the node failed to connect or any operation failed
-    succeeded: frozenset[str]  # names of the operations that ran and succeeded on the node
+    # The operations that ran and succeeded on the node, each by the name given as `name=`
+    # and by its full name (with its deploys: "clonefleet node | smartwatch agent | NAME").
+    succeeded: frozenset[str]
 
 
 def after_deploy(context: ServiceContext, outcome: DeployOutcome) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from clonefleet.services import app, certs, transport
+from clonefleet.services import app, certs, smartwatch, transport
 
 if TYPE_CHECKING:
     from clonefleet.providers.registry import Setting
@@ -29,4 +29,11 @@ HOST_DATA: list[Callable[[ServiceContext], dict[str, Any]]] = [
 ]
 
 # run by the deploy runner for every node after each deploy, in this order
-AFTER_DEPLOY: list[Callable[[ServiceContext, DeployOutcome], None]] = []
+AFTER_DEPLOY: list[Callable[[ServiceContext, DeployOutcome], None]] = [
+    smartwatch.after_deploy,
+]
+
+# host data key -> makes its value the first time a deploy reads it on a node (see __init__)
+LAZY_HOST_DATA: dict[str, Callable[[ServiceContext, bool], Any]] = {
+    smartwatch.DRAIN_TOKEN_KEY: smartwatch.drain_token,
+}

@@ -1,0 +1,28 @@
+"""The services' after-deploy hooks, run once a deploy ended, for every node it was asked for.
+
+Each node's hooks run on their own: a hook that raises becomes that node's error and the
+other nodes' hooks still run, so one node's problem never loses what the deploy made true
+elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from clonefleet.inventory import Fleet
+from clonefleet.secrets import SecretStore
+from clonefleet.services import DeployOutcome, ServiceContext, after_deploy
+from clonefleet.state import StateStore
+
+
+def run_after_deploy(fleet: Fleet, store: StateStore, secrets: SecretStore,
+                     outcomes: Mapping[str, DeployOutcome]) -> dict[str, str]:
+    """Run every after-deploy hook for each node; return {node: error} for those that raised."""
+    errors = {}
+    for name, outcome in outcomes.items():
+        try:
+            after_deploy(ServiceContext(fleet, fleet.node(name), store, secrets), outcome)
+        except Exception as error:  # one node's hook must not lose the others' results
+            errors[name] = (f"after the deploy: {type(error).__name__}: "
+                            f"{' '.join(str(error).split())[:300]}")
+    return errors
