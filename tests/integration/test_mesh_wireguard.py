@@ -13,6 +13,7 @@ package), over /dev/net/tun; with the module, the kernel's is used. Same configs
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -50,10 +51,8 @@ def _stop_processes(namespace: str) -> None:
     listed = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True,
                             text=True, timeout=10)
     for pid in listed.stdout.split():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
 
 
 def test_rendered_configs_form_a_mesh_that_pings_and_handshakes(tmp_path: Path) -> None:
