@@ -110,6 +110,12 @@ def allocate_address(store: StateStore, fleet: Fleet, node: str) -> str:
                      "use a larger [services.mesh] cidr")
 
 
+def allocate_all(store: StateStore, fleet: Fleet) -> dict[str, str]:
+    """Every node's mesh address, allocated in name order (so a new fleet's numbering follows
+    its node names, whichever service asks first)."""
+    return {name: allocate_address(store, fleet, name) for name in sorted(fleet.nodes)}
+
+
 def generate_private_key() -> str:
     """A new WireGuard private key: base64 of the raw 32-byte X25519 key."""
     return base64.b64encode(X25519PrivateKey.generate().private_bytes_raw()).decode()
@@ -163,14 +169,12 @@ def peers(context: ServiceContext) -> list[Peer]:
 
 def host_data(context: ServiceContext) -> dict[str, Any]:
     settings = context.fleet.services[NAME]
-    # Addresses in name order, so a new fleet's numbering follows its node names.
-    for name in sorted(context.fleet.nodes):
-        allocate_address(context.store, context.fleet, name)
+    addresses = allocate_all(context.store, context.fleet)
     return {
         "mesh_interface": settings["interface"],
         "mesh_port": settings["port"],
         "mesh_cidr": str(network(context.fleet)),
-        "mesh_address": allocate_address(context.store, context.fleet, context.node.name),
+        "mesh_address": addresses[context.node.name],
         "mesh_private_key": context.secrets.get_or_create(context.node.name, PRIVATE_KEY,
                                                           generate_private_key),
         "mesh_peers": [peer.as_data() for peer in peers(context)],

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from clonefleet.services import mesh
+from clonefleet.services import database, mesh
 
 if TYPE_CHECKING:
     from clonefleet.errors import InventoryError
@@ -19,17 +19,20 @@ if TYPE_CHECKING:
 # service name -> the keys of its [services.NAME] table in the fleet file
 SETTINGS: dict[str, Mapping[str, Setting]] = {
     mesh.NAME: mesh.SETTINGS,
+    database.NAME: database.SETTINGS,
 }
 
 # checks of a service's settings against the rest of the fleet file (e.g. a node it names):
 # (fleet file path, the service's settings with defaults, the fleet's nodes) -> problems
 CHECKS: dict[str, Callable[[str, Mapping[str, Any], Mapping[str, Any]], list[InventoryError]]] = {
     mesh.NAME: mesh.check,
+    database.NAME: database.check,
 }
 
 # functions giving one node's host data, in this order (later keys win)
 HOST_DATA: list[Callable[[ServiceContext], dict[str, Any]]] = [
     mesh.host_data,
+    database.host_data,
 ]
 
 # run by the deploy runner for every node after each deploy, in this order
