@@ -1,7 +1,7 @@
 """The database: PostgreSQL 15 cluster `main`, the primary or a streaming replica of it.
 
 Host data (from `clonefleet.services.database`): `database_role` ("primary" or "replica"),
-`database_primary_host` (the primary's mesh address), `database_port`,
+`database_primary_host` (the primary's mesh address), `database_primary_port`, `database_port`,
 `database_listen_addresses`, `database_allowed_cidr` (the mesh network),
 `database_replication_user`, `database_replication_password`, `database_slot` (this node's
 slot on the primary), `database_replica_slots` (every replica's, kept by the primary),
@@ -51,6 +51,7 @@ SCRAM_ITERATIONS = 4096  # PostgreSQL's default scram_iterations
 DEFAULTS: dict[str, Any] = {
     "database_role": "primary",
     "database_primary_host": "",
+    "database_primary_port": 5432,
     "database_port": 5432,
     "database_listen_addresses": ["localhost"],
     "database_allowed_cidr": "10.77.0.0/24",
@@ -92,7 +93,7 @@ def pgpass_variables(data: Mapping[str, Any]) -> dict[str, Any]:
     """The variables of `templates/database/pgpass.j2` (the replica's way to the primary)."""
     return {
         "primary_host": data["database_primary_host"],
-        "port": data["database_port"],
+        "port": data["database_primary_port"],
         "replication_user": data["database_replication_user"],
         "replication_password": data["database_replication_password"],
     }
@@ -109,9 +110,9 @@ def basebackup_command(data: Mapping[str, Any], data_dir: str = DATA_DIR,
     backup = " ".join([
         "runuser -u postgres --", "env", f"PGPASSFILE={shlex.quote(pgpass)}",
         f"{BIN}/pg_basebackup", "-h", shlex.quote(data["database_primary_host"]),
-        "-p", str(int(data["database_port"])),
+        "-p", str(int(data["database_primary_port"])),
         "-U", shlex.quote(data["database_replication_user"]), "-D", quoted,
-        "-R", "-X", "stream", "-w", "-S", shlex.quote(data["database_slot"]),
+        "-R", "-X", "stream", "-c", "fast", "-w", "-S", shlex.quote(data["database_slot"]),
     ])
     return (f"rm -rf {quoted} && install -d -o postgres -g postgres -m 700 {quoted} && "
             f"({backup} -C || {backup})")

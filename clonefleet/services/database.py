@@ -90,6 +90,7 @@ def host_data(context: ServiceContext) -> dict[str, Any]:
         "database_role": "primary" if node.name == primary_node else "replica",
         "database_primary": primary_node,
         "database_primary_host": primary_address,
+        "database_primary_port": port,  # the same on every node; its own key for tests
         "database_port": port,
         "database_listen_addresses": ["localhost", own_address],
         "database_allowed_cidr": str(mesh.network(fleet)),

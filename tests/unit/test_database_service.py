@@ -135,7 +135,7 @@ def test_replica_seed_command_uses_the_slot_and_the_password_file_never_the_pass
     data = database.host_data(lab.context("fsn-2"))
     command = deploy.basebackup_command(data)
     assert "-h 10.77.0.2 -p 5432 -U replicator" in command
-    assert "-R -X stream -w -S clonefleet_fsn_2 -C ||" in command
+    assert "-R -X stream -c fast -w -S clonefleet_fsn_2 -C ||" in command
     assert "PGPASSFILE=/var/lib/postgresql/.pgpass" in command
     assert data["database_replication_password"] not in command
     pgpass = render("database/pgpass.j2", **deploy.pgpass_variables(data))
