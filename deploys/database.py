@@ -10,8 +10,9 @@ slot on the primary), `database_replica_slots` (every replica's, kept by the pri
 
 The cluster is made by `pg_createcluster` when it has no configuration yet; our settings go to
 `conf.d/50-clonefleet.conf` and our `pg_hba` to `clonefleet-hba.conf` (named by `hba_file`
-there), so `pg_createcluster` never finds a file of ours in its way. A replica whose data folder
-is not yet a standby is seeded with `pg_basebackup -R` from the primary over the mesh; a data
+there), so `pg_createcluster` never finds a file of ours in its way. A replica's data folder
+is empty until it is seeded with `pg_basebackup -R` from the primary over the mesh (when the
+primary answers; otherwise the next deploy seeds it, so a lone node still deploys); a data
 folder that holds a primary's data is never wiped (the deploy fails and says what to do).
 Roles, database and slots are changed only when the running server differs (passwords are
 compared with the stored SCRAM verifiers and sent as verifiers, never in clear). With
@@ -262,8 +263,12 @@ def database() -> None:
     seeded = host.get_fact(File, path=f"{DATA_DIR}/PG_VERSION") is not None
     standby = host.get_fact(File, path=f"{DATA_DIR}/standby.signal") is not None
     if not offline and not configured:
-        server.shell(name="PostgreSQL cluster created",
-                     commands=[f"pg_createcluster --start-conf=auto {VERSION} {CLUSTER}"])
+        create = f"pg_createcluster --start-conf=auto {VERSION} {CLUSTER}"
+        if not primary:
+            # A replica's data comes from the primary only: an empty folder until seeded, so
+            # a data folder without standby.signal always means a primary's data.
+            create += f" && rm -rf {DATA_DIR}"
+        server.shell(name="PostgreSQL cluster created", commands=[create])
 
     files.directory(name="PostgreSQL conf.d", path=f"{CONF_DIR}/conf.d", user="postgres",
                     group="postgres", mode="755")
@@ -299,17 +304,28 @@ def database() -> None:
                          commands=[psql_script_command(statements, data["database_port"])])
         return
 
-    if seeded and not standby and configured:
+    if standby:
+        _running(settings.did_change, hba.did_change)
+    elif seeded and configured:
         server.shell(name="PostgreSQL replica refuses to replace a primary's data", commands=[
             f"echo 'this node holds a primary database in {DATA_DIR}, but the fleet file names "
             f"another primary; if that is right (after a failover), move the folder away and "
             "deploy again to seed a replica' >&2; exit 1"])
-        return
-    if not standby:
+    else:
         server.shell(name="PostgreSQL replica seeded from the primary (pg_basebackup)",
-                     commands=[f"pg_ctlcluster {VERSION} {CLUSTER} stop 2>/dev/null || true",
-                               basebackup_command(data)])
-    _running(settings.did_change, hba.did_change)
+                     commands=[seed_command(data)])
+
+
+def seed_command(data: Mapping[str, Any]) -> str:
+    """Seed and start the replica when the primary answers; otherwise say so and leave the
+    node without a copy (a lone node of a fleet deploys; the next deploy seeds it)."""
+    primary = shlex.quote(str(data["database_primary_host"]))
+    port = int(data["database_primary_port"])
+    return (
+        f"if {BIN}/pg_isready -q -h {primary} -p {port} -t 20; then "
+        f"{basebackup_command(data)} && systemctl enable postgresql && "
+        f"systemctl start {UNIT}; else echo 'the primary database at {primary}:{port} does "
+        "not answer (not deployed yet?): this replica is seeded by the next deploy' >&2; fi")
 
 
 def _running(settings_changed: Any, hba_changed: Any) -> None:

@@ -53,7 +53,10 @@ def test_a_primary_gets_its_cluster_roles_and_slots_and_no_copy(tmp_path: Path) 
 def test_a_replica_is_seeded_from_the_primary_and_gets_no_roles(tmp_path: Path) -> None:
     data = node_data(tmp_path, "fsn-2")
     files, commands = run(tmp_path, "replica", data)
+    assert "pg_isready -q -h 10.77.0.2 -p 5432" in commands  # seeded only if it answers
     assert "pg_basebackup -h 10.77.0.2 -p 5432 -U replicator" in commands
+    assert "pg_createcluster --start-conf=auto 15 main && rm -rf /var/lib/postgresql/15/main" \
+        in commands  # no data of its own before the copy
     assert "CREATE ROLE" not in commands
     assert (files / "var/lib/postgresql/.pgpass").read_text().startswith(
         "10.77.0.2:5432:replication:replicator:")
