@@ -51,11 +51,20 @@ def after_deploy(context: ServiceContext, outcome: DeployOutcome) -> None:
         hook(context, outcome)
 
 
+# Host data several services add to (the firewall's ports): their lists are joined, where any
+# other key of a later service replaces an earlier one's.
+JOINED_KEYS = frozenset({"clonefleet_public_tcp_ports", "clonefleet_backend_tcp_ports"})
+
+
 def service_host_data(context: ServiceContext) -> dict[str, Any]:
     """Every registered service's host data for `context.node`, merged."""
     from clonefleet.services.registry import HOST_DATA
 
     data: dict[str, Any] = {}
     for provider in HOST_DATA:
-        data.update(provider(context))
+        for key, value in provider(context).items():
+            if key in JOINED_KEYS:
+                data[key] = sorted(set(data.get(key, [])) | set(value))
+            else:
+                data[key] = value
     return data

@@ -13,6 +13,7 @@ Failover is manual (see docs/services.md).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -101,7 +102,8 @@ def host_data(context: ServiceContext) -> dict[str, Any]:
         "database_replica_slots": sorted(slot_name(other) for other in fleet.nodes
                                          if other != primary_node),
         "database_max_slot_wal_keep_size": settings["max_slot_wal_keep_size"],
-        "database_max_wal_senders": len(fleet.nodes) + 4,
+        # Replicas need at least the primary's value, so it changes in steps of 16, rarely.
+        "database_max_wal_senders": 16 * math.ceil((len(fleet.nodes) + 4) / 16),
         "database_name": name,
         "database_user": name,
         "database_password": context.secrets.get_or_create(FLEET, APP_PASSWORD, random_token),
@@ -109,4 +111,6 @@ def host_data(context: ServiceContext) -> dict[str, Any]:
         "database_url": f"postgresql://{name}@{primary_address}:{port}/{name}",
         # Reads may use the node's own copy (a replica lags by a little).
         "database_local_url": f"postgresql://{name}@localhost:{port}/{name}",
+        # Replication and the app reach it over the mesh: the firewall opens it there only.
+        "clonefleet_backend_tcp_ports": [port],
     }

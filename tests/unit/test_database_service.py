@@ -74,7 +74,7 @@ def test_rendered_settings_and_hba_allow_replication_only_from_the_mesh(tmp_path
     assert "listen_addresses = 'localhost,10.77.0.2'\n" in settings
     assert f"hba_file = '{deploy.HBA_FILE}'\n" in settings
     assert "max_slot_wal_keep_size = '2GB'\n" in settings
-    assert "max_replication_slots = 7\n" in settings  # three nodes and room for more
+    assert "max_replication_slots = 16\n" in settings  # three nodes and room for more
 
     hba = [line.split() for line in render("database/hba.conf.j2",
                                            **deploy.hba_variables(data)).splitlines()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from services_fixture import service_fleet
 
-from clonefleet.services import mesh
+from clonefleet.services import mesh, registry, service_host_data
 from deploys._paths import render
 from deploys.base import firewall_variables
 
@@ -76,3 +76,16 @@ def test_the_mesh_service_gives_the_firewall_its_interface_port_and_controller(
     assert "udp dport { 51999 } accept" in rules
     assert 'iifname "mesh0" tcp dport { 8081 } accept' in rules
     assert "ip saddr { 192.0.2.200/32 } tcp dport { 8081 } accept" in rules
+
+
+def test_services_backend_ports_are_joined_and_postgresql_is_reachable_over_the_mesh_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "HOST_DATA", [
+        *registry.HOST_DATA, lambda context: {"clonefleet_backend_tcp_ports": [8081],
+                                              "clonefleet_public_tcp_ports": [443]}])
+    lab = service_fleet(tmp_path)
+    data = service_host_data(lab.context("fsn-1"))
+    assert data["clonefleet_backend_tcp_ports"] == [5432, 8081]  # database's and another's
+    rules = _input_rules(ruleset(data))
+    assert 'iifname "wg0" tcp dport { 5432, 8081 } accept' in rules
+    assert "tcp dport { 22, 443 } accept" in rules
