@@ -14,6 +14,8 @@ there), so `pg_createcluster` never finds a file of ours in its way. A replica's
 is empty until it is seeded with `pg_basebackup -R` from the primary over the mesh (when the
 primary answers; otherwise the next deploy seeds it, so a lone node still deploys); a data
 folder that holds a primary's data is never wiped (the deploy fails and says what to do).
+A standby whose `primary_conninfo` names another primary than the host data (after a manual
+failover) is pointed at it with `ALTER SYSTEM` and a reload.
 Roles, database and slots are changed only when the running server differs (passwords are
 compared with the stored SCRAM verifiers and sent as verifiers, never in clear). With
 `clonefleet_offline`: configuration files and the enabled unit only.
@@ -25,6 +27,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -155,6 +158,7 @@ class ServerState:
     roles: dict[str, tuple[bool, str]] = field(default_factory=dict)
     databases: dict[str, str] = field(default_factory=dict)  # name: owner
     slots: set[str] = field(default_factory=set)
+    primary_conninfo: str = ""  # a standby's way to its primary
 
 
 STATE_QUERY = (
@@ -162,7 +166,8 @@ STATE_QUERY = (
     "UNION ALL SELECT 'role|' || rolname || '|' || rolreplication::text || '|' || "
     "coalesce(rolpassword, '') FROM pg_authid WHERE rolcanlogin "
     "UNION ALL SELECT 'database|' || datname || '|' || pg_get_userbyid(datdba) FROM pg_database "
-    "UNION ALL SELECT 'slot|' || slot_name FROM pg_replication_slots"
+    "UNION ALL SELECT 'slot|' || slot_name FROM pg_replication_slots "
+    "UNION ALL SELECT 'conninfo|' || current_setting('primary_conninfo')"
 )
 
 
@@ -181,7 +186,37 @@ def parse_state(lines: list[str]) -> ServerState | None:
             state.databases[name] = owner
         elif kind == "slot":
             state.slots.add(rest)
+        elif kind == "conninfo":
+            state.primary_conninfo = rest
     return state if seen else None
+
+
+def _conninfo_value(conninfo: str, key: str) -> str:
+    match = re.search(rf"(?:^|\s){key}=('(?:[^']|'')*'|\S+)", conninfo)
+    return match.group(1).strip("'") if match else ""
+
+
+def replica_conninfo(data: Mapping[str, Any], pgpass: str = PGPASS) -> str:
+    return (f"host={data['database_primary_host']} port={int(data['database_primary_port'])} "
+            f"user={data['database_replication_user']} passfile={pgpass} "
+            f"application_name={data['database_slot']}")
+
+
+def replica_sql(data: Mapping[str, Any], current: ServerState | None,
+                pgpass: str = PGPASS) -> list[str]:
+    """The SQL that points a running standby at the primary the fleet file names (after a
+    failover, its copy's primary_conninfo still names the old one); [] when it already does."""
+    if current is None or not current.in_recovery:
+        return []
+    wanted = {"host": str(data["database_primary_host"]),
+              "port": str(int(data["database_primary_port"])),
+              "user": str(data["database_replication_user"])}
+    if all(_conninfo_value(current.primary_conninfo, key) == value
+           for key, value in wanted.items()):
+        return []
+    return [f"ALTER SYSTEM SET primary_conninfo = {_quote(replica_conninfo(data, pgpass))};",
+            f"ALTER SYSTEM SET primary_slot_name = {_quote(data['database_slot'])};",
+            "SELECT pg_reload_conf();"]
 
 
 def state_command(port: int, socket_dir: str = "") -> str:
@@ -306,6 +341,10 @@ def database() -> None:
 
     if standby:
         _running(settings.did_change, hba.did_change)
+        statements = replica_sql(data, host.get_fact(PostgresState, port=data["database_port"]))
+        if statements:
+            server.shell(name="PostgreSQL replica follows the fleet file's primary",
+                         commands=[psql_script_command(statements, data["database_port"])])
     elif seeded and configured:
         server.shell(name="PostgreSQL replica refuses to replace a primary's data", commands=[
             f"echo 'this node holds a primary database in {DATA_DIR}, but the fleet file names "

@@ -186,6 +186,26 @@ def test_a_row_written_on_the_primary_is_read_on_the_replica_over_allowed_addres
                    "-d postgres -c \"SELECT slot_name FROM pg_replication_slots WHERE active\"")
         assert slots.stdout.split() == ["clonefleet_fsn_2"]
 
+        # The fleet file names another primary (here: the same server by another name, as
+        # after a failover): the deploy re-renders the password file and repoints the standby.
+        replica_data["database_primary_host"] = "localhost"
+        pgpass.write_text(render("database/pgpass.j2", **deploy.pgpass_variables(replica_data)))
+        replica_state = deploy.parse_state(sh(deploy.state_command(
+            replica.port, str(base_folder))).stdout.splitlines())
+        repoint = deploy.replica_sql(replica_data, replica_state, str(pgpass))
+        assert len(repoint) == 3
+        moved = sh(deploy.psql_script_command(repoint, replica.port, str(base_folder)))
+        assert moved.returncode == 0, moved.stderr
+        primary.psql("INSERT INTO visits (node) VALUES ('after-the-move')", check=True)
+        deadline = time.monotonic() + 20
+        while "after-the-move" not in (read := replica.psql("SELECT node FROM visits")).stdout:
+            assert time.monotonic() < deadline, (read.stderr, replica.log()[-3000:])
+            time.sleep(0.3)
+        replica_state = deploy.parse_state(sh(deploy.state_command(
+            replica.port, str(base_folder))).stdout.splitlines())
+        assert replica_state is not None and "host=localhost" in replica_state.primary_conninfo
+        assert deploy.replica_sql(replica_data, replica_state, str(pgpass)) == []
+
         # The fleet's real mesh network in pg_hba: 127.0.0.1 is no longer allowed to replicate.
         primary.data["database_allowed_cidr"] = "10.77.0.0/24"
         primary.write_config()

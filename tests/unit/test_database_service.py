@@ -141,3 +141,25 @@ def test_replica_seed_command_uses_the_slot_and_the_password_file_never_the_pass
     pgpass = render("database/pgpass.j2", **deploy.pgpass_variables(data))
     assert pgpass == (f"10.77.0.2:5432:replication:replicator:"
                       f"{data['database_replication_password']}\n")
+
+
+def test_a_standby_is_pointed_at_the_fleet_files_primary_only_when_it_names_another(
+        tmp_path: Path) -> None:
+    lab = service_fleet(tmp_path, '[services.database]\nprimary = "fsn-1"\n')
+    data = database.host_data(lab.context("fsn-2"))
+    following = deploy.ServerState(in_recovery=True, primary_conninfo=(
+        "user=replicator passfile='/var/lib/postgresql/.pgpass' channel_binding=prefer "
+        "host=10.77.0.2 port=5432 sslmode=prefer"))
+    assert deploy.replica_sql(data, following) == []
+    assert deploy.replica_sql(data, None) == []  # not running: nothing to ask
+
+    following.primary_conninfo = following.primary_conninfo.replace("10.77.0.2", "10.77.0.1")
+    statements = deploy.replica_sql(data, following)
+    assert statements == [
+        "ALTER SYSTEM SET primary_conninfo = 'host=10.77.0.2 port=5432 user=replicator "
+        "passfile=/var/lib/postgresql/.pgpass application_name=clonefleet_fsn_2';",
+        "ALTER SYSTEM SET primary_slot_name = 'clonefleet_fsn_2';",
+        "SELECT pg_reload_conf();"]
+    assert data["database_replication_password"] not in "".join(statements)
+    # A promoted node is no standby: never repointed.
+    assert deploy.replica_sql(data, deploy.ServerState(in_recovery=False)) == []
