@@ -4,8 +4,8 @@ Invariants:
 - A node's mesh address is allocated once, by the control plane, and kept as the node fact
   `mesh_address`: the lowest free host address of the mesh CIDR, chosen inside one state-store
   transaction (two deploys allocating at once get different addresses), never handed to another
-  node while the node exists (its facts are forgotten only when it is retired), and adding a
-  node never renumbers the others.
+  node until its own node's facts are forgotten (when it is retired), and adding a node never
+  renumbers the others.
 - A node's private key is a per-node secret (`mesh_private_key`); its public key is derived on
   the controller, so peers are generated from the fleet file and the store alone.
 """
@@ -89,8 +89,9 @@ def network(fleet: Fleet) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 def allocate_address(store: StateStore, fleet: Fleet, node: str) -> str:
     """The node's mesh address: the recorded one, or the lowest free one, recorded now.
 
-    Free means not recorded for any node the store or the fleet file knows. The read and the
-    write are one transaction, so concurrent deploys never get the same address.
+    Free means not recorded for any other node: an address is released only when its node's
+    facts are forgotten (retirement), even if the node left the fleet file meanwhile. The read
+    and the write are one transaction, so concurrent deploys never get the same address.
     """
     mesh = network(fleet)
     recorded = store.get_fact(node, ADDRESS_FACT)
@@ -100,8 +101,8 @@ def allocate_address(store: StateStore, fleet: Fleet, node: str) -> str:
         recorded = store.get_fact(node, ADDRESS_FACT)
         if recorded and ipaddress.ip_address(recorded) in mesh:
             return str(recorded)
-        known = set(fleet.nodes) | {record.name for record in store.all()}
-        taken = {store.get_fact(other, ADDRESS_FACT) for other in known if other != node}
+        taken = {str(address) for other, address in store.fact_values(ADDRESS_FACT).items()
+                 if other != node}
         for candidate in mesh.hosts():
             if str(candidate) not in taken:
                 store.set_fact(node, ADDRESS_FACT, str(candidate))

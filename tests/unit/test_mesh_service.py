@@ -43,8 +43,8 @@ def test_addresses_are_the_lowest_free_in_name_order_and_kept_when_a_node_is_add
 def test_a_freed_address_is_reused_only_after_its_node_is_forgotten(tmp_path: Path) -> None:
     lab = service_fleet(tmp_path)
     mesh.host_data(lab.context("fsn-1"))
-    lab.store.transition("fsn-2", "active", actor="test")
-    # fsn-2 leaves the fleet file but still exists (not retired): its address stays taken.
+    # fsn-2 leaves the fleet file but is not retired (it may come back): its address stays
+    # taken, even though it was never provisioned.
     lab.fleet.nodes.pop("fsn-2")
     lab.fleet.nodes["zz-9"] = lab.fleet.nodes["ash-1"]
     assert mesh.allocate_address(lab.store, lab.fleet, "zz-9") == "10.77.0.4"
