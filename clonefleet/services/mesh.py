@@ -18,8 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from clonefleet.errors import InventoryError, StateError
 from clonefleet.providers.registry import Setting
 
@@ -119,11 +117,16 @@ def allocate_all(store: StateStore, fleet: Fleet) -> dict[str, str]:
 
 def generate_private_key() -> str:
     """A new WireGuard private key: base64 of the raw 32-byte X25519 key."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     return base64.b64encode(X25519PrivateKey.generate().private_bytes_raw()).decode()
 
 
 def public_key(private_key: str) -> str:
     """The WireGuard public key of a base64 private key (what `wg pubkey` prints)."""
+    # Imported here: loading the fleet file (every command) does not need it.
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     key = X25519PrivateKey.from_private_bytes(base64.b64decode(private_key))
     return base64.b64encode(key.public_key().public_bytes_raw()).decode()
 
