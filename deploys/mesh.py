@@ -11,6 +11,7 @@ filesystem without a running system): files and the enabled unit only.
 from __future__ import annotations
 
 import ipaddress
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,6 +60,13 @@ def wireguard_variables(data: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def apply_peers_command(interface: str, config: str | None = None) -> str:
+    """Make a running interface's keys and peers what its config says, keeping the sessions
+    of unchanged peers (`wg syncconf`; `wg-quick strip` drops what only wg-quick reads)."""
+    source = shlex.quote(config or interface)
+    return f"bash -c {shlex.quote(f'wg syncconf {interface} <(wg-quick strip {source})')}"
+
+
 @deploy("clonefleet mesh", data_defaults=DEFAULTS)
 def mesh() -> None:
     data = {key: host.data.get(key) for key in DEFAULTS}
@@ -77,6 +85,5 @@ def mesh() -> None:
     systemd.service(name="WireGuard mesh up", service=unit(data), running=True, enabled=True)
     interface = data["mesh_interface"]
     # syncconf changes peers and keys in place; a running interface keeps its sessions.
-    server.shell(name="WireGuard mesh peers applied",
-                 commands=[f"bash -c 'wg syncconf {interface} <(wg-quick strip {interface})'"],
+    server.shell(name="WireGuard mesh peers applied", commands=[apply_peers_command(interface)],
                  _if=config.did_change)
