@@ -12,3 +12,10 @@ def template(name: str) -> str:
     import clonefleet
 
     return str(Path(clonefleet.__file__).resolve().parent / "templates" / name)
+
+
+def render(name: str, **variables: object) -> str:
+    """A template rendered exactly as `files.template` renders it on a node (for tests)."""
+    from pyinfra.api.util import get_template
+
+    return str(get_template(template(name)).render(**variables))

@@ -4,11 +4,20 @@ unattended security updates (reboots left to clonefleet), disk health tools.
 Usable from clonefleet and from the plain CLI: `pyinfra inventory/lab.py deploys/node.py`.
 Host data (with defaults below): `clonefleet_hostname`, `clonefleet_fqdn`,
 `clonefleet_admins` ([{name, keys}]), `clonefleet_tcp_ports`, `clonefleet_udp_ports`.
+Firewall (`firewall_variables`): `clonefleet_tcp_ports`, `clonefleet_public_tcp_ports` and
+`clonefleet_udp_ports` are open to all, and so is the mesh's WireGuard port (`mesh_port`);
+`clonefleet_backend_tcp_ports` only on the mesh interface (`mesh_interface`) and from
+`clonefleet_controller_addresses` (addresses or networks). A port both public and backend is
+public.
 Every package is already in the node image, so a run never needs the network; a second run
 reports no changes.
 """
 
 from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -19,6 +28,30 @@ from deploys._paths import template
 PACKAGES = ["openssh-server", "nftables", "chrony", "unattended-upgrades", "smartmontools",
             "sudo", "needrestart"]
 
+FIREWALL_KEYS = ("clonefleet_tcp_ports", "clonefleet_udp_ports", "clonefleet_public_tcp_ports",
+                 "clonefleet_backend_tcp_ports", "clonefleet_controller_addresses",
+                 "mesh_interface", "mesh_port")
+
+
+def firewall_variables(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The variables of `templates/base/nftables.conf.j2` for one node's host data."""
+    public = set(data.get("clonefleet_tcp_ports") or []) | {22}
+    public |= set(data.get("clonefleet_public_tcp_ports") or [])
+    udp = set(data.get("clonefleet_udp_ports") or [])
+    if data.get("mesh_port"):
+        udp.add(int(data["mesh_port"]))
+    controllers = [ipaddress.ip_network(value, strict=False)
+                   for value in data.get("clonefleet_controller_addresses") or []]
+    return {
+        "tcp_ports": sorted(public),
+        "udp_ports": sorted(udp),
+        "backend_tcp_ports": sorted(set(data.get("clonefleet_backend_tcp_ports") or [])
+                                    - public),
+        "mesh_interface": data.get("mesh_interface") or "",
+        "controller_ipv4": [str(net) for net in controllers if net.version == 4],
+        "controller_ipv6": [str(net) for net in controllers if net.version == 6],
+    }
+
 
 @deploy("clonefleet base", data_defaults={
     "clonefleet_hostname": "",
@@ -26,6 +59,9 @@ PACKAGES = ["openssh-server", "nftables", "chrony", "unattended-upgrades", "smar
     "clonefleet_admins": [],
     "clonefleet_tcp_ports": [22],
     "clonefleet_udp_ports": [],
+    "clonefleet_public_tcp_ports": [],
+    "clonefleet_backend_tcp_ports": [],
+    "clonefleet_controller_addresses": [],
 })
 def base() -> None:
     hostname = host.data.clonefleet_hostname or host.name
@@ -47,8 +83,8 @@ def base() -> None:
 
     firewall = files.template(name="nftables ruleset", src=template("base/nftables.conf.j2"),
                               dest="/etc/nftables.conf", mode="755",
-                              tcp_ports=sorted(set(host.data.clonefleet_tcp_ports) | {22}),
-                              udp_ports=sorted(set(host.data.clonefleet_udp_ports)))
+                              **firewall_variables({key: host.data.get(key)
+                                                    for key in FIREWALL_KEYS}))
     systemd.service(name="nftables enabled", service="nftables", running=True, enabled=True)
     server.shell(name="nftables reload", commands=["nft -f /etc/nftables.conf"],
                  _if=firewall.did_change)

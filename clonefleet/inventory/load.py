@@ -184,6 +184,7 @@ def load_fleet(path: str | Path, *, environ: Mapping[str, str] | None = None) ->
                        f"({entry.name}.{domain})", "rename the routed name")
     admins = _admins(check, raw.get("admins", []))
     services = _services(check, check.table(raw.get("services", {}), "services"))
+    _check_services(check, services, nodes)
 
     min_total = check.typed(fleet_table, "min_active_total", "fleet", int, default=1)
     if min_total < 0:
@@ -450,6 +451,16 @@ def _services(check: _Checker, table: dict[str, Any]) -> dict[str, dict[str, Any
             values[key] = value
         result[name] = values
     return result
+
+
+def _check_services(check: _Checker, services: dict[str, dict[str, Any]],
+                    nodes: dict[str, Node]) -> None:
+    """What each service checks of its settings against the rest of the fleet file."""
+    from clonefleet.services.registry import CHECKS
+
+    for name, service_check in CHECKS.items():
+        if name in services:
+            check.errors += service_check(check.path, services[name], nodes)
 
 
 def _choice(check: _Checker, setting: Setting, value: Any, where: str) -> bool:

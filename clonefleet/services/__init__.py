@@ -29,11 +29,6 @@ if TYPE_CHECKING:
     from clonefleet.state import StateStore
 
 
-# Host data keys that several services contribute to (the firewall's port lists).
-MERGED_LISTS = frozenset({"clonefleet_public_tcp_ports", "clonefleet_backend_tcp_ports",
-                          "clonefleet_public_udp_ports"})
-
-
 @dataclass(frozen=True)
 class ServiceContext:
     """What a service needs to compute one node's host data."""
@@ -62,6 +57,11 @@ def after_deploy(context: ServiceContext, outcome: DeployOutcome) -> None:
         hook(context, outcome)
 
 
+# Host data several services add to (the firewall's ports): their lists are joined, where any
+# other key of a later service replaces an earlier one's.
+JOINED_KEYS = frozenset({"clonefleet_public_tcp_ports", "clonefleet_backend_tcp_ports"})
+
+
 def service_host_data(context: ServiceContext) -> dict[str, Any]:
     """Every registered service's host data for `context.node`, merged."""
     from clonefleet.services.registry import HOST_DATA
@@ -69,7 +69,7 @@ def service_host_data(context: ServiceContext) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for provider in HOST_DATA:
         for key, value in provider(context).items():
-            if key in MERGED_LISTS:
+            if key in JOINED_KEYS:
                 # Several services open ports: each adds to the list, none replaces it.
                 data[key] = sorted(set(data.get(key, [])) | set(value))
             else:

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from clonefleet.services import app, certs, smartwatch, transport
+from clonefleet.services import app, certs, database, mesh, smartwatch, transport
 
 if TYPE_CHECKING:
+    from clonefleet.errors import InventoryError
     from clonefleet.providers.registry import Setting
     from clonefleet.services import DeployOutcome, ServiceContext
 
@@ -20,10 +21,21 @@ SETTINGS: dict[str, Mapping[str, Setting]] = {
     "certs": certs.SETTINGS,
     "app": app.SETTINGS,
     "transport": transport.SETTINGS,
+    mesh.NAME: mesh.SETTINGS,
+    database.NAME: database.SETTINGS,
+}
+
+# checks of a service's settings against the rest of the fleet file (e.g. a node it names):
+# (fleet file path, the service's settings with defaults, the fleet's nodes) -> problems
+CHECKS: dict[str, Callable[[str, Mapping[str, Any], Mapping[str, Any]], list[InventoryError]]] = {
+    mesh.NAME: mesh.check,
+    database.NAME: database.check,
 }
 
 # functions giving one node's host data, in this order (later keys win)
 HOST_DATA: list[Callable[[ServiceContext], dict[str, Any]]] = [
+    mesh.host_data,
+    database.host_data,
     app.host_data,
     transport.host_data,
 ]

@@ -213,6 +213,13 @@ class SqliteStateStore:
         ).fetchall()
         return {key: json.loads(value) for key, value in rows}
 
+    def fact_values(self, key: str) -> dict[str, Any]:
+        """Every node's value of fact `key` (nodes without it are left out)."""
+        rows = self._connection().execute(
+            "SELECT node, value FROM facts WHERE key = ? ORDER BY node", (key,)
+        ).fetchall()
+        return {node: json.loads(value) for node, value in rows}
+
     def delete_fact(self, node: str, key: str) -> None:
         with self.transaction():
             self._connection().execute(

@@ -19,6 +19,12 @@ pytestmark = pytest.mark.unit
 LAB = Path(__file__).resolve().parents[2] / "inventory" / "lab.toml"
 
 
+@pytest.fixture(autouse=True)
+def own_age_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Services create deploy secrets: under this test's key, never the operator's."""
+    monkeypatch.setenv("CLONEFLEET_AGE_KEY", str(tmp_path / "age.key"))
+
+
 def installed(store: SqliteStateStore, node: str, ssh_port: int) -> str:
     nodefacts.record_server(store, node, ServerInfo(
         node=node, server_id=f"lab-{node}", status="disk", ssh=SshAccess("127.0.0.1", ssh_port),

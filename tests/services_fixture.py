@@ -1,0 +1,71 @@
+"""A three-node fleet in two regions with its state store and secret store, for the mesh and
+database services' tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from clonefleet.inventory import Fleet, load_fleet
+from clonefleet.keystore import Keystore
+from clonefleet.secrets import SecretStore, open_secrets
+from clonefleet.services import ServiceContext
+from clonefleet.state import SqliteStateStore
+
+FLEET = """
+[fleet]
+name = "t"
+domain = "fleet.example.com"
+
+[regions.fsn]
+provider = "lab"
+latitude = 50.47
+longitude = 12.37
+
+[regions.ash]
+provider = "lab"
+latitude = 39.04
+longitude = -77.49
+
+[nodes.fsn-1]
+region = "fsn"
+disks = ["SER-1"]
+ipv4 = "192.0.2.11"
+ipv6 = "2001:db8:1::11"
+
+[nodes.fsn-2]
+region = "fsn"
+disks = ["SER-2"]
+ipv6 = "2001:db8:1::12"
+
+[nodes.ash-1]
+region = "ash"
+disks = ["SER-3"]
+"""
+
+
+@dataclass
+class ServiceFleet:
+    folder: Path
+    fleet: Fleet
+    store: SqliteStateStore
+    secrets: SecretStore
+
+    def context(self, node: str) -> ServiceContext:
+        return ServiceContext(self.fleet, self.fleet.node(node), self.store, self.secrets)
+
+    def reload(self, extra: str = "") -> Fleet:
+        """Load the fleet file again with `extra` appended (more nodes, [services] tables)."""
+        path = self.folder / "fleet.toml"
+        path.write_text(FLEET + extra)
+        self.fleet = load_fleet(path)
+        return self.fleet
+
+
+def service_fleet(folder: Path, extra: str = "") -> ServiceFleet:
+    path = folder / "fleet.toml"
+    path.write_text(FLEET + extra)
+    secrets = open_secrets(folder / "state", Keystore(folder / "state" / "keystore",
+                                                      folder / "age.key"))
+    return ServiceFleet(folder, load_fleet(path), SqliteStateStore(folder / "state.sqlite"),
+                        secrets)
