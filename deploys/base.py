@@ -3,18 +3,25 @@ unattended security updates (reboots left to clonefleet), disk health tools.
 
 Usable from clonefleet and from the plain CLI: `pyinfra inventory/lab.py deploys/node.py`.
 Host data (with defaults below): `clonefleet_hostname`, `clonefleet_fqdn`,
-`clonefleet_admins` ([{name, keys}]), `clonefleet_tcp_ports`, `clonefleet_udp_ports`.
+`clonefleet_admins` ([{name, keys}]), `clonefleet_tcp_ports`, `clonefleet_udp_ports`,
+`clonefleet_offline` (True for a root filesystem in a chroot, with no running systemd: files
+are written and units enabled, nothing is started, reloaded or asked about its running state,
+and no command that needs the running system, such as `nft -f` or `hostname`, runs; every
+deploy of a full-clone node honours it).
 Every package is already in the node image, so a run never needs the network; a second run
 reports no changes.
 """
 
 from __future__ import annotations
 
+from io import StringIO
+
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, files, server
 
 from deploys._paths import template
+from deploys._systemd import offline, unit
 
 PACKAGES = ["openssh-server", "nftables", "chrony", "unattended-upgrades", "smartmontools",
             "sudo", "needrestart"]
@@ -26,11 +33,17 @@ PACKAGES = ["openssh-server", "nftables", "chrony", "unattended-upgrades", "smar
     "clonefleet_admins": [],
     "clonefleet_tcp_ports": [22],
     "clonefleet_udp_ports": [],
+    "clonefleet_offline": False,
 })
 def base() -> None:
     hostname = host.data.clonefleet_hostname or host.name
     apt.packages(name="Node packages (from the image)", packages=PACKAGES)
-    server.hostname(name="Hostname", hostname=hostname)
+    if offline():
+        # `hostname NAME` in a chroot would rename the machine running the chroot.
+        files.put(name="Hostname", src=StringIO(f"{hostname}\n"), dest="/etc/hostname",
+                  mode="644")
+    else:
+        server.hostname(name="Hostname", hostname=hostname)
 
     for admin in host.data.clonefleet_admins:
         server.user(name=f"Admin {admin['name']}", user=admin["name"], shell="/bin/bash",
@@ -42,18 +55,18 @@ def base() -> None:
 
     sshd = files.template(name="SSH hardening", src=template("base/sshd-hardening.conf.j2"),
                           dest="/etc/ssh/sshd_config.d/50-clonefleet.conf", mode="644")
-    systemd.service(name="sshd reload", service="ssh", running=True, enabled=True,
-                    reloaded=True, _if=sshd.did_change)
+    unit("sshd reload", "ssh.service", reloaded=True, condition=sshd.did_change)
 
     firewall = files.template(name="nftables ruleset", src=template("base/nftables.conf.j2"),
                               dest="/etc/nftables.conf", mode="755",
                               tcp_ports=sorted(set(host.data.clonefleet_tcp_ports) | {22}),
                               udp_ports=sorted(set(host.data.clonefleet_udp_ports)))
-    systemd.service(name="nftables enabled", service="nftables", running=True, enabled=True)
-    server.shell(name="nftables reload", commands=["nft -f /etc/nftables.conf"],
-                 _if=firewall.did_change)
+    unit("nftables enabled", "nftables.service")
+    if not offline():
+        server.shell(name="nftables reload", commands=["nft -f /etc/nftables.conf"],
+                     _if=firewall.did_change)
 
-    systemd.service(name="chrony running", service="chrony", running=True, enabled=True)
+    unit("chrony running", "chrony.service")
 
     files.put(name="Unattended security upgrades, no automatic reboot",
               src=template("base/52clonefleet-unattended-upgrades"),
