@@ -19,6 +19,12 @@ pytestmark = pytest.mark.unit
 LAB = Path(__file__).resolve().parents[2] / "inventory" / "lab.toml"
 
 
+@pytest.fixture(autouse=True)
+def keystore_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Host data includes per-node secrets: encrypt them to a throwaway identity."""
+    monkeypatch.setenv("CLONEFLEET_AGE_KEY", str(tmp_path / "age.key"))
+
+
 def installed(store: SqliteStateStore, node: str, ssh_port: int) -> str:
     nodefacts.record_server(store, node, ServerInfo(
         node=node, server_id=f"lab-{node}", status="disk", ssh=SshAccess("127.0.0.1", ssh_port),
