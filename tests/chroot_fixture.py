@@ -122,7 +122,7 @@ def control_plane_host_data(fleet_path: Path, state_dir: Path,
         if store.get_fact(name, nodefacts.SSH_ACCESS) is None:
             nodefacts.record_server(store, name, ServerInfo(
                 node=name, server_id=f"chroot-{name}", status="disk",
-                ssh=SshAccess("127.0.0.1", 22)))
+                ssh=SshAccess("127.0.0.1", 22), unlock=SshAccess("127.0.0.1", 2222)))
     hosts = dict(host_data(fleet, store, state_dir, list(names)))
     result = {}
     for name, data in hosts.items():

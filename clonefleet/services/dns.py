@@ -81,6 +81,10 @@ def controller_addresses(fleet: Fleet, node: Node) -> list[str]:
     return sorted(set(networks))
 
 
+# The GeoIP database's build time, fixed so that its bytes depend on the fleet only. Not 0:
+# PowerDNS 4.7 fails to open a database whose build_epoch is 0 ("basic_string: construction
+# from null"), and then serves nothing.
+GEOIP_BUILD_EPOCH = 1_767_225_600  # 2026-01-01
 _GEOIP_CACHE: dict[str, str] = {}
 
 
@@ -98,7 +102,8 @@ def geoip_database(fleet: Fleet) -> str:
                              for region in fleet.regions.values())])
     if key not in _GEOIP_CACHE:
         with tempfile.TemporaryDirectory(prefix="clonefleet-geoip-") as folder:
-            path = build_geoip_database(fleet, Path(folder) / "nodes.mmdb", build_epoch=0)
+            path = build_geoip_database(fleet, Path(folder) / "nodes.mmdb",
+                                        build_epoch=GEOIP_BUILD_EPOCH)
             _GEOIP_CACHE[key] = base64.b64encode(path.read_bytes()).decode()
     return _GEOIP_CACHE[key]
 
@@ -152,6 +157,8 @@ def _forward(node: str, forwarded: Any, key: str, host: str, port: int) -> tuple
 
 def record_endpoint(context: ServiceContext, outcome: DeployOutcome) -> None:
     """After-deploy hook: once PowerDNS is configured on the node, record how to reach it."""
-    if not outcome.succeeded >= NODE_CONFIG_OPERATIONS:
+    # pyinfra names an operation inside nested deploys "node | dns | NAME".
+    done = {name.rsplit(" | ", 1)[-1] for name in outcome.succeeded}
+    if not done >= NODE_CONFIG_OPERATIONS:
         return
     context.store.set_fact(context.node.name, ENDPOINT_FACT, endpoint_fact(context))
