@@ -161,4 +161,9 @@ def record_endpoint(context: ServiceContext, outcome: DeployOutcome) -> None:
     done = {name.rsplit(" | ", 1)[-1] for name in outcome.succeeded}
     if not done >= NODE_CONFIG_OPERATIONS:
         return
+    # A lab VM's fleet-file addresses are documentation addresses, never reachable: without
+    # the port forwards its provider records, there is no way to reach its server yet.
+    if (context.node.provider == "lab"
+            and not context.store.get_fact(context.node.name, FORWARDED_PORTS_FACT)):
+        return
     context.store.set_fact(context.node.name, ENDPOINT_FACT, endpoint_fact(context))

@@ -82,7 +82,9 @@ def test_the_deploys_operation_names_let_the_dns_hook_record_the_endpoint(
     result = deployed_nodes.first["fsn-1"]
     assert {name.rsplit(" | ", 1)[-1] for name in result.succeeded} >= NODE_CONFIG_OPERATIONS
 
+    store.set_fact("fsn-1", "forwarded_ports", {"tcp/8081": ["127.0.0.1", 40123]})
+
     after_deploy(ServiceContext(fleet, fleet.node("fsn-1"), store, secrets),
                  DeployOutcome(result.failed, frozenset(result.succeeded)))
 
-    assert store.get_fact("fsn-1", ENDPOINT_FACT)["api_url"] == "http://192.0.2.11:8081"
+    assert store.get_fact("fsn-1", ENDPOINT_FACT)["api_url"] == "http://127.0.0.1:40123"

@@ -95,7 +95,11 @@ def succeeded(*extra: str) -> DeployOutcome:
 
 
 def test_hook_records_the_public_address_and_names_the_secret_without_the_key(
-        fleet: Fleet, store: SqliteStateStore, secrets: SecretStore) -> None:
+        tmp_path: Path, store: SqliteStateStore, secrets: SecretStore) -> None:
+    path = tmp_path / "cloud.toml"
+    path.write_text(TWO_REGION_FLEET.replace('provider = "lab"', 'provider = "hetzner-cloud"')
+                    + '\n[services.dns]\napi_port = 8181\n')
+    fleet = load_fleet(path)
     node = context(fleet, store, secrets, "fsn-1")
     key = dns.host_data(node)["dns_api_key"]
 
@@ -119,13 +123,11 @@ def test_hook_uses_the_forwarded_ports_of_a_lab_vm_and_ipv6_in_brackets(
     assert (fact["api_url"], fact["dns_host"], fact["dns_port"]) == (
         "http://127.0.0.1:40123", "127.0.0.1", 40124)
 
-    path = fleet.path.with_name("ipv6.toml")
-    path.write_text(fleet.path.read_text().replace('ipv4 = "198.51.100.21"\n', ""))
-    ipv6_only = load_fleet(path)
-    after_deploy(context(ipv6_only, store, secrets, "ash-1"), succeeded())
+    store.set_fact("ash-1", "forwarded_ports", {"tcp/8181": ["::1", 40125]})
+    after_deploy(context(fleet, store, secrets, "ash-1"), succeeded())
     fact = store.get_fact("ash-1", ENDPOINT_FACT)
-    assert (fact["api_url"], fact["dns_host"]) == ("http://[2001:db8:2::21]:8181",
-                                                   "2001:db8:2::21")
+    assert (fact["api_url"], fact["dns_host"], fact["dns_port"]) == (
+        "http://[::1]:40125", "198.51.100.21", 53)
 
 
 def test_hook_records_nothing_unless_every_powerdns_operation_succeeded(
@@ -137,6 +139,12 @@ def test_hook_records_nothing_unless_every_powerdns_operation_succeeded(
                  DeployOutcome(failed=False, succeeded=frozenset({"Hostname"})))
     assert store.get_fact("fsn-1", ENDPOINT_FACT) is None
     assert store.get_fact("ash-1", ENDPOINT_FACT) is None
+
+
+def test_hook_leaves_a_lab_node_without_port_forwards_unrecorded(
+        fleet: Fleet, store: SqliteStateStore, secrets: SecretStore) -> None:
+    after_deploy(context(fleet, store, secrets, "fsn-1"), succeeded())  # 192.0.2.11: never
+    assert store.get_fact("fsn-1", ENDPOINT_FACT) is None               # reachable
 
 
 def test_a_malformed_forwarded_port_is_an_endpoint_error_naming_the_fact(
