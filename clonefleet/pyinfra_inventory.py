@@ -17,7 +17,7 @@ from clonefleet.known_hosts import fleet_known_hosts
 from clonefleet.paths import fleet_state_dir
 from clonefleet.retry import DEFAULT, DEPLOY_CONNECT_TRIES
 from clonefleet.secrets import open_secrets
-from clonefleet.services import ServiceContext, service_host_data
+from clonefleet.services import ServiceContext, merge_host_data, service_host_data
 from clonefleet.ssh import ensure_operator_key
 from clonefleet.state import StateStore, open_store
 
@@ -37,7 +37,7 @@ def host_data(fleet: Fleet, store: StateStore, state_dir: Path,
         access = facts[name].ssh
         if access is None:
             continue
-        hosts.append((name, {
+        hosts.append((name, merge_host_data({
             "ssh_hostname": access.host,
             "ssh_port": access.port,
             "ssh_user": "root",
@@ -59,8 +59,7 @@ def host_data(fleet: Fleet, store: StateStore, state_dir: Path,
             "smartwatch_node": node.name,
             "smartwatch_drain_url": fleet.control_url,
             "smartwatch_alert_urls": list(fleet.alert_urls),
-            **service_host_data(ServiceContext(fleet, node, store, secrets)),
-        }))
+        }, service_host_data(ServiceContext(fleet, node, store, secrets)))))
     return hosts
 
 

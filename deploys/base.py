@@ -3,7 +3,11 @@ unattended security updates (reboots left to clonefleet), disk health tools.
 
 Usable from clonefleet and from the plain CLI: `pyinfra inventory/lab.py deploys/node.py`.
 Host data (with defaults below): `clonefleet_hostname`, `clonefleet_fqdn`,
-`clonefleet_admins` ([{name, keys}]), `clonefleet_tcp_ports`, `clonefleet_udp_ports`.
+`clonefleet_admins` ([{name, keys}]), `clonefleet_tcp_ports`, `clonefleet_udp_ports`,
+`clonefleet_offline` (True for a root filesystem in a chroot, with no running systemd: files
+are written and units enabled, nothing is started, reloaded or asked about its running state,
+and no command that needs the running system, such as `nft -f` or `hostname`, runs; every
+deploy of a full-clone node honours it).
 Firewall (`firewall_variables`): `clonefleet_tcp_ports`, `clonefleet_public_tcp_ports` and
 `clonefleet_udp_ports` are open to all, and so is the mesh's WireGuard port (`mesh_port`);
 `clonefleet_backend_tcp_ports` only on the mesh interface (`mesh_interface`) and from
@@ -17,13 +21,15 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from io import StringIO
 from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, files, server
 
 from deploys._paths import template
+from deploys._systemd import offline, unit
 
 PACKAGES = ["openssh-server", "nftables", "chrony", "unattended-upgrades", "smartmontools",
             "sudo", "needrestart"]
@@ -62,11 +68,17 @@ def firewall_variables(data: Mapping[str, Any]) -> dict[str, Any]:
     "clonefleet_public_tcp_ports": [],
     "clonefleet_backend_tcp_ports": [],
     "clonefleet_controller_addresses": [],
+    "clonefleet_offline": False,
 })
 def base() -> None:
     hostname = host.data.clonefleet_hostname or host.name
     apt.packages(name="Node packages (from the image)", packages=PACKAGES)
-    server.hostname(name="Hostname", hostname=hostname)
+    if offline():
+        # `hostname NAME` in a chroot would rename the machine running the chroot.
+        files.put(name="Hostname", src=StringIO(f"{hostname}\n"), dest="/etc/hostname",
+                  mode="644")
+    else:
+        server.hostname(name="Hostname", hostname=hostname)
 
     for admin in host.data.clonefleet_admins:
         server.user(name=f"Admin {admin['name']}", user=admin["name"], shell="/bin/bash",
@@ -78,18 +90,18 @@ def base() -> None:
 
     sshd = files.template(name="SSH hardening", src=template("base/sshd-hardening.conf.j2"),
                           dest="/etc/ssh/sshd_config.d/50-clonefleet.conf", mode="644")
-    systemd.service(name="sshd reload", service="ssh", running=True, enabled=True,
-                    reloaded=True, _if=sshd.did_change)
+    unit("sshd reload", "ssh.service", reloaded=True, condition=sshd.did_change)
 
     firewall = files.template(name="nftables ruleset", src=template("base/nftables.conf.j2"),
                               dest="/etc/nftables.conf", mode="755",
                               **firewall_variables({key: host.data.get(key)
                                                     for key in FIREWALL_KEYS}))
-    systemd.service(name="nftables enabled", service="nftables", running=True, enabled=True)
-    server.shell(name="nftables reload", commands=["nft -f /etc/nftables.conf"],
-                 _if=firewall.did_change)
+    unit("nftables enabled", "nftables.service")
+    if not offline():
+        server.shell(name="nftables reload", commands=["nft -f /etc/nftables.conf"],
+                     _if=firewall.did_change)
 
-    systemd.service(name="chrony running", service="chrony", running=True, enabled=True)
+    unit("chrony running", "chrony.service")
 
     files.put(name="Unattended security upgrades, no automatic reboot",
               src=template("base/52clonefleet-unattended-upgrades"),

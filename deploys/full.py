@@ -1,5 +1,4 @@
-"""The whole full-clone node: the base, the mesh, the database, the app behind HAProxy and
-the smartwatch agent.
+"""The whole full-clone node: the base, then every service, then the smartwatch agent.
 
 Host data comes from `clonefleet.pyinfra_inventory` (or `inventory/<fleet>.py`); see each
 part's docstring for its keys and defaults.
@@ -12,7 +11,9 @@ from pyinfra.api import deploy
 from deploys.app import app
 from deploys.base import base
 from deploys.database import database
+from deploys.dns import dns
 from deploys.mesh import mesh
+from deploys.metrics import metrics
 from deploys.smartwatch import smartwatch
 from deploys.transport import transport
 
@@ -23,6 +24,8 @@ def node() -> None:
     # Right after the base: the other services' backend traffic runs over it.
     mesh()
     database()
+    dns()
+    metrics()
     # The app before HAProxy: HAProxy's health checks find it up once HAProxy starts.
     app()
     transport()

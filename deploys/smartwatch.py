@@ -21,6 +21,7 @@ Host data (defaults in `data_defaults`):
 + smartwatch_check_calendar / smartwatch_flush_calendar: systemd OnCalendar of the timers
 + smartwatch_selftests: start short (daily 02h) and long (Saturday 03h) self-tests
 + smartwatch_extra_config: TOML appended to the config (e.g. [policy] overrides)
++ clonefleet_offline: a root filesystem without running systemd (see `deploys.base`)
 
 **Examples:**
 
@@ -35,9 +36,11 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, files
 
 from deploys._paths import template
+from deploys._systemd import daemon_reload
+from deploys._systemd import unit as systemd_unit
 
 # apprise brings python3-requests, -yaml and -markdown with it.
 PACKAGES = ["smartmontools", "python3", "apprise", "python3-chardet", "python3-humanfriendly"]
@@ -123,7 +126,6 @@ def smartwatch() -> None:
             flush_calendar=host.data.smartwatch_flush_calendar,
             timeout_seconds=1800,
         ))
-    systemd.daemon_reload(name="systemd reload", _if=lambda: any(op.did_change() for op in
-                                                                 changed))
+    daemon_reload("systemd reload", lambda: any(op.did_change() for op in changed))
     for timer in ("smartwatch.timer", "smartwatch-flush.timer"):
-        systemd.service(name=f"{timer} enabled", service=timer, running=True, enabled=True)
+        systemd_unit(f"{timer} enabled", timer)

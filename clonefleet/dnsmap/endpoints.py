@@ -3,13 +3,16 @@
 The default comes from the state store: the node fact `dns_endpoint`, a JSON object
 
     {"api_url": "http://203.0.113.10:8081",  # PowerDNS webserver base URL, no /api suffix
-     "api_key": "...",                      # the server's api-key
+     "api_key_secret": "pdns_api_key",      # the node's secret holding the server's api-key
+                                            # (`clonefleet.secrets`); or, older and for
+                                            # tests, the key in clear: "api_key": "..."
      "dns_host": "203.0.113.10",            # where its DNS server listens (address or
                                             # host name, resolved once: first IPv4, else IPv6)
      "dns_port": 53,                        # optional, default 53
      "server_id": "localhost"}              # optional, PowerDNS server id, default localhost
 
-written by whatever deploys PowerDNS on the node (`store.set_fact(node, "dns_endpoint", {...})`).
+written after a deploy that configured PowerDNS on the node (`clonefleet.services.dns`), or
+by hand (`store.set_fact(node, "dns_endpoint", {...})`).
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clonefleet.dnsmap.errors import EndpointError
 from clonefleet.inventory import Fleet
 from clonefleet.state import StateStore
+
+if TYPE_CHECKING:
+    from clonefleet.secrets import SecretStore
 
 ENDPOINT_FACT = "dns_endpoint"
 
@@ -75,11 +81,16 @@ class Endpoint:
         }
 
     @classmethod
-    def from_fact(cls, node: str, fact: Mapping[str, Any]) -> Endpoint:
+    def from_fact(cls, node: str, fact: Mapping[str, Any],
+                  secrets: Callable[[], SecretStore] | None = None) -> Endpoint:
+        """`secrets` gives the store a fact's `api_key_secret` is read from (opened only
+        for a fact that names one)."""
         if not isinstance(fact, Mapping):
             raise EndpointError(f"node {node!r}: fact {ENDPOINT_FACT!r} is not an object; "
-                                "store a dict with api_url, api_key, dns_host")
-        missing = [key for key in ("api_url", "api_key", "dns_host") if not fact.get(key)]
+                                "store a dict with api_url, api_key_secret, dns_host")
+        missing = [key for key in ("api_url", "dns_host") if not fact.get(key)]
+        if not fact.get("api_key") and not fact.get("api_key_secret"):
+            missing.append("api_key_secret")
         if missing:
             raise EndpointError(f"node {node!r}: fact {ENDPOINT_FACT!r} lacks "
                                 f"{', '.join(missing)}; store them with "
@@ -96,10 +107,17 @@ class Endpoint:
             resolve(str(fact["dns_host"]))  # a bad host name fails here, before any change
         except EndpointError as error:
             raise EndpointError(f"node {node!r}: dns_endpoint.{error}") from None
+        if fact.get("api_key"):
+            api_key = str(fact["api_key"])
+        elif secrets is None:
+            raise EndpointError(f"node {node!r}: fact {ENDPOINT_FACT!r} names the secret "
+                                f"{fact['api_key_secret']!r} but no secret store was given")
+        else:
+            api_key = secrets().get(node, str(fact["api_key_secret"]))
         return cls(
             node=node,
             api_url=api_url,
-            api_key=str(fact["api_key"]),
+            api_key=api_key,
             dns_host=str(fact["dns_host"]),
             dns_port=port,
             server_id=str(fact.get("server_id", "localhost")),
@@ -113,7 +131,20 @@ class Endpoints(dict[str, Endpoint]):
     """
 
     @classmethod
-    def from_store(cls, fleet: Fleet, store: StateStore) -> Endpoints:
+    def from_store(cls, fleet: Fleet, store: StateStore,
+                   secrets: SecretStore | None = None) -> Endpoints:
+        """API keys named by the facts come from `secrets`, by default the fleet's own
+        secret store (opened only when a fact names a secret)."""
+        opened: list[SecretStore] = [secrets] if secrets is not None else []
+
+        def secret_store() -> SecretStore:
+            if not opened:
+                from clonefleet.paths import fleet_state_dir
+                from clonefleet.secrets import open_secrets
+
+                opened.append(open_secrets(fleet_state_dir(fleet.name)))
+            return opened[0]
+
         endpoints = cls()
         for node in sorted(fleet.nodes):
             record = store.get(node)
@@ -122,5 +153,5 @@ class Endpoints(dict[str, Endpoint]):
                 continue
             fact = store.get_fact(node, ENDPOINT_FACT)
             if fact is not None:
-                endpoints[node] = Endpoint.from_fact(node, fact)
+                endpoints[node] = Endpoint.from_fact(node, fact, secret_store)
         return endpoints

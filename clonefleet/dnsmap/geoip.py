@@ -15,6 +15,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from clonefleet.errors import ConfigError
 from clonefleet.inventory import Fleet
@@ -70,18 +71,28 @@ def build_geoip_database(
     fleet: Fleet,
     path: str | Path,
     extra_networks: Mapping[str, tuple[float, float]] | None = None,
+    build_epoch: int | None = None,
 ) -> Path:
     """Given the fleet (and optional CIDR → (latitude, longitude)), write an mmdb file.
 
     Written to a temporary name and renamed, so a PowerDNS starting meanwhile never reads half
     a file. Returns the path. Raises `ConfigError` for a bad network or coordinates.
+    `build_epoch` fixes the file's build time (default: now), so the same fleet gives the same
+    bytes: a deploy that ships the file then changes nothing when the fleet did not change.
     """
     from mmdb_writer import MMDBWriter
     from netaddr import IPSet
 
+    class Writer(MMDBWriter):
+        def _build_meta(self) -> dict[str, Any]:
+            meta: dict[str, Any] = super()._build_meta()
+            if build_epoch is not None:
+                meta["build_epoch"] = build_epoch
+            return meta
+
     path = Path(path)
-    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoIP2-City",
-                        description={"en": f"clonefleet {fleet.name} node locations"})
+    writer = Writer(ip_version=6, ipv4_compatible=True, database_type="GeoIP2-City",
+                    description={"en": f"clonefleet {fleet.name} node locations"})
     # Nodes last: a later insert wins, and a node's own location must never be overridden.
     for network, (latitude, longitude) in (extra_networks or {}).items():
         check_network(network, latitude, longitude, f"GeoIP network {network}")

@@ -11,6 +11,18 @@ from pathlib import Path
 # Debian's sqlite3 schema for the gsqlite3 backend; the database must be created from it.
 SQLITE_SCHEMA = Path("/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql")
 
+# Where `deploys.dns` puts PowerDNS's files on a node.
+NODE_CONFIG = "/etc/powerdns/pdns.d/clonefleet.conf"
+NODE_DATABASE = "/var/lib/powerdns/clonefleet.sqlite3"
+NODE_GEOIP_DATABASE = "/etc/powerdns/clonefleet-nodes.mmdb"
+NODE_GEOIP_ZONES = "/etc/powerdns/clonefleet-geo-zones.yaml"
+# The names of the deploy's operations that configure PowerDNS: when all of them succeeded on
+# a node, its server answers from the map and the control plane records its `dns_endpoint`.
+NODE_CONFIG_OPERATIONS = frozenset({
+    "PowerDNS database", "PowerDNS GeoIP node locations", "PowerDNS GeoIP zones",
+    "PowerDNS configuration", "PowerDNS service",
+})
+
 
 def powerdns_settings(
     *,

@@ -38,7 +38,22 @@ PACKAGES = (
 APT_PACKAGES = (
     # the smartwatch agent runs on Debian's python3 with Debian's apprise
     "apprise", "python3-chardet", "python3-humanfriendly",
+    # the full clone's services (dns, transport, database, mesh, metrics); apt, with the
+    # packaged services kept from starting (see FULL_CLONE_UNITS)
+    "pdns-server", "pdns-backend-sqlite3", "pdns-backend-geoip", "haproxy", "postgresql",
+    "wireguard-tools", "prometheus-node-exporter",
 )
+# The packages above enable their services on install. The image ships them disabled: each
+# service's deploy enables what it has configured, and an emulated lab VM must not spend its
+# first boot starting an unconfigured PostgreSQL or a PowerDNS with no backend.
+FULL_CLONE_UNITS = (
+    "pdns.service", "haproxy.service", "postgresql.service",
+    "prometheus-node-exporter.service",
+)
+# postgresql-common creates a cluster "main" when a PostgreSQL version is installed; the
+# database deploy creates its own cluster with its own settings, so the image has none (and
+# later major versions create none either: create_main_cluster = false).
+POSTGRESQL_VERSION = "15"
 # Modules the initramfs must carry whatever the build host sees (it cannot probe the node).
 INITRAMFS_MODULES = (
     "dm-crypt", "xts", "aesni-intel", "virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi",
@@ -56,7 +71,9 @@ MASKED_GENERATORS = (
     "systemd-integritysetup-generator", "systemd-veritysetup-generator",
     "systemd-system-update-generator", "systemd-rc-local-generator", "systemd-run-generator",
 )
-BUILD_VERSION = "5"  # bump when the configuration below changes
+BUILD_VERSION = "6"  # bump when the configuration below changes
+LAST_USED = "last-used"  # touched whenever the image is handed out
+UNUSED_IMAGE_SECONDS = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -76,8 +93,8 @@ def mirror() -> str:
 
 
 def image_key() -> str:
-    text = json.dumps([SUITE, PACKAGES, APT_PACKAGES, INITRAMFS_MODULES, DROPBEAR_PORT,
-                       BUILD_VERSION])
+    text = json.dumps([SUITE, PACKAGES, APT_PACKAGES, FULL_CLONE_UNITS, INITRAMFS_MODULES,
+                       DROPBEAR_PORT, BUILD_VERSION])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -102,16 +119,31 @@ def ensure_base_image(cache: Path, log: Callable[[str], None] = print) -> BaseIm
             _build(directory, log)
             _prune_old_images(directory, log)
         meta = json.loads(meta_path.read_text())
+        (directory / LAST_USED).touch()
     return BaseImage(root=directory / "rootfs", tarball=directory / "rootfs.tar.zst",
                      kernel_version=meta["kernel_version"], directory=directory)
 
 
 def _prune_old_images(current: Path, log: Callable[[str], None]) -> None:
-    """Images of earlier configurations are never used again: reclaim their ~1.3 GB each."""
+    """Reclaim the ~1.3 GB of images of earlier configurations once nothing uses them.
+
+    A lab fleet or benchmark started on the previous image keeps using its folder (rescue
+    kernel, rootfs) after a newer image is built, so only images unused for a week go.
+    """
+    cutoff = time.time() - UNUSED_IMAGE_SECONDS
     for other in current.parent.glob(f"debian-{SUITE}-*"):
-        if other != current and other.is_dir():
+        if other != current and other.is_dir() and _last_used(other) < cutoff:
             log(f"image: removing outdated {other.name}")
             shutil.rmtree(other, ignore_errors=True)
+
+
+def _last_used(directory: Path) -> float:
+    for name in (LAST_USED, "image.json"):
+        try:
+            return (directory / name).stat().st_mtime
+        except FileNotFoundError:
+            continue
+    return directory.stat().st_mtime
 
 
 def _build(directory: Path, log: Callable[[str], None]) -> None:
@@ -169,10 +201,29 @@ def _configure(root: Path) -> None:
     (root / "etc/needrestart/conf.d").mkdir(parents=True, exist_ok=True)
     # needrestart must never prompt: rollouts and unattended upgrades run without a TTY.
     (root / "etc/needrestart/conf.d/50-clonefleet.conf").write_text("$nrconf{restart} = 'l';\n")
-    with mounted(root):
-        in_chroot(root, "apt-get update -q && apt-get install -y -q --no-install-recommends "
-                  + " ".join(APT_PACKAGES), what="apt-get install", timeout=1800)
-        in_chroot(root, "apt-get clean", what="apt-get clean")
+    # No package may start a service inside the build chroot: without a running systemd,
+    # invoke-rc.d would run the SysV scripts, i.e. a PostgreSQL or PowerDNS on the build host.
+    policy = root / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\n# clonefleet image build: start nothing\nexit 101\n")
+    policy.chmod(0o755)
+    createcluster = root / "etc/postgresql-common/createcluster.d"
+    createcluster.mkdir(parents=True, exist_ok=True)
+    (createcluster / "50-clonefleet.conf").write_text(
+        "# clonefleet: the database deploy creates its own cluster\n"
+        "create_main_cluster = false\n")
+    try:
+        with mounted(root):
+            in_chroot(root, "apt-get update -q && apt-get install -y -q "
+                      "--no-install-recommends " + " ".join(APT_PACKAGES),
+                      what="apt-get install", timeout=1800)
+            in_chroot(root, "apt-get clean", what="apt-get clean")
+            in_chroot(root, f"if pg_lsclusters -h | grep -q '^{POSTGRESQL_VERSION} main '; "
+                      f"then pg_dropcluster {POSTGRESQL_VERSION} main; fi",
+                      what="drop the default PostgreSQL cluster")
+            in_chroot(root, "systemctl disable " + " ".join(FULL_CLONE_UNITS),
+                      what="disable the full-clone services")
+    finally:
+        policy.unlink()
     # Per-node secrets and identities must never be cloned.
     for pattern in ("etc/ssh/ssh_host_*", "etc/dropbear/initramfs/dropbear_*_host_key",
                     "etc/dropbear/dropbear_*_host_key", "boot/initrd.img-*"):

@@ -18,7 +18,18 @@ from clonefleet.errors import InstallError
 from clonefleet.image.base import BaseImage, cache_lock
 from clonefleet.image.chroot import in_chroot, mounted, run
 
-RESCUE_VERSION = "2"
+RESCUE_VERSION = "3"
+# The image carries every full-clone service; the rescue system, held in the VM's RAM, needs
+# none of them (PostgreSQL with its LLVM alone is ~190 MB). Their files, and those of the
+# libraries only they brought into the image, are dropped from the copy (the rescue never
+# runs dpkg, so its package database is left as it is).
+RESCUE_WITHOUT_PACKAGES = (
+    "postgresql-15", "postgresql-client-15", "postgresql-common", "postgresql-client-common",
+    "libllvm14", "libz3-4", "libicu72", "locales", "libc-l10n", "libxml2", "libxslt1.1",
+    "libpq5", "libboost-program-options1.74.0", "libluajit-5.1-2", "liblua5.3-0",
+    "pdns-server", "pdns-backend-sqlite3", "pdns-backend-geoip", "haproxy",
+    "prometheus-node-exporter", "wireguard-tools",
+)
 # Only what a qemu box needs; the rest of the 400 MB of modules would sit in the VM's RAM.
 KEEP_MODULES = (
     "kernel/fs/", "kernel/crypto/", "kernel/lib/", "kernel/arch/", "kernel/block/",
@@ -86,6 +97,7 @@ def _build(base: BaseImage, directory: Path, log: Callable[[str], None]) -> None
                            "clonefleet/image/base.py")
     shutil.copy2(base.vmlinuz, directory / "vmlinuz")
     _prune_modules(root, base.kernel_version)
+    _drop_packages(root, RESCUE_WITHOUT_PACKAGES)
     for path in (root / "boot").iterdir():
         if path.is_file():
             path.unlink()
@@ -124,6 +136,19 @@ def _build(base: BaseImage, directory: Path, log: Callable[[str], None]) -> None
     shutil.rmtree(root)
     size = (directory / "rescue.cpio").stat().st_size
     (directory / "rescue.json").write_text(json.dumps({"size": size}))
+
+
+def _drop_packages(root: Path, packages: tuple[str, ...]) -> None:
+    """Delete the regular files dpkg lists for `packages` (missing packages are skipped)."""
+    info = root / "var/lib/dpkg/info"
+    for package in packages:
+        for listing in (info / f"{package}.list", info / f"{package}:amd64.list"):
+            if not listing.exists():
+                continue
+            for line in listing.read_text().splitlines():
+                path = root / line.lstrip("/")
+                if path.is_file() and not path.is_symlink():
+                    path.unlink()
 
 
 def missing_tools(root: Path) -> list[str]:

@@ -57,21 +57,30 @@ def after_deploy(context: ServiceContext, outcome: DeployOutcome) -> None:
         hook(context, outcome)
 
 
-# Host data several services add to (the firewall's ports): their lists are joined, where any
-# other key of a later service replaces an earlier one's.
-JOINED_KEYS = frozenset({"clonefleet_public_tcp_ports", "clonefleet_backend_tcp_ports"})
+# Host data keys that several services contribute to: their lists are joined, not replaced.
+UNION_KEYS = frozenset({
+    "clonefleet_tcp_ports", "clonefleet_udp_ports", "clonefleet_public_tcp_ports",
+    "clonefleet_backend_tcp_ports", "clonefleet_backend_udp_ports",
+    "clonefleet_controller_addresses",
+})
+
+
+def merge_host_data(data: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`data` updated with `extra` (later keys win), except that the lists of `UNION_KEYS`
+    are joined (sorted, without repeats): each service adds its own ports."""
+    for key, value in extra.items():
+        if key in UNION_KEYS and key in data:
+            data[key] = sorted(set(data[key]) | set(value))
+        else:
+            data[key] = value
+    return data
 
 
 def service_host_data(context: ServiceContext) -> dict[str, Any]:
-    """Every registered service's host data for `context.node`, merged."""
+    """Every registered service's host data for `context.node`, merged (`merge_host_data`)."""
     from clonefleet.services.registry import HOST_DATA
 
     data: dict[str, Any] = {}
     for provider in HOST_DATA:
-        for key, value in provider(context).items():
-            if key in JOINED_KEYS:
-                # Several services open ports: each adds to the list, none replaces it.
-                data[key] = sorted(set(data.get(key, [])) | set(value))
-            else:
-                data[key] = value
+        merge_host_data(data, provider(context))
     return data

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 NAME = "mesh"
 ADDRESS_FACT = "mesh_address"  # this node's address inside the mesh CIDR, e.g. "10.77.0.1"
+# the node's "10.99.0.11/24" on the fleet's private network (clonefleet.nodefacts)
+PRIVATE_ADDRESS_FACT = "private_address"
 ENDPOINT_FACT = "mesh_endpoint"  # "host:port" where peers reach this node (lab VMs)
 PRIVATE_KEY = "mesh_private_key"  # per-node secret
 KEEPALIVE = 25
@@ -144,13 +146,17 @@ class Peer:
 
 
 def endpoint(store: StateStore, fleet: Fleet, name: str) -> str:
-    """Where peers send a node's WireGuard packets: a recorded `mesh_endpoint` (lab VMs over
-    qemu socket networking), else its public address and the mesh port."""
+    """Where peers send a node's WireGuard packets: a recorded `mesh_endpoint`, else its
+    address on the fleet's private network (the provider's, or the lab's LAN), else its
+    public address; with the mesh port."""
     recorded = store.get_fact(name, ENDPOINT_FACT)
     if recorded:
         return str(recorded)
     node = fleet.nodes[name]
     port = fleet.services[NAME]["port"]
+    private = str(store.get_fact(name, PRIVATE_ADDRESS_FACT) or "").split("/")[0]
+    if private:
+        return f"{private}:{port}" if ":" not in private else f"[{private}]:{port}"
     if node.ipv4:
         return f"{node.ipv4}:{port}"
     if node.ipv6:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from clonefleet.services import app, certs, database, mesh, smartwatch, transport
+from clonefleet.services import app, certs, database, dns, mesh, metrics, smartwatch, transport
 
 if TYPE_CHECKING:
     from clonefleet.errors import InventoryError
@@ -23,6 +23,7 @@ SETTINGS: dict[str, Mapping[str, Setting]] = {
     "transport": transport.SETTINGS,
     mesh.NAME: mesh.SETTINGS,
     database.NAME: database.SETTINGS,
+    dns.NAME: dns.SETTINGS,
 }
 
 # checks of a service's settings against the rest of the fleet file (e.g. a node it names):
@@ -36,6 +37,8 @@ CHECKS: dict[str, Callable[[str, Mapping[str, Any], Mapping[str, Any]], list[Inv
 HOST_DATA: list[Callable[[ServiceContext], dict[str, Any]]] = [
     mesh.host_data,
     database.host_data,
+    dns.host_data,
+    metrics.host_data,
     app.host_data,
     transport.host_data,
 ]
@@ -43,6 +46,7 @@ HOST_DATA: list[Callable[[ServiceContext], dict[str, Any]]] = [
 # run by the deploy runner for every node after each deploy, in this order
 AFTER_DEPLOY: list[Callable[[ServiceContext, DeployOutcome], None]] = [
     smartwatch.after_deploy,
+    dns.record_endpoint,
 ]
 
 # host data key -> makes its value the first time a deploy reads it on a node (see __init__)

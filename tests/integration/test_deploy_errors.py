@@ -55,6 +55,8 @@ def deploy_fleet(tmp_path: Path, sshd: Sshd) -> Path:
 def test_failed_operation_reports_its_own_error_and_what_never_ran(
         tmp_path: Path, sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "state"))
+    # host data includes per-node secrets: a throwaway keystore identity
+    monkeypatch.setenv("CLONEFLEET_AGE_KEY", str(tmp_path / "age.key"))
     fleet = load_fleet(deploy_fleet(tmp_path, sshd))
 
     result = run_deploy(fleet.path, ["fsn-1"], "brokendeploy:broken", timeout=300)["fsn-1"]
@@ -73,7 +75,8 @@ def test_failed_operation_reports_its_own_error_and_what_never_ran(
 def test_deploy_over_several_nodes_ends_with_a_row_per_node_and_json_events(
         tmp_path: Path, sshd: Sshd) -> None:
     fleet_path = deploy_fleet(tmp_path, sshd)
-    env = {**os.environ, "CLONEFLEET_STATE_DIR": str(tmp_path / "state")}
+    env = {**os.environ, "CLONEFLEET_STATE_DIR": str(tmp_path / "state"),
+           "CLONEFLEET_AGE_KEY": str(tmp_path / "age.key")}
 
     def clonefleet(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "clonefleet", "--fleet", str(fleet_path),

@@ -72,6 +72,8 @@ class Pinned:
 @pytest.fixture
 def pinned(tmp_path: Path, sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> Pinned:
     monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "state"))
+    # host data includes per-node secrets: a throwaway keystore identity
+    monkeypatch.setenv("CLONEFLEET_AGE_KEY", str(tmp_path / "age.key"))
     return Pinned(tmp_path, sshd)
 
 

@@ -85,8 +85,9 @@ def test_services_backend_ports_are_joined_and_postgresql_is_reachable_over_the_
                                               "clonefleet_public_tcp_ports": [443]}])
     lab = service_fleet(tmp_path)
     data = service_host_data(lab.context("fsn-1"))
-    assert data["clonefleet_backend_tcp_ports"] == [5432, 8081]  # database's and another's
+    # The database's, the DNS API's (also the stand-in's) and the node exporter's.
+    assert data["clonefleet_backend_tcp_ports"] == [5432, 8081, 9100]
     rules = _input_rules(ruleset(data))
-    assert 'iifname "wg0" tcp dport { 5432, 8081 } accept' in rules
+    assert 'iifname "wg0" tcp dport { 5432, 8081, 9100 } accept' in rules
     # 443 from the stand-in service and from the transport, 80 from the transport alone.
     assert "tcp dport { 22, 80, 443 } accept" in rules

@@ -111,6 +111,9 @@ def test_peers_are_every_other_node_with_matching_keys_and_endpoints(tmp_path: P
     assert data["fsn-2"]["mesh_peers"][1]["endpoint"] == "192.0.2.11:51820"
     # Keys are per node and kept: a second computation gives the same ones.
     assert mesh.host_data(lab.context("fsn-1")) == data["fsn-1"]
+    # A node on the fleet's private network (the lab's LAN) is reached there.
+    lab.store.set_fact("fsn-2", mesh.PRIVATE_ADDRESS_FACT, "10.99.0.12/24")
+    assert mesh.endpoint(lab.store, lab.fleet, "fsn-2") == "10.99.0.12:51820"
 
 
 def test_public_key_is_the_x25519_public_key_wireguard_derives() -> None:

@@ -1,0 +1,90 @@
+"""The full-clone deploy on two nodes of different regions, in chroots of the node image:
+what it writes is the same on both except node data, and a second run changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+from chroot_fixture import DeployedNodes, packages, run_deploy, tree, without_node_data
+
+from clonefleet.dnsmap.endpoints import ENDPOINT_FACT
+from clonefleet.dnsmap.server import NODE_CONFIG, NODE_CONFIG_OPERATIONS
+from clonefleet.inventory import load_fleet
+from clonefleet.secrets import open_secrets
+from clonefleet.services import DeployOutcome, ServiceContext, after_deploy
+from clonefleet.state import open_store
+
+pytestmark = pytest.mark.integration
+
+
+def node_data(deployed: DeployedNodes, name: str) -> dict[str, str]:
+    """Every value that may differ between nodes → its placeholder."""
+    fleet = load_fleet(deployed.fleet.fleet_path)
+    node = fleet.node(name)
+    region = fleet.regions[node.region]
+    secrets = open_secrets(deployed.fleet.state_dir)
+    return {
+        f"{node.name}.{fleet.domain}": "<fqdn>", node.name: "<node>", node.ipv4: "<ipv4>",
+        node.ipv6: "<ipv6>", region.location: "<location>", node.region: "<region>",
+        secrets.get(node.name, "pdns_api_key"): "<dns-api-key>",
+    }
+
+
+def test_first_deploy_succeeds_and_configures_every_service(
+        deployed_nodes: DeployedNodes) -> None:
+    for name, result in deployed_nodes.first.items():
+        assert not result.failed, f"{name}: {result.errors}"
+        root = deployed_nodes.nodes[name].root
+        config = (root / NODE_CONFIG.lstrip("/")).read_text()
+        assert "launch=gsqlite3,geoip" in config and "webserver-allow-from=127.0.0.1, ::1, " \
+            "10.77.0.0/24, 10.0.2.2/32" in config
+        assert (root / "var/lib/powerdns/clonefleet.sqlite3").stat().st_size > 0
+        assert "--collector.textfile.directory=/var/lib/prometheus/node-exporter" in (
+            root / "etc/systemd/system/prometheus-node-exporter.service.d/clonefleet.conf"
+        ).read_text()
+        wants = root / "etc/systemd/system/multi-user.target.wants"
+        assert (wants / "pdns.service").is_symlink()
+        assert (wants / "prometheus-node-exporter.service").is_symlink()
+        assert (root / "etc/systemd/system/timers.target.wants/smartwatch.timer").is_symlink()
+        assert (root / "etc/hostname").read_text() == f"{name}\n"
+
+
+def test_two_nodes_of_two_regions_differ_only_in_node_data(
+        deployed_nodes: DeployedNodes) -> None:
+    fsn, ash = deployed_nodes.nodes["fsn-1"], deployed_nodes.nodes["ash-1"]
+    fsn_tree, ash_tree = tree(fsn.upper), tree(ash.upper)
+    assert NODE_CONFIG.lstrip("/") in fsn_tree  # the comparison sees the deploy's files
+
+    assert sorted(fsn_tree) == sorted(ash_tree)
+    fsn_data, ash_data = node_data(deployed_nodes, "fsn-1"), node_data(deployed_nodes, "ash-1")
+    differing = [path for path in fsn_tree if fsn_tree[path] != ash_tree[path]]
+    assert differing, "the nodes' names and keys must show up somewhere"
+    for path in differing:
+        (fsn_kind, fsn_content), (ash_kind, ash_content) = fsn_tree[path], ash_tree[path]
+        assert fsn_kind == ash_kind, path
+        assert without_node_data(fsn_content, fsn_data) == \
+            without_node_data(ash_content, ash_data), path
+    assert {"etc/hostname", NODE_CONFIG.lstrip("/")} <= set(differing)
+    assert packages(fsn.root) == packages(ash.root)
+
+
+def test_second_deploy_reports_no_changes(deployed_nodes: DeployedNodes) -> None:
+    again = run_deploy(list(deployed_nodes.nodes.values()))
+    for name, result in again.items():
+        assert not result.failed, f"{name}: {result.errors}"
+        assert result.changed == [], f"{name} changed on the second run: {result.changed}"
+
+
+def test_the_deploys_operation_names_let_the_dns_hook_record_the_endpoint(
+        deployed_nodes: DeployedNodes) -> None:
+    fleet = load_fleet(deployed_nodes.fleet.fleet_path)
+    store = open_store(deployed_nodes.fleet.state_dir)
+    secrets = open_secrets(deployed_nodes.fleet.state_dir)
+    result = deployed_nodes.first["fsn-1"]
+    assert {name.rsplit(" | ", 1)[-1] for name in result.succeeded} >= NODE_CONFIG_OPERATIONS
+
+    store.set_fact("fsn-1", "forwarded_ports", {"tcp/8081": ["127.0.0.1", 40123]})
+
+    after_deploy(ServiceContext(fleet, fleet.node("fsn-1"), store, secrets),
+                 DeployOutcome(result.failed, frozenset(result.succeeded)))
+
+    assert store.get_fact("fsn-1", ENDPOINT_FACT)["api_url"] == "http://127.0.0.1:40123"
