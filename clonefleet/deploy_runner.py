@@ -43,7 +43,7 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str) -> dict[str, Any]:
 
     fleet = load_fleet(fleet_path)
     state_dir = fleet_state_dir(fleet.name)
-    store = open_store(state_dir)
+    store = open_store(state_dir, fleet.state)
     hosts = host_data(fleet, store, state_dir, nodes)
     issued = _issue_drain_tokens(fleet, store, hosts)
     missing = sorted(set(nodes) - {name for name, _ in hosts})

@@ -126,7 +126,7 @@ def parse_state_table(table: dict[str, Any]) -> tuple[StateConfig, list[Problem]
         problems.append(("state.endpoints", "missing or not a list of strings",
                          "e.g. endpoints = ['https://10.0.0.1:2379', 'https://10.0.0.2:2379']"))
         raw_endpoints = []
-    scheme = "https" if ca_cert else "http"
+    scheme = "https" if ca_cert or cert or key else "http"
     endpoints = []
     for index, item in enumerate(raw_endpoints):
         endpoint = _endpoint(item, scheme)
@@ -139,7 +139,7 @@ def parse_state_table(table: dict[str, Any]) -> tuple[StateConfig, list[Problem]
         problems.append(("state.cert" if key else "state.key",
                          "a client certificate needs both cert and key",
                          "set both cert and key, or neither"))
-    if (cert or ca_cert) and any(url.startswith("http://") for url in endpoints):
+    if scheme == "https" and any(url.startswith("http://") for url in endpoints):
         problems.append(("state.endpoints", "TLS files given but an endpoint is http://",
                          "use https:// endpoints with ca_cert/cert/key"))
     if prefix:
