@@ -182,11 +182,30 @@ class _Cluster:
         return int(response.get("TTL", 0))  # the gateway leaves a 0 out
 
     def revoke(self, lease: int) -> bool:
+        """True once the lease is gone (revoked now, or expired already)."""
         try:
             self.post("kv/lease/revoke", {"ID": lease}, what="a lease revoke", resend=True)
+        except StateUnavailable:
+            return False  # it expires by itself, or `revoke_soon` tries again
         except StateError:
-            return False  # expired already, or unreachable: it expires by itself
+            return True  # etcd no longer knows it: expired
         return True
+
+    def revoke_soon(self, lease: int) -> None:
+        """Revoke now, or keep trying in the background for a while: a restarted etcd
+        restores every lease with its full TTL, so a lock whose release was lost while the
+        cluster was down would otherwise stay held that long after it came back."""
+        if self.revoke(lease):
+            return
+
+        def retry() -> None:
+            deadline = time.monotonic() + 3 * LOCK_TTL
+            while time.monotonic() < deadline:
+                time.sleep(0.5)
+                if self.revoke(lease):
+                    return
+
+        threading.Thread(target=retry, name=f"etcd-revoke-{lease}", daemon=True).start()
 
 
 def _put(key: bytes, value: bytes, lease: int = 0) -> dict[str, Any]:
@@ -557,7 +576,7 @@ class EtcdStateStore:
             yield
         finally:
             stop.set()
-            self.cluster.revoke(lease)  # deletes the key with it
+            self.cluster.revoke_soon(lease)  # deletes the key with it
 
     @contextmanager
     def lock(self, name: str, timeout: float = 60.0) -> Iterator[None]:
