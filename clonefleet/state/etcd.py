@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import random
 import threading
@@ -46,6 +47,7 @@ from clonefleet.state.model import (
 )
 
 T = TypeVar("T")
+LOG = logging.getLogger(__name__)
 
 LOCK_POLL = RetryPolicy(first=0.02, cap=0.05, factor=1.5, jitter=0.3)
 # A lock's etcd lease: renewed every third of it while held, so a holder that dies (or is cut
@@ -568,9 +570,15 @@ class EtcdStateStore:
             def renew() -> None:
                 while not stop.wait(ttl / 3):
                     try:
-                        self.cluster.keepalive(lease)
+                        left = self.cluster.keepalive(lease)
                     except StateError:
                         continue  # the next beat tries again; the lease outlives a few misses
+                    if left <= 0:
+                        # Cut off from the cluster for longer than the TTL: another process
+                        # may hold the lock now. Writes stay safe (they are guarded by
+                        # revisions); the work under the lock is no longer exclusive.
+                        LOG.warning("%s was lost (its etcd lease expired) while held", what)
+                        return
 
             threading.Thread(target=renew, name=f"etcd-lease-{lease}", daemon=True).start()
             yield
