@@ -313,8 +313,9 @@ class EtcdStateStore:
     """Given a cluster and a key prefix, keep node states, history, facts, step timings,
     health checks, DNS serials, locks and leases there."""
 
-    def __init__(self, config: StateConfig, fleet: str) -> None:
+    def __init__(self, config: StateConfig, fleet: str, *, lock_ttl: int = LOCK_TTL) -> None:
         self.config = config
+        self.lock_ttl = lock_ttl
         self.prefix = config.key_prefix(fleet).encode()
         self.cluster = _Cluster(config)
         self._local = threading.local()
@@ -549,7 +550,7 @@ class EtcdStateStore:
     def _hold(self, key: bytes, what: str, timeout: float) -> Iterator[None]:
         """Hold `key` (created with a fresh etcd lease, renewed in the background) for the
         block; `StateError` after `timeout` seconds of someone else holding it."""
-        lease, ttl = self.cluster.grant(LOCK_TTL)
+        lease, ttl = self.cluster.grant(self.lock_ttl)
         stop = threading.Event()
         try:
             mine = _dump({"lease": lease, "at": time.time()})

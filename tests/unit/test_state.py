@@ -4,6 +4,8 @@ history, facts, steps, health, DNS serials, locks, leases, and safety across pro
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -243,6 +245,38 @@ def test_a_held_lock_refuses_another_holder_until_released(backend: Backend) -> 
     with other.lock("rollout", timeout=1), pytest.raises(StateError, match="still held"), \
             store.lock("rollout", timeout=0.1):
         pass
+
+
+HOLD_SCRIPT = """
+import sys, time
+from clonefleet.state import StateConfig, open_store
+from clonefleet.state.etcd import EtcdStateStore
+backend, state_dir, endpoint, prefix = sys.argv[1:5]
+store = (EtcdStateStore(StateConfig("etcd", (endpoint,), prefix), "t", lock_ttl=2)
+         if backend == "etcd" else open_store(state_dir))
+with store.lock("rollout"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_lock_whose_holder_was_killed_is_free_again_soon(backend: Backend) -> None:
+    endpoint = backend.config.endpoints[0] if backend.config.endpoints else ""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT, backend.name,
+                               str(backend.state_dir), endpoint, backend.config.prefix],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        store = backend.open()
+        with pytest.raises(StateError, match="still held"), store.lock("rollout", timeout=0.2):
+            pass
+    finally:
+        holder.kill()  # no release: SIGKILL
+        holder.wait(10)
+    started = time.monotonic()
+    with store.lock("rollout", timeout=15):
+        waited = time.monotonic() - started
+    assert waited < (5 if backend.name == "etcd" else 1)  # etcd: the holder's 2 s lease
 
 
 def test_a_lease_held_by_one_holder_refuses_another_until_released(backend: Backend) -> None:
