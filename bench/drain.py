@@ -125,7 +125,7 @@ def measure(size: int, repeat: int, directory: Path) -> list[float]:
     path.write_text(fleet_text(size))
     fleet: Fleet = load_fleet(path)
     state_root = directory / f"state{size}"
-    store = open_store(state_root / fleet.name)
+    store = open_store(state_root / fleet.name, fleet.state)
     for name in fleet.nodes:
         store.transition(name, "active", actor="bench", reason="bench setup")
     geoip = build_geoip_database(fleet, directory / f"nodes{size}.mmdb")

@@ -66,7 +66,7 @@ def one_node(fleet_path: Path, node: str) -> tuple[float, list[tuple[str, float]
     fleet = load_fleet(fleet_path)
     state_dir = fleet_state_dir(fleet.name)
     provider = LabProvider(state_dir, log=lambda message: None)
-    provisioner = Provisioner(fleet, open_store(state_dir), state_dir, provider,
+    provisioner = Provisioner(fleet, open_store(state_dir, fleet.state), state_dir, provider,
                               Keystore(state_dir / "keystore"), log=lambda message: None)
     try:
         report = provisioner.provision(node)
@@ -88,7 +88,7 @@ def many_nodes(count: int, folder: Path) -> float:
                                          for index in range(1, count + 1)))
     fleet = load_fleet(path)
     state_dir = fleet_state_dir(fleet.name)
-    run = FleetRun(fleet, open_store(state_dir), state_dir, parallel=count)
+    run = FleetRun(fleet, open_store(state_dir, fleet.state), state_dir, parallel=count)
     try:
         result = run.provision(sorted(fleet.nodes))
     finally:

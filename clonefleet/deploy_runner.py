@@ -46,7 +46,7 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str,
 
     fleet = load_fleet(fleet_path)
     state_dir = fleet_state_dir(fleet.name)
-    store = open_store(state_dir)
+    store = open_store(state_dir, fleet.state)
     secrets = open_secrets(state_dir)
     hosts = host_data(fleet, store, state_dir, nodes)
     missing = sorted(set(nodes) - {name for name, _ in hosts})

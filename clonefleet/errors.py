@@ -55,6 +55,27 @@ class NotProvisionedError(StateError):
     """None of the nodes asked for has a recorded SSH address: nothing to deploy to."""
 
 
+class StateConflict(StateError):
+    """Another process changed what a `store.transaction()` block read before it committed
+    (etcd backend): nothing of the block was written; running the command again is safe."""
+
+    transient = True
+
+
+class StateUnavailable(StateError):
+    """The shared state store (etcd) did not answer; the message names the endpoint."""
+
+    transient = True
+
+
+class LeaseHeld(StateError):
+    """Someone else holds the lease asked for; the message names the holder."""
+
+
+class LeaseLost(StateError):
+    """A lease to renew expired or was taken over: its holder must stop acting on it."""
+
+
 class ProviderError(ClonefleetError):
     """A provider refused or failed an operation."""
 

@@ -67,4 +67,4 @@ def hosts_for(fleet_path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     """For `inventory/<fleet>.py`: the fleet's reachable nodes as pyinfra hosts."""
     fleet = load_fleet(fleet_path)
     state_dir = fleet_state_dir(fleet.name)
-    return host_data(fleet, open_store(state_dir), state_dir)
+    return host_data(fleet, open_store(state_dir, fleet.state), state_dir)

@@ -23,7 +23,7 @@ from clonefleet.errors import ClonefleetError, InventoryErrors
 
 if TYPE_CHECKING:
     from clonefleet.inventory import Fleet
-    from clonefleet.state import SqliteStateStore
+    from clonefleet.state import StateStore
 
 DEFAULT_FLEET = "inventory/lab.toml"
 
@@ -64,7 +64,7 @@ class Context:
         self.as_json = as_json
         self._documents: list[Any] = []  # JSON held until the command ends
         self._fleet: Fleet | None = None
-        self._store: SqliteStateStore | None = None
+        self._store: StateStore | None = None
 
     @property
     def fleet(self) -> Fleet:
@@ -81,11 +81,11 @@ class Context:
         return fleet_state_dir(self.fleet.name)
 
     @property
-    def store(self) -> SqliteStateStore:
+    def store(self) -> StateStore:
         if self._store is None:
             from clonefleet.state import open_store
 
-            self._store = open_store(self.state_dir)
+            self._store = open_store(self.state_dir, self.fleet.state)
         return self._store
 
     def emit(self, data: Any, text: str | None = None) -> None:

@@ -8,6 +8,7 @@ and validation live here and nowhere else.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import tomllib
@@ -34,6 +35,7 @@ from clonefleet.providers.registry import (
     missing_credentials,
 )
 from clonefleet.providers.routes import LabRoutes
+from clonefleet.state.config import SQLITE, StateConfig, parse_state_table, parse_state_url
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 DOMAIN_RE = re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -43,9 +45,9 @@ SECRET_RE = re.compile(r"(token|password|passwd|secret|api_?key|application_key|
 
 FLEET_KEYS = {
     "name", "domain", "ssh_key", "min_active_total", "dns_grace_seconds",
-    "allowed_tcp_ports", "allowed_udp_ports", "control_url", "alert_urls",
+    "allowed_tcp_ports", "allowed_udp_ports", "control_url", "alert_urls", "state",
 }
-TOP_KEYS = {"fleet", "regions", "nodes", "routed", "admins", "providers", "services"}
+TOP_KEYS = {"fleet", "regions", "nodes", "routed", "admins", "providers", "services", "state"}
 REGION_KEYS = {"provider", "location", "latitude", "longitude", "min_active"}
 NODE_KEYS = {
     "region", "provider", "disks", "server_type", "server_id", "memory_mb", "disk_size_gb",
@@ -202,6 +204,7 @@ def load_fleet(path: str | Path, *, environ: Mapping[str, str] | None = None) ->
         check.fail("fleet.alert_urls", "every entry must be an apprise URL",
                    "e.g. ['mailtos://user:pass@example.com', 'ntfys://topic']")
     _floors(check, regions, nodes, min_total)
+    state = _state(check, fleet_table, raw, fleet_name)
     used = {name: config for name, config in providers.configs.items()
             if any(node.provider == name for node in nodes.values())
             or any(region.provider == name for region in regions.values())}
@@ -226,7 +229,30 @@ def load_fleet(path: str | Path, *, environ: Mapping[str, str] | None = None) ->
         allowed_udp_ports=_ports(check, fleet_table, "allowed_udp_ports", ()),
         providers=providers.configs,
         services=services,
+        state=state,
     )
+
+
+def _state(check: _Checker, fleet_table: dict[str, Any], raw: dict[str, Any],
+           fleet_name: str) -> StateConfig:
+    """`[fleet] state = "URL"` or a `[state]` table (never both); SQLite when neither."""
+    url = check.typed(fleet_table, "state", "fleet", str, default=None)
+    table = check.table(raw["state"], "state") if "state" in raw else None
+    if url is not None and table is not None:
+        check.fail("fleet.state", "the state store is set twice ([fleet] state and [state])",
+                   "keep one of them")
+        return SQLITE
+    if url is not None:
+        config, problems = parse_state_url(url)
+    elif table is not None:
+        config, problems = parse_state_table(table)
+    else:
+        return SQLITE
+    for key, problem, fix in problems:
+        check.fail(key, problem, fix)
+    if config.backend == "etcd" and not config.prefix:
+        config = dataclasses.replace(config, prefix=f"clonefleet/{fleet_name}")
+    return config
 
 
 def _floors(check: _Checker, regions: dict[str, Region], nodes: dict[str, Node],

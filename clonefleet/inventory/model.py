@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clonefleet.state.config import SQLITE, StateConfig
+
 if TYPE_CHECKING:
     from clonefleet.providers.base import ProviderConfig
 
@@ -90,6 +92,9 @@ class Fleet:
     # [services.NAME] settings of every known service, defaults filled in
     # (`clonefleet.services.registry`).
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Where node states, facts and locks live: SQLite in the state folder unless the fleet
+    # file names an etcd cluster ([fleet] state or [state]).
+    state: StateConfig = SQLITE
 
     def node(self, name: str) -> Node:
         from clonefleet.errors import UnknownNodeError

@@ -76,6 +76,36 @@ class DnsServerRecord:
     at: float
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A named claim with a time to live, e.g. "I unlock this boot of this node".
+
+    Taking a lease another holder has not released and that has not expired fails
+    (`LeaseHeld`); the holder renews it before `expires_at`, or loses it (`LeaseLost`).
+    `expires_at` is this host's clock (time.time()) plus the TTL when taken or renewed.
+    """
+
+    name: str
+    holder: str
+    ttl: float
+    expires_at: float
+
+
+# Lock and lease names become file names (SQLite locks) and etcd key segments.
+NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+def check_name(name: str, what: str) -> str:
+    """Refuse a lock or lease name that is empty or has characters other than letters,
+    digits and '-', '_', '.', ':' (a '/' would reach into another key's space)."""
+    from clonefleet.errors import StateError
+
+    if not name or not set(name) <= NAME_CHARACTERS or name.startswith("."):
+        raise StateError(f"invalid {what} name {name!r}; use letters, digits and '-', '_', "
+                         "'.', ':' (not starting with '.')")
+    return name
+
+
 class StateStore(Protocol):
     def get(self, node: str) -> NodeRecord | None: ...
 
@@ -111,7 +141,16 @@ class StateStore(Protocol):
 
     def steps(self, node: str) -> list[StepRecord]: ...
 
-    def transaction(self) -> AbstractContextManager[None]: ...
+    def transaction(self) -> AbstractContextManager[None]:
+        """Reads and writes inside the block are one atomic unit; nested blocks join the outer.
+
+        SQLite: an IMMEDIATE transaction (writers wait for each other). etcd: writers' blocks
+        wait for each other too (a store-wide lock), the writes are buffered and committed in
+        one etcd transaction guarded by the revisions of everything read; if a write from
+        outside any block changed one of those meanwhile, nothing is written and
+        `StateConflict` is raised (docs/state.md).
+        """
+        ...
 
     def record_health(
         self, node: str, ok: bool, *, source: str, detail: str = ""
@@ -130,5 +169,15 @@ class StateStore(Protocol):
     def dns_servers(self) -> list[DnsServerRecord]: ...
 
     def lock(self, name: str, timeout: float = 60.0) -> AbstractContextManager[None]: ...
+
+    def take_lease(self, name: str, holder: str, ttl: float) -> Lease: ...
+
+    def renew_lease(self, name: str, holder: str) -> Lease: ...
+
+    def release_lease(self, name: str, holder: str) -> bool: ...
+
+    def lease(self, name: str) -> Lease | None: ...
+
+    def close(self) -> None: ...
 
 

@@ -13,15 +13,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from clonefleet.errors import StateError
+from clonefleet.errors import LeaseHeld, LeaseLost, StateError
 from clonefleet.retry import RetryPolicy, TimedOut, wait_until
 from clonefleet.state.model import (
     LIFECYCLE,
     DnsServerRecord,
     HealthCheck,
+    Lease,
     NodeRecord,
     StepRecord,
     Transition,
+    check_name,
 )
 
 # Locks are held for seconds at most; a waiter takes over soon after the holder lets go.
@@ -74,6 +76,12 @@ CREATE TABLE IF NOT EXISTS dns_publishes (
     actor TEXT NOT NULL,
     at REAL NOT NULL,
     summary TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    ttl REAL NOT NULL,
+    expires_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS dns_servers (
     node TEXT PRIMARY KEY,
@@ -336,6 +344,53 @@ class SqliteStateStore:
             os.close(handle)
 
 
-def open_store(state_dir: str | Path) -> SqliteStateStore:
-    """The fleet's default store: `<state_dir>/state.sqlite`."""
-    return SqliteStateStore(Path(state_dir) / "state.sqlite")
+    def take_lease(self, name: str, holder: str, ttl: float) -> Lease:
+        """Take the lease `name` for `ttl` seconds; `LeaseHeld` while another holder's lease
+        has not expired. Taking one's own lease again renews it."""
+        check_name(name, "lease")
+        if not ttl > 0:
+            raise StateError(f"lease {name!r}: ttl must be more than 0 seconds, got {ttl:g}")
+        with self.transaction():
+            current = self.lease(name)
+            if current is not None and current.holder != holder:
+                raise LeaseHeld(f"lease {name!r} is held by {current.holder!r} for another "
+                                f"{max(0.0, current.expires_at - time.time()):.0f} s")
+            lease = Lease(name, holder, ttl, time.time() + ttl)
+            self._connection().execute(
+                "INSERT INTO leases (name, holder, ttl, expires_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, ttl = excluded.ttl, "
+                "expires_at = excluded.expires_at",
+                (name, holder, ttl, lease.expires_at),
+            )
+            return lease
+
+    def renew_lease(self, name: str, holder: str) -> Lease:
+        """Extend `holder`'s lease by its TTL; `LeaseLost` if it expired or is not theirs."""
+        check_name(name, "lease")
+        with self.transaction():
+            current = self.lease(name)
+            if current is None or current.holder != holder:
+                raise LeaseLost(f"lease {name!r} is no longer held by {holder!r} (expired or "
+                                "taken over); stop acting on it and take it again")
+            lease = Lease(name, holder, current.ttl, time.time() + current.ttl)
+            self._connection().execute("UPDATE leases SET expires_at = ? WHERE name = ?",
+                                       (lease.expires_at, name))
+            return lease
+
+    def release_lease(self, name: str, holder: str) -> bool:
+        """Give up `holder`'s lease; False when it was not theirs (expired, or never taken)."""
+        check_name(name, "lease")
+        with self.transaction():
+            deleted = self._connection().execute(
+                "DELETE FROM leases WHERE name = ? AND holder = ? AND expires_at > ?",
+                (name, holder, time.time()),
+            ).rowcount
+            return bool(deleted)
+
+    def lease(self, name: str) -> Lease | None:
+        """The unexpired lease `name`, or None."""
+        row = self._connection().execute(
+            "SELECT name, holder, ttl, expires_at FROM leases WHERE name = ? AND expires_at > ?",
+            (name, time.time()),
+        ).fetchone()
+        return Lease(*row) if row else None

@@ -2,6 +2,7 @@
 
 - `pdns_factory(count, geoip_databases, names=None)` starts servers (tests/pdns_fixture.py)
   and stops every one of them when the test ends.
+- `etcd_server`: one real etcd per session (tests/etcd_fixture.py).
 - `dns_lab`: a five-node, three-region fleet file, its state store with every node active,
   a GeoIP database (node addresses plus client networks per region) and one PowerDNS server
   per node, wired together as `Endpoints`.
@@ -17,6 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from etcd_fixture import etcd_server  # noqa: F401  (a fixture: the session's etcd)
 from pdns_fixture import (
     CLIENT_NETWORKS,
     CLIENT_UNKNOWN,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from etcd_fixture import Backend
 
 from clonefleet.dnsmap import (
     DnsError,
@@ -21,9 +24,7 @@ from clonefleet.dnsmap import (
     wait_until_drained,
 )
 from clonefleet.inventory import Fleet, load_fleet
-from clonefleet.state import SqliteStateStore
-
-pytestmark = pytest.mark.unit
+from clonefleet.state import SqliteStateStore, StateStore
 
 FLEET = """
 [fleet]
@@ -79,23 +80,23 @@ def make_fleet(directory: Path, *, total: int = 1, fsn_min: int = 1) -> Fleet:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStateStore:
-    return SqliteStateStore(tmp_path / "state.sqlite")
+def store(backend: Backend) -> StateStore:
+    return backend.open()  # SQLite, then etcd
 
 
-def activate(fleet: Fleet, store: SqliteStateStore) -> None:
+def activate(fleet: Fleet, store: StateStore) -> None:
     for name in fleet.nodes:
         store.transition(name, "active", actor="test", reason="setup")
 
 
-def state_of(store: SqliteStateStore, node: str) -> str:
+def state_of(store: StateStore, node: str) -> str:
     record = store.get(node)
     assert record is not None
     return record.state
 
 
 def test_drain_without_reason_is_refused_and_state_unchanged(
-        tmp_path: Path, store: SqliteStateStore) -> None:
+        tmp_path: Path, store: StateStore) -> None:
     fleet = make_fleet(tmp_path)
     activate(fleet, store)
     with pytest.raises(DrainRefused, match="needs a reason"):
@@ -104,7 +105,7 @@ def test_drain_without_reason_is_refused_and_state_unchanged(
 
 
 def test_drain_leaving_region_below_min_active_is_refused_unless_forced(
-        tmp_path: Path, store: SqliteStateStore) -> None:
+        tmp_path: Path, store: StateStore) -> None:
     fleet = make_fleet(tmp_path)
     activate(fleet, store)
     with pytest.raises(DrainRefused, match=r"region 'ash' with 0 active.*min_active = 1"):
@@ -118,7 +119,7 @@ def test_drain_leaving_region_below_min_active_is_refused_unless_forced(
 
 
 def test_drain_leaving_fleet_below_min_active_total_is_refused(
-        tmp_path: Path, store: SqliteStateStore) -> None:
+        tmp_path: Path, store: StateStore) -> None:
     fleet = make_fleet(tmp_path, total=3, fsn_min=0)
     activate(fleet, store)
     drain_node(fleet, store, "fsn-1", reason="one", actor="test", endpoints=NO_SERVERS)
@@ -128,7 +129,7 @@ def test_drain_leaving_fleet_below_min_active_total_is_refused(
 
 
 def test_drain_of_a_node_that_is_not_active_is_refused(
-        tmp_path: Path, store: SqliteStateStore) -> None:
+        tmp_path: Path, store: StateStore) -> None:
     fleet = make_fleet(tmp_path)
     activate(fleet, store)
     store.transition("fsn-3", "deployed", actor="test", reason="reinstalled")
@@ -138,7 +139,7 @@ def test_drain_of_a_node_that_is_not_active_is_refused(
 
 
 def test_drain_of_a_draining_node_keeps_its_first_reason_and_reports_no_change(
-        tmp_path: Path, store: SqliteStateStore) -> None:
+        tmp_path: Path, store: StateStore) -> None:
     fleet = make_fleet(tmp_path)
     activate(fleet, store)
     first = drain_node(fleet, store, "fsn-1", reason="first", actor="a", endpoints=NO_SERVERS)
@@ -150,7 +151,7 @@ def test_drain_of_a_draining_node_keeps_its_first_reason_and_reports_no_change(
 
 
 def test_undrain_after_a_failed_health_check_is_refused_until_a_check_passes(
-        tmp_path: Path, store: SqliteStateStore) -> None:
+        tmp_path: Path, store: StateStore) -> None:
     fleet = make_fleet(tmp_path)
     activate(fleet, store)
     drain_node(fleet, store, "fsn-1", reason="smart errors", actor="smartwatch",
@@ -165,7 +166,7 @@ def test_undrain_after_a_failed_health_check_is_refused_until_a_check_passes(
 
 
 def test_undrain_with_force_overrides_a_failed_health_check(
-        tmp_path: Path, store: SqliteStateStore) -> None:
+        tmp_path: Path, store: StateStore) -> None:
     fleet = make_fleet(tmp_path)
     activate(fleet, store)
     drain_node(fleet, store, "fsn-2", reason="x", actor="test", endpoints=NO_SERVERS)
@@ -175,7 +176,7 @@ def test_undrain_with_force_overrides_a_failed_health_check(
 
 
 def test_undrain_of_a_node_in_a_lifecycle_state_is_refused(
-        tmp_path: Path, store: SqliteStateStore) -> None:
+        tmp_path: Path, store: StateStore) -> None:
     fleet = make_fleet(tmp_path)
     with pytest.raises(DrainRefused, match="is ordered, not deployed, draining or drained"):
         undrain_node(fleet, store, "fsn-1", actor="test", endpoints=NO_SERVERS)
@@ -183,7 +184,7 @@ def test_undrain_of_a_node_in_a_lifecycle_state_is_refused(
 
 
 def test_settle_promotes_draining_only_after_ttl_plus_grace(
-        tmp_path: Path, store: SqliteStateStore) -> None:
+        tmp_path: Path, store: StateStore) -> None:
     fleet = make_fleet(tmp_path)
     activate(fleet, store)
     drain_node(fleet, store, "fsn-1", reason="upgrade", actor="rollout", endpoints=NO_SERVERS)
@@ -199,7 +200,7 @@ def test_settle_promotes_draining_only_after_ttl_plus_grace(
 
 
 def test_wait_until_drained_sleeps_until_the_grace_period_is_over_then_promotes(
-        tmp_path: Path, store: SqliteStateStore) -> None:
+        tmp_path: Path, store: StateStore) -> None:
     fleet = make_fleet(tmp_path)
     activate(fleet, store)
     drain_node(fleet, store, "fsn-1", reason="upgrade", actor="rollout", endpoints=NO_SERVERS)
@@ -219,7 +220,7 @@ def test_wait_until_drained_sleeps_until_the_grace_period_is_over_then_promotes(
 
 
 def test_wait_until_drained_refuses_to_wait_past_its_timeout(
-        tmp_path: Path, store: SqliteStateStore) -> None:
+        tmp_path: Path, store: StateStore) -> None:
     fleet = make_fleet(tmp_path)
     activate(fleet, store)
     drain_node(fleet, store, "fsn-1", reason="upgrade", actor="rollout", endpoints=NO_SERVERS)
@@ -229,13 +230,16 @@ def test_wait_until_drained_refuses_to_wait_past_its_timeout(
 
 
 RACE_SCRIPT = """
-import sys, time
+import json, sys, time
 from pathlib import Path
 from clonefleet.dnsmap import DrainRefused, Endpoints, drain_node
 from clonefleet.inventory import load_fleet
-from clonefleet.state import SqliteStateStore
-fleet_path, database, node, go = sys.argv[1:5]
-fleet, store = load_fleet(fleet_path), SqliteStateStore(database)
+from clonefleet.state import StateConfig, open_store
+fleet_path, state_dir, config, node, go = sys.argv[1:6]
+fleet = load_fleet(fleet_path)
+settings = {key: tuple(value) if isinstance(value, list) else value
+            for key, value in json.loads(config).items()}
+store = open_store(state_dir, StateConfig(**settings))
 while not Path(go).exists():
     time.sleep(0.002)
 try:
@@ -246,11 +250,13 @@ except DrainRefused as error:
 """
 
 
-def race(fleet: Fleet, database: Path, nodes: list[str], go: Path) -> list[str]:
+def race(fleet: Fleet, backend: Backend, nodes: list[str], go: Path) -> list[str]:
+    config = json.dumps(dataclasses.asdict(backend.config))
     processes = [
-        subprocess.Popen([sys.executable, "-c", RACE_SCRIPT, str(fleet.path), str(database),
-                          node, str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env={"PYTHONPATH": str(Path.cwd()), "PATH": "/usr/bin"})
+        subprocess.Popen([sys.executable, "-c", RACE_SCRIPT, str(fleet.path),
+                          str(backend.state_dir), config, node, str(go)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={"PYTHONPATH": str(Path.cwd()), "PATH": "/usr/bin"})
         for node in nodes
     ]
     time.sleep(1.0)  # let both import clonefleet and wait for the signal
@@ -264,10 +270,10 @@ def race(fleet: Fleet, database: Path, nodes: list[str], go: Path) -> list[str]:
 
 
 def test_two_processes_draining_different_nodes_at_once_both_record_their_drain(
-        tmp_path: Path, store: SqliteStateStore) -> None:
+        tmp_path: Path, backend: Backend, store: StateStore) -> None:
     fleet = make_fleet(tmp_path, fsn_min=1)
     activate(fleet, store)
-    outputs = race(fleet, store.path, ["fsn-1", "fsn-2"], tmp_path / "go")
+    outputs = race(fleet, backend, ["fsn-1", "fsn-2"], tmp_path / "go")
     assert outputs == ["drained", "drained"]
     assert state_of(store, "fsn-1") == "draining" and state_of(store, "fsn-2") == "draining"
     assert sorted(t.node for t in store.history() if t.to_state == "draining") == [
@@ -275,15 +281,16 @@ def test_two_processes_draining_different_nodes_at_once_both_record_their_drain(
 
 
 def test_two_processes_racing_for_the_last_spare_node_of_a_region_only_one_wins(
-        tmp_path: Path, store: SqliteStateStore) -> None:
+        tmp_path: Path, backend: Backend, store: StateStore) -> None:
     fleet = make_fleet(tmp_path, fsn_min=2)
     activate(fleet, store)
-    outputs = race(fleet, store.path, ["fsn-1", "fsn-2"], tmp_path / "go")
+    outputs = race(fleet, backend, ["fsn-1", "fsn-2"], tmp_path / "go")
     assert sorted(output.split()[0] for output in outputs) == ["drained", "refused"]
     states = sorted(state_of(store, node) for node in ("fsn-1", "fsn-2", "fsn-3"))
     assert states == ["active", "active", "draining"]
 
 
+@pytest.mark.unit
 def test_freshly_deployed_node_enters_dns_through_undrain(tmp_path: Path) -> None:
     fleet = load_fleet(Path(__file__).resolve().parents[2] / "inventory" / "lab.toml")
     store = SqliteStateStore(tmp_path / "s.sqlite")

@@ -1,5 +1,6 @@
-"""Node facts through one typed accessor: what provisioning records reads back the same, facts
-written by earlier versions still read, and pinned keys reach the fleet's known_hosts."""
+"""Node facts through one typed accessor, on both state backends: what provisioning records
+reads back the same, facts written by earlier versions still read, and pinned keys reach the
+fleet's known_hosts."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from etcd_fixture import Backend
 
 from clonefleet import nodefacts
 from clonefleet.errors import StateError
@@ -14,9 +16,7 @@ from clonefleet.image.node import NodeLayout
 from clonefleet.known_hosts import KnownHosts
 from clonefleet.providers.base import ServerInfo, SshAccess
 from clonefleet.ssh import generate_ed25519
-from clonefleet.state import SqliteStateStore
-
-pytestmark = pytest.mark.unit
+from clonefleet.state import StateStore
 
 LAYOUT = NodeLayout(hostname="fsn-1", domain="lab.clonefleet.test", luks_uuid="l-uuid",
                     root_fs_uuid="r-uuid", boot_fs_uuid="b-uuid", raid=True,
@@ -25,8 +25,8 @@ DISKS = {"SERIAL-A": "/dev/disk/by-id/virtio-SERIAL-A", "SERIAL-B": "/dev/disk/b
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStateStore:
-    return SqliteStateStore(tmp_path / "state.sqlite")
+def store(backend: Backend) -> StateStore:
+    return backend.open()  # SQLite, then etcd
 
 
 def server(ssh_port: int = 10022, unlock_port: int = 12222) -> ServerInfo:
@@ -36,7 +36,7 @@ def server(ssh_port: int = 10022, unlock_port: int = 12222) -> ServerInfo:
                       nic_modules=("virtio_net", "e1000"))
 
 
-def test_recorded_facts_read_back_as_they_were_recorded(store: SqliteStateStore) -> None:
+def test_recorded_facts_read_back_as_they_were_recorded(store: StateStore) -> None:
     ssh_key = generate_ed25519("root@fsn-1").public_line
     dropbear_key = generate_ed25519("dropbear@fsn-1").public_line
     nodefacts.record_server(store, "fsn-1", server())
@@ -57,7 +57,7 @@ def test_recorded_facts_read_back_as_they_were_recorded(store: SqliteStateStore)
 
 
 def test_the_stored_json_keeps_the_shape_earlier_versions_wrote_and_read(
-        store: SqliteStateStore) -> None:
+        store: StateStore) -> None:
     # tests/vm and older controllers read these by key: `get_fact(node, "ssh")["port"]`.
     nodefacts.record_server(store, "fsn-1", server())
     nodefacts.record_host_keys(store, "fsn-1", ssh_host_key="ssh-ed25519 AAAA root@fsn-1",
@@ -77,7 +77,7 @@ def test_the_stored_json_keeps_the_shape_earlier_versions_wrote_and_read(
     }
 
 
-def test_facts_written_by_an_earlier_version_still_read(store: SqliteStateStore) -> None:
+def test_facts_written_by_an_earlier_version_still_read(store: StateStore) -> None:
     # As the hand-built dictionaries in provision.py left them, from a layout that predates
     # the ESP and md fields, with a port stored as a string by some older writer.
     old_layout = {name: value for name, value in LAYOUT.__dict__.items()
@@ -102,7 +102,7 @@ def test_facts_written_by_an_earlier_version_still_read(store: SqliteStateStore)
 
 
 def test_a_node_with_nothing_recorded_has_empty_facts_and_no_address(
-        store: SqliteStateStore) -> None:
+        store: StateStore) -> None:
     facts = nodefacts.load(store, "fsn-9")
     assert facts == nodefacts.NodeFacts(node="fsn-9")
     assert facts.host_key_entries() == []
@@ -119,7 +119,7 @@ def test_a_node_with_nothing_recorded_has_empty_facts_and_no_address(
     ("disks", ["SERIAL-A"]),
 ])
 def test_a_malformed_fact_is_a_one_line_state_error_naming_node_and_key(
-        store: SqliteStateStore, key: str, value: object) -> None:
+        store: StateStore, key: str, value: object) -> None:
     store.set_fact("fsn-1", key, value)
     with pytest.raises(StateError) as caught:
         nodefacts.load(store, "fsn-1")
@@ -128,7 +128,7 @@ def test_a_malformed_fact_is_a_one_line_state_error_naming_node_and_key(
 
 
 def test_load_pinned_writes_the_nodes_keys_and_forgets_keys_no_longer_recorded(
-        store: SqliteStateStore, tmp_path: Path) -> None:
+        store: StateStore, tmp_path: Path) -> None:
     known_hosts = KnownHosts(tmp_path / "known_hosts")
     ssh_key = generate_ed25519("root@fsn-1").public_line
     nodefacts.record_server(store, "fsn-1", server())
@@ -151,7 +151,7 @@ def test_load_pinned_writes_the_nodes_keys_and_forgets_keys_no_longer_recorded(
     assert known_hosts.entries() == []
 
 
-def test_forwarded_ports_and_the_private_address_round_trip(store: SqliteStateStore) -> None:
+def test_forwarded_ports_and_the_private_address_round_trip(store: StateStore) -> None:
     info = dataclasses.replace(server(), forwarded_ports={"tcp/8081": ("127.0.0.1", 40123),
                                                           "udp/53": ("127.0.0.1", 40124)})
     nodefacts.record_server(store, "fsn-1", info)
