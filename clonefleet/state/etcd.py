@@ -453,6 +453,17 @@ class EtcdStateStore:
         return {key[len(prefix):].decode(): _load(value)
                 for key, value, _ in self._reader().items(prefix)}
 
+    def fact_values(self, key: str) -> dict[str, Any]:
+        """Every node's value of fact `key` (nodes without it are left out), by node name:
+        one range read of all facts (node names hold no "/", so the first one ends it)."""
+        prefix = self._key("facts", "")
+        values = {}
+        for full, value, _ in self._reader().items(prefix):
+            node, _, name = full[len(prefix):].decode().partition("/")
+            if name == key:
+                values[node] = _load(value)
+        return dict(sorted(values.items()))
+
     def delete_fact(self, node: str, key: str) -> None:
         self._atomic(lambda transaction: transaction.delete(self._key("facts", node, key)),
                      f"deleting fact {key!r} of {node!r}")

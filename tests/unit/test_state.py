@@ -67,6 +67,8 @@ def test_facts_round_trip_json_and_delete(backend: Backend) -> None:
     store.set_fact("n1", "note", "größer ✓")  # not latin-1: stored as UTF-8
     store.set_fact("n2", "a", 2)
     assert store.get_fact("n1", "note") == "größer ✓"
+    store.set_fact("n10", "ab", 3)  # neither a node named like a prefix nor a longer key
+    assert store.fact_values("a") == {"n1": 1, "n2": 2}
     store.delete_facts("n1")
     assert store.facts("n1") == {} and store.facts("n2") == {"a": 2}
 
