@@ -10,23 +10,34 @@ from clonefleet.dnsmap.endpoints import ENDPOINT_FACT
 from clonefleet.dnsmap.server import NODE_CONFIG, NODE_CONFIG_OPERATIONS
 from clonefleet.inventory import load_fleet
 from clonefleet.secrets import open_secrets
-from clonefleet.services import DeployOutcome, ServiceContext, after_deploy
+from clonefleet.services import DeployOutcome, ServiceContext, after_deploy, mesh
 from clonefleet.state import open_store
 
 pytestmark = pytest.mark.integration
 
 
 def node_data(deployed: DeployedNodes, name: str) -> dict[str, str]:
-    """Every value that may differ between nodes → its placeholder."""
+    """Every value that may differ between nodes → its placeholder: the node's own data as
+    "<self-…>", the other node's (it is the peer of the mesh, and one of the two is the
+    database primary) as "<peer-…>", so the two nodes' files compare equal once replaced."""
     fleet = load_fleet(deployed.fleet.fleet_path)
-    node = fleet.node(name)
-    region = fleet.regions[node.region]
+    store = open_store(deployed.fleet.state_dir)
     secrets = open_secrets(deployed.fleet.state_dir)
-    return {
-        f"{node.name}.{fleet.domain}": "<fqdn>", node.name: "<node>", node.ipv4: "<ipv4>",
-        node.ipv6: "<ipv6>", region.location: "<location>", node.region: "<region>",
-        secrets.get(node.name, "pdns_api_key"): "<dns-api-key>",
-    }
+    values = {}
+    for node in fleet.nodes.values():
+        who = "self" if node.name == name else "peer"
+        region = fleet.regions[node.region]
+        private_key = secrets.get(node.name, mesh.PRIVATE_KEY)
+        values.update({
+            f"{node.name}.{fleet.domain}": f"<{who}-fqdn>", node.name: f"<{who}-node>",
+            node.ipv4: f"<{who}-ipv4>", node.ipv6: f"<{who}-ipv6>",
+            region.location: f"<{who}-location>", node.region: f"<{who}-region>",
+            secrets.get(node.name, "pdns_api_key"): f"<{who}-dns-api-key>",
+            store.get_fact(node.name, "mesh_address"): f"<{who}-mesh-address>",
+            private_key: f"<{who}-mesh-private-key>",
+            mesh.public_key(private_key): f"<{who}-mesh-public-key>",
+        })
+    return values
 
 
 def test_first_deploy_succeeds_and_configures_every_service(
