@@ -71,7 +71,7 @@ MASKED_GENERATORS = (
     "systemd-integritysetup-generator", "systemd-veritysetup-generator",
     "systemd-system-update-generator", "systemd-rc-local-generator", "systemd-run-generator",
 )
-BUILD_VERSION = "6"  # bump when the configuration below changes
+BUILD_VERSION = "7"  # bump when the configuration below changes
 LAST_USED = "last-used"  # touched whenever the image is handed out
 UNUSED_IMAGE_SECONDS = 7 * 24 * 3600
 
@@ -90,6 +90,11 @@ class BaseImage:
 
 def mirror() -> str:
     return os.environ.get("CLONEFLEET_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+
+
+def security_mirror() -> str:
+    return os.environ.get("CLONEFLEET_DEBIAN_SECURITY_MIRROR",
+                          "http://deb.debian.org/debian-security")
 
 
 def image_key() -> str:
@@ -211,9 +216,17 @@ def _configure(root: Path) -> None:
     (createcluster / "50-clonefleet.conf").write_text(
         "# clonefleet: the database deploy creates its own cluster\n"
         "create_main_cluster = false\n")
+    # debootstrap only knows the point release: without the security suite a fresh node runs
+    # every fix published since, and unattended-upgrades has no security update to install.
+    # `upgrade`, not `dist-upgrade`: a new kernel ABI never adds a second kernel to the image.
+    (root / "etc/apt/sources.list.d/debian-security.list").write_text(
+        "# Managed by clonefleet: Debian's security updates, which unattended-upgrades\n"
+        "# installs; without this line it has none to install.\n"
+        f"deb {security_mirror()} {SUITE}-security main\n")
     try:
         with mounted(root):
-            in_chroot(root, "apt-get update -q && apt-get install -y -q "
+            in_chroot(root, "apt-get update -q && apt-get upgrade -y -q && "
+                      "apt-get install -y -q "
                       "--no-install-recommends " + " ".join(APT_PACKAGES),
                       what="apt-get install", timeout=1800)
             in_chroot(root, "apt-get clean", what="apt-get clean")
