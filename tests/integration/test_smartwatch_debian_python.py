@@ -21,7 +21,7 @@ from smartwatch_replay import ReplayedMachine  # noqa: E402
 pytestmark = pytest.mark.integration
 
 DEBIAN_PYTHON = "/usr/bin/python3"
-RUNNER = ROOT / "tests" / "smartwatch" / "fake_deploy_runner.py"
+RUNNER = ROOT / "tests" / "fake_deploy.py"
 
 
 @pytest.fixture
@@ -56,8 +56,9 @@ def test_deployed_agent_runs_on_debian_python_and_alerts(tmp_path: Path, webhook
                     "python3-chardet python3-humanfriendly (see docs/smartwatch.md)")
     deployed = tmp_path / "deployed"
     deployed.mkdir()
-    subprocess.run([sys.executable, str(RUNNER), str(deployed), json.dumps(
-        {"smartwatch_node": "fsn-1"})], check=True, capture_output=True, timeout=180)
+    subprocess.run([sys.executable, str(RUNNER), "deploys.smartwatch:smartwatch", str(deployed),
+                    json.dumps({"smartwatch_node": "fsn-1"})],
+                   check=True, capture_output=True, timeout=180)
     library = deployed / "files" / "opt" / "smartwatch" / "lib"
     url, received = webhook
     machine = ReplayedMachine(tmp_path / "machine").use("failed_selftest")

@@ -13,11 +13,12 @@ from smartwatch.config import load_config
 
 pytestmark = pytest.mark.unit
 
-RUNNER = Path(__file__).with_name("fake_deploy_runner.py")
+RUNNER = Path(__file__).resolve().parents[1] / "fake_deploy.py"
 
 
 def deploy(tmp_path: Path, **data: object) -> tuple[Path, list[str]]:
-    completed = subprocess.run([sys.executable, str(RUNNER), str(tmp_path), json.dumps(data)],
+    completed = subprocess.run([sys.executable, str(RUNNER), "deploys.smartwatch:smartwatch",
+                                str(tmp_path), json.dumps(data)],
                                capture_output=True, text=True, timeout=180, check=False)
     assert completed.returncode == 0, completed.stderr[-2000:]
     return tmp_path / "files", json.loads((tmp_path / "commands.json").read_text())
