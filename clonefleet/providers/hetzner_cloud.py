@@ -593,6 +593,21 @@ class HetznerCloudProvider:
                   lambda: self.client.servers.reset(server))
         self.boots.set(node.name, _sid(server), "rescue" if server.rescue_enabled else "disk")
 
+    def power_on(self, node: Node) -> bool:
+        """The `poweron` action for a server that is off, after disabling a rescue left
+        enabled (power-on boots rescue while it is enabled); a running server is left alone."""
+        server = self._require(node)
+        if server.status == "running":
+            return False
+        label = f"{node.name}: server {server.id}"
+        if server.rescue_enabled:
+            self._act(f"{label}: disable the rescue system",
+                      lambda: self.client.servers.disable_rescue(server))
+        self._act(f"{label}: power on from disk",
+                  lambda: self.client.servers.power_on(server), again=True)
+        self.boots.set(node.name, _sid(server), "disk")
+        return True
+
     def power_off(self, node: Node) -> None:
         server = self._require(node)
         if server.status == "off":

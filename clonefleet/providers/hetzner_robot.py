@@ -295,6 +295,31 @@ class HetznerRobotProvider:
         server = self._ready(node)
         self._reset(server, node)
 
+    def power_on(self, node: Node) -> bool:
+        """Robot has no power-on call and does not report whether a server is on. A server
+        this driver powered off (`power_long`) gets a short power-button press (reset type
+        `power`, which starts a server that is off). Otherwise the press could shut a
+        running server down, so: if sshd or Dropbear answers it is on and left alone; if
+        neither answers, the configured reset (`hw` by default) restarts it. Rescue is
+        disarmed first, so the server boots its disk."""
+        server = self._ready(node)
+        known_off = self._recorded(node).get("mode") == "off"
+        if not known_off and any(
+                _banner(self.config.route(SshAccess(server.ip, port)), self.probe_patience)
+                for port in (SSH_PORT, UNLOCK_PORT)):
+            return False
+        if self.client.rescue(server.number).active:
+            self.log(f"{node.name}: disarming rescue on Robot server {server.number}")
+            self.client.deactivate_rescue(server.number)
+        self._record(node, rescue_armed=False)
+        types = self.client.reset_options(server.number).types
+        if known_off and "power" in types:
+            self.client.reset(server.number, "power")
+        else:
+            self._reset(server, node)
+        self._record(node, mode="disk")
+        return True
+
     def power_off(self, node: Node) -> None:
         server = self._ready(node)
         options = self.client.reset_options(server.number)

@@ -161,6 +161,14 @@ class LabProvider:
     def reset(self, node: Node) -> None:
         qemu.qmp(self._config(node), "system_reset")
 
+    def power_on(self, node: Node) -> bool:
+        """Start a stopped VM from its disk; a running VM (rescue or disk) is left alone."""
+        config = self._config(node)
+        if qemu.running_pid(config) is not None:
+            return False
+        self.boot_disk(node)
+        return True
+
     def power_off(self, node: Node) -> None:
         qemu.stop(self._config(node))
 

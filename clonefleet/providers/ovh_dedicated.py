@@ -465,6 +465,16 @@ class OvhDedicatedProvider:
         service = self.service_name(node)
         self._wait_task(service, self._reboot(service), "hard reboot")
 
+    def power_on(self, node: Node) -> bool:
+        """OVH's API has no power-on call: a server whose `powerState` is `poweroff` is
+        started by its documented equivalent, a reboot task with the netboot on the hard
+        disk (`boot_disk`). A server that is on is left alone."""
+        service = self.service_name(node)
+        if self._server(service, node.name).get("powerState") != "poweroff":
+            return False
+        self.boot_disk(node)
+        return True
+
     def power_off(self, node: Node) -> None:
         raise ProviderError(f"{node.name}: OVH's API cannot power a dedicated server off; "
                             "use the server's IPMI console in the OVHcloud console")

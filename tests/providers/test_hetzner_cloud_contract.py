@@ -487,3 +487,48 @@ def test_create_without_a_fleet_file_names_the_fleet_after_the_state_folder(
 
     assert provider.fleet == "prod" and provider.ssh_key_name == "clonefleet-prod"
     assert provider.settings["api_url"] == "https://api.hetzner.cloud/v1"
+
+
+# -- clonefleet power on|off|reset ------------------------------------------------------------
+
+def test_power_on_starts_a_server_that_is_off_from_disk_and_leaves_a_running_one(
+        provider: HetznerCloudProvider, fake: HcloudFake, machines: RecordingMachines) -> None:
+    info = provider.ensure_server(NODE)
+    assert provider.power_on(NODE) is False  # running: nothing asked
+    assert requests_to(fake, "POST", "/actions/poweron") == 0
+
+    provider.power_off(NODE)
+    assert provider.info(NODE).status == "off"
+    assert provider.power_on(NODE) is True
+
+    assert requests_to(fake, "POST", "/actions/poweron") == 1
+    assert machines.calls[-1] == ("power_on", info.server_id, "disk")
+    assert provider.info(NODE).status == "disk"
+
+
+def test_power_on_disables_a_rescue_left_enabled_so_the_disk_boots(
+        provider: HetznerCloudProvider, fake: HcloudFake, machines: RecordingMachines) -> None:
+    info = provider.ensure_server(NODE)
+    provider.power_off(NODE)
+    client = direct_client(fake)
+    client.servers.enable_rescue(client.servers.get_by_id(int(info.server_id)),
+                                 type="linux64").action.wait_until_finished()
+
+    provider.power_on(NODE)
+
+    commands = [path.rsplit("/", 1)[-1] for method, path in fake.api.requests
+                if method == "POST" and "/actions/" in path]
+    assert commands[-2:] == ["disable_rescue", "poweron"]
+    assert machines.calls[-1] == ("power_on", info.server_id, "disk")
+
+
+def test_a_locked_power_on_is_retried(
+        provider: HetznerCloudProvider, fake: HcloudFake, machines: RecordingMachines) -> None:
+    info = provider.ensure_server(NODE)
+    provider.power_off(NODE)
+    fake.inject("locked", times=2, command="start_server")
+
+    assert provider.power_on(NODE) is True
+
+    assert requests_to(fake, "POST", "/actions/poweron") == 3
+    assert machines.calls[-1] == ("power_on", info.server_id, "disk")

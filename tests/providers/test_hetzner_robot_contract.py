@@ -423,3 +423,50 @@ def test_list_maps_robot_status(driver: HetznerRobotProvider, fake: RobotFake) -
     fake.set_status(322, "in process")
     statuses = {info.server_id: info.status for info in driver.list()}
     assert statuses == {"321": "disk", "322": "starting"}
+
+
+# -- clonefleet power on|off|reset ----------------------------------------------------------
+
+
+def test_power_on_after_power_off_presses_the_power_button(
+        fake: RobotFake, machines: KeyMachines, ssh: SshStub, tmp_path: Path,
+        logs: list[str]) -> None:
+    fake.add_server(323, "fsn-robot-3", "203.0.113.72",
+                    reset_types=("sw", "hw", "power", "power_long", "man"))
+    driver = make_driver(fake, ssh, tmp_path, logs)
+    robot_node = node(323)
+
+    driver.power_off(robot_node)
+    assert driver.info(robot_node).status == "off"
+    assert driver.power_on(robot_node) is True
+
+    assert [dict(form)["type"] for form in calls(fake, "POST", "/reset/323")] == \
+        ["power_long", "power"]
+    assert driver.info(robot_node).status == "disk"
+
+
+def test_power_on_leaves_a_server_alone_whose_ssh_answers(
+        driver: HetznerRobotProvider, fake: RobotFake) -> None:
+    # The stub answers SSH: the server is on, and a power-button press would shut it down.
+    assert driver.power_on(node()) is False
+    assert calls(fake, "POST", "/reset/321") == []
+
+
+def test_power_on_of_a_silent_server_not_known_off_resets_it_and_disarms_rescue(
+        fake: RobotFake, tmp_path: Path, logs: list[str]) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: neither sshd nor Dropbear answers
+    config = ProviderConfig(name="robot", driver="hetzner-robot",
+                            settings={"api_url": fake.url},
+                            route=lambda access: SshAccess("127.0.0.1", port))
+    driver = HetznerRobotProvider(config, tmp_path, logs.append, env=ENV, boot_timeout=3.0,
+                                  in_process_timeout=0.3, poll=FAST, retry_timeout=0.3,
+                                  retry_policy=FAST, probe_patience=0.5)
+    fake.api.servers[321].rescue = {"active": True, "authorized_key": []}
+
+    assert driver.power_on(node()) is True
+
+    assert [dict(form)["type"] for form in calls(fake, "POST", "/reset/321")] == ["hw"]
+    assert calls(fake, "DELETE", "/boot/321/rescue") == [[]]

@@ -455,3 +455,29 @@ def test_an_interrupt_during_the_rescue_boot_still_restores_the_disk_netboot(
 
     assert lab.fake.boot_type(SERVICE) == "harddisk"
     assert any("set back to the hard disk" in line for line in lab.logs)
+
+
+# -- clonefleet power on|off|reset ---------------------------------------------------------
+
+
+def test_power_on_of_a_powered_off_server_netboots_the_disk_and_reboots(lab: Lab) -> None:
+    lab.fake.server(SERVICE).power_state = "poweroff"
+    assert lab.provider.info(lab.node).status == "off"
+
+    assert lab.provider.power_on(lab.node) is True
+
+    assert [path for _, path, _ in lab.calls()] == [f"/dedicated/server/{SERVICE}/reboot"]
+    assert lab.machines.calls[-1] == ("power_on", SERVICE, "disk")
+    assert lab.provider.info(lab.node).status == "disk"
+
+
+def test_power_on_of_a_server_that_is_on_asks_nothing(lab: Lab) -> None:
+    assert lab.provider.power_on(lab.node) is False
+    assert lab.calls() == []
+
+
+def test_reset_is_a_followed_hard_reboot_task(lab: Lab) -> None:
+    lab.provider.reset(lab.node)
+
+    assert [path for _, path, _ in lab.calls()] == [f"/dedicated/server/{SERVICE}/reboot"]
+    assert lab.machines.calls[-1] == ("power_on", SERVICE, "disk")
