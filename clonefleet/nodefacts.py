@@ -151,6 +151,21 @@ def record_host_keys(store: StateStore, node: str, *, ssh_host_key: str,
         store.set_fact(node, DROPBEAR_HOST_KEY, dropbear_host_key)
 
 
+def replace_host_keys(store: StateStore, node: str, known_hosts: KnownHosts,
+                      keys: Mapping[str, str]) -> NodeFacts:
+    """Re-pin some of a node's host keys (`{"sshd" | "dropbear": public key line}`) in one
+    store transaction, then rewrite the node's known_hosts entries from the store (one
+    locked rename): the store stays the record, the file its projection."""
+    facts_keys = {SSHD: SSH_HOST_KEY, DROPBEAR: DROPBEAR_HOST_KEY}
+    unknown = sorted(set(keys) - set(facts_keys))
+    if unknown:
+        raise ValueError(f"unknown host key roles: {', '.join(unknown)}")
+    with store.transaction():
+        for role, line in keys.items():
+            store.set_fact(node, facts_keys[role], line)
+    return load_pinned(store, node, known_hosts)
+
+
 def record_layout(store: StateStore, node: str, layout: NodeLayout) -> None:
     store.set_fact(node, LAYOUT, dataclasses.asdict(layout))
 

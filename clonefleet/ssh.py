@@ -30,7 +30,7 @@ from clonefleet.errors import (
     HostKeyMismatchError,
     HostKeyNotPinnedError,
 )
-from clonefleet.known_hosts import host_pattern, public_key_blob
+from clonefleet.known_hosts import KnownHosts, host_pattern, public_key_blob
 from clonefleet.providers.base import SshAccess
 from clonefleet.retry import RetryPolicy, TimedOut, retry, wait_until
 
@@ -143,6 +143,15 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
                 "man-in-the-middle: investigate, then boot the rescue system again)")
 
 
+def _pinned_node(known_hosts: Path | None, access: SshAccess) -> str:
+    """The node the fleet's known_hosts pins `access` for, or ""."""
+    if known_hosts is None:
+        return ""
+    pattern = host_pattern(access.host, access.port)
+    return next((entry.node for entry in KnownHosts(known_hosts).entries()
+                 if entry.pattern == pattern), "")
+
+
 def _fingerprint(key: paramiko.PKey) -> str:
     return f"{key.get_name()} {key_fingerprints(key.asbytes())[0]}"
 
@@ -202,8 +211,9 @@ class RemoteShell:
                 f"{what} at {host_pattern(access.host, access.port)} presented host key "
                 f"{_fingerprint(error.key)}, which is not the key pinned at install time "
                 f"({_fingerprint(error.expected_key)} per {pinned_in}); refusing to connect "
-                "(possible man-in-the-middle or a reinstalled node: investigate, then re-pin "
-                "with `clonefleet provision --wipe`)") from None
+                "(possible man-in-the-middle or a reinstalled node): check the key on the "
+                "node's own console (out of band), then re-pin with `clonefleet keys repin "
+                f"{_pinned_node(known_hosts, access) or 'NODE'}`") from None
         except paramiko.AuthenticationException as error:
             self.client.close()
             raise AccessDenied(f"{what} at {access} refused the operator key "

@@ -51,6 +51,8 @@ LAZY_COMMANDS = {
                          "--yes)."),
     "cert": ("cert", "The fleet's TLS certificate: ACME DNS-01 through every node's DNS "
                      "server."),
+    "power": ("power", "Power nodes on, off, or reset them through their provider."),
+    "keys": ("keys", "Host keys pinned for the fleet's nodes (keys repin NODE)."),
     "disks": ("disks", "Show the disk health of every node (or NODES), gathered over SSH "
                        "from smartwatch."),
 }
