@@ -16,7 +16,7 @@ from clonefleet.repin import apply_repin, plan_repin
 
 @click.group("keys")
 def keys_group() -> None:
-    """Host keys pinned for the fleet's nodes."""
+    """Host keys pinned for the fleet's nodes (keys repin NODE)."""
 
 
 REPIN_HELP = """Pin the host keys NODE presents now, after a host-key mismatch.
