@@ -55,7 +55,10 @@ class LabProvider:
 
     def accel(self) -> str:
         if self._accel is None:
-            self._accel = qemu.probe_accel(cache_dir(), self.rescue_system().kernel)
+            # Known already (this host boot's probe, or forced): no rescue system is needed,
+            # so starting a VM from its disk (`power on`) never builds one.
+            self._accel = qemu.known_accel(cache_dir()) or qemu.probe_accel(
+                cache_dir(), self.rescue_system().kernel)
             self.log(f"lab: qemu acceleration: {self._accel}")
         return self._accel
 
