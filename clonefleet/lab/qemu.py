@@ -307,7 +307,8 @@ def qmp(config: VmConfig, command: str, arguments: dict[str, Any] | None = None)
                         break
             return reply.get("return")
     except (FileNotFoundError, ConnectionRefusedError) as error:
-        raise ProviderError(f"lab VM {config.name} is not running ({error})") from None
+        raise ProviderError(f"lab VM {config.name} is not running ({error}); start it with "
+                            f"`clonefleet power on {config.name}`") from None
 
 
 def kernel_append(*, ssh_keys: list[str]) -> str:
@@ -419,7 +420,8 @@ def wait_for_port(port: int, *, config: VmConfig, timeout: float, banner: bytes 
 
     def probe() -> None:
         if running_pid(config) is None:
-            raise ProviderError(f"lab VM {config.name} stopped while waiting for {what}"
+            raise ProviderError(f"lab VM {config.name} stopped while waiting for {what}; "
+                                f"start it with `clonefleet power on {config.name}`"
                                 f"{console_tail(config)}")
         if not answers(port, banner, patience=PROBE_PATIENCE):
             raise NotAnswering(f"no {what} banner on 127.0.0.1:{port}")
