@@ -12,6 +12,8 @@ What a node is doing now, in one word:
 - `host-key-mismatch`: a port answers with another key (possible impostor or a reinstall);
 - `off`: neither answers and the provider says the server is powered off;
 - `unreachable`: neither answers and the provider says it is on, or cannot be asked;
+- `unpinned`: a port answers but no key is pinned there yet (a node not installed yet, in
+  its provider's rescue system): nothing to compare with, and nothing is trusted;
 - `unprovisioned`: no address was ever recorded for the node.
 
 The provider is asked only when neither SSH server answers with its pinned key.
@@ -37,11 +39,12 @@ from clonefleet.ssh import key_fingerprints
 from clonefleet.state import StateStore
 
 LiveState = Literal["sshd", "initramfs", "off", "unreachable", "host-key-mismatch",
-                    "unprovisioned"]
+                    "unpinned", "unprovisioned"]
 LIVE_STATES: tuple[LiveState, ...] = ("sshd", "initramfs", "off", "unreachable",
-                                      "host-key-mismatch", "unprovisioned")
-# How one port answered: with a pinned key, with another key, or not at all.
-Answer = Literal["pinned", "other-key", "silent"]
+                                      "host-key-mismatch", "unpinned", "unprovisioned")
+# How one port answered: with a pinned key, with another key, with a key where nothing is
+# pinned, or not at all.
+Answer = Literal["pinned", "other-key", "unpinned", "silent"]
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_PARALLEL = 16
@@ -123,7 +126,11 @@ def probe_port(role: str, access: SshAccess, known_hosts: KnownHosts,
     presented = presented_host_key(access, timeout, prefer=prefer)
     if presented is None:
         return PortProbe(role, access.host, access.port, "silent", pinned=pinned)
-    answer: Answer = "pinned" if public_key_blob(presented) in pinned else "other-key"
+    answer: Answer
+    if not pinned:
+        answer = "unpinned"
+    else:
+        answer = "pinned" if public_key_blob(presented) in pinned else "other-key"
     return PortProbe(role, access.host, access.port, answer, presented, pinned)
 
 
@@ -139,12 +146,12 @@ def classify(node: str, probes: Sequence[PortProbe],
         return LiveStatus(node, "unprovisioned", "no address recorded: provision it first")
     for probe in probes:
         if probe.answer == "other-key":
-            pinned = ", ".join(probe.pinned_fingerprints) or "nothing pinned there"
             return LiveStatus(
                 node, "host-key-mismatch",
                 f"{probe.role} at {probe.host}:{probe.port} presents "
-                f"{probe.presented_fingerprint}, pinned: {pinned}; nothing was sent to it: "
-                f"check the node out of band, then `clonefleet keys repin {node}`", probes)
+                f"{probe.presented_fingerprint}, pinned: "
+                f"{', '.join(probe.pinned_fingerprints)}; nothing was sent to it: check the "
+                f"node out of band, then `clonefleet keys repin {node}`", probes)
     by_role = {probe.role: probe for probe in probes if probe.answer == "pinned"}
     if SSHD in by_role:
         probe = by_role[SSHD]
@@ -154,6 +161,12 @@ def classify(node: str, probes: Sequence[PortProbe],
         probe = by_role[DROPBEAR]
         return LiveStatus(node, "initramfs", f"Dropbear answers at {probe.host}:{probe.port} "
                                              "with the pinned key: waiting for unlock", probes)
+    unpinned = [probe for probe in probes if probe.answer == "unpinned"]
+    if unpinned:
+        probe = unpinned[0]
+        return LiveStatus(node, "unpinned", f"{probe.role} port {probe.host}:{probe.port} "
+                                            f"answers ({probe.presented_fingerprint}) but no "
+                                            "key is pinned there yet (not installed?)", probes)
     try:
         status = provider_status()
     except (ClonefleetError, OSError) as error:

@@ -30,7 +30,9 @@ class KeyChange:
 
     @property
     def changed(self) -> bool:
-        return bool(self.presented) and self.presented != self.pinned
+        """A pinned key replaced by another; a role never pinned is not re-pinned (its keys
+        are pinned at install, never taken from whoever answers)."""
+        return bool(self.pinned) and bool(self.presented) and self.presented != self.pinned
 
     def as_dict(self) -> dict[str, Any]:
         return {"role": self.role, "host": self.host, "port": self.port,
@@ -69,6 +71,9 @@ def plan_repin(store: StateStore, node: str, known_hosts: KnownHosts,
         keys.append(KeyChange(role, access.host, access.port, pinned, presented or ""))
     if not keys:
         raise StateError(f"{node}: no SSH address recorded; provision it first")
+    if not any(key.pinned for key in keys):
+        raise StateError(f"{node}: no host key is pinned yet (keys are pinned when it is "
+                         f"installed): `clonefleet provision {node}`, not keys repin")
     if not any(key.presented for key in keys):
         where = ", ".join(f"{key.role} at {key.host}:{key.port}" for key in keys)
         raise ConnectionFailed(f"{node}: neither SSH server answers ({where}); power it "

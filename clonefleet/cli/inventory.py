@@ -34,7 +34,8 @@ LIVE says what it is doing: sshd (its sshd answers with the pinned key), initram
 answers with the pinned key: waiting for unlock), off (the provider says it is powered off),
 unreachable (no SSH answer and the provider says it is on, or cannot be asked),
 host-key-mismatch (a port answers with another key: nothing is sent to it; check the node
-out of band, then `clonefleet keys repin NODE`), unprovisioned (no address recorded).
+out of band, then `clonefleet keys repin NODE`), unpinned (a port answers but no key is
+pinned there yet: not installed), unprovisioned (no address recorded).
 Probes only exchange SSH keys: they never log in.
 
 \b

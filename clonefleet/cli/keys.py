@@ -58,7 +58,7 @@ def repin(ctx: Context, node: str, yes: bool, timeout: float) -> None:
                  f"{name}: presents the pinned keys; nothing to re-pin")
         return
     if not yes:
-        if ctx.as_json or not sys.stdin.isatty():
+        if ctx.as_json or not _on_terminal():
             raise ConfigError(f"{name}: {len(plan.changes)} key(s) changed; check them on the "
                               "node's console, then pass --yes to pin them")
         if not click.confirm(f"Pin the presented key(s) for {name}?", default=False):
@@ -66,6 +66,10 @@ def repin(ctx: Context, node: str, yes: bool, timeout: float) -> None:
     apply_repin(ctx.store, known_hosts, plan)
     roles = ", ".join(key.role for key in plan.changes)
     ctx.emit({**data, "repinned": True}, f"{name}: re-pinned {roles}")
+
+
+def _on_terminal() -> bool:
+    return sys.stdin.isatty()
 
 
 def register(group: click.Group) -> None:

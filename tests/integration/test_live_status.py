@@ -18,7 +18,7 @@ from sshd_fixture import Sshd, sshd_fleet
 
 from clonefleet import nodefacts
 from clonefleet.cli import _register, cli
-from clonefleet.errors import ProviderError
+from clonefleet.errors import ProviderError, StateError
 from clonefleet.known_hosts import KnownHosts, fleet_known_hosts, public_key_blob
 from clonefleet.liveprobe import probe_fleet
 from clonefleet.providers.base import ServerInfo, SshAccess
@@ -48,14 +48,15 @@ class Fleet:
         self.known_hosts: KnownHosts = fleet_known_hosts(self.state_dir)
         self.sshd = sshd
 
-    def record(self, ssh_port: int, unlock_port: int, *, ssh_key: str,
+    def record(self, ssh_port: int, unlock_port: int, *, ssh_key: str | None,
                dropbear_key: str, state: str = "active") -> None:
         self.store.transition("fsn-1", state, actor="test")
         nodefacts.record_server(self.store, "fsn-1", ServerInfo(
             node="fsn-1", server_id="lab-fsn-1", status="disk",
             ssh=SshAccess("127.0.0.1", ssh_port), unlock=SshAccess("127.0.0.1", unlock_port)))
-        nodefacts.record_host_keys(self.store, "fsn-1", ssh_host_key=ssh_key,
-                                   dropbear_host_key=dropbear_key)
+        if ssh_key is not None:  # None: not installed yet, nothing pinned
+            nodefacts.record_host_keys(self.store, "fsn-1", ssh_host_key=ssh_key,
+                                       dropbear_host_key=dropbear_key)
 
     def live(self, provider_says: str = "disk") -> dict[str, object]:
         [found] = probe_fleet(self.store, ["fsn-1"], self.known_hosts,
@@ -217,3 +218,34 @@ def test_the_mismatch_error_of_a_connection_names_keys_repin(fleet: Fleet) -> No
 
     assert "clonefleet keys repin fsn-1" in str(caught.value)
     assert "provision --wipe" not in str(caught.value)
+
+
+def test_a_node_not_installed_yet_is_unpinned_and_cannot_be_repinned(fleet: Fleet) -> None:
+    # In its provider's rescue system: something answers, nothing is pinned to compare with.
+    fleet.record(fleet.sshd.port, closed_port(), ssh_key=None, dropbear_key="", state="rescue")
+
+    found = fleet.live()
+
+    assert found["live"] == "unpinned"
+    with pytest.raises(StateError) as caught:
+        plan_repin(fleet.store, "fsn-1", fleet.known_hosts, timeout=3)
+    assert "clonefleet provision fsn-1" in str(caught.value)
+    assert nodefacts.load(fleet.store, "fsn-1").ssh_host_key is None
+
+
+@pytest.mark.parametrize(("answer", "exit_code"), [("y\n", 0), ("n\n", 2)])
+def test_repin_on_a_terminal_asks_and_pins_only_when_confirmed(
+        fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: str,
+        exit_code: int) -> None:
+    wrong = other_key()
+    fleet.record(fleet.sshd.port, closed_port(), ssh_key=wrong, dropbear_key=other_key())
+    monkeypatch.setattr("clonefleet.cli.keys._on_terminal", lambda: True)
+
+    result = CliRunner().invoke(cli, ["--fleet", str(fleet.path), "keys", "repin", "fsn-1",
+                                      "--timeout", "3"], input=answer,
+                                env={"CLONEFLEET_STATE_DIR": str(tmp_path / "state")})
+
+    assert result.exit_code == exit_code, result.output
+    assert "Pin the presented key(s) for fsn-1?" in result.output
+    pinned = nodefacts.load(fleet.store, "fsn-1").ssh_host_key
+    assert pinned == (public_key_blob(fleet.sshd.host_key) if exit_code == 0 else wrong)
