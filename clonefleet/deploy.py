@@ -37,6 +37,10 @@ class DeployResult:
     host_key_refused: bool = False
 
 
+# What makes a node of the fleet: the full clone (deploys/full.py).
+DEFAULT_DEPLOY = "deploys.full:node"
+
+
 def describe_failure(result: DeployResult) -> str:
     """One line: each failed operation with its own error, then how many never ran."""
     text = "; ".join(result.errors) or "could not connect"
@@ -112,7 +116,7 @@ def _run_runner(fleet_path: Path, nodes: list[str], deploy: str, timeout: float,
     return data
 
 
-def dry_run_deploy(fleet_path: Path, nodes: list[str], deploy: str = "deploys.full:node",
+def dry_run_deploy(fleet_path: Path, nodes: list[str], deploy: str = DEFAULT_DEPLOY,
                    timeout: float = 900) -> dict[str, DiffResult]:
     """Given nodes, find what `deploy` would change on each, from pyinfra's facts, without
     changing anything (no operation runs, no token is issued, no hook records anything)."""
@@ -130,7 +134,7 @@ def dry_run_deploy(fleet_path: Path, nodes: list[str], deploy: str = "deploys.fu
         for name, value in data.items()}
 
 
-def run_deploy(fleet_path: Path, nodes: list[str], deploy: str = "deploys.full:node",
+def run_deploy(fleet_path: Path, nodes: list[str], deploy: str = DEFAULT_DEPLOY,
                timeout: float = 1800) -> dict[str, DeployResult]:
     """Given nodes, apply `deploy` to them; return per-node results (never raises for a
     failed host: callers decide; raises DeployError when pyinfra itself could not run)."""

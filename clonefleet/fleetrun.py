@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from clonefleet.deploy import (
+    DEFAULT_DEPLOY,
     DeployResult,
     DiffResult,
     describe_failure,
@@ -315,12 +316,13 @@ def run_bounded(items: Sequence[T], work: Callable[[T], R], *, parallel: int,
 def build_provisioner(fleet: Fleet, store: StateStore, state_dir: Path, node_name: str, *,
                       log: Callable[[str], None],
                       progress: Callable[[str, int, int], None] | None = None,
-                      on_step: Callable[[str, str], None] | None = None) -> Provisioner:
+                      on_step: Callable[[str, str], None] | None = None,
+                      deploy_ref: str = DEFAULT_DEPLOY) -> Provisioner:
     """The `Provisioner` for one node, with its own provider driver instance."""
     node = fleet.node(node_name)
     provider = provider_for(fleet, node, state_dir, log)
     return Provisioner(fleet, store, state_dir, provider, Keystore(state_dir / "keystore"),
-                       log=log, progress=progress, on_step=on_step)
+                       log=log, progress=progress, on_step=on_step, deploy_ref=deploy_ref)
 
 
 class FleetRun:
@@ -334,8 +336,10 @@ class FleetRun:
     def __init__(self, fleet: Fleet, store: StateStore, state_dir: Path, *,
                  sink: EventSink | None = None, parallel: int = DEFAULT_PARALLEL,
                  run_node: Callable[[str, bool], ProvisionReport] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 deploy_ref: str = DEFAULT_DEPLOY) -> None:
         self.fleet = fleet
+        self.deploy_ref = deploy_ref  # what provision's last step applies
         self.store = store
         self.state_dir = state_dir
         self.parallel = parallel
@@ -442,7 +446,8 @@ class FleetRun:
         provisioner = build_provisioner(
             self.fleet, self.store, self.state_dir, name,
             log=lambda message: self.emit(name, "log", message=message), progress=progress,
-            on_step=lambda node, step: self.emit(node, "step", step=step))
+            on_step=lambda node, step: self.emit(node, "step", step=step),
+            deploy_ref=self.deploy_ref)
         return provisioner.provision(name, wipe=wipe)
 
     # -- deploy ----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clonefleet import nodefacts
-from clonefleet.deploy import describe_failure, run_deploy
+from clonefleet.deploy import DEFAULT_DEPLOY, describe_failure, run_deploy
 from clonefleet.errors import DeployError, StateError
 from clonefleet.health import require_healthy
 from clonefleet.image.base import BaseImage, ensure_base_image
@@ -111,8 +111,10 @@ class Provisioner:
                  keystore: Keystore | None = None, log: Callable[[str], None] = print,
                  progress: Callable[[str, int, int], None] | None = None,
                  actor: str = ACTOR,
-                 on_step: Callable[[str, str], None] | None = None) -> None:
+                 on_step: Callable[[str, str], None] | None = None,
+                 deploy_ref: str = DEFAULT_DEPLOY) -> None:
         self.fleet = fleet
+        self.deploy_ref = deploy_ref
         self.store = store
         self.state_dir = state_dir
         self.provider = provider
@@ -362,7 +364,7 @@ class Provisioner:
                  f"{'rw' if 'rw' in health.root_options else 'ro'})")
 
     def _deploy(self, node: Node, report: ProvisionReport) -> None:
-        results = run_deploy(self.fleet.path, [node.name])
+        results = run_deploy(self.fleet.path, [node.name], self.deploy_ref)
         result = results[node.name]
         if result.failed:
             raise DeployError(f"deploy failed on {node.name}: "

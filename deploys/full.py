@@ -30,3 +30,11 @@ def node() -> None:
     app()
     transport()
     smartwatch()
+
+
+@deploy("clonefleet node, base only")
+def base_node() -> None:
+    """A node that is managed and watched but serves nothing yet: the base and the smartwatch
+    agent (burning in new hardware before it joins; the lab's disk and boot tests)."""
+    base()
+    smartwatch()

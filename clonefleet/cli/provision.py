@@ -17,7 +17,7 @@ from rich.table import Column
 
 from clonefleet.cli import Context, pass_context
 from clonefleet.cli.display import print_table, progress_display, status_text
-from clonefleet.deploy import CHANGES_PENDING, describe_failure
+from clonefleet.deploy import CHANGES_PENDING, DEFAULT_DEPLOY, describe_failure
 from clonefleet.errors import ConfigError, DeployError
 from clonefleet.fleetrun import (
     DEFAULT_PARALLEL,
@@ -108,6 +108,12 @@ def _print_summary(ctx: Context, result: FleetResult) -> None:
                f"{result.seconds:.1f} s (at most {result.parallel} at once)")
 
 
+def _check_deploy_ref(deploy_ref: str) -> None:
+    if ":" not in deploy_ref:
+        raise ConfigError(f"--deploy {deploy_ref!r}: expected module:function, "
+                          "e.g. deploys.full:node or deploys.base:base")
+
+
 @click.command()
 @click.argument("nodes", nargs=-1)
 @click.option("--region", help="Every node of this region.")
@@ -118,9 +124,12 @@ def _print_summary(ctx: Context, result: FleetResult) -> None:
 @click.option("--wipe", is_flag=True,
               help="Reinstall even if the node was installed before (erases its disks).")
 @click.option("--dry-run", is_flag=True, help="Print the plan; touch nothing.")
+@click.option("--deploy", "deploy_ref", default=DEFAULT_DEPLOY, show_default=True,
+              help="The pyinfra deploy of the last step, as module:function (e.g. "
+                   "deploys.full:base_node: managed and watched, serving nothing yet).")
 @pass_context
 def provision(ctx: Context, nodes: tuple[str, ...], region: str | None, everything: bool,
-              parallel: int, wipe: bool, dry_run: bool) -> None:
+              parallel: int, wipe: bool, dry_run: bool, deploy_ref: str) -> None:
     """Bare box → rescue → encrypted install → reboot → unlock → deploy (resumable).
 
     Several nodes (NODE..., --region or --all) run at once and end with a table; exit 0 if
@@ -128,6 +137,7 @@ def provision(ctx: Context, nodes: tuple[str, ...], region: str | None, everythi
     error's code.
     """
     names = select_nodes(ctx.fleet, nodes, region, everything)
+    _check_deploy_ref(deploy_ref)
     single = len(nodes) == 1  # one NODE named: the output and exit codes it always had
     if dry_run:
         plans = FleetRun(ctx.fleet, ctx.store, ctx.state_dir).plan(names, wipe=wipe)
@@ -147,7 +157,8 @@ def provision(ctx: Context, nodes: tuple[str, ...], region: str | None, everythi
             raise error
         return
     with progress_display(names, as_json=ctx.as_json) as display:
-        run = FleetRun(ctx.fleet, ctx.store, ctx.state_dir, parallel=parallel, sink=display)
+        run = FleetRun(ctx.fleet, ctx.store, ctx.state_dir, parallel=parallel, sink=display,
+                       deploy_ref=deploy_ref)
         result = run.provision(names, wipe=wipe)
     if single:
         [outcome] = result.outcomes
@@ -191,7 +202,7 @@ Exit codes:
 
 @click.command(help=DEPLOY_HELP)
 @click.argument("nodes", nargs=-1, required=True)
-@click.option("--deploy", "deploy_ref", default="deploys.full:node", show_default=True,
+@click.option("--deploy", "deploy_ref", default=DEFAULT_DEPLOY, show_default=True,
               help="pyinfra deploy as module:function.")
 @click.option("--diff", "--dry-run", "diff", is_flag=True,
               help="Change nothing: per node, the operations that would change and each "
@@ -199,9 +210,7 @@ Exit codes:
 @pass_context
 def deploy(ctx: Context, nodes: tuple[str, ...], deploy_ref: str, diff: bool) -> None:
     names = select_nodes(ctx.fleet, nodes)
-    if ":" not in deploy_ref:
-        raise ConfigError(f"--deploy {deploy_ref!r}: expected module:function, "
-                          "e.g. deploys.full:node or deploys.base:base")
+    _check_deploy_ref(deploy_ref)
     if diff:
         _deploy_diff(ctx, names, deploy_ref)
         return

@@ -165,3 +165,30 @@ def test_a_provider_refusing_the_token_fails_its_node_with_the_providers_exit_co
     assert (nodes["hel-1"]["exit_code"], nodes["nbg-1"]["exit_code"]) == (2, 4)
     assert nodes["nbg-1"]["failed_step"] == "create server"
     assert "rejected" in nodes["nbg-1"]["error"]
+
+
+def test_a_deploy_that_is_not_module_function_is_one_line_before_anything_runs(
+        tmp_path: Path, fleet: Path) -> None:
+    result = clonefleet(tmp_path, fleet, "provision", "--all", "--deploy", "deploys.full")
+    assert result.returncode == 2, result.stderr
+    assert error_lines(result.stderr) == [
+        "error: --deploy 'deploys.full': expected module:function, e.g. deploys.full:node or "
+        "deploys.base:base"]
+    assert "Traceback" not in result.stderr
+
+
+def test_provision_applies_the_deploy_it_is_given(tmp_path: Path) -> None:
+    from clonefleet.fleetrun import FleetRun, build_provisioner
+    from clonefleet.inventory import load_fleet
+    from clonefleet.state import open_store
+
+    fleet = load_fleet(write_fleet(tmp_path))
+    store = open_store(tmp_path / "state")
+    name = LAB_NODES[0]
+    assert build_provisioner(fleet, store, tmp_path / "state", name,
+                             log=lambda message: None).deploy_ref == "deploys.full:node"
+    assert build_provisioner(fleet, store, tmp_path / "state", name, log=lambda message: None,
+                             deploy_ref="deploys.full:base_node").deploy_ref == \
+        "deploys.full:base_node"
+    assert FleetRun(fleet, store, tmp_path / "state",
+                    deploy_ref="deploys.full:base_node").deploy_ref == "deploys.full:base_node"

@@ -26,6 +26,10 @@ from .conftest import Lab, open_lab
 
 pytestmark = pytest.mark.vm
 NODE = "fsn-1"
+# The base and the smartwatch agent: this module proves the Robot network, unlock, pinning,
+# health and idempotence; the full clone's services are proved on the several-nodes VMs and
+# in tests/chroot, and a full deploy here would add minutes of emulated CPU to the suite.
+DEPLOY = ("--deploy", "deploys.full:base_node")
 SERVER = 321
 PUBLIC_IPV4 = "203.0.113.21"  # what Robot reports; the VM itself is 10.0.2.15 (qemu)
 ROBOT_ENV = {"HETZNER_ROBOT_USER": "lab-robot", "HETZNER_ROBOT_PASSWORD": "lab-robot-secret"}
@@ -109,7 +113,7 @@ def test_unknown_node_is_one_line_error_without_traceback(lab: Lab) -> None:
 
 
 def test_lab_node_is_encrypted_unlockable_pinned_and_idempotent(lab: Lab) -> None:
-    report = json.loads(lab.cli("--json", "provision", NODE).stdout)
+    report = json.loads(lab.cli("--json", "provision", NODE, *DEPLOY).stdout)
     assert report["state"] == "deployed"
     steps = [step["step"] for step in report["steps"] if not step["substep"]]
     assert steps == ["create server", "boot rescue", "build node layer", "install",
@@ -168,10 +172,10 @@ def test_lab_node_is_encrypted_unlockable_pinned_and_idempotent(lab: Lab) -> Non
     assert not [row for row in table if row["device"] == ""], table  # no node-wide warning
 
     # A re-run of provision on a deployed node does nothing and wipes nothing.
-    again = json.loads(lab.cli("--json", "provision", NODE).stdout)
+    again = json.loads(lab.cli("--json", "provision", NODE, *DEPLOY).stdout)
     assert again["skipped"] and again["state"] == "deployed"
 
-    second = json.loads(lab.cli("--json", "deploy", NODE).stdout)[NODE]
+    second = json.loads(lab.cli("--json", "deploy", NODE, *DEPLOY).stdout)[NODE]
     assert not second["failed"]
     assert second["changed"] == [], f"second deploy changed: {second['changed']}"
     assert second["unchanged"] >= 10
@@ -216,7 +220,7 @@ def test_lab_node_is_encrypted_unlockable_pinned_and_idempotent(lab: Lab) -> Non
         shell.run("systemctl start cf-slow.service", check=False)
         _, result, _ = shell.run("systemctl show -p Result --value cf-slow.service")
         assert result.strip() == "timeout"
-    stopped = lab.cli("provision", NODE, check=False)
+    stopped = lab.cli("provision", NODE, *DEPLOY, check=False)
     assert stopped.returncode == 15, stopped.stderr
     errors = [line for line in stopped.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, stopped.stderr
@@ -226,7 +230,7 @@ def test_lab_node_is_encrypted_unlockable_pinned_and_idempotent(lab: Lab) -> Non
     assert lab.store.get(NODE).state == "booted"
     with lab.shell(NODE) as shell:
         shell.run("systemctl reset-failed cf-broken.service")
-    resumed = json.loads(lab.cli("--json", "provision", NODE).stdout)
+    resumed = json.loads(lab.cli("--json", "provision", NODE, *DEPLOY).stdout)
     assert resumed["state"] == "deployed"
     assert [step["step"] for step in resumed["steps"] if not step["substep"]] == [
         "health check", "deploy"]
