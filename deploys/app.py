@@ -33,7 +33,7 @@ from pyinfra.operations import apt, files, systemd
 
 from deploys._files import secret_file
 from deploys._paths import template
-from deploys._units import unit_enabled
+from deploys._systemd import enabled_offline, offline
 
 DEFAULTS: dict[str, Any] = {
     "app_artifact": "",
@@ -94,8 +94,8 @@ def app() -> None:
                               dest=ENVIRONMENT_FILE, mode="600")
     unit = files.template(name="App systemd unit", src=template("app/clonefleet-app.service.j2"),
                           dest=f"/etc/systemd/system/{UNIT}", mode="644", command=command)
-    unit_enabled(name="App enabled at boot", unit=UNIT)
-    if host.data.get("clonefleet_offline", False):
+    enabled_offline(name="App enabled at boot", unit=UNIT)
+    if offline():
         return
     systemd.daemon_reload(name="systemd reload (app unit)", _if=unit.did_change)
     systemd.service(name="App restarted (artifact, environment or unit changed)", service=UNIT,

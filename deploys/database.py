@@ -39,6 +39,7 @@ from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server, systemd
 
 from deploys._paths import template
+from deploys._systemd import offline as is_offline
 
 VERSION = "15"
 CLUSTER = "main"
@@ -290,7 +291,7 @@ def psql_script_command(statements: list[str], port: int, socket_dir: str = "") 
 @deploy("clonefleet database", data_defaults=DEFAULTS)
 def database() -> None:
     data = {key: host.data.get(key) for key in DEFAULTS}
-    offline = host.data.get("clonefleet_offline", False)
+    offline = is_offline()
     primary = data["database_role"] == "primary"
     apt.packages(name="PostgreSQL (from the image)", packages=PACKAGES)
 

@@ -21,6 +21,7 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import apt, files, server, systemd
 
 from deploys._paths import template
+from deploys._systemd import offline as is_offline
 
 PACKAGES = ["wireguard-tools"]
 DEFAULTS: dict[str, Any] = {
@@ -70,7 +71,7 @@ def apply_peers_command(interface: str, config: str | None = None) -> str:
 @deploy("clonefleet mesh", data_defaults=DEFAULTS)
 def mesh() -> None:
     data = {key: host.data.get(key) for key in DEFAULTS}
-    offline = host.data.get("clonefleet_offline", False)
+    offline = is_offline()
     apt.packages(name="WireGuard tools (from the image)", packages=PACKAGES)
     files.directory(name="WireGuard folder", path="/etc/wireguard", mode="700")
     config = files.template(name="WireGuard mesh config", src=template("mesh/wg0.conf.j2"),

@@ -38,7 +38,7 @@ from pyinfra.operations import apt, files, systemd
 
 from deploys._files import checked_file, secret_file
 from deploys._paths import template
-from deploys._units import unit_enabled
+from deploys._systemd import enabled_offline, offline
 
 HEALTH_URI = "/.well-known/clonefleet/health"
 DEFAULTS: dict[str, Any] = {
@@ -108,8 +108,8 @@ def transport() -> None:
     config = checked_file(name="HAProxy configuration (checked with haproxy -c)",
                           content=haproxy_config(data), dest=data["transport_config_path"],
                           check=CHECK)
-    unit_enabled(name="HAProxy enabled at boot", unit="haproxy.service")
-    if host.data.get("clonefleet_offline", False):
+    enabled_offline(name="HAProxy enabled at boot", unit="haproxy.service")
+    if offline():
         return
     systemd.service(name="HAProxy running", service="haproxy", running=True)
     systemd.service(name="HAProxy reload", service="haproxy", reloaded=True,
