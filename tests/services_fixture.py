@@ -62,9 +62,10 @@ class ServiceFleet:
         return self.fleet
 
 
-def service_fleet(folder: Path, extra: str = "") -> ServiceFleet:
+def service_fleet(folder: Path, extra: str = "", fleet_extra: str = "") -> ServiceFleet:
+    """The fleet with `extra` appended and `fleet_extra` added to its [fleet] table."""
     path = folder / "fleet.toml"
-    path.write_text(FLEET + extra)
+    path.write_text(FLEET.replace("[fleet]\n", "[fleet]\n" + fleet_extra, 1) + extra)
     secrets = open_secrets(folder / "state", Keystore(folder / "state" / "keystore",
                                                       folder / "age.key"))
     return ServiceFleet(folder, load_fleet(path), SqliteStateStore(folder / "state.sqlite"),

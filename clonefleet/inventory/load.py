@@ -46,6 +46,12 @@ SECRET_RE = re.compile(r"(token|password|passwd|secret|api_?key|application_key|
 FLEET_KEYS = {
     "name", "domain", "ssh_key", "min_active_total", "dns_grace_seconds",
     "allowed_tcp_ports", "allowed_udp_ports", "control_url", "alert_urls", "state",
+    "controller_addresses",
+}
+# Settings that moved: the old place is named with the new one instead of "unknown key".
+MOVED_KEYS = {
+    "services.mesh.controller_addresses": "[fleet] controller_addresses",
+    "services.dns.api_allow_from": "[fleet] controller_addresses",
 }
 TOP_KEYS = {"fleet", "regions", "nodes", "routed", "admins", "providers", "services", "state"}
 REGION_KEYS = {"provider", "location", "latitude", "longitude", "min_active"}
@@ -85,6 +91,10 @@ class _Checker:
         for key in table:
             if key not in allowed:
                 where = f"{prefix}.{key}" if prefix else key
+                if where in MOVED_KEYS:
+                    self.fail(where, f"moved to {MOVED_KEYS[where]}",
+                              "write the same list there as controller_addresses")
+                    continue
                 self.fail(where, "unknown key",
                           f"remove it or use one of: {', '.join(sorted(allowed))}")
 
@@ -203,6 +213,7 @@ def load_fleet(path: str | Path, *, environ: Mapping[str, str] | None = None) ->
     if not all(isinstance(url, str) and "://" in url for url in alert_urls):
         check.fail("fleet.alert_urls", "every entry must be an apprise URL",
                    "e.g. ['mailtos://user:pass@example.com', 'ntfys://topic']")
+    controller = _controller_addresses(check, fleet_table)
     _floors(check, regions, nodes, min_total)
     state = _state(check, fleet_table, raw, fleet_name)
     used = {name: config for name, config in providers.configs.items()
@@ -216,6 +227,7 @@ def load_fleet(path: str | Path, *, environ: Mapping[str, str] | None = None) ->
         name=fleet_name,
         control_url=control_url,
         alert_urls=tuple(alert_urls),
+        controller_addresses=controller,
         path=path,
         domain=domain,
         regions=regions,
@@ -456,6 +468,23 @@ def _node_keys(check: _Checker, body: dict[str, Any], prefix: str, node: str,
         if value is not None and _choice(check, setting, value, f"{prefix}.{key}"):
             settings[key] = value
     return settings
+
+
+def _controller_addresses(check: _Checker,
+                          fleet_table: dict[str, Any]) -> tuple[str, ...]:
+    """`[fleet] controller_addresses` as networks ("203.0.113.7/32"), one error per bad entry."""
+    values = check.typed(fleet_table, "controller_addresses", "fleet", list, default=[])
+    networks = []
+    for index, value in enumerate(values):
+        try:
+            if not isinstance(value, str):
+                raise TypeError(value)
+            networks.append(str(ipaddress.ip_network(value.strip(), strict=False)))
+        except (TypeError, ValueError):
+            check.fail(f"fleet.controller_addresses[{index}]",
+                       f"{value!r} is not an address or network",
+                       'use e.g. "203.0.113.7" or "2001:db8::/64"')
+    return tuple(sorted(set(networks)))
 
 
 def _services(check: _Checker, table: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -86,6 +86,9 @@ class Fleet:
     allowed_udp_ports: tuple[int, ...] = ()
     control_url: str = ""  # where nodes' smartwatch agents reach `clonefleet serve`
     alert_urls: tuple[str, ...] = ()  # apprise URLs for the agents' alerts
+    # Where the controller runs `clonefleet` from, as networks ("203.0.113.7/32"): besides
+    # the mesh, only these reach the nodes' backend ports (PowerDNS API, PostgreSQL, metrics).
+    controller_addresses: tuple[str, ...] = ()
     # Every provider a region or node names: its `[providers.NAME]` table, or a driver's
     # defaults when a driver is named without a table.
     providers: dict[str, ProviderConfig] = field(default_factory=dict)

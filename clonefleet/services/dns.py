@@ -4,11 +4,11 @@ Fleet file (`[services.dns]`, all optional):
 
     [services.dns]
     api_port = 8081                              # PowerDNS HTTP API on each node
-    api_allow_from = ["198.51.100.7", "2001:db8::7/128"]   # the controller's addresses
 
 The DNS port (53, udp and tcp) answers everyone. The HTTP API, which can change every answer,
 is allowed only from the node itself, the mesh (`[services.mesh] cidr`) and the controller's
-addresses, both by PowerDNS (`webserver-allow-from`) and by the firewall (its port goes into
+addresses (`[fleet] controller_addresses`, see `clonefleet.services.controller`), both by
+PowerDNS (`webserver-allow-from`) and by the firewall (its port goes into
 `clonefleet_backend_tcp_ports`, which the base firewall opens to the mesh and to
 `clonefleet_controller_addresses` only).
 
@@ -21,7 +21,6 @@ fact, which names that secret instead of holding the key, so `dns publish`, `dns
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import tempfile
 from pathlib import Path
@@ -30,28 +29,22 @@ from typing import Any
 from clonefleet.dnsmap.endpoints import ENDPOINT_FACT
 from clonefleet.dnsmap.errors import EndpointError
 from clonefleet.dnsmap.server import NODE_CONFIG_OPERATIONS
-from clonefleet.errors import ConfigError
-from clonefleet.inventory import Fleet, Node
+from clonefleet.inventory import Fleet
 from clonefleet.providers.registry import Setting
 from clonefleet.secrets import random_token
 from clonefleet.services import DeployOutcome, ServiceContext
+from clonefleet.services.controller import controller_networks
 
 NAME = "dns"
 API_KEY_SECRET = "pdns_api_key"
 API_PORT = 8081
 DNS_PORT = 53
 DEFAULT_MESH_CIDR = "10.77.0.0/24"
-# qemu's user network: connections forwarded from the controller (hostfwd) reach a lab VM
-# from this address, so it is the controller as a lab node sees it.
-LAB_CONTROLLER_ADDRESS = "10.0.2.2"
 FORWARDED_PORTS_FACT = "forwarded_ports"  # {"tcp/8081": ["127.0.0.1", 40123], ...}
 
 SETTINGS: dict[str, Setting] = {
     "api_port": Setting(int, "port of each node's PowerDNS HTTP API (reachable only from the "
                              "mesh and the controller)", default=API_PORT),
-    "api_allow_from": Setting(list, "the controller's addresses or networks (CIDR) allowed to "
-                                    "reach each node's PowerDNS API, besides the mesh",
-                              default=[]),
 }
 
 
@@ -63,22 +56,6 @@ def settings(fleet: Fleet) -> dict[str, Any]:
 
 def mesh_cidr(fleet: Fleet) -> str:
     return str(fleet.services.get("mesh", {}).get("cidr", DEFAULT_MESH_CIDR))
-
-
-def controller_addresses(fleet: Fleet, node: Node) -> list[str]:
-    """The controller's networks as `node` sees them: `api_allow_from`, plus qemu's gateway
-    for a lab node. `ConfigError` names a value that is not an address or network."""
-    networks = []
-    for value in settings(fleet)["api_allow_from"]:
-        try:
-            networks.append(str(ipaddress.ip_network(str(value).strip(), strict=False)))
-        except ValueError:
-            raise ConfigError(f"{fleet.path}: services.dns.api_allow_from: {value!r} is not an "
-                              "address or network; write e.g. \"198.51.100.7\" or "
-                              "\"2001:db8::/64\"") from None
-    if node.provider == "lab":
-        networks.append(f"{LAB_CONTROLLER_ADDRESS}/32")
-    return sorted(set(networks))
 
 
 # The GeoIP database's build time, fixed so that its bytes depend on the fleet only. Not 0:
@@ -112,7 +89,7 @@ def host_data(context: ServiceContext) -> dict[str, Any]:
     """One node's host data for `deploys.dns` (its API key included, in memory only)."""
     fleet, node = context.fleet, context.node
     api_port = int(settings(fleet)["api_port"])
-    controller = controller_addresses(fleet, node)
+    controller = controller_networks(fleet, node)
     return {
         "dns_api_key": context.secrets.get_or_create(node.name, API_KEY_SECRET, random_token),
         "dns_api_port": api_port,

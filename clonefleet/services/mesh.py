@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from clonefleet.errors import InventoryError, StateError
 from clonefleet.providers.registry import Setting
+from clonefleet.services.controller import controller_networks
 
 if TYPE_CHECKING:
     from clonefleet.inventory import Fleet
@@ -39,9 +40,6 @@ SETTINGS: Mapping[str, Setting] = {
                     default="10.77.0.0/24"),
     "port": Setting(int, "WireGuard's UDP port on every node", default=51820),
     "interface": Setting(str, "the WireGuard interface's name", default="wg0"),
-    "controller_addresses": Setting(list, "addresses or networks of the controller, allowed to "
-                                          "reach backend ports (DNS API) besides the mesh",
-                                    default=[]),
 }
 
 
@@ -69,16 +67,6 @@ def check(fleet_path: str, settings: Mapping[str, Any],
         errors.append(InventoryError(fleet_path, f"{prefix}.interface",
                                      f"{interface!r} is not an interface name",
                                      'use up to 15 letters and digits, e.g. "wg0"'))
-    for index, value in enumerate(settings["controller_addresses"]):
-        try:
-            if not isinstance(value, str):
-                raise TypeError(value)
-            ipaddress.ip_network(value, strict=False)
-        except (TypeError, ValueError):
-            errors.append(InventoryError(
-                fleet_path, f"{prefix}.controller_addresses[{index}]",
-                f"{value!r} is not an address or network",
-                'use e.g. "203.0.113.7" or "2001:db8::/64"'))
     return errors
 
 
@@ -189,6 +177,5 @@ def host_data(context: ServiceContext) -> dict[str, Any]:
                                                           generate_private_key),
         "mesh_peers": [peer.as_data() for peer in peers(context)],
         "mesh_keepalive": KEEPALIVE,
-        "clonefleet_controller_addresses": [str(value) for value in
-                                            settings["controller_addresses"]],
+        "clonefleet_controller_addresses": controller_networks(context.fleet, context.node),
     }

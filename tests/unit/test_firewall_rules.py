@@ -68,14 +68,15 @@ def test_a_port_both_public_and_backend_is_public_and_ssh_is_always_open() -> No
 
 def test_the_mesh_service_gives_the_firewall_its_interface_port_and_controller(
         tmp_path: Path) -> None:
-    lab = service_fleet(tmp_path, '[services.mesh]\nport = 51999\ninterface = "mesh0"\n'
-                                  'controller_addresses = ["192.0.2.200"]\n')
+    lab = service_fleet(tmp_path, '[services.mesh]\nport = 51999\ninterface = "mesh0"\n',
+                        fleet_extra='controller_addresses = ["192.0.2.200"]\n')
     data = mesh.host_data(lab.context("fsn-1"))
     data["clonefleet_backend_tcp_ports"] = [8081]
     rules = _input_rules(ruleset(data))
     assert "udp dport { 51999 } accept" in rules
     assert 'iifname "mesh0" tcp dport { 8081 } accept' in rules
-    assert "ip saddr { 192.0.2.200/32 } tcp dport { 8081 } accept" in rules
+    # (a lab node also sees the controller as qemu's gateway)
+    assert "ip saddr { 10.0.2.2/32, 192.0.2.200/32 } tcp dport { 8081 } accept" in rules
 
 
 def test_services_backend_ports_are_joined_and_postgresql_is_reachable_over_the_mesh_only(

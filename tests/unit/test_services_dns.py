@@ -13,7 +13,7 @@ from clonefleet.dnsmap import Endpoints
 from clonefleet.dnsmap.endpoints import ENDPOINT_FACT, Endpoint
 from clonefleet.dnsmap.errors import EndpointError
 from clonefleet.dnsmap.server import NODE_CONFIG_OPERATIONS
-from clonefleet.errors import ConfigError
+from clonefleet.errors import InventoryError, InventoryErrors
 from clonefleet.inventory import Fleet, load_fleet
 from clonefleet.keystore import Keystore
 from clonefleet.secrets import SecretStore, open_secrets
@@ -26,8 +26,9 @@ pytestmark = pytest.mark.unit
 @pytest.fixture
 def fleet(tmp_path: Path) -> Fleet:
     path = tmp_path / "fleet.toml"
-    path.write_text(TWO_REGION_FLEET + '\n[services.dns]\napi_port = 8181\n'
-                    'api_allow_from = ["198.51.100.7", "2001:db8:c::/64"]\n')
+    path.write_text(TWO_REGION_FLEET.replace(
+        "[fleet]\n", '[fleet]\ncontroller_addresses = ["198.51.100.7", "2001:db8:c::/64"]\n', 1)
+        + '\n[services.dns]\napi_port = 8181\n')
     return load_fleet(path)
 
 
@@ -72,14 +73,25 @@ def test_api_is_allowed_from_the_node_the_mesh_and_the_controller_and_its_port_i
     assert data["clonefleet_backend_tcp_ports"] == [8181]
 
 
-def test_a_bad_controller_address_is_one_line_naming_the_key(
-        tmp_path: Path, store: SqliteStateStore, secrets: SecretStore) -> None:
+def test_a_bad_controller_address_is_one_line_naming_the_key(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
-    path.write_text(TWO_REGION_FLEET + '\n[services.dns]\napi_allow_from = ["controller"]\n')
-    bad = load_fleet(path)
-    with pytest.raises(ConfigError, match=r"services\.dns\.api_allow_from: 'controller' is "
-                                          r"not an address"):
-        dns.host_data(context(bad, store, secrets, "fsn-1"))
+    path.write_text(TWO_REGION_FLEET.replace(
+        "[fleet]\n", '[fleet]\ncontroller_addresses = ["10.0.0.1", "controller"]\n', 1))
+    with pytest.raises(InventoryError) as error:
+        load_fleet(path)
+    [line] = str(error.value).splitlines()
+    assert "fleet.controller_addresses[1]: 'controller' is not an address or network" in line
+
+
+def test_the_old_places_of_the_controller_addresses_name_the_new_one(tmp_path: Path) -> None:
+    path = tmp_path / "old.toml"
+    path.write_text(TWO_REGION_FLEET + '\n[services.dns]\napi_allow_from = ["192.0.2.9"]\n'
+                    '\n[services.mesh]\ncontroller_addresses = ["192.0.2.9"]\n')
+    with pytest.raises(InventoryErrors) as errors:
+        load_fleet(path)
+    text = str(errors.value)
+    assert "services.dns.api_allow_from: moved to [fleet] controller_addresses" in text
+    assert "services.mesh.controller_addresses: moved to [fleet] controller_addresses" in text
 
 
 def test_services_join_their_port_lists_instead_of_replacing_them() -> None:

@@ -1,0 +1,26 @@
+"""Where the controller reaches the nodes from: the one list every service's rules use.
+
+`[fleet] controller_addresses` names the controller's addresses or networks; a lab node also
+sees the controller as qemu's gateway (its forwarded ports arrive from there). The base
+firewall opens the backend ports (PowerDNS API, PostgreSQL, node exporter) to these and to
+the mesh only, and PowerDNS's own `webserver-allow-from` uses the same list.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from clonefleet.inventory import Fleet, Node
+
+# qemu's user network: connections forwarded from the controller (hostfwd) reach a lab VM
+# from this address, so it is the controller as a lab node sees it.
+LAB_CONTROLLER_ADDRESS = "10.0.2.2"
+
+
+def controller_networks(fleet: Fleet, node: Node) -> list[str]:
+    """The controller's networks as `node` sees them, sorted, each once."""
+    networks = set(fleet.controller_addresses)
+    if node.provider == "lab":
+        networks.add(f"{LAB_CONTROLLER_ADDRESS}/32")
+    return sorted(networks)
