@@ -36,11 +36,12 @@ from clonefleet.ssh import (
     generate_ed25519,
     wait_for_ssh,
 )
-from clonefleet.state import StateStore
+from clonefleet.state import StateStore, lifecycle
 from clonefleet.unlock import unlock
 
 BEFORE_INSTALL = (None, "ordered", "rescue")
-PROVISIONED = ("deployed", "active", "draining", "drained")
+# States a node reaches only after its first deploy: provision leaves them alone without --wipe.
+PROVISIONED = ("deployed", "active", "draining", "drained", "updating")
 ACTOR = "clonefleet provision"
 INSTALL_STEPS = ("create server", "boot rescue", "build node layer", "install")
 
@@ -216,8 +217,8 @@ class Provisioner:
             access = self.provider.boot_rescue(node, [self.operator.public_line])
             self.provider.wait_ready(access, node, 600, "rescue system ssh")
             rescue["access"] = access
-            self.store.transition(node.name, "rescue", actor=self.actor,
-                                  reason="booted rescue system for install")
+            self.store.apply(node.name, lifecycle.BOOT_RESCUE, actor=self.actor,
+                             reason="booted rescue system for install")
 
         # The node layer needs nothing from the rescue system, so it is built (and on a
         # first run the image with it) while the provider boots the rescue system. The
@@ -250,8 +251,8 @@ class Provisioner:
         nodefacts.record_server(self.store, node.name, info)
         record = self.store.get(node.name)
         if record is None:
-            self.store.transition(node.name, "ordered", actor=self.actor,
-                                  reason=f"{node.provider} server {info.server_id}")
+            self.store.apply(node.name, lifecycle.ORDER, actor=self.actor,
+                             reason=f"{node.provider} server {info.server_id}")
 
     def _layer(self, base: BaseImage, node: Node, plan: InstallPlan, output: Path,
                workspace: Path) -> None:
@@ -289,8 +290,8 @@ class Provisioner:
             nodefacts.record_disks(self.store, node.name, final_plan.disk_paths)
             installer.install(passphrase, base.tarball, layer, progress=self._copy_progress(
                 node.name))
-        self.store.transition(node.name, "installed", actor=self.actor,
-                              reason="encrypted install finished")
+        self.store.apply(node.name, lifecycle.INSTALL, actor=self.actor,
+                         reason="encrypted install finished")
 
     def _copy_progress(self, node: str) -> Callable[[int, int], None] | None:
         if self.progress is None:
@@ -301,8 +302,8 @@ class Provisioner:
     def _boot_disk(self, node: Node) -> None:
         self.provider.boot_disk(node)
         self.wait_for_dropbear(node)
-        self.store.transition(node.name, "locked", actor=self.actor,
-                              reason="booted from disk, waiting for unlock")
+        self.store.apply(node.name, lifecycle.LOCK, actor=self.actor,
+                         reason="booted from disk, waiting for unlock")
 
     def wait_for_dropbear(self, node: Node, timeout: float | None = None) -> None:
         self.provider.wait_ready(nodefacts.load(self.store, node.name).require_unlock(), node,
@@ -329,9 +330,9 @@ class Provisioner:
         if wait_for_sshd:
             self.wait_for_sshd(node, timeout)
         record = self.store.get(node.name)
-        if record is not None and record.state == "locked":
-            self.store.transition(node.name, "booted", actor=self.actor,
-                                  reason="unlocked over Dropbear")
+        if record is not None and lifecycle.BOOT.allows(record.state):
+            self.store.apply(node.name, lifecycle.BOOT, actor=self.actor,
+                             reason="unlocked over Dropbear")
         return message
 
     def _unlock_step(self, node_name: str) -> None:
@@ -370,5 +371,5 @@ class Provisioner:
             raise DeployError(f"deploy failed on {node.name}: "
                               f"{describe_failure(result)}")
         report.deploy_changes = list(result.changed)
-        self.store.transition(node.name, "deployed", actor=self.actor,
-                              reason=f"node deploy: {len(result.changed)} changes")
+        self.store.apply(node.name, lifecycle.DEPLOY, actor=self.actor,
+                         reason=f"node deploy: {len(result.changed)} changes")

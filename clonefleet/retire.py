@@ -16,12 +16,11 @@ from clonefleet.errors import StateError
 from clonefleet.inventory import Fleet
 from clonefleet.keystore import Keystore
 from clonefleet.providers.base import Provider
-from clonefleet.state import StateStore
+from clonefleet.state import StateStore, lifecycle
 
 ACTOR = "clonefleet retire"
 # A node that serves (or is leaving) DNS answers must be drained before it disappears.
-RETIRE_FROM = (None, "ordered", "rescue", "installed", "locked", "booted", "deployed",
-               "drained")
+RETIRE_FROM = lifecycle.RETIRE.from_states
 STEPS = ("delete server", "forget passphrase", "forget facts", "record retired")
 
 
@@ -68,9 +67,8 @@ def retire(fleet: Fleet, store: StateStore, provider: Provider, keystore: Keysto
     server = f" {result.server_id}" if result.server_id else ""
     with store.transaction():
         store.delete_facts(node.name)
-        store.transition(node.name, "retired", actor=actor,
-                         reason=f"{node.provider} server{server} deleted",
-                         expect_from=RETIRE_FROM)
+        store.apply(node.name, lifecycle.RETIRE, actor=actor,
+                    reason=f"{node.provider} server{server} deleted")
     keystore.delete(node.name)
     log(f"{node.name}: retired; its passphrase and facts are forgotten")
     result.done = True

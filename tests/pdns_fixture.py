@@ -276,4 +276,4 @@ def write_lab_fleet(directory: Path, text: str = LAB_FLEET) -> Fleet:
 
 def activate_all(fleet: Fleet, store: SqliteStateStore) -> None:
     for name in fleet.nodes:
-        store.transition(name, "active", actor="test-setup", reason="deployed in the test")
+        store.set_state(name, "active", actor="test-setup", reason="deployed in the test")

@@ -11,6 +11,7 @@ from clonefleet.cli.display import print_table
 from clonefleet.errors import ConfigError
 from clonefleet.keystore import Keystore
 from clonefleet.providers.lab import LabProvider
+from clonefleet.state import lifecycle
 
 
 @click.group()
@@ -52,9 +53,9 @@ def destroy(ctx: Context, nodes: tuple[str, ...], everything: bool) -> None:
         ctx.store.delete_facts(name)
         keystore.delete(name)
         record = ctx.store.get(name)
-        if record is not None and record.state != "ordered":
-            ctx.store.transition(name, "ordered", actor="clonefleet lab destroy",
-                                 reason="lab VM destroyed")
+        if record is not None and lifecycle.DESTROY_LAB.allows(record.state):
+            ctx.store.apply(name, lifecycle.DESTROY_LAB, actor="clonefleet lab destroy",
+                            reason="lab VM destroyed")
     ctx.emit({"destroyed": names}, f"destroyed: {', '.join(names) or 'nothing'}")
 
 

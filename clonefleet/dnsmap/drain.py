@@ -33,7 +33,7 @@ from clonefleet.dnsmap.publish import (
 )
 from clonefleet.dnsmap.verify import ANYWHERE
 from clonefleet.inventory import Fleet
-from clonefleet.state import StateStore
+from clonefleet.state import StateStore, lifecycle
 
 POLL_SECONDS = 0.05
 
@@ -99,7 +99,7 @@ def plan_drain(fleet: Fleet, store: StateStore, node: str, *, reason: str,
 
 # A freshly provisioned node enters DNS the same way a drained one returns: through undrain,
 # with the same health rule.
-UNDRAIN_FROM = ("deployed", *DRAIN_STATES)
+UNDRAIN_FROM = lifecycle.ACTIVATE.from_states | lifecycle.UNDRAIN.from_states
 
 
 def plan_undrain(fleet: Fleet, store: StateStore, node: str, *,
@@ -205,8 +205,7 @@ def drain_node(fleet: Fleet, store: StateStore, node: str, *, reason: str, actor
         if changed:
             suffix = " (forced below minimum)" if force and _below_minimum(plan, fleet, node) \
                 else ""
-            store.transition(node, "draining", actor=actor, reason=reason.strip() + suffix,
-                             expect_from=["active"])
+            store.apply(node, lifecycle.DRAIN, actor=actor, reason=reason.strip() + suffix)
     return _publish_and_confirm(fleet, store, node, endpoints, actor=actor, want_served=False,
                                 changed=changed, started=started, deadline=deadline,
                                 server_timeout=server_timeout)
@@ -240,9 +239,10 @@ def undrain_node(fleet: Fleet, store: StateStore, node: str, *, actor: str, reas
             raise DrainRefused(f"undrain of {node!r} refused: {'; '.join(refusals)}")
         changed = state != "active"
         if changed:
-            store.transition(node, "active", actor=actor,
-                             reason=reason.strip() or f"undrained (was {state})",
-                             expect_from=list(UNDRAIN_FROM))
+            # A provisioned node enters DNS the way a drained one returns: by undrain.
+            move = lifecycle.ACTIVATE if lifecycle.ACTIVATE.allows(state) else lifecycle.UNDRAIN
+            store.apply(node, move, actor=actor,
+                        reason=reason.strip() or f"undrained (was {state})")
     return _publish_and_confirm(fleet, store, node, endpoints, actor=actor, want_served=True,
                                 changed=changed, started=started, deadline=deadline,
                                 server_timeout=server_timeout)

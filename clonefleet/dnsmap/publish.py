@@ -13,7 +13,7 @@ from clonefleet.dnsmap.powerdns import push_zone
 from clonefleet.dnsmap.zone import RRset, render_rrsets
 from clonefleet.errors import ConfigError, StateError
 from clonefleet.inventory import Fleet
-from clonefleet.state import StateStore
+from clonefleet.state import StateStore, lifecycle
 
 PUBLISH_LOCK = "dns-publish"
 # The lock covers reading states and allocating a serial only (milliseconds), never network
@@ -58,8 +58,8 @@ def settle(fleet: Fleet, store: StateStore, *, now: float | None = None) -> list
             if record.state != "draining" or record.name not in fleet.nodes:
                 continue
             if record.since + wait <= now:
-                store.transition(record.name, "drained", actor=record.actor,
-                                 reason=record.reason, expect_from=["draining"])
+                store.apply(record.name, lifecycle.SETTLE, actor=record.actor,
+                            reason=record.reason)
                 promoted.append(record.name)
     return promoted
 

@@ -23,7 +23,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -36,11 +36,12 @@ from clonefleet.errors import LeaseHeld, LeaseLost, StateConflict, StateError, S
 from clonefleet.retry import RetryPolicy, TimedOut, wait_until
 from clonefleet.state.config import StateConfig
 from clonefleet.state.model import (
-    LIFECYCLE,
     DnsServerRecord,
     HealthCheck,
     Lease,
+    LifecycleWrites,
     NodeRecord,
+    StateCheck,
     StepRecord,
     Transition,
     check_name,
@@ -309,7 +310,7 @@ class _Transaction(_Reader):
         return bool(response.get("succeeded"))
 
 
-class EtcdStateStore:
+class EtcdStateStore(LifecycleWrites):
     """Given a cluster and a key prefix, keep node states, history, facts, step timings,
     health checks, DNS serials, locks and leases there."""
 
@@ -388,27 +389,16 @@ class EtcdStateStore:
         return [self._node(key[len(prefix):].decode(), value)
                 for key, value, _ in self._reader().items(prefix)]
 
-    def transition(
-        self,
-        node: str,
-        to_state: str,
-        *,
-        actor: str,
-        reason: str = "",
-        expect_from: Iterable[str | None] | None = None,
-    ) -> NodeRecord:
-        """Move `node` to `to_state`, recording who and why; refuse if not in `expect_from`."""
-        if to_state not in LIFECYCLE:
-            raise StateError(f"unknown state {to_state!r}; use one of: {', '.join(LIFECYCLE)}")
-        allowed = list(expect_from) if expect_from is not None else None
+    def _write_state(self, node: str, to_state: str, *, actor: str, reason: str,
+                     check: StateCheck | None) -> NodeRecord:
+        """Read, check and write guarded by the node key's revision; re-read and re-checked
+        while another writer wins, so of two moves from the same state exactly one passes."""
 
         def work(transaction: _Transaction) -> NodeRecord:
             data = transaction.get(self._key("nodes", node))
             from_state = _load(data)["state"] if data is not None else None
-            if allowed is not None and from_state not in allowed:
-                shown = ", ".join(str(state) for state in allowed)
-                raise StateError(
-                    f"node {node!r} is {from_state or 'unknown'}, expected one of: {shown}")
+            if check is not None:
+                check(from_state)
             now = time.time()
             record = NodeRecord(node, to_state, now, actor, reason)
             transaction.put(self._key("nodes", node), _dump(

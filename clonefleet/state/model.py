@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-# A node's life. `draining`/`drained` sit beside `active`; `retired` is terminal.
-LIFECYCLE = (
-    "ordered",
-    "rescue",
-    "installed",
-    "locked",
-    "booted",
-    "deployed",
-    "active",
-    "draining",
-    "drained",
-    "retired",
-)
+from clonefleet.state.lifecycle import STATES, NamedTransition, check_state
+
+# A node's life: the states of the one transition table (`clonefleet.state.lifecycle`).
+LIFECYCLE = STATES
 
 # Facts about the fleet as a whole (e.g. the last `dns verify`) are kept under this name: node
 # names are DNS labels, so none can start with "@" and collide with it.
@@ -106,20 +97,48 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
+# Given the node's current state (None: not recorded), raise to refuse the write.
+StateCheck = Callable[[str | None], None]
+
+
+class LifecycleWrites:
+    """`apply` and `set_state`, written once for every backend on top of its one atomic
+    primitive `_write_state`: read the node's state, run the check on it, write the new state
+    and its history record, all in one atomic step (SQLite: one transaction; etcd: one
+    transaction guarded by the node key's revision, re-run while another writer wins)."""
+
+    def _write_state(self, node: str, to_state: str, *, actor: str, reason: str,
+                     check: StateCheck | None) -> NodeRecord:
+        raise NotImplementedError
+
+    def apply(
+        self, node: str, transition: NamedTransition, *, actor: str, reason: str = ""
+    ) -> NodeRecord:
+        def check(current: str | None) -> None:
+            transition.check(node, current)
+
+        return self._write_state(node, transition.to, actor=actor, reason=reason, check=check)
+
+    def set_state(self, node: str, state: str, *, actor: str, reason: str = "") -> NodeRecord:
+        return self._write_state(node, check_state(state), actor=actor, reason=reason,
+                                 check=None)
+
+
 class StateStore(Protocol):
     def get(self, node: str) -> NodeRecord | None: ...
 
     def all(self) -> list[NodeRecord]: ...
 
-    def transition(
-        self,
-        node: str,
-        to_state: str,
-        *,
-        actor: str,
-        reason: str = "",
-        expect_from: Iterable[str | None] | None = None,
-    ) -> NodeRecord: ...
+    def apply(
+        self, node: str, transition: NamedTransition, *, actor: str, reason: str = ""
+    ) -> NodeRecord:
+        """Move `node` along `transition` (e.g. `lifecycle.DRAIN`), recording who and why;
+        `StateError` if its current state is not one the transition starts from."""
+        ...
+
+    def set_state(self, node: str, state: str, *, actor: str, reason: str = "") -> NodeRecord:
+        """Record `state` whatever the node's state is: for test setup and repairs only."""
+        ...
 
     def history(self, node: str | None = None) -> list[Transition]: ...
 

@@ -8,7 +8,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,11 +16,12 @@ from typing import Any
 from clonefleet.errors import LeaseHeld, LeaseLost, StateError
 from clonefleet.retry import RetryPolicy, TimedOut, wait_until
 from clonefleet.state.model import (
-    LIFECYCLE,
     DnsServerRecord,
     HealthCheck,
     Lease,
+    LifecycleWrites,
     NodeRecord,
+    StateCheck,
     StepRecord,
     Transition,
     check_name,
@@ -93,7 +94,7 @@ CREATE TABLE IF NOT EXISTS dns_servers (
 """
 
 
-class SqliteStateStore:
+class SqliteStateStore(LifecycleWrites):
     """Given a database path, keep node states, history, facts and step timings there."""
 
     def __init__(self, path: str | Path) -> None:
@@ -155,28 +156,14 @@ class SqliteStateStore:
         ).fetchall()
         return [NodeRecord(*row) for row in rows]
 
-    def transition(
-        self,
-        node: str,
-        to_state: str,
-        *,
-        actor: str,
-        reason: str = "",
-        expect_from: Iterable[str | None] | None = None,
-    ) -> NodeRecord:
-        """Move `node` to `to_state`, recording who and why; refuse if not in `expect_from`."""
-        if to_state not in LIFECYCLE:
-            raise StateError(f"unknown state {to_state!r}; use one of: {', '.join(LIFECYCLE)}")
+    def _write_state(self, node: str, to_state: str, *, actor: str, reason: str,
+                     check: StateCheck | None) -> NodeRecord:
+        """Read, check and write in one IMMEDIATE transaction: writers wait for each other."""
         with self.transaction():
             current = self.get(node)
             from_state = current.state if current else None
-            if expect_from is not None:
-                allowed = list(expect_from)
-                if from_state not in allowed:
-                    shown = ", ".join(str(state) for state in allowed)
-                    raise StateError(
-                        f"node {node!r} is {from_state or 'unknown'}, expected one of: {shown}"
-                    )
+            if check is not None:
+                check(from_state)
             now = time.time()
             db = self._connection()
             db.execute(

@@ -88,7 +88,7 @@ def test_deployed_powerdns_answers_the_published_map_through_the_recorded_endpoi
     store = open_store(chroot_fleet.state_dir)
     assert "api_key" not in store.get_fact("fsn-1", ENDPOINT_FACT)  # named, not stored
     for name in fleet.nodes:
-        store.transition(name, "active", actor="test-setup", reason="deployed in the test")
+        store.set_state(name, "active", actor="test-setup", reason="deployed in the test")
 
     result = publish(fleet, store, actor="test")  # endpoints from the store, as the CLI does
 

@@ -326,7 +326,7 @@ def test_challenge_records_survive_a_concurrent_dns_publish_and_verify_ignores_t
     try:
         # A drain changes the map: the publish replaces the routed rrset and must leave the
         # challenge record alone on every server.
-        run.store.transition("fsn-2", "draining", actor="test", reason="test")
+        run.store.set_state("fsn-2", "draining", actor="test", reason="test")
         assert publish(run.fleet, run.store, actor="test").ok
         assert all(records == frozenset({'"token-1"'})
                    for records in run.txt_everywhere(challenge).values())

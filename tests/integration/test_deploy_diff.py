@@ -63,7 +63,7 @@ class Setup:
             fleet_file.write('\n[nodes.fsn-2]\nregion = "fsn"\ndisks = ["B"]\n')
         self.state_dir = tmp_path / "state" / "difftest"
         store = open_store(self.state_dir)
-        store.transition("fsn-1", "booted", actor="test")
+        store.set_state("fsn-1", "booted", actor="test")
         store.set_fact("fsn-1", "ssh", {"host": "127.0.0.1", "port": sshd.port})
         store.set_fact("fsn-1", "ssh_host_key", sshd.host_key)
         self.env = {**os.environ, "CLONEFLEET_STATE_DIR": str(tmp_path / "state")}

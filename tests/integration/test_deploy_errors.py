@@ -46,7 +46,7 @@ def deploy_fleet(tmp_path: Path, sshd: Sshd) -> Path:
     with fleet_path.open("a") as fleet_file:
         fleet_file.write('\n[nodes.fsn-2]\nregion = "fsn"\ndisks = ["B"]\n')
     store = open_store(tmp_path / "state" / "deploytest")
-    store.transition("fsn-1", "booted", actor="test")
+    store.set_state("fsn-1", "booted", actor="test")
     store.set_fact("fsn-1", "ssh", {"host": "127.0.0.1", "port": sshd.port})
     store.set_fact("fsn-1", "ssh_host_key", sshd.host_key)
     return fleet_path

@@ -79,7 +79,7 @@ def node(tmp_path: Path, sshd: Sshd,
         blocked=str(tmp_path / "node" / "blocked")))
     fleet = load_fleet(sshd_fleet(tmp_path, sshd, "tokentest"))
     store = open_store(tmp_path / "state" / "tokentest")
-    store.transition("fsn-1", "booted", actor="test")
+    store.set_state("fsn-1", "booted", actor="test")
     store.set_fact("fsn-1", "ssh", {"host": "127.0.0.1", "port": sshd.port})
     store.set_fact("fsn-1", "ssh_host_key", sshd.host_key)
     return fleet, store, config_dir

@@ -162,7 +162,7 @@ def test_a_name_with_answers_2_gets_the_two_nearest_by_great_circle(
 
 def test_with_the_nearest_node_drained_the_next_nearest_by_great_circle_answers(
         globe: DnsLab) -> None:
-    globe.store.transition("hel-1", "draining", actor="test", reason="upgrade")
+    globe.store.set_state("hel-1", "draining", actor="test", reason="upgrade")
     publish(globe.fleet, globe.store, globe.endpoints, actor="test")
     oslo = PLACES["oslo"][0]
     for endpoint in globe.endpoints.values():

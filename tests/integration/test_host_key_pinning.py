@@ -44,7 +44,7 @@ class Pinned:
         self.store: SqliteStateStore = open_store(self.state_dir)
         self.known_hosts: KnownHosts = fleet_known_hosts(self.state_dir)
         self.sshd = sshd
-        self.store.transition("fsn-1", "booted", actor="test")
+        self.store.set_state("fsn-1", "booted", actor="test")
         nodefacts.record_server(self.store, "fsn-1", ServerInfo(
             node="fsn-1", server_id="lab-fsn-1", status="disk",
             ssh=SshAccess("127.0.0.1", sshd.port), unlock=SshAccess("127.0.0.1", free_port())))

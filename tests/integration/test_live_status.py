@@ -50,7 +50,7 @@ class Fleet:
 
     def record(self, ssh_port: int, unlock_port: int, *, ssh_key: str | None,
                dropbear_key: str, state: str = "active") -> None:
-        self.store.transition("fsn-1", state, actor="test")
+        self.store.set_state("fsn-1", state, actor="test")
         nodefacts.record_server(self.store, "fsn-1", ServerInfo(
             node="fsn-1", server_id="lab-fsn-1", status="disk",
             ssh=SshAccess("127.0.0.1", ssh_port), unlock=SshAccess("127.0.0.1", unlock_port)))

@@ -79,7 +79,7 @@ def fleet_samples(families: dict[str, list]) -> dict[tuple[str, tuple], float]:
 
 def test_every_documented_metric_is_served_and_every_served_one_is_documented(lab) -> None:
     store = lab.store
-    store.transition("fsn-1", "active", actor="test")
+    store.set_state("fsn-1", "active", actor="test")
     store.record_step("fsn-1", "install", "done", 300.0)
     serial = store.next_dns_serial("test")
     store.record_dns_server("fsn-1", serial, True)
@@ -95,8 +95,8 @@ def test_every_documented_metric_is_served_and_every_served_one_is_documented(la
 
 def test_node_states_are_counted_per_region_with_every_state_present(lab) -> None:
     for node in ("fsn-1", "fsn-2", "hel-1"):
-        lab.store.transition(node, "active", actor="test")
-    lab.store.transition("fsn-2", "locked", actor="test")
+        lab.store.set_state(node, "active", actor="test")
+    lab.store.set_state("fsn-2", "locked", actor="test")
     families = scrape(lab.serve().port)
     assert value(families, "clonefleet_nodes", region="fsn", state="active") == 1
     assert value(families, "clonefleet_nodes", region="fsn", state="locked") == 1
@@ -140,7 +140,7 @@ def test_recorded_provisioning_steps_appear_as_durations_per_step_and_per_node(
 
 def test_drains_are_counted_by_node_and_source_and_the_reason_is_no_label(lab) -> None:
     for node in ("fsn-1", "fsn-2", "hel-1"):
-        lab.store.transition(node, "active", actor="test")
+        lab.store.set_state(node, "active", actor="test")
     # No DNS servers in this fleet: a drain is the recorded transition and an empty publish.
     drain_node(lab.fleet, lab.store, "fsn-1", reason="smartwatch: sda reallocated sectors",
                actor="smartwatch@fsn-1", timeout=10)
@@ -169,7 +169,7 @@ def test_dns_verify_is_absent_before_the_first_run_and_a_run_reaching_no_server_
 
 
 def test_two_serve_processes_on_one_store_report_the_same_fleet_metrics(lab, tmp_path) -> None:
-    lab.store.transition("fsn-1", "active", actor="test")
+    lab.store.set_state("fsn-1", "active", actor="test")
     lab.store.record_step("fsn-1", "deploy", "done", 90.0)
     first = lab.serve()
     second_store = make_store(tmp_path, lab.fleet)

@@ -59,7 +59,7 @@ def lab(tmp_path: Path, sshd: Sshd, pinned: str) -> tuple[Fleet, SqliteStateStor
     fleet = load_fleet(tmp_path / "disktest.toml")
     store = SqliteStateStore(tmp_path / "state.sqlite")
     for node in ("fsn-1", "fsn-2"):
-        store.transition(node, "deployed", actor="test")
+        store.set_state(node, "deployed", actor="test")
         store.set_fact(node, "ssh", {"host": "127.0.0.1", "port": sshd.port})
         store.set_fact(node, "ssh_host_key", pinned)
     return fleet, store

@@ -61,7 +61,7 @@ def test_status_shows_the_node_states_kept_in_the_fleets_etcd(
     fleet = tmp_path / "fleet.toml"
     fleet.write_text(FLEET.format(port=etcd_server.client_port, prefix=prefix))
     store = open_store(tmp_path, StateConfig("etcd", (etcd_server.url,), prefix))
-    store.transition("fsn-2", "ordered", actor="test", reason="lab server lab-fsn-2")
+    store.set_state("fsn-2", "ordered", actor="test", reason="lab server lab-fsn-2")
     result = CliRunner().invoke(cli, ["--fleet", str(fleet), "--json", "status"],
                                 env={"CLONEFLEET_STATE_DIR": str(tmp_path / "state")})
     assert result.exit_code == 0, result.output
@@ -85,7 +85,7 @@ def test_writes_during_an_etcd_restart_complete_or_fail_clearly_never_half_appli
             index += 1
             try:
                 with store.transaction():
-                    store.transition("n1", "active" if index % 2 else "drained", actor="t",
+                    store.set_state("n1", "active" if index % 2 else "drained", actor="t",
                                      reason=str(index))
                     store.set_fact("n1", "last", index)
                 done.append(index)

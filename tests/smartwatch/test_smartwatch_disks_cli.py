@@ -48,7 +48,7 @@ def test_deployed_node_without_an_ssh_address_is_unreachable_and_exits_1(
 
     (tmp_path / "diskcli.toml").write_text(FLEET)
     monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "state"))
-    open_store(tmp_path / "state" / "diskcli").transition("fsn-1", "deployed", actor="test")
+    open_store(tmp_path / "state" / "diskcli").set_state("fsn-1", "deployed", actor="test")
     _register()
     result = CliRunner().invoke(cli, ["--fleet", str(tmp_path / "diskcli.toml"), "disks"])
     assert result.exit_code == 1

@@ -91,7 +91,7 @@ def write_fleet(folder: Path, *, cloud_settings: str = "", refusing_api: str = "
     store = state_store(folder)
     for node in LAB_NODES:
         if store.get(node) is None:
-            store.transition(node, "deployed", actor="test", reason="provisioned earlier")
+            store.set_state(node, "deployed", actor="test", reason="provisioned earlier")
     return path
 
 

@@ -47,7 +47,7 @@ def run(tmp_path: Path, *args: str, min_active: int = 1):  # type: ignore[no-unt
 
 def test_nodes_never_provisioned_are_shown_as_such_not_as_ordered(tmp_path: Path) -> None:
     store = open_store(tmp_path / "state" / "statustest")
-    store.transition("fsn-2", "ordered", actor="test", reason="lab server lab-fsn-2")
+    store.set_state("fsn-2", "ordered", actor="test", reason="lab server lab-fsn-2")
     rows = {row["node"]: row for row in json.loads(run(tmp_path, "--json", "status").output)}
     assert rows["fsn-1"]["state"] is None and rows["fsn-1"]["provisioned"] is False
     assert rows["fsn-2"]["state"] == "ordered" and rows["fsn-2"]["provisioned"] is True

@@ -46,7 +46,7 @@ def fleet_path(tmp_path: Path) -> Path:
     path.write_text(FLEET)
     store = open_store(tmp_path / "state" / "clitest")
     for node in ("fsn-1", "fsn-2"):
-        store.transition(node, "active", actor="test")
+        store.set_state(node, "active", actor="test")
     store.close()
     return path
 

@@ -88,8 +88,8 @@ def test_map_lists_only_active_nodes_with_addresses_behind_every_routed_name(
         tmp_path: Path, store: SqliteStateStore) -> None:
     fleet = make_fleet(tmp_path)
     for name in ("fsn-1", "fsn-2", "ash-1", "ash-2"):
-        store.transition(name, "active", actor="test")
-    store.transition("fsn-2", "draining", actor="ops", reason="disk")
+        store.set_state(name, "active", actor="test")
+    store.set_state("fsn-2", "draining", actor="ops", reason="disk")
     dns_map = build_map(fleet, store)
     assert dns_map.domain == "map.clonefleet.test."
     assert [entry.name for entry in dns_map.routed] == [
@@ -113,8 +113,8 @@ def test_rendered_lua_lists_exactly_the_active_addresses_per_family(
         tmp_path: Path, store: SqliteStateStore) -> None:
     fleet = make_fleet(tmp_path)
     for name in ("fsn-1", "fsn-2", "ash-1"):
-        store.transition(name, "active", actor="test")
-    store.transition("fsn-1", "drained", actor="ops", reason="x")
+        store.set_state(name, "active", actor="test")
+    store.set_state("fsn-1", "drained", actor="ops", reason="x")
     rrsets = render_rrsets(build_map(fleet, store), serial=2026112301)
     programs = lua_rrset(rrsets, "edge.map.clonefleet.test.")
     ipv4 = lua_program((Site(39.04, -77.49, ("198.51.100.21",)),
@@ -196,13 +196,13 @@ def test_verify_expects_a_regions_clients_to_get_that_regions_active_nodes(
         tmp_path: Path, store: SqliteStateStore) -> None:
     fleet = make_fleet(tmp_path)
     for name in ("fsn-1", "fsn-2", "ash-1"):
-        store.transition(name, "active", actor="test")
+        store.set_state(name, "active", actor="test")
     questions = {(q.name, q.kind, q.client): q for q in expectations(build_map(fleet, store))}
     from_fsn = questions[("edge.map.clonefleet.test.", "A", "192.0.2.11/32")]
     assert from_fsn.allowed == {"192.0.2.11", "192.0.2.12"} and not from_fsn.exactly
     anywhere = questions[("edge.map.clonefleet.test.", "A", "0.0.0.0/0")]
     assert anywhere.allowed == {"192.0.2.11", "192.0.2.12", "198.51.100.21"} and anywhere.exactly
-    store.transition("ash-1", "draining", actor="ops", reason="x")
+    store.set_state("ash-1", "draining", actor="ops", reason="x")
     questions = {(q.name, q.kind, q.client): q for q in expectations(build_map(fleet, store))}
     from_ash = questions[("edge.map.clonefleet.test.", "A", "198.51.100.21/32")]
     assert from_ash.allowed == {"192.0.2.11", "192.0.2.12"}
@@ -235,7 +235,7 @@ def test_endpoints_from_store_leave_out_retired_nodes(
     for node in ("fsn-1", "fsn-2"):
         fact = Endpoint(node, "http://127.0.0.1:8081", "key", "127.0.0.1").as_fact()
         store.set_fact(node, ENDPOINT_FACT, fact)
-    store.transition("fsn-2", "retired", actor="ops", reason="hardware returned")
+    store.set_state("fsn-2", "retired", actor="ops", reason="hardware returned")
     assert sorted(Endpoints.from_store(fleet, store)) == ["fsn-1"]
 
 

@@ -86,7 +86,7 @@ def store(backend: Backend) -> StateStore:
 
 def activate(fleet: Fleet, store: StateStore) -> None:
     for name in fleet.nodes:
-        store.transition(name, "active", actor="test", reason="setup")
+        store.set_state(name, "active", actor="test", reason="setup")
 
 
 def state_of(store: StateStore, node: str) -> str:
@@ -132,7 +132,7 @@ def test_drain_of_a_node_that_is_not_active_is_refused(
         tmp_path: Path, store: StateStore) -> None:
     fleet = make_fleet(tmp_path)
     activate(fleet, store)
-    store.transition("fsn-3", "deployed", actor="test", reason="reinstalled")
+    store.set_state("fsn-3", "deployed", actor="test", reason="reinstalled")
     with pytest.raises(DrainRefused, match="is deployed, not active"):
         drain_node(fleet, store, "fsn-3", reason="x", actor="test", endpoints=NO_SERVERS)
     assert state_of(store, "fsn-3") == "deployed"
@@ -294,5 +294,5 @@ def test_two_processes_racing_for_the_last_spare_node_of_a_region_only_one_wins(
 def test_freshly_deployed_node_enters_dns_through_undrain(tmp_path: Path) -> None:
     fleet = load_fleet(Path(__file__).resolve().parents[2] / "inventory" / "lab.toml")
     store = SqliteStateStore(tmp_path / "s.sqlite")
-    store.transition("fsn-1", "deployed", actor="clonefleet provision")
+    store.set_state("fsn-1", "deployed", actor="clonefleet provision")
     assert plan_undrain(fleet, store, "fsn-1") == ("deployed", [])

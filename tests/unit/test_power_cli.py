@@ -96,7 +96,7 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lab:
 @pytest.mark.parametrize("action", ["off", "reset"])
 def test_cutting_a_node_active_in_the_dns_map_needs_yes_and_says_how_to_drain(
         lab: Lab, action: str) -> None:
-    lab.store.transition("fsn-1", "active", actor="test")
+    lab.store.set_state("fsn-1", "active", actor="test")
 
     refused = lab.run("power", action, "fsn-1")
 
@@ -108,7 +108,7 @@ def test_cutting_a_node_active_in_the_dns_map_needs_yes_and_says_how_to_drain(
 
 
 def test_with_yes_an_active_node_is_powered_off_and_its_state_is_not_touched(lab: Lab) -> None:
-    lab.store.transition("fsn-1", "active", actor="test")
+    lab.store.set_state("fsn-1", "active", actor="test")
 
     result = lab.run("power", "off", "fsn-1", "--yes")
 
@@ -121,7 +121,7 @@ def test_with_yes_an_active_node_is_powered_off_and_its_state_is_not_touched(lab
 
 
 def test_a_drained_node_is_cut_without_yes_and_progress_goes_to_stderr(lab: Lab) -> None:
-    lab.store.transition("fsn-1", "drained", actor="test")
+    lab.store.set_state("fsn-1", "drained", actor="test")
 
     result = lab.run("power", "reset", "fsn-1")
 
@@ -193,7 +193,7 @@ def test_power_help_documents_the_exit_codes_and_each_providers_way(lab: Lab) ->
 
 def test_status_live_shows_the_probes_word_next_to_the_recorded_state(
         lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
-    lab.store.transition("fsn-1", "deployed", actor="test")
+    lab.store.set_state("fsn-1", "deployed", actor="test")
     probe = PortProbe("sshd", "192.0.2.1", 22, "silent")
 
     def probe_fleet(store: object, names: list[str], *args: Any, **options: Any

@@ -36,7 +36,7 @@ def test_provision_resumes_from_the_recorded_state(tmp_path: Path, state: str | 
                                                    steps: list[str]) -> None:
     prov = provisioner(tmp_path)
     if state:
-        prov.store.transition("fsn-1", state, actor="test")
+        prov.store.set_state("fsn-1", state, actor="test")
     plan = prov.plan("fsn-1")
     assert plan["steps"] == steps
     assert ("install" in plan) == ("install" in steps)
@@ -44,7 +44,7 @@ def test_provision_resumes_from_the_recorded_state(tmp_path: Path, state: str | 
 
 def test_installed_node_is_never_wiped_without_wipe(tmp_path: Path) -> None:
     prov = provisioner(tmp_path)
-    prov.store.transition("fsn-1", "deployed", actor="test")
+    prov.store.set_state("fsn-1", "deployed", actor="test")
     assert prov.plan("fsn-1")["steps"] == []
     report = prov.provision("fsn-1")
     assert report.skipped and report.final_state == "deployed" and report.steps == []
@@ -62,6 +62,6 @@ def test_dry_run_plan_creates_no_operator_key_and_no_vm(tmp_path: Path) -> None:
 
 def test_retired_node_is_refused(tmp_path: Path) -> None:
     prov = provisioner(tmp_path)
-    prov.store.transition("fsn-1", "retired", actor="test")
+    prov.store.set_state("fsn-1", "retired", actor="test")
     with pytest.raises(StateError, match="retired"):
         prov.provision("fsn-1")

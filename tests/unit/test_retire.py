@@ -58,7 +58,7 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     keystore = Keystore(state / "keystore")
     keystore.create("fsn-1")
     store = open_store(state)
-    store.transition("fsn-1", "deployed", actor="test")
+    store.set_state("fsn-1", "deployed", actor="test")
     store.set_fact("fsn-1", "server_id", "lab-fsn-1")
     store.set_fact("fsn-1", "ssh_host_key", "ssh-ed25519 AAAA")
     return {"fleet": tmp_path / "fleet.toml", "state": state, "vm": vm, "stopped": stopped,
@@ -128,7 +128,7 @@ def test_a_provider_that_cannot_delete_leaves_everything_in_place(
 
 def test_a_node_in_dns_answers_must_be_drained_first(lab: dict[str, object]) -> None:
     store = lab["store"]
-    store.transition("fsn-1", "active", actor="test")  # type: ignore[attr-defined]
+    store.set_state("fsn-1", "active", actor="test")  # type: ignore[attr-defined]
     fleet = load_fleet(lab["fleet"])  # type: ignore[arg-type]
     with pytest.raises(StateError, match="drain it first"):
         plan_retire(fleet, store, "fsn-1")  # type: ignore[arg-type]

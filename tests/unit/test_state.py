@@ -15,13 +15,13 @@ import pytest
 from etcd_fixture import Backend, EtcdServer
 
 from clonefleet.errors import LeaseHeld, LeaseLost, StateConflict, StateError
-from clonefleet.state import StateConfig, open_store
+from clonefleet.state import StateConfig, lifecycle, open_store
 
 
 def test_transition_records_state_and_history_with_actor_and_reason(backend: Backend) -> None:
     store = backend.open()
-    store.transition("n1", "ordered", actor="test", reason="new")
-    store.transition("n1", "rescue", actor="prov", reason="booted rescue")
+    store.set_state("n1", "ordered", actor="test", reason="new")
+    store.set_state("n1", "rescue", actor="prov", reason="booted rescue")
     record = store.get("n1")
     assert record is not None and record.state == "rescue" and record.actor == "prov"
     history = store.history("n1")
@@ -34,7 +34,7 @@ def test_transition_records_state_and_history_with_actor_and_reason(backend: Bac
 def test_history_of_the_whole_fleet_is_in_the_order_it_happened(backend: Backend) -> None:
     store = backend.open()
     for node, state in [("b", "ordered"), ("a", "ordered"), ("b", "rescue"), ("a", "rescue")]:
-        store.transition(node, state, actor="t")
+        store.set_state(node, state, actor="t")
     assert [(t.node, t.to_state) for t in store.history()] == [
         ("b", "ordered"), ("a", "ordered"), ("b", "rescue"), ("a", "rescue")]
     assert [record.name for record in store.all()] == ["a", "b"]
@@ -42,17 +42,20 @@ def test_history_of_the_whole_fleet_is_in_the_order_it_happened(backend: Backend
 
 def test_transition_from_unexpected_state_is_refused_and_not_recorded(backend: Backend) -> None:
     store = backend.open()
-    store.transition("n1", "installed", actor="t")
-    with pytest.raises(StateError, match="is installed, expected one of: active"):
-        store.transition("n1", "drained", actor="t", expect_from=["active"])
+    store.set_state("n1", "installed", actor="t")
+    with pytest.raises(StateError, match=r"^node 'n1' is installed: drain \(to draining\) is "
+                                         r"allowed only from active$"):
+        store.apply("n1", lifecycle.DRAIN, actor="t")
+    with pytest.raises(StateError, match="is not recorded yet: boot_rescue"):
+        store.apply("n2", lifecycle.BOOT_RESCUE, actor="t")
     assert store.get("n1").state == "installed"  # type: ignore[union-attr]
-    assert len(store.history("n1")) == 1
+    assert len(store.history("n1")) == 1 and store.get("n2") is None
 
 
 def test_unknown_state_is_refused(backend: Backend) -> None:
     store = backend.open()
     with pytest.raises(StateError, match="unknown state"):
-        store.transition("n1", "exploded", actor="t")
+        store.set_state("n1", "exploded", actor="t")
     assert store.get("n1") is None
 
 
@@ -76,7 +79,7 @@ def test_facts_round_trip_json_and_delete(backend: Backend) -> None:
 def test_failed_transaction_rolls_back_everything(backend: Backend) -> None:
     store = backend.open()
     with pytest.raises(RuntimeError), store.transaction():
-        store.transition("n1", "ordered", actor="t")
+        store.set_state("n1", "ordered", actor="t")
         store.set_fact("n1", "x", 1)
         raise RuntimeError("crash")
     assert store.get("n1") is None and store.get_fact("n1", "x") is None
@@ -88,8 +91,8 @@ def test_a_transaction_reads_its_own_writes_and_others_see_them_only_after(
     store, other = backend.open(), backend.open()
     store.set_fact("n1", "old", 1)
     with store.transaction():
-        store.transition("n1", "ordered", actor="t")
-        store.transition("n1", "rescue", actor="t", expect_from=["ordered"])
+        store.set_state("n1", "ordered", actor="t")
+        store.apply("n1", lifecycle.BOOT_RESCUE, actor="t")
         store.delete_facts("n1")
         store.set_fact("n1", "new", 2)
         assert store.get("n1").state == "rescue"  # type: ignore[union-attr]
@@ -105,7 +108,7 @@ def _hammer(state_dir: str, config: StateConfig, node: str, count: int) -> None:
     store = open_store(state_dir, config)
     for index in range(count):
         state = "active" if index % 2 else "drained"
-        store.transition(node, state, actor=f"proc-{node}", reason=str(index))
+        store.set_state(node, state, actor=f"proc-{node}", reason=str(index))
 
 
 def test_two_processes_writing_at_once_lose_no_transition(backend: Backend) -> None:
@@ -133,7 +136,7 @@ def _drain_all(state_dir: str, config: StateConfig, go: str, results: str, name:
     won = []
     for node in RACED_NODES:  # every process races for every node, in the same order
         try:
-            store.transition(node, "draining", actor=name, expect_from=["active"])
+            store.apply(node, lifecycle.DRAIN, actor=name)
             won.append(node)
         except StateError:
             pass
@@ -144,7 +147,7 @@ def test_processes_moving_a_node_from_the_same_state_at_once_exactly_one_wins(
         backend: Backend, tmp_path: Path) -> None:
     store = backend.open()
     for node in RACED_NODES:
-        store.transition(node, "active", actor="t")
+        store.set_state(node, "active", actor="t")
     results = tmp_path / "results"
     results.mkdir()
     go = tmp_path / "go"
@@ -217,15 +220,14 @@ def test_concurrent_transaction_blocks_wait_for_each_other_and_both_commit(
         backend: Backend) -> None:
     store = backend.open()
     for node in ("a", "b"):
-        store.transition(node, "active", actor="t")
+        store.set_state(node, "active", actor="t")
 
     def drain(node: str) -> None:
         own = backend.open()
         with own.transaction():
             active = [record.name for record in own.all() if record.state == "active"]
             time.sleep(0.2)  # both blocks have read before either writes
-            own.transition(node, "draining", actor=node, reason=f"saw {len(active)} active",
-                           expect_from=["active"])
+            own.apply(node, lifecycle.DRAIN, actor=node, reason=f"saw {len(active)} active")
 
     threads = [threading.Thread(target=drain, args=(node,)) for node in ("a", "b")]
     for thread in threads:
@@ -251,7 +253,7 @@ def test_a_held_lock_refuses_another_holder_until_released(backend: Backend) -> 
 
 HOLD_SCRIPT = """
 import sys, time
-from clonefleet.state import StateConfig, open_store
+from clonefleet.state import StateConfig, lifecycle, open_store
 from clonefleet.state.etcd import EtcdStateStore
 backend, state_dir, endpoint, prefix = sys.argv[1:5]
 store = (EtcdStateStore(StateConfig("etcd", (endpoint,), prefix), "t", lock_ttl=2)
@@ -331,11 +333,11 @@ def test_etcd_transaction_whose_reads_changed_outside_writes_nothing(
         etcd_server: EtcdServer, tmp_path: Path) -> None:
     backend = Backend.etcd(etcd_server, tmp_path)
     store, other = backend.open(), backend.open()
-    store.transition("n1", "active", actor="t")
+    store.set_state("n1", "active", actor="t")
     with pytest.raises(StateConflict, match="nothing was written"), store.transaction():
         assert store.get("n1").state == "active"  # type: ignore[union-attr]
-        other.transition("n1", "draining", actor="other")  # a write outside any block
-        store.transition("n1", "drained", actor="t")
+        other.set_state("n1", "draining", actor="other")  # a write outside any block
+        store.set_state("n1", "drained", actor="t")
         store.set_fact("n1", "drained_by", "t")
     assert store.get("n1").state == "draining"  # type: ignore[union-attr]
     assert store.get_fact("n1", "drained_by") is None
