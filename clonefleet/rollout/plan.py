@@ -199,7 +199,7 @@ def run_gather(fleet_path: Path, nodes: Sequence[str], refresh: bool) -> dict[st
 def make_plan(fleet: Fleet, store: StateStore, nodes: Sequence[str] = (), *,
               everything: bool = False, batch_size: int = 1,
               max_unavailable_per_region: int = 1, refresh: bool = True,
-              gather: Callable[[Path, Sequence[str], bool], dict[str, Gathered]] = run_gather,
+              gather: Callable[[Path, Sequence[str], bool], dict[str, Gathered]] | None = None,
               ) -> RolloutPlan:
     """Given the fleet, its recorded states and the nodes to update (all when none are
     named), read every node's facts at once and return the plan. Limits are checked first."""
@@ -209,7 +209,7 @@ def make_plan(fleet: Fleet, store: StateStore, nodes: Sequence[str] = (), *,
     check_limit(max_unavailable_per_region, "--max-unavailable-per-region")
     names = [fleet.node(name).name for name in dict.fromkeys(nodes)] or sorted(fleet.nodes)
     statuses = {status.name: status for status in node_statuses(fleet, store)}
-    gathered = gather(fleet.path, names, refresh)
+    gathered = (gather or run_gather)(fleet.path, names, refresh)
     plans = tuple(node_plan(name, statuses[name].region, statuses[name].state,
                             gathered.get(name, {"error": "no facts were returned"}),
                             everything=everything)
