@@ -28,6 +28,8 @@ from typing import Any  # noqa: E402
 # How many nodes are read at once: each is one SSH session doing little.
 PARALLEL = 50
 CONNECT_TIMEOUT = 20
+# apt-get update against a slow mirror, then the simulation: bounded per node.
+FACT_TIMEOUT = 600
 
 
 def gather(fleet_path: str, nodes: list[str], refresh: bool = True) -> dict[str, Any]:
@@ -38,7 +40,7 @@ def gather(fleet_path: str, nodes: list[str], refresh: bool = True) -> dict[str,
     from pyinfra.api.inventory import Inventory
     from pyinfra.api.state import BaseStateCallback, State, StateStage
 
-    from clonefleet.deploy_runner import HOST_KEY_REFUSED
+    from clonefleet.deploy_runner import ANSI, HOST_KEY_REFUSED, HOST_PREFIX, NOISE
     from clonefleet.inventory import load_fleet
     from clonefleet.paths import fleet_state_dir
     from clonefleet.pyinfra_inventory import host_data
@@ -61,6 +63,18 @@ def gather(fleet_path: str, nodes: list[str], refresh: bool = True) -> dict[str,
         def host_connect_error(state: Any, host: Any, error: Any) -> None:
             connect_errors[host.name] = " ".join(str(error).split())[:300]
 
+    said: dict[str, list[str]] = {}
+
+    class Said(logging.Handler):
+        """What pyinfra logged about each host (a fact whose session failed says why)."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            match = HOST_PREFIX.match(ANSI.sub("", record.getMessage()).strip())
+            if match and not NOISE.match(match.group(2).strip()):
+                said.setdefault(match.group(1), []).append(match.group(2).strip())
+
+    handler = Said(logging.WARNING)
+    logging.getLogger("pyinfra").addHandler(handler)
     inventory = Inventory((hosts, {}))  # type: ignore[no-untyped-call]
     config = Config(PARALLEL=min(PARALLEL, len(hosts)),  # type: ignore[no-untyped-call]
                     CONNECT_TIMEOUT=CONNECT_TIMEOUT)
@@ -72,14 +86,18 @@ def gather(fleet_path: str, nodes: list[str], refresh: bool = True) -> dict[str,
     facts: dict[str, dict[str, Any]] = {host.name: {} for host in inventory}
     if state.active_hosts:
         state.set_stage(StateStage.Prepare)
+        # A fact that cannot even run is the node's error, never the end of the others'.
+        common = {"_ignore_errors": True, "_timeout": FACT_TIMEOUT}
         for name, fact, kwargs in (("upgrades", UpgradeSimulation, {"refresh": refresh}),
                                    ("reboot_required", RebootRequiredFlag, {}),
                                    ("needrestart", NeedRestartBatch, {})):
-            with contextlib.suppress(PyinfraError):
-                for host, value in get_facts(  # type: ignore[no-untyped-call]
-                        state, fact, kwargs=kwargs).items():
-                    if value is not None:
-                        facts[host.name][name] = value
+            for host, value in get_facts(  # type: ignore[no-untyped-call]
+                    state, fact, kwargs={**kwargs, **common}).items():
+                if value is not None:
+                    facts[host.name][name] = value
+                else:
+                    facts[host.name][name] = {"exit": 255, "output": "\n".join(
+                        said.get(host.name, ["the command did not run"])[-3:])}
     activated = set(inventory.iter_activated_hosts())
     for host in inventory:
         error = ""
@@ -91,6 +109,7 @@ def gather(fleet_path: str, nodes: list[str], refresh: bool = True) -> dict[str,
                               "facts": facts[host.name]}
     state.set_stage(StateStage.Disconnect)
     disconnect_all(state)
+    logging.getLogger("pyinfra").removeHandler(handler)
     return results
 
 
