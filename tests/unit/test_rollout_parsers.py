@@ -112,3 +112,34 @@ def test_reboot_flag() -> None:
     assert parse_reboot_flag("no\n").required is False
     flag = parse_reboot_flag("yes\nlinux-image-cftest\nlinux-image-cftest\n")
     assert flag.required and flag.packages == ("linux-image-cftest",)
+
+
+def test_local_repository_simulation_without_release_version() -> None:
+    simulation = parse_simulation(fixture("chroot-dist-upgrade.txt"))
+    assert [(upgrade.name, upgrade.old_version, upgrade.new_version, upgrade.suites,
+             upgrade.security) for upgrade in simulation.upgrades] == [
+        ("cf-extra", "1.0", "1.1", ("stable-updates",), False),
+        ("libcf1", None, "1.1", ("stable-security",), True),
+        ("cf-tool", "1.0", "1.1", ("stable-security",), True),
+        ("linux-image-cftest", "1.0", "2.0", ("stable-security",), True)]
+    assert simulation.upgrades[1].sources == (Source("Debian-Security", "", "stable-security"),)
+    assert reboot_packages(simulation.selected(everything=False)) == ("linux-image-cftest",)
+
+
+def test_plain_upgrade_keeps_back_an_upgrade_that_needs_a_new_package() -> None:
+    # Why the plan simulates dist-upgrade: `upgrade` leaves cf-tool (it needs the new libcf1)
+    # out, as it leaves a new kernel ABI package out.
+    names = {upgrade.name for upgrade in parse_simulation(fixture("chroot-upgrade.txt")).upgrades}
+    assert names == {"cf-extra", "linux-image-cftest"}
+
+
+def test_needrestart_in_a_root_with_no_kernel_reports_nothing_pending() -> None:
+    parsed = parse_needrestart(fixture("chroot-needrestart.txt"))
+    assert parsed.installed and parsed.services == ()
+    assert parsed.kernel_status == "0" and not parsed.kernel_pending
+    assert parsed.running_kernel == "6.18.44-fc-v782"
+
+
+def test_reboot_required_pkgs_written_by_the_test_kernel_postinst() -> None:
+    flag = parse_reboot_flag("yes\n" + fixture("chroot-reboot-required.pkgs"))
+    assert flag.packages == ("linux-image-cftest",)
