@@ -207,8 +207,15 @@ def make_plan(fleet: Fleet, store: StateStore, nodes: Sequence[str] = (), *,
 
     check_limit(batch_size, "--batch-size")
     check_limit(max_unavailable_per_region, "--max-unavailable-per-region")
-    names = [fleet.node(name).name for name in dict.fromkeys(nodes)] or sorted(fleet.nodes)
     statuses = {status.name: status for status in node_statuses(fleet, store)}
+    # Named nodes are read whatever their state; by default, every node that is or has been
+    # in service (a node never provisioned, or retired, has nothing to read).
+    names = [fleet.node(name).name for name in dict.fromkeys(nodes)] or [
+        status.name for status in statuses.values()
+        if (status.active or status.served) and status.state != "retired"]
+    if not names:
+        raise ClonefleetError(f"no node of fleet {fleet.name!r} is or was in service; name "
+                              "the nodes to plan for")
     gathered = (gather or run_gather)(fleet.path, names, refresh)
     plans = tuple(node_plan(name, statuses[name].region, statuses[name].state,
                             gathered.get(name, {"error": "no facts were returned"}),

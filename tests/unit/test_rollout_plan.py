@@ -184,10 +184,33 @@ def test_update_dry_run_prints_batches_and_json(tmp_path: Path,
     held.release()
 
 
+def test_by_default_only_nodes_that_are_or_were_in_service_are_read(tmp_path: Path) -> None:
+    fleet = _fleet(tmp_path)
+    store = open_store(tmp_path / "state")
+    store.transition("fsn-1", "active", actor="test")
+    store.transition("fsn-2", "active", actor="test")
+    store.transition("fsn-2", "drained", actor="operator", reason="disk swap")
+    store.transition("ash-1", "installed", actor="test")  # being provisioned
+    asked: list[str] = []
+
+    def gather(fleet_path: Path, nodes: Sequence[str], refresh: bool) -> dict[str, Any]:
+        asked.extend(nodes)
+        return {name: facts(NOTHING) for name in nodes}
+
+    make_plan(fleet, store, gather=gather)
+    assert asked == ["fsn-1", "fsn-2"]
+    asked.clear()
+    make_plan(fleet, store, ["ash-1"], gather=gather)
+    assert asked == ["ash-1"]
+
+
 def test_unreadable_nodes_end_with_exit_30_after_the_plan(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fleet = _fleet(tmp_path)
     monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "states"))
+    store = open_store(tmp_path / "states" / "upd")
+    for name in fleet.nodes:
+        store.transition(name, "active", actor="test")
     monkeypatch.setattr(plan, "run_gather", _gather({
         "ash-2": {"connected": False, "error": "cannot connect: refused", "facts": {}}}))
     _register()
