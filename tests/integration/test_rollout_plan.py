@@ -9,6 +9,9 @@ inventory (pinned host keys, strict checking) reaches them; nothing leaves the m
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -175,3 +178,25 @@ def test_a_node_answering_with_another_host_key_is_refused_and_not_batched(
     error = plan.node("ash-1").error
     assert error.startswith("cannot connect: ") and "known_hosts" in error
     assert plan.batches.scheduled == ["fsn-1"]
+
+
+def test_update_dry_run_command_prints_the_plan_as_json(root_fleet: RootFleet) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "clonefleet", "--fleet", str(root_fleet.fleet.path), "--json",
+         "update", "--dry-run", "--no-refresh", "fsn-1", "ash-1"],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["batches"] == [["fsn-1"]]
+    assert document["expected_reboots"] == ["fsn-1"]
+    assert document["selection"] == "security updates"
+    fsn = next(node for node in document["nodes"] if node["node"] == "fsn-1")
+    assert fsn["action"] == "reboot" and fsn["skipped_upgrades"] == 1
+    text = subprocess.run(
+        [sys.executable, "-m", "clonefleet", "--fleet", str(root_fleet.fleet.path), "update",
+         "--dry-run", "--no-refresh"],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert text.returncode == 30  # fsn-2 has no address
+    assert "linux-image-cftest 1.0 → 2.0 (stable-security)" in text.stdout
+    assert "batch 1: fsn-1" in text.stdout
+    assert text.stderr.strip() == "error: update plan failed on 1 of 3 nodes: fsn-2"
