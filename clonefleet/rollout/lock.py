@@ -33,6 +33,8 @@ MUTEX = "rollout-lock"
 RECORD = "rollout_lock"  # fleet fact: who holds the lock, since when
 TAKEOVER_STEP = "rollout-lock-takeover"
 DEFAULT_TTL = 30.0
+# The option a stale lock's refusal names (the rollout command that runs updates takes it).
+TAKE_OVER_FLAG = "--take-over-lock"
 
 
 class RolloutLocked(ClonefleetError):
@@ -163,7 +165,7 @@ def take(store: StateStore, *, take_over: bool = False, ttl: float = DEFAULT_TTL
                 f"a rollout by {previous.user}@{previous.host} (pid {previous.pid}) started "
                 f"{_when(previous.started_at)} UTC stopped renewing its lock at "
                 f"{_when(previous.heartbeat_at)} UTC (crashed or killed?); make sure it is "
-                "not running, then pass --take-over-lock")
+                f"not running, then pass {TAKE_OVER_FLAG}")
         generation = (previous.generation if previous else
                       int(store.get_fact(FLEET_FACTS, "rollout_lock_generation", 0))) + 1
         owner = LockOwner(user, host, pid, now, now, generation)

@@ -1,7 +1,7 @@
 """The rollout plan (clonefleet.rollout.plan) from gathered facts, and `clonefleet update`:
 per-node packages and reboot reasons, batches from the recorded states, the refusal without
 --dry-run, and the JSON. The facts are the real outputs of tests/unit/fixtures/rollout; the
-SSH part (gather) is exercised against real sshd in tests/integration/test_rollout_plan.py."""
+SSH part (gather) is exercised against real sshd in tests/integration/test_rollout_plan_ssh.py."""
 
 from __future__ import annotations
 
