@@ -45,8 +45,10 @@ class UpgradeSimulation(FactBase[FactOutput]):
         simulate = (f"{ENVIRONMENT} apt-get -s -o Debug::NoLocking=1 dist-upgrade")
         if refresh:
             # Waits for apt's lock (unattended-upgrades may hold it) instead of failing.
-            simulate = (f"{ENVIRONMENT} apt-get -q -o DPkg::Lock::Timeout=120 update "
-                        f">/dev/null && {simulate}")
+            # --error-on=any: a source that cannot be fetched fails the fact (apt 2.6 only
+            # warns and keeps the old lists, which would make a stale plan look current).
+            simulate = (f"{ENVIRONMENT} apt-get -q -o DPkg::Lock::Timeout=120 "
+                        f"--error-on=any update >/dev/null && {simulate}")
         return _reported(simulate)
 
     def process(self, output: list[str]) -> FactOutput:

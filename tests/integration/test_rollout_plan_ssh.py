@@ -10,6 +10,7 @@ inventory (pinned host keys, strict checking) reaches them; nothing leaves the m
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -200,3 +201,17 @@ def test_update_dry_run_command_prints_the_plan_as_json(root_fleet: RootFleet) -
     assert "linux-image-cftest 1.0 → 2.0 (stable-security)" in text.stdout
     assert "batch 1: fsn-1" in text.stdout
     assert text.stderr.strip() == "error: update plan failed on 1 of 3 nodes: fsn-2"
+
+
+def test_a_node_whose_package_lists_cannot_be_refreshed_says_why_and_is_not_batched(
+        root_fleet: RootFleet) -> None:
+    from pdns_fixture import free_port
+
+    sources = root_fleet.nodes["fsn-1"].root / "etc/apt/sources.list.d/clonefleet-test.sources"
+    sources.write_text(re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{free_port()}",
+                              sources.read_text()))
+    plan = make_plan(root_fleet.fleet, root_fleet.store, ["fsn-1", "ash-1"])
+    error = plan.node("fsn-1").error
+    assert error.startswith("upgrades failed (exit 100): ")
+    assert "127.0.0.1" in error
+    assert plan.batches.batches == () and plan.node("ash-1").error == ""
