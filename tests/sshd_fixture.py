@@ -17,7 +17,9 @@ SSHD = "/usr/sbin/sshd"
 
 
 class Sshd:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, extra_config: str = "") -> None:
+        """`extra_config`: more sshd_config lines (e.g. `ChrootDirectory` to serve a Debian
+        root as a node)."""
         folder.mkdir()
         self.port = free_port()
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
@@ -35,7 +37,7 @@ class Sshd:
             "StrictModes no\nUsePAM no\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
             # pyinfra uploads files (files.put, files.template) over SFTP.
-            "Subsystem sftp internal-sftp\n")
+            "Subsystem sftp internal-sftp\n" + extra_config)
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
         self.log = (folder / "sshd.log").open("wb")
         self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
