@@ -121,7 +121,7 @@ def root_fleet(debian_root: Path, apt_repo: AptRepo, tmp_path: Path,  # noqa: F8
         fleet = load_fleet(path)
         store = open_store(tmp_path / "state" / "rolltest")
         for name in fleet.nodes:
-            store.transition(name, "active", actor="test")
+            store.set_state(name, "active", actor="test")
         for name, node in nodes.items():
             store.set_fact(name, "ssh", {"host": "127.0.0.1", "port": node.sshd.port})
             store.set_fact(name, "ssh_host_key", node.sshd.host_key)

@@ -127,8 +127,8 @@ def test_plan_batches_active_nodes_with_work_and_says_why_others_wait(tmp_path: 
     fleet = _fleet(tmp_path)
     store = open_store(tmp_path / "state")
     for name in fleet.nodes:
-        store.transition(name, "active", actor="test")
-    store.transition("fsn-2", "drained", actor="smartwatch", reason="sda failing")
+        store.set_state(name, "active", actor="test")
+    store.set_state("fsn-2", "drained", actor="smartwatch", reason="sda failing")
     result = make_plan(fleet, store, gather=_gather({
         "fsn-1": facts(KERNEL), "fsn-2": facts(KERNEL), "ash-1": facts(KERNEL),
         "ash-2": {"connected": False, "error": "cannot connect: timed out", "facts": {}}}))
@@ -161,7 +161,7 @@ def test_update_dry_run_prints_batches_and_json(tmp_path: Path,
     monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "states"))
     store = open_store(tmp_path / "states" / "upd")
     for name in fleet.nodes:
-        store.transition(name, "active", actor="test")
+        store.set_state(name, "active", actor="test")
     held = lock.take(store, user="ops", host="ctl", pid=9, heartbeat=False)
     monkeypatch.setattr(plan, "run_gather", _gather({"fsn-1": facts(KERNEL),
                                                      "ash-1": facts(KERNEL)}))
@@ -187,10 +187,10 @@ def test_update_dry_run_prints_batches_and_json(tmp_path: Path,
 def test_by_default_only_nodes_that_are_or_were_in_service_are_read(tmp_path: Path) -> None:
     fleet = _fleet(tmp_path)
     store = open_store(tmp_path / "state")
-    store.transition("fsn-1", "active", actor="test")
-    store.transition("fsn-2", "active", actor="test")
-    store.transition("fsn-2", "drained", actor="operator", reason="disk swap")
-    store.transition("ash-1", "installed", actor="test")  # being provisioned
+    store.set_state("fsn-1", "active", actor="test")
+    store.set_state("fsn-2", "active", actor="test")
+    store.set_state("fsn-2", "drained", actor="operator", reason="disk swap")
+    store.set_state("ash-1", "installed", actor="test")  # being provisioned
     asked: list[str] = []
 
     def gather(fleet_path: Path, nodes: Sequence[str], refresh: bool) -> dict[str, Any]:
@@ -210,7 +210,7 @@ def test_unreadable_nodes_end_with_exit_30_after_the_plan(
     monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "states"))
     store = open_store(tmp_path / "states" / "upd")
     for name in fleet.nodes:
-        store.transition(name, "active", actor="test")
+        store.set_state(name, "active", actor="test")
     monkeypatch.setattr(plan, "run_gather", _gather({
         "ash-2": {"connected": False, "error": "cannot connect: refused", "facts": {}}}))
     _register()
