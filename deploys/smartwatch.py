@@ -3,8 +3,10 @@
 Usable from clonefleet and from the plain CLI (`pyinfra inventory/lab.py deploys/smartwatch.py`
 runs it with the defaults below). The agent runs on Debian's python3 with Debian's `apprise`,
 `python3-chardet` and `python3-humanfriendly`; pySMART (not packaged by Debian) and the agent
-itself are copied from the controller into /opt/smartwatch/lib, so the node needs nothing
-beyond the Debian mirror (or the image). A second run reports no changes.
+itself are sent from the controller as one archive into /opt/smartwatch/lib (a symlink to the
+unpacked release, swapped in one rename; sent only when the node's tree differs, see
+`deploys._archive`), so the node needs nothing beyond the Debian mirror (or the image). A
+second run reports no changes.
 
 Host data (defaults in `data_defaults`):
 
@@ -38,6 +40,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files
 
+from deploys._archive import packages_folder
 from deploys._paths import template
 from deploys._systemd import daemon_reload
 from deploys._systemd import unit as systemd_unit
@@ -46,7 +49,8 @@ from deploys._systemd import unit as systemd_unit
 PACKAGES = ["smartmontools", "python3", "apprise", "python3-chardet", "python3-humanfriendly"]
 UNITS = ("smartwatch.service", "smartwatch.timer", "smartwatch-flush.service",
          "smartwatch-flush.timer")
-EXCLUDE = ["*.pyc", "*.pyo"]
+# Copied from the controller into /opt/smartwatch/lib as one archive (deploys/_archive.py).
+CODE = ("smartwatch", "pySMART")
 
 
 def _package_dir(name: str) -> str:
@@ -87,11 +91,9 @@ def drain_token() -> None:
 def smartwatch() -> None:
     apt.packages(name="smartwatch needs (Debian packages)", packages=PACKAGES)
 
-    files.directory(name="smartwatch code folder", path="/opt/smartwatch/lib", mode="755")
-    for package in ("smartwatch", "pySMART"):
-        files.sync(name=f"Copy {package}", src=_package_dir(package),
-                   dest=f"/opt/smartwatch/lib/{package}", mode="644", dir_mode="755",
-                   delete=True, exclude=EXCLUDE, exclude_dir=["__pycache__"])
+    files.directory(name="smartwatch code folder", path="/opt/smartwatch", mode="755")
+    packages_folder(name="smartwatch code", dest="/opt/smartwatch/lib",
+                    sources=[(package, _package_dir(package)) for package in CODE])
     files.put(name="smartwatch command", src=template("smartwatch/smartwatch.sh"),
               dest="/usr/local/bin/smartwatch", mode="755")
 

@@ -3,6 +3,9 @@ what it writes is the same on both except node data, and a second run changes no
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
 from chroot_fixture import DeployedNodes, packages, run_deploy, tree, without_node_data
 
@@ -57,6 +60,14 @@ def test_first_deploy_succeeds_and_configures_every_service(
         assert (wants / "prometheus-node-exporter.service").is_symlink()
         assert (root / "etc/systemd/system/timers.target.wants/smartwatch.timer").is_symlink()
         assert (root / "etc/hostname").read_text() == f"{name}\n"
+        # The agent's code arrives as one archive: the node's python imports it.
+        assert (root / "opt/smartwatch/lib").is_symlink()
+        imported = subprocess.run(
+            [shutil.which("chroot") or "chroot", str(root), "/usr/bin/python3", "-c",
+             "import smartwatch.agent, pySMART"],
+            env={"PYTHONPATH": "/opt/smartwatch/lib", "PATH": "/usr/bin:/bin"},
+            capture_output=True, text=True, timeout=60, check=False)
+        assert imported.returncode == 0, imported.stderr
 
 
 def test_two_nodes_of_two_regions_differ_only_in_node_data(

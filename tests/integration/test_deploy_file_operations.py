@@ -81,3 +81,62 @@ def test_secret_and_checked_files_on_a_real_host(tmp_path: Path) -> None:
     assert "statuss" in third.stdout + third.stderr  # haproxy's own complaint is shown
     assert live.read_text() == config  # the working configuration stays live
     assert not (tmp_path / "live" / "haproxy.cfg.candidate").exists()
+
+
+PACKAGES_DEPLOY = f"""
+import os, sys
+sys.path.insert(0, {str(ROOT)!r})
+from deploys._archive import packages_folder
+packages_folder(name="code", sources=[("pkg", os.environ["PACKAGE_SRC"])],
+                dest=os.environ["PACKAGE_DEST"])
+"""
+
+
+def _run_packages(folder: Path) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "PACKAGE_SRC": str(folder / "src" / "pkg"),
+                   "PACKAGE_DEST": str(folder / "opt" / "lib")}
+    return subprocess.run([str(PYINFRA), "-y", "@local", str(folder / "packages.py")],
+                          cwd=folder, env=environment, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_packages_folder_replaces_the_whole_tree_in_one_step(tmp_path: Path) -> None:
+    (tmp_path / "packages.py").write_text(PACKAGES_DEPLOY)
+    source = tmp_path / "src" / "pkg"
+    (source / "sub").mkdir(parents=True)
+    (source / "agent.py").write_text("VERSION = 1\n")
+    (source / "sub" / "disks.py").write_text("DISKS = []\n")
+    old = tmp_path / "opt" / "lib" / "pkg"  # what a file-by-file copy left on the node
+    old.mkdir(parents=True)
+    (old / "agent.py").write_text("VERSION = 0\n")
+    (old / "gone.py").write_text("")
+    lib = tmp_path / "opt" / "lib"
+
+    first = _run_packages(tmp_path)
+    assert first.returncode == 0, first.stderr + first.stdout
+    assert lib.is_symlink() and (lib / "pkg" / "agent.py").read_text() == "VERSION = 1\n"
+    assert not (lib / "pkg" / "gone.py").exists()
+    first_release = os.readlink(lib)
+    assert sorted(path.name for path in (tmp_path / "opt").iterdir()) == ["lib", first_release]
+
+    (lib / "pkg" / "__pycache__").mkdir()  # the agent's python compiles what it imports
+    (lib / "pkg" / "__pycache__" / "agent.cpython-311.pyc").write_bytes(b"\0")
+    second = _run_packages(tmp_path)
+    assert second.returncode == 0 and _no_change(second.stdout + second.stderr) == 1
+
+    (source / "agent.py").write_text("VERSION = 2\n")
+    (source / "sub" / "disks.py").unlink()
+    third = _run_packages(tmp_path)
+    assert third.returncode == 0 and _no_change(third.stdout + third.stderr) == 0
+    assert (lib / "pkg" / "agent.py").read_text() == "VERSION = 2\n"
+    assert not (lib / "pkg" / "sub" / "disks.py").exists()
+    assert os.readlink(lib) != first_release
+    assert sorted(path.name for path in (tmp_path / "opt").iterdir()) == ["lib", os.readlink(lib)]
+
+    (lib / "pkg" / "agent.py").write_text("edited on the node\n")
+    fourth = _run_packages(tmp_path)
+    assert fourth.returncode == 0 and _no_change(fourth.stdout + fourth.stderr) == 0
+    assert (lib / "pkg" / "agent.py").read_text() == "VERSION = 2\n"
+    # Same archive, so the same release name is live: the repair unpacks beside it.
+    assert os.readlink(lib).endswith("-1")
+    assert sorted(path.name for path in (tmp_path / "opt").iterdir()) == ["lib", os.readlink(lib)]

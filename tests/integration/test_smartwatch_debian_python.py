@@ -1,4 +1,4 @@
-"""The agent as deploys/smartwatch.py installs it: the copied packages on Debian's python3 with
+"""The agent as deploys/smartwatch.py installs it: the shipped packages on Debian's python3 with
 Debian's apprise, chardet and humanfriendly, alerting a local webhook."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tarfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,7 +60,9 @@ def test_deployed_agent_runs_on_debian_python_and_alerts(tmp_path: Path, webhook
     subprocess.run([sys.executable, str(RUNNER), "deploys.smartwatch:smartwatch", str(deployed),
                     json.dumps({"smartwatch_node": "fsn-1"})],
                    check=True, capture_output=True, timeout=180)
-    library = deployed / "files" / "opt" / "smartwatch" / "lib"
+    library = tmp_path / "lib"  # the uploaded archive, unpacked as the node does
+    with tarfile.open(deployed / "files" / "opt" / "smartwatch" / "lib-upload.tar") as archive:
+        archive.extractall(library, filter="data")
     url, received = webhook
     machine = ReplayedMachine(tmp_path / "machine").use("failed_selftest")
     config = tmp_path / "smartwatch.toml"

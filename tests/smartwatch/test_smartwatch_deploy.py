@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -46,9 +47,12 @@ def test_deploy_without_token_leaves_the_token_on_the_node_alone(tmp_path: Path)
 
 def test_deploy_copies_agent_and_pysmart_and_installs_debian_packages(tmp_path: Path) -> None:
     files, commands = deploy(tmp_path, smartwatch_node="fsn-1")
-    assert (files / "opt/smartwatch/lib/smartwatch/agent.py").is_file()
-    assert (files / "opt/smartwatch/lib/pySMART/device.py").is_file()
-    assert not list((files / "opt/smartwatch/lib").rglob("*.pyc"))
+    with tarfile.open(files / "opt/smartwatch/lib-upload.tar") as archive:
+        names = archive.getnames()
+    assert "smartwatch/agent.py" in names and "pySMART/device.py" in names
+    assert not [name for name in names if name.endswith(".pyc") or "__pycache__" in name]
+    swap = next(command for command in commands if "lib-upload.tar" in command)
+    assert "mv -T /opt/smartwatch/lib-next /opt/smartwatch/lib" in swap
     wrapper = (files / "usr/local/bin/smartwatch").read_text()
     assert "PYTHONPATH=/opt/smartwatch/lib exec /usr/bin/python3 -m smartwatch" in wrapper
     installs = [command for command in commands if "apt-get" in command and "install" in command]
