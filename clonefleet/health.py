@@ -55,6 +55,8 @@ class Health:
     findings: tuple[str, ...] = field(default=())
     # Units that had timed out at boot and were started again successfully.
     restarted: tuple[str, ...] = ()
+    # fstab entries that were not mounted at boot and mounted fine on a second try.
+    remounted: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -110,18 +112,25 @@ def _probe(shell: RemoteShell) -> Health:
 
 def check(shell: RemoteShell) -> Health:
     """Probe the node behind `shell` (its own sshd); units that only timed out are started
-    once more and the node probed again."""
+    once more, fstab entries left unmounted are mounted once more (on a boot starved of CPU
+    their device or fsck job can run out of time; `nofail` lets the boot go on without them),
+    and the node probed again."""
     health = _probe(shell)
     timed_out = [unit for unit, result in health.failed_results.items() if result == "timeout"]
-    if not timed_out:
+    if not timed_out and not health.unmounted:
         return health
-    units = " ".join(shlex.quote(unit) for unit in timed_out)
-    shell.run(f"systemctl reset-failed {units}; timeout {RESTART_SECONDS} "
-              f"systemctl restart {units}", check=False, timeout=RESTART_SECONDS + 30,
-              what="restart of units that timed out")
+    if timed_out:
+        units = " ".join(shlex.quote(unit) for unit in timed_out)
+        shell.run(f"systemctl reset-failed {units}; timeout {RESTART_SECONDS} "
+                  f"systemctl restart {units}", check=False, timeout=RESTART_SECONDS + 30,
+                  what="restart of units that timed out")
+    for path in health.unmounted:
+        shell.run(f"timeout {RESTART_SECONDS} mount {shlex.quote(path)}", check=False,
+                  timeout=RESTART_SECONDS + 30, what=f"mount of {path}")
     again = _probe(shell)
     restarted = tuple(unit for unit in timed_out if unit not in again.failed_results)
-    return replace(again, restarted=restarted)
+    remounted = tuple(path for path in health.unmounted if path not in again.unmounted)
+    return replace(again, restarted=restarted, remounted=remounted)
 
 
 def require_healthy(shell: RemoteShell, node: str,
@@ -131,6 +140,9 @@ def require_healthy(shell: RemoteShell, node: str,
     health = check(shell)
     if health.restarted:
         log(f"{node}: restarted {', '.join(health.restarted)} (timed out at boot, started "
+            "fine on a second try)")
+    if health.remounted:
+        log(f"{node}: mounted {', '.join(health.remounted)} (not mounted at boot, mounted "
             "fine on a second try)")
     if not health.ok:
         raise NodeUnhealthy(

@@ -87,3 +87,20 @@ def test_no_answer_at_all_is_not_healthy() -> None:
     health = parse("")
     assert not health.ok
     assert "cannot tell how / is mounted" in health.findings
+
+
+def test_an_fstab_entry_left_unmounted_at_boot_is_mounted_once_and_the_node_probed_again(
+        ) -> None:
+    boot = f"state=running\nroot=rw\n{FSTAB}mounted=/\nmounted=/run\n"
+    shell = ScriptedShell(boot, f"state=running\nroot=rw\n{FSTAB}{MOUNTS}")
+    health = check(cast(RemoteShell, shell))
+    assert [command for command in shell.commands if " mount " in f" {command}"] == [
+        "timeout 120 mount /boot"]
+    assert health.ok and health.remounted == ("/boot",)
+
+
+def test_an_fstab_entry_that_does_not_mount_again_stays_a_finding() -> None:
+    boot = f"state=running\nroot=rw\n{FSTAB}mounted=/\nmounted=/run\n"
+    health = check(cast(RemoteShell, ScriptedShell(boot, boot)))
+    assert health.remounted == ()
+    assert health.findings == ("not mounted although in /etc/fstab: /boot",)

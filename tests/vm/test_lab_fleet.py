@@ -1,0 +1,383 @@
+"""The lab fleet end to end: three VMs in two regions (fsn-1 and fsn-2 in Falkenstein, ash-1 in
+Ashburn), provisioned with one command as full clones on the lab's LAN, then shared by the
+tests below in order (none needs a fresh install):
+
+- fsn-2 has two disks and boots OVMF: RAID1 under LUKS, an ESP with GRUB on each disk;
+- every node's PowerDNS answers the routed name with the nearest active node (ECS);
+- WireGuard peers handshake over the LAN, a row written on the primary is read on every
+  replica, node exporter serves metrics;
+- pebble (the ACME test CA) issues the fleet certificate through DNS-01 answered by the
+  nodes' own PowerDNS; a deploy distributes it and every node's HAProxy serves it on 443
+  (HTTP/2) in front of the app; the whole node deploy again then changes nothing;
+- the mission's loop: fsn-2's smartwatch is fed a failing NVMe recording (a replayed
+  `smartctl`), alerts the operators and drains fsn-2 through `clonefleet serve`, and no
+  node's PowerDNS answers with fsn-2 any more;
+- last, because it degrades the mirror: fsn-2 boots from either disk alone.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from node_replay import CHECK, install_replay
+from pebble_fixture import Pebble, start_pebble
+
+from clonefleet.dnsmap import Endpoints
+from clonefleet.dnsmap.powerdns import ask
+from clonefleet.lab.qemu import free_port
+
+from .conftest import LAB_FLEET, ROOT, Lab, open_lab
+
+pytestmark = pytest.mark.vm
+NODES = ("fsn-1", "fsn-2", "ash-1")
+RAID_NODE = "fsn-2"
+FAILING = "fsn-2"  # its region keeps fsn-1: the drain leaves Falkenstein at its minimum
+EDGE = "edge.lab.clonefleet.test"
+BOOTX64 = "EFI/BOOT/BOOTX64.EFI"
+PSQL = "runuser -u postgres -- psql -X -A -t -d app -c"
+
+
+class Webhook:
+    """The operators' alert channel: an HTTP receiver on loopback, which the VMs reach as
+    10.0.2.2 (qemu's user network maps that address to the host's loopback)."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, object]] = []
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                received.append(json.loads(self.rfile.read(length) or b"{}"))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def titles(self) -> list[str]:
+        return [str(message.get("title", "")) for message in self.received]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Controller:
+    """What the controller side runs for the nodes besides the CLI."""
+
+    webhook: Webhook
+    serve_port: int
+    pebble: Pebble | None = None
+
+
+@pytest.fixture(scope="module")
+def controller() -> Iterator[Controller]:
+    ours = Controller(Webhook(), free_port())
+    try:
+        yield ours
+    finally:
+        if ours.pebble is not None:
+            ours.pebble.stop()
+        ours.webhook.stop()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory, controller: Controller) -> Iterator[Lab]:
+    def fleet(state_root: Path) -> Path:
+        # The lab fleet as shipped, plus where the agents send drain requests and alerts.
+        text = LAB_FLEET.read_text().replace("[fleet]\n", (
+            f'[fleet]\ncontrol_url = "http://10.0.2.2:{controller.serve_port}"\n'
+            f'alert_urls = ["json://10.0.2.2:{controller.webhook.port}/"]\n'), 1)
+        path = state_root / "lab.toml"
+        path.write_text(text)
+        return path
+
+    yield from open_lab(tmp_path_factory, fleet)
+
+
+def fetch(url: str) -> str:
+    """A command printing `url`'s body on a node (the image has python3, not curl)."""
+    return ("python3 -c \"import sys, urllib.request; sys.stdout.write(urllib.request"
+            f".urlopen('{url}', timeout=20).read().decode())\"")
+
+
+def endpoints(lab: Lab) -> Endpoints:
+    return Endpoints.from_store(lab.fleet, lab.store)
+
+
+def answers(lab: Lab, client: str) -> dict[str, set[str]]:
+    """Each node's PowerDNS: the addresses it gives for the routed name to `client` (ECS)."""
+    return {node: set(ask(endpoint, EDGE + ".", "A", client=client, timeout=5).addresses)
+            for node, endpoint in endpoints(lab).items()}
+
+
+def client_near(lab: Lab, node: str) -> str:
+    """A client network located where `node` is (its public address is in the nodes' GeoIP
+    database at its region's coordinates)."""
+    return f"{lab.fleet.node(node).ipv4}/32"
+
+
+def test_three_nodes_at_once_as_full_clones_with_a_mirrored_uefi_node(lab: Lab) -> None:
+    report = json.loads(lab.cli("--json", "provision", *NODES).stdout)
+    assert report["failed"] == [] and sorted(report["succeeded"]) == sorted(NODES), report
+    for entry in report["nodes"]:
+        assert entry["state"] == "deployed", entry
+    [raid] = [entry for entry in report["nodes"] if entry["node"] == RAID_NODE]
+    assert "raid1" in [step["step"] for step in raid["steps"]]
+
+    with lab.shell(RAID_NODE) as shell:
+        mdstat = shell.run("cat /proc/mdstat")[1]
+        assert mdstat.count(": active raid1 ") == 2 and mdstat.count("[UU]") == 2, mdstat
+        status = shell.run("cryptsetup status root")[1]
+        assert "type:    LUKS2" in status
+        device = next(line.split()[1] for line in status.splitlines()
+                      if line.strip().startswith("device:"))
+        assert device.startswith("/dev/md"), status
+        # GRUB's core image sits in the BIOS boot partition of both disks.
+        for serial in lab.fleet.node(RAID_NODE).disks:
+            assert "GRUB" in shell.run(
+                f"dd if=/dev/disk/by-id/virtio-{serial} bs=512 count=1 2>/dev/null | strings")[1]
+        # OVMF booted it, and GRUB's EFI image is on each disk's own ESP.
+        assert shell.run("test -d /sys/firmware/efi", check=False)[0] == 0, \
+            "the node did not boot UEFI"
+        # fstab names the first disk's ESP at /boot/efi (noauto: nothing at run time reads
+        # it); mounting it by that entry works and finds that partition.
+        first = lab.fleet.node(RAID_NODE).disks[0]
+        expected = shell.run(f"readlink -f /dev/disk/by-id/virtio-{first}-part2")[1].strip()
+        code, out, err = shell.run("mount /boot/efi && findmnt -n -o FSTYPE,SOURCE /boot/efi; "
+                                   "rc=$?; umount /boot/efi; exit $rc", check=False)
+        assert (code, out.split()) == (0, ["vfat", expected]), f"/boot/efi: {out}{err}"
+        for serial in lab.fleet.node(RAID_NODE).disks:
+            code, out, err = shell.run(esp_check(serial), check=False)
+            assert code == 0, f"no {BOOTX64} on the ESP of {serial}: {out}{err}"
+
+
+def test_nodes_enter_dns_and_every_server_answers_with_the_nearest_active_node(
+        lab: Lab) -> None:
+    assert sorted(endpoints(lab)) == sorted(NODES), "a node's deploy recorded no DNS endpoint"
+    for node in NODES:
+        lab.cli("undrain", node)
+        assert lab.store.get(node).state == "active"
+    verified = lab.cli("--json", "dns", "verify", check=False)
+    assert verified.returncode == 0, f"{verified.stdout}\n{verified.stderr}"
+
+    fsn = {lab.fleet.node(node).ipv4 for node in ("fsn-1", "fsn-2")}
+    ash = {lab.fleet.node("ash-1").ipv4}
+    near_fsn, near_ash = answers(lab, client_near(lab, "fsn-1")), \
+        answers(lab, client_near(lab, "ash-1"))
+    # Every node's own server, reached through its VM, gives the same nearest answers.
+    assert set(near_fsn) == set(near_ash) == set(NODES)
+    for node in NODES:
+        assert near_fsn[node] and near_fsn[node] <= fsn, near_fsn
+        assert near_ash[node] == ash, near_ash
+
+
+def test_mesh_handshakes_replication_crosses_vms_and_node_exporter_serves(
+        lab: Lab) -> None:
+    mesh = {node: lab.store.get_fact(node, "mesh_address") for node in NODES}
+    assert len(set(mesh.values())) == len(NODES) and all(mesh.values()), mesh
+    for node in NODES:
+        with lab.shell(node) as shell:
+            # Traffic to every peer over the mesh makes WireGuard handshake with each.
+            # (The image has no ping: a UDP datagram is enough to start a handshake.)
+            for peer, address in mesh.items():
+                if peer != node:
+                    shell.run(f"bash -c 'echo hello > /dev/udp/{address}/9'", check=False)
+            deadline, handshakes = time.monotonic() + 60, [""]
+            while time.monotonic() < deadline:
+                handshakes = shell.run("wg show wg0 latest-handshakes")[1].split()
+                if len(handshakes) == 2 * (len(NODES) - 1) and all(
+                        int(stamp) > 0 for stamp in handshakes[1::2]):
+                    break
+                time.sleep(2)
+            assert len(handshakes) == 2 * (len(NODES) - 1), handshakes
+            assert all(int(stamp) > 0 for stamp in handshakes[1::2]), \
+                f"{node}: a peer never handshook: {handshakes}"
+            # The peers' endpoints are their LAN addresses, not the (unreachable) public ones.
+            endpoints_seen = shell.run("wg show wg0 endpoints")[1]
+            assert "10.99.0." in endpoints_seen, endpoints_seen
+            # Node exporter answers its neighbour over the mesh (backend ports are open
+            # there only), with the textfile collector smartwatch writes to.
+            neighbour = mesh[NODES[(NODES.index(node) + 1) % len(NODES)]]
+            metrics = shell.run(fetch(f"http://{neighbour}:9100/metrics"), timeout=60)[1]
+            assert "node_cpu_seconds_total" in metrics, metrics[-500:]
+            assert "node_textfile_scrape_error 0" in metrics, metrics[-500:]
+
+    marker = f"written on fsn-1 at {time.time():.0f}"
+    with lab.shell("fsn-1") as shell:
+        shell.run(f"{PSQL} \"CREATE TABLE IF NOT EXISTS e2e (note text); "
+                  f"INSERT INTO e2e VALUES ('{marker}')\"")
+        senders = shell.run(f"{PSQL} \"SELECT count(*) FROM pg_stat_replication "
+                            "WHERE state = 'streaming'\"")[1].strip()
+        assert senders == "2", f"streaming replicas on the primary: {senders}"
+    for replica in ("fsn-2", "ash-1"):
+        with lab.shell(replica) as shell:
+            deadline, seen = time.monotonic() + 60, ""
+            while time.monotonic() < deadline:
+                seen = shell.run(f"{PSQL} \"SELECT note FROM e2e\"", check=False)[1]
+                if marker in seen:
+                    break
+                time.sleep(2)
+            assert marker in seen, f"{replica} did not replay the primary's row: {seen}"
+            assert shell.run(f"{PSQL} 'SELECT pg_is_in_recovery()'")[1].strip() == "t"
+
+
+def test_pebble_certificate_through_the_nodes_dns_is_served_on_443_by_every_node(
+        lab: Lab, controller: Controller, tmp_path: Path) -> None:
+    # Pebble validates DNS-01 by asking fsn-1's PowerDNS (through its VM's forwarded port).
+    dns_port = endpoints(lab)["fsn-1"].dns_port
+    controller.pebble = start_pebble(tmp_path / "pebble", dns_port)
+    lab.fleet_path.write_text(lab.fleet_path.read_text() + (
+        f'\n[services.certs]\ndirectory_url = "{controller.pebble.directory_url}"\n'
+        f'ca_bundle = "{controller.pebble.ca_bundle}"\nemail = "ops@example.com"\n'))
+    issued = lab.cli("--json", "cert", "issue", timeout=900)
+    assert json.loads(issued.stdout)["issued"] is True, issued.stdout
+
+    # The transport's own deploy is enough to hand the certificate out (the next test runs
+    # the whole node deploy again and finds nothing left to change).
+    deployed = json.loads(lab.cli("--json", "deploy", *NODES, "--deploy",
+                                  "deploys.transport:transport", timeout=2400).stdout)
+    for node in NODES:
+        assert not deployed[node]["failed"], deployed[node]
+        assert any("certificate" in name or "tls" in name.lower()
+                   for name in deployed[node]["changed"]), deployed[node]["changed"]
+
+    root = controller.pebble.issuing_root().public_bytes(serialization.Encoding.PEM).decode()
+    for node in NODES:
+        port = lab.store.get_fact(node, "forwarded_ports")["tcp/443"][1]
+        context = ssl.create_default_context(cadata=root)
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+                context.wrap_socket(raw, server_hostname=EDGE) as tls:
+            assert tls.selected_alpn_protocol() == "h2"
+            leaf = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True) or b"")
+            names = leaf.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+            assert EDGE in names and f"{node}.lab.clonefleet.test" in names
+        context.set_alpn_protocols(["http/1.1"])
+        for path, status, text in (("/", 200, f'"node": "{node}"'),
+                                   ("/.well-known/clonefleet/health", 200, "")):
+            response = https_get(context, port, path)
+            assert response.startswith(f"HTTP/1.1 {status}"), response[:300]
+            assert "strict-transport-security" in response.lower(), response[:600]
+            assert text in response, response[-300:]
+
+
+def https_get(context: ssl.SSLContext, port: int, path: str) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+            context.wrap_socket(raw, server_hostname=EDGE) as tls:
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {EDGE}\r\nConnection: close\r\n\r\n"
+                    .encode())
+        chunks = []
+        while chunk := tls.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_a_second_deploy_changes_nothing(lab: Lab) -> None:
+    again = json.loads(lab.cli("--json", "deploy", *NODES, timeout=2400).stdout)
+    for node in NODES:
+        assert not again[node]["failed"], again[node]
+        assert again[node]["changed"] == [], f"{node}: {again[node]['changed']}"
+
+
+def test_a_failing_disk_alerts_and_drains_its_node_from_every_server(
+        lab: Lab, controller: Controller) -> None:
+    failing_ip = lab.fleet.node(FAILING).ipv4
+    near = client_near(lab, FAILING)
+    assert all(failing_ip in served for served in answers(lab, near).values())
+
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "clonefleet", "--fleet", str(lab.fleet_path), "serve",
+         "--listen", f"127.0.0.1:{controller.serve_port}"], env=lab.env, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_port(controller.serve_port, serve)
+        with lab.shell(FAILING) as shell:
+            # The agent as deployed, with smartctl replaced by a replay of a disk whose NVMe
+            # controller reports its reliability degraded.
+            install_replay(shell, "nvme_critical")
+            started = time.monotonic()
+            code, out, err = shell.run(CHECK, check=False, timeout=600)
+        assert code == 2, f"{out}\n{err}"
+        result = json.loads(out)
+        assert [event["outcome"] for event in result["drain"]] == ["acknowledged"], result
+
+        record = lab.store.get(FAILING)
+        assert record.state in ("draining", "drained")
+        assert record.actor == f"smartwatch@{FAILING}"
+        # Every node's PowerDNS now answers the failing node's own neighbourhood without it.
+        served = answers(lab, near)
+        assert set(served) == set(NODES)
+        for node, addresses in served.items():
+            assert addresses and failing_ip not in addresses, (node, addresses)
+        print(f"smartwatch check → off every server: {time.monotonic() - started:.1f} s")
+        deadline = time.monotonic() + 60
+        while not any(f"[CRITICAL] {FAILING}" in title for title in controller.webhook.titles()):
+            assert time.monotonic() < deadline, f"no alert: {controller.webhook.received}"
+            time.sleep(1)
+    finally:
+        serve.terminate()
+        output = serve.communicate(timeout=20)[0]
+        assert "Traceback" not in output, output
+
+
+def wait_for_port(port: int, process: subprocess.Popen[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[0]
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"clonefleet serve did not listen on {port} in {timeout} s")
+
+
+def esp_check(serial: str) -> str:
+    """A command that succeeds if the disk's ESP holds GRUB at the removable path: the ESP
+    is looked at where it is mounted (/boot/efi for the first disk), else mounted read-only
+    for the check and unmounted again."""
+    return (f"part=$(readlink -f /dev/disk/by-id/virtio-{serial}-part2); "
+            'dir=$(findmnt -rn -o TARGET -S "$part" | head -n1); mounted=; '
+            'if [ -z "$dir" ]; then dir=$(mktemp -d); mount -o ro -t vfat "$part" "$dir" '
+            "|| exit 3; mounted=1; fi; "
+            f'test -s "$dir/{BOOTX64}"; rc=$?; '
+            'if [ -n "$mounted" ]; then umount "$dir"; rmdir "$dir"; fi; exit $rc')
+
+
+def test_the_mirrored_node_boots_from_either_disk_alone(lab: Lab) -> None:
+    node = lab.fleet.node(RAID_NODE)
+    for serial in node.disks:
+        lab.provider.power_off(node)
+        lab.provider.boot_disk(node, disks=[serial])
+        lab.cli("unlock", RAID_NODE)
+        with lab.shell(RAID_NODE) as shell:
+            assert "is active" in shell.run("cryptsetup status root")[1]
+            disks = shell.run("ls /dev/disk/by-id")[1]
+            assert f"virtio-{serial}" in disks
+            other = next(s for s in node.disks if s != serial)
+            assert f"virtio-{other}" not in disks
+            assert "[2/1]" in shell.run("cat /proc/mdstat")[1]
+            # Booted UEFI from this disk's ESP alone (OVMF has no BIOS fallback).
+            assert shell.run("test -d /sys/firmware/efi", check=False)[0] == 0
