@@ -4,17 +4,16 @@ The VM modules are the long pole of a run (minutes each, under emulation). xdist
 `loadfile` (with --no-loadscope-reorder, as scripts/test runs it) gives each worker one
 module, then the next module in collection order as soon as fewer than three of its tests
 are pending: a worker busy with a one-test VM module already holds the next module in line.
-So the order is: the lab fleet module (worker 1, the longest: three full-clone VMs and the
-tests that share them), the several-nodes module (worker 2: two provisions in a row), the
-single-disk module (queued behind the several-nodes one on worker 2, whose one test leaves a
-slot free), then everything else, which fills in around them.
+So the order is: the RAID module (worker 1), the several-nodes module (worker 2, the longest:
+two provisions in a row), the single-disk module (queued behind the RAID one on worker 1),
+then everything else, which fills in around them.
 """
 
 from __future__ import annotations
 
 import pytest
 
-VM_ORDER = ("test_lab_fleet.py", "test_provision_many.py", "test_provision_single_disk.py")
+VM_ORDER = ("test_provision_raid.py", "test_provision_many.py", "test_provision_single_disk.py")
 
 
 def _rank(item: pytest.Item) -> int:

@@ -26,9 +26,6 @@ from .conftest import Lab, open_lab
 pytestmark = pytest.mark.vm
 CLOUD, OVH = "nbg-1", "gra-1"
 GOOD_SERIAL, WRONG_SERIAL = "CFLAB-GRA1-A", "CFLAB-GRA1-X"
-# The base and the agent: this module proves providers, concurrency and resuming; the full
-# clone's services are proved on the lab fleet (test_lab_fleet.py) and in tests/chroot.
-DEPLOY = ("--deploy", "deploys.full:base_node")
 ENV = {"LAB_HCLOUD_TOKEN": DEFAULT_CREDENTIALS["hetzner-cloud"]["token"],
        **{f"OVH_{key.upper()}": value for key, value in DEFAULT_CREDENTIALS["ovh"].items()}}
 
@@ -125,7 +122,7 @@ def events_of(stderr: str) -> list[dict[str, Any]]:
 
 
 def test_two_nodes_at_once_one_failing_mid_install_then_a_rerun_finishes_it(lab: Lab) -> None:
-    first = lab.cli("--json", "provision", CLOUD, OVH, *DEPLOY, check=False)
+    first = lab.cli("--json", "provision", CLOUD, OVH, check=False)
     assert first.returncode == 30, f"{first.stdout}\n{first.stderr}{lab.consoles()}"
     assert "Traceback" not in first.stderr
     result = json.loads(first.stdout)
@@ -160,7 +157,7 @@ def test_two_nodes_at_once_one_failing_mid_install_then_a_rerun_finishes_it(lab:
     assert lab.store.get(OVH).state == "rescue"
 
     lab.fleet_path.write_text(lab.fleet_path.read_text().replace(WRONG_SERIAL, GOOD_SERIAL))
-    second = lab.cli("--json", "provision", CLOUD, OVH, *DEPLOY)
+    second = lab.cli("--json", "provision", CLOUD, OVH)
     result = json.loads(second.stdout)
     nodes = {entry["node"]: entry for entry in result["nodes"]}
     assert result["failed"] == [] and result["succeeded"] == [CLOUD, OVH]
