@@ -9,15 +9,14 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from pdns_fixture import CLIENTS, DnsLab, free_port
+from webhook_fixture import Webhook
 
 from clonefleet.dnsmap import drain_node, publish
 from clonefleet.dnsmap.powerdns import ask
@@ -33,41 +32,6 @@ pytestmark = pytest.mark.integration
 EDGE = "edge.dnslab.clonefleet.test."
 AGENT_TIMEOUT = 120
 SERVE_START_TIMEOUT = 15.0
-
-
-class Webhook:
-    """A local HTTP receiver standing in for the operators' alert channel."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, object]] = []
-        received = self.received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                received.append(json.loads(self.rfile.read(length) or b"{}"))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"json://127.0.0.1:{self.server.server_address[1]}/alerts"
-
-    def titles(self) -> list[str]:
-        return [str(message.get("title", "")) for message in self.received]
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
 
 
 class Serve:

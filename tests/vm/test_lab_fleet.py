@@ -22,11 +22,9 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -34,6 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from node_replay import CHECK, install_replay
 from pebble_fixture import Pebble, start_pebble
+from webhook_fixture import Webhook
 
 from clonefleet.dnsmap import Endpoints
 from clonefleet.dnsmap.powerdns import ask
@@ -51,37 +50,6 @@ FAILING = "fsn-2"  # its region keeps fsn-1: the drain leaves Falkenstein at its
 EDGE = "edge.lab.clonefleet.test"
 BOOTX64 = "EFI/BOOT/BOOTX64.EFI"
 PSQL = "runuser -u postgres -- psql -X -A -t -d app -c"
-
-
-class Webhook:
-    """The operators' alert channel: an HTTP receiver on loopback, which the VMs reach as
-    10.0.2.2 (qemu's user network maps that address to the host's loopback)."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, object]] = []
-        received = self.received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                received.append(json.loads(self.rfile.read(length) or b"{}"))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self.server.server_address[1])
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def titles(self) -> list[str]:
-        return [str(message.get("title", "")) for message in self.received]
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @dataclass
@@ -141,7 +109,8 @@ def client_near(lab: Lab, node: str) -> str:
 
 
 def test_three_nodes_at_once_as_full_clones_with_a_mirrored_uefi_node(lab: Lab) -> None:
-    report = json.loads(lab.cli("--json", "provision", *NODES).stdout)
+    # Three emulated guests at once on two cores: allow an hour.
+    report = json.loads(lab.cli("--json", "provision", *NODES, timeout=3600).stdout)
     assert report["failed"] == [] and sorted(report["succeeded"]) == sorted(NODES), report
     for entry in report["nodes"]:
         assert entry["state"] == "deployed", entry
