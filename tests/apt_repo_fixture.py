@@ -144,6 +144,9 @@ class AptRepo:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        # gpg started an agent for the signing key's home; it would outlive the tests.
+        subprocess.run(["gpgconf", "--homedir", str(self.gnupg), "--kill", "gpg-agent"],
+                       check=False, capture_output=True, timeout=30)
 
     def sources(self, key_path: str) -> str:
         """deb822 sources for every suite, the key at `key_path` (as the node sees it)."""
