@@ -3,20 +3,15 @@ a deploy would change on them without changing anything (`dry_run_deploy`, `--di
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from clonefleet import nodefacts
+from clonefleet.child_run import run_child
 from clonefleet.errors import DeployError, NotProvisionedError
 from clonefleet.inventory import Fleet
-from clonefleet.paths import PROJECT_ROOT
 from clonefleet.state import StateStore
 
 # `clonefleet deploy --diff`: something would change (like diff(1)'s 1, but distinct from any
@@ -100,19 +95,12 @@ def _state(store: StateStore, node: str) -> str:
 
 def _run_runner(fleet_path: Path, nodes: list[str], deploy: str, timeout: float,
                 *options: str) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as folder:
-        out = Path(folder) / "results.json"
-        process = subprocess.run(
-            [sys.executable, "-m", "clonefleet.deploy_runner", "--fleet",
-             str(Path(fleet_path).resolve()), "--deploy", deploy, "--out", str(out), *options,
-             *nodes],
-            capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT)
-        if os.environ.get("CLONEFLEET_VERBOSE"):
-            sys.stderr.write(process.stderr)
-        if not out.exists():
-            tail = "\n".join((process.stdout + process.stderr).strip().splitlines()[-20:])
-            raise DeployError(f"pyinfra could not run {deploy}: {tail}")
-        data: dict[str, Any] = json.loads(out.read_text())
+    run = run_child("clonefleet.deploy_runner", fleet_path,
+                    ["--deploy", deploy, *options, *nodes], timeout)
+    if run.data is None:
+        tail = "\n".join(run.tail(20))
+        raise DeployError(f"pyinfra could not run {deploy}: {tail}")
+    data: dict[str, Any] = run.data
     return data
 
 

@@ -13,19 +13,14 @@ Invariant: a node whose facts could not be read is never in a batch; its plan sa
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from clonefleet.child_run import run_child
 from clonefleet.errors import ClonefleetError
 from clonefleet.inventory import Fleet
-from clonefleet.paths import PROJECT_ROOT
 from clonefleet.rollout import lock
 from clonefleet.rollout.apt import parse_simulation, reboot_packages
 from clonefleet.rollout.batches import BatchPlan, NodeStatus, RegionLimits, make_batches
@@ -180,19 +175,11 @@ def _by(actor: str, reason: str) -> str:
 
 def run_gather(fleet_path: Path, nodes: Sequence[str], refresh: bool) -> dict[str, Gathered]:
     """Every node's facts, read by `clonefleet.rollout.gather` in its own process."""
-    with tempfile.TemporaryDirectory() as folder:
-        out = Path(folder) / "facts.json"
-        process = subprocess.run(
-            [sys.executable, "-m", "clonefleet.rollout.gather", "--fleet",
-             str(Path(fleet_path).resolve()), "--out", str(out),
-             *([] if refresh else ["--no-refresh"]), *nodes],
-            capture_output=True, text=True, timeout=GATHER_TIMEOUT, cwd=PROJECT_ROOT)
-        if os.environ.get("CLONEFLEET_VERBOSE"):
-            sys.stderr.write(process.stderr)
-        if not out.exists():
-            tail = " / ".join((process.stdout + process.stderr).strip().splitlines()[-5:])
-            raise ClonefleetError(f"could not read the nodes' facts: {tail}")
-        data: dict[str, Gathered] = json.loads(out.read_text())
+    run = run_child("clonefleet.rollout.gather", fleet_path,
+                    [*([] if refresh else ["--no-refresh"]), *nodes], GATHER_TIMEOUT)
+    if run.data is None:
+        raise ClonefleetError(f"could not read the nodes' facts: {' / '.join(run.tail(5))}")
+    data: dict[str, Gathered] = run.data
     return data
 
 
