@@ -39,6 +39,7 @@ from clonefleet.dnsmap.powerdns import ask
 from clonefleet.lab.qemu import free_port
 
 from .conftest import LAB_FLEET, ROOT, Lab, open_lab
+from .raid_checks import check_boots_from_either_disk, check_mirrored_uefi_node
 
 # Not in the default run (scripts/test, CI): three emulated VMs booting at once beside the
 # other VM modules starve on a 2-core machine (guest soft lockups of minutes). Run it alone:
@@ -48,7 +49,6 @@ NODES = ("fsn-1", "fsn-2", "ash-1")
 RAID_NODE = "fsn-2"
 FAILING = "fsn-2"  # its region keeps fsn-1: the drain leaves Falkenstein at its minimum
 EDGE = "edge.lab.clonefleet.test"
-BOOTX64 = "EFI/BOOT/BOOTX64.EFI"
 PSQL = "runuser -u postgres -- psql -X -A -t -d app -c"
 
 
@@ -117,31 +117,7 @@ def test_three_nodes_at_once_as_full_clones_with_a_mirrored_uefi_node(lab: Lab) 
     [raid] = [entry for entry in report["nodes"] if entry["node"] == RAID_NODE]
     assert "raid1" in [step["step"] for step in raid["steps"]]
 
-    with lab.shell(RAID_NODE) as shell:
-        mdstat = shell.run("cat /proc/mdstat")[1]
-        assert mdstat.count(": active raid1 ") == 2 and mdstat.count("[UU]") == 2, mdstat
-        status = shell.run("cryptsetup status root")[1]
-        assert "type:    LUKS2" in status
-        device = next(line.split()[1] for line in status.splitlines()
-                      if line.strip().startswith("device:"))
-        assert device.startswith("/dev/md"), status
-        # GRUB's core image sits in the BIOS boot partition of both disks.
-        for serial in lab.fleet.node(RAID_NODE).disks:
-            assert "GRUB" in shell.run(
-                f"dd if=/dev/disk/by-id/virtio-{serial} bs=512 count=1 2>/dev/null | strings")[1]
-        # OVMF booted it, and GRUB's EFI image is on each disk's own ESP.
-        assert shell.run("test -d /sys/firmware/efi", check=False)[0] == 0, \
-            "the node did not boot UEFI"
-        # fstab names the first disk's ESP at /boot/efi (noauto: nothing at run time reads
-        # it); mounting it by that entry works and finds that partition.
-        first = lab.fleet.node(RAID_NODE).disks[0]
-        expected = shell.run(f"readlink -f /dev/disk/by-id/virtio-{first}-part2")[1].strip()
-        code, out, err = shell.run("mount /boot/efi && findmnt -n -o FSTYPE,SOURCE /boot/efi; "
-                                   "rc=$?; umount /boot/efi; exit $rc", check=False)
-        assert (code, out.split()) == (0, ["vfat", expected]), f"/boot/efi: {out}{err}"
-        for serial in lab.fleet.node(RAID_NODE).disks:
-            code, out, err = shell.run(esp_check(serial), check=False)
-            assert code == 0, f"no {BOOTX64} on the ESP of {serial}: {out}{err}"
+    check_mirrored_uefi_node(lab, RAID_NODE)
 
 
 def test_nodes_enter_dns_and_every_server_answers_with_the_nearest_active_node(
@@ -326,30 +302,5 @@ def wait_for_port(port: int, process: subprocess.Popen[str], timeout: float = 30
     raise AssertionError(f"clonefleet serve did not listen on {port} in {timeout} s")
 
 
-def esp_check(serial: str) -> str:
-    """A command that succeeds if the disk's ESP holds GRUB at the removable path: the ESP
-    is looked at where it is mounted (/boot/efi for the first disk), else mounted read-only
-    for the check and unmounted again."""
-    return (f"part=$(readlink -f /dev/disk/by-id/virtio-{serial}-part2); "
-            'dir=$(findmnt -rn -o TARGET -S "$part" | head -n1); mounted=; '
-            'if [ -z "$dir" ]; then dir=$(mktemp -d); mount -o ro -t vfat "$part" "$dir" '
-            "|| exit 3; mounted=1; fi; "
-            f'test -s "$dir/{BOOTX64}"; rc=$?; '
-            'if [ -n "$mounted" ]; then umount "$dir"; rmdir "$dir"; fi; exit $rc')
-
-
 def test_the_mirrored_node_boots_from_either_disk_alone(lab: Lab) -> None:
-    node = lab.fleet.node(RAID_NODE)
-    for serial in node.disks:
-        lab.provider.power_off(node)
-        lab.provider.boot_disk(node, disks=[serial])
-        lab.cli("unlock", RAID_NODE)
-        with lab.shell(RAID_NODE) as shell:
-            assert "is active" in shell.run("cryptsetup status root")[1]
-            disks = shell.run("ls /dev/disk/by-id")[1]
-            assert f"virtio-{serial}" in disks
-            other = next(s for s in node.disks if s != serial)
-            assert f"virtio-{other}" not in disks
-            assert "[2/1]" in shell.run("cat /proc/mdstat")[1]
-            # Booted UEFI from this disk's ESP alone (OVMF has no BIOS fallback).
-            assert shell.run("test -d /sys/firmware/efi", check=False)[0] == 0
+    check_boots_from_either_disk(lab, RAID_NODE)

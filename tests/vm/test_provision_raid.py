@@ -12,22 +12,10 @@ import json
 import pytest
 
 from .conftest import Lab
+from .raid_checks import check_boots_from_either_disk, check_mirrored_uefi_node
 
 pytestmark = pytest.mark.vm
 NODE = "fsn-2"
-BOOTX64 = "EFI/BOOT/BOOTX64.EFI"
-
-
-def esp_check(serial: str) -> str:
-    """A command that succeeds if the disk's ESP holds GRUB at the removable path: the ESP
-    is looked at where it is mounted (/boot/efi for the first disk), else mounted read-only
-    for the check and unmounted again."""
-    return (f"part=$(readlink -f /dev/disk/by-id/virtio-{serial}-part2); "
-            'dir=$(findmnt -rn -o TARGET -S "$part" | head -n1); mounted=; '
-            'if [ -z "$dir" ]; then dir=$(mktemp -d); mount -o ro -t vfat "$part" "$dir" '
-            "|| exit 3; mounted=1; fi; "
-            f'test -s "$dir/{BOOTX64}"; rc=$?; '
-            'if [ -n "$mounted" ]; then umount "$dir"; rmdir "$dir"; fi; exit $rc')
 
 
 def test_two_disk_node_mirrors_under_luks_and_boots_from_either_disk(lab: Lab) -> None:
@@ -38,43 +26,5 @@ def test_two_disk_node_mirrors_under_luks_and_boots_from_either_disk(lab: Lab) -
     assert report["state"] == "deployed"
     assert "raid1" in [step["step"] for step in report["steps"]]
 
-    with lab.shell(NODE) as shell:
-        mdstat = shell.run("cat /proc/mdstat")[1]
-        assert mdstat.count(": active raid1 ") == 2 and mdstat.count("[UU]") == 2, mdstat
-        status = shell.run("cryptsetup status root")[1]
-        assert "type:    LUKS2" in status
-        device = next(line.split()[1] for line in status.splitlines()
-                      if line.strip().startswith("device:"))
-        assert device.startswith("/dev/md"), status
-        # GRUB's core image sits in the BIOS boot partition of both disks.
-        for serial in lab.fleet.node(NODE).disks:
-            assert "GRUB" in shell.run(
-                f"dd if=/dev/disk/by-id/virtio-{serial} bs=512 count=1 2>/dev/null | strings")[1]
-        # OVMF booted it, and GRUB's EFI image is on each disk's own ESP.
-        assert shell.run("test -d /sys/firmware/efi", check=False)[0] == 0, \
-            "the node did not boot UEFI"
-        # fstab names the first disk's ESP at /boot/efi (noauto: nothing at run time reads
-        # it); mounting it by that entry works and finds that partition.
-        first = lab.fleet.node(NODE).disks[0]
-        expected = shell.run(f"readlink -f /dev/disk/by-id/virtio-{first}-part2")[1].strip()
-        code, out, err = shell.run("mount /boot/efi && findmnt -n -o FSTYPE,SOURCE /boot/efi; "
-                                   "rc=$?; umount /boot/efi; exit $rc", check=False)
-        assert (code, out.split()) == (0, ["vfat", expected]), f"/boot/efi: {out}{err}"
-        for serial in lab.fleet.node(NODE).disks:
-            code, out, err = shell.run(esp_check(serial), check=False)
-            assert code == 0, f"no {BOOTX64} on the ESP of {serial}: {out}{err}"
-
-    node = lab.fleet.node(NODE)
-    for serial in node.disks:
-        lab.provider.power_off(node)
-        lab.provider.boot_disk(node, disks=[serial])
-        lab.cli("unlock", NODE)
-        with lab.shell(NODE) as shell:
-            assert "is active" in shell.run("cryptsetup status root")[1]
-            disks = shell.run("ls /dev/disk/by-id")[1]
-            assert f"virtio-{serial}" in disks
-            other = next(s for s in node.disks if s != serial)
-            assert f"virtio-{other}" not in disks
-            assert "[2/1]" in shell.run("cat /proc/mdstat")[1]
-            # Booted UEFI from this disk's ESP alone (OVMF has no BIOS fallback).
-            assert shell.run("test -d /sys/firmware/efi", check=False)[0] == 0
+    check_mirrored_uefi_node(lab, NODE)
+    check_boots_from_either_disk(lab, NODE)
