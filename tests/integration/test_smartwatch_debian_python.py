@@ -7,9 +7,7 @@ import json
 import subprocess
 import sys
 import tarfile
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "smartwatch"))
 
 from smartwatch_replay import ReplayedMachine  # noqa: E402
+from webhook_fixture import Webhook  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -26,27 +25,10 @@ RUNNER = ROOT / "tests" / "fake_deploy.py"
 
 
 @pytest.fixture
-def webhook() -> Iterator[tuple[str, list[dict[str, object]]]]:
-    received: list[dict[str, object]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            received.append(json.loads(self.rfile.read(length) or b"{}"))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"json://127.0.0.1:{server.server_address[1]}/alerts", received
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.stop()
 
 
 def test_deployed_agent_runs_on_debian_python_and_alerts(tmp_path: Path, webhook) -> None:
@@ -63,7 +45,7 @@ def test_deployed_agent_runs_on_debian_python_and_alerts(tmp_path: Path, webhook
     library = tmp_path / "lib"  # the uploaded archive, unpacked as the node does
     with tarfile.open(deployed / "files" / "opt" / "smartwatch" / "lib-upload.tar") as archive:
         archive.extractall(library, filter="data")
-    url, received = webhook
+    url, received = webhook.url, webhook.received
     machine = ReplayedMachine(tmp_path / "machine").use("failed_selftest")
     config = tmp_path / "smartwatch.toml"
     config.write_text(
