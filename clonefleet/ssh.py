@@ -67,19 +67,57 @@ def ensure_operator_key(configured: str, state_dir: Path) -> OperatorKey:
         return OperatorKey(path, public.read_text().strip())
     path = state_dir / "id_ed25519"
     public = state_dir / "id_ed25519.pub"
-    if not path.exists() or not public.exists():
+    line = _public_line(public) if path.exists() else None
+    if line is None:
         # Several nodes (or a node's rescue boot and its layer build, which run at once) may
         # need the key first at the same moment: one creates it, the others wait and read it.
+        # Readers outside the lock trust only a complete public line (the files are written
+        # by rename, but a copy made by hand or a crash may leave a torn one).
         state_dir.mkdir(parents=True, exist_ok=True)
         with open(state_dir / "id_ed25519.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if not path.exists():
-                pair = generate_ed25519("clonefleet-operator")
-                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(descriptor, "w") as handle:
-                    handle.write(pair.private_openssh)
-                public.write_text(pair.public_line + "\n")
-    return OperatorKey(path, public.read_text().strip())
+            line = _create_or_repair_operator_key(path, public)
+    return OperatorKey(path, line)
+
+
+def _public_line(public: Path) -> str | None:
+    """The public key line in `public`, or None when it is missing or not a whole key line."""
+    try:
+        line = public.read_text().strip()
+    except FileNotFoundError:
+        return None
+    parts = line.split()
+    return line if len(parts) >= 2 and parts[0] == "ssh-ed25519" else None
+
+
+def _create_or_repair_operator_key(path: Path, public: Path) -> str:
+    """Under the key's lock: a new key pair when there is no private key, else the public
+    line derived again from the private key (a crash may have left it torn or missing).
+    Each file is written to a temporary name and renamed, the private one last."""
+    if path.exists():
+        existing = _public_line(public)
+        if existing is not None:
+            return existing
+        loaded = serialization.load_ssh_private_key(path.read_bytes(), password=None)
+        line = loaded.public_key().public_bytes(
+            serialization.Encoding.OpenSSH,
+            serialization.PublicFormat.OpenSSH).decode() + " clonefleet-operator"
+        _replace(public, line + "\n", 0o644)
+        return line
+    pair = generate_ed25519("clonefleet-operator")
+    _replace(public, pair.public_line + "\n", 0o644)
+    _replace(path, pair.private_openssh, 0o600)
+    return pair.public_line
+
+
+def _replace(path: Path, text: str, mode: int) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 def key_fingerprints(key_bytes: bytes) -> tuple[str, str]:
