@@ -18,6 +18,7 @@ from clonefleet.paths import fleet_state_dir
 from clonefleet.retry import DEFAULT, DEPLOY_CONNECT_TRIES
 from clonefleet.secrets import open_secrets
 from clonefleet.services import ServiceContext, merge_host_data, service_host_data
+from clonefleet.services.controller import controller_networks
 from clonefleet.ssh import ensure_operator_key
 from clonefleet.state import StateStore, open_store
 
@@ -56,6 +57,8 @@ def host_data(fleet: Fleet, store: StateStore, state_dir: Path,
                                   for admin in fleet.admins],
             "clonefleet_tcp_ports": list(fleet.allowed_tcp_ports),
             "clonefleet_udp_ports": list(fleet.allowed_udp_ports),
+            # Who may reach backend ports (the firewall, PowerDNS's API): one list for all.
+            "clonefleet_controller_addresses": controller_networks(fleet, node),
             "smartwatch_node": node.name,
             "smartwatch_drain_url": fleet.control_url,
             "smartwatch_alert_urls": list(fleet.alert_urls),

@@ -61,7 +61,6 @@ def after_deploy(context: ServiceContext, outcome: DeployOutcome) -> None:
 UNION_KEYS = frozenset({
     "clonefleet_tcp_ports", "clonefleet_udp_ports", "clonefleet_public_tcp_ports",
     "clonefleet_backend_tcp_ports", "clonefleet_backend_udp_ports",
-    "clonefleet_controller_addresses",
 })
 
 

@@ -10,7 +10,7 @@ is allowed only from the node itself, the mesh (`[services.mesh] cidr`) and the 
 addresses (`[fleet] controller_addresses`, see `clonefleet.services.controller`), both by
 PowerDNS (`webserver-allow-from`) and by the firewall (its port goes into
 `clonefleet_backend_tcp_ports`, which the base firewall opens to the mesh and to
-`clonefleet_controller_addresses` only).
+`clonefleet_controller_addresses`, part of every node's base host data, only).
 
 Each node has its own API key, a secret in the fleet's `SecretStore` (`pdns_api_key`). After a
 deploy that configured PowerDNS on a node, `record_endpoint` stores the node's `dns_endpoint`
@@ -95,7 +95,6 @@ def host_data(context: ServiceContext) -> dict[str, Any]:
         "dns_api_port": api_port,
         "dns_api_allow_from": ["127.0.0.1", "::1", mesh_cidr(fleet), *controller],
         "dns_geoip_mmdb_base64": geoip_database(fleet),
-        "clonefleet_controller_addresses": controller,
         "clonefleet_backend_tcp_ports": [api_port],
     }
 

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from clonefleet.errors import InventoryError, StateError
 from clonefleet.providers.registry import Setting
-from clonefleet.services.controller import controller_networks
 
 if TYPE_CHECKING:
     from clonefleet.inventory import Fleet
@@ -177,5 +176,4 @@ def host_data(context: ServiceContext) -> dict[str, Any]:
                                                           generate_private_key),
         "mesh_peers": [peer.as_data() for peer in peers(context)],
         "mesh_keepalive": KEEPALIVE,
-        "clonefleet_controller_addresses": controller_networks(context.fleet, context.node),
     }

@@ -2,8 +2,9 @@
 that smartwatch and clonefleet write `*.prom` files to.
 
 It listens on the node's port 9100, which goes into `clonefleet_backend_tcp_ports`: the base
-firewall opens it to the mesh and the controller's addresses only (`[services.dns]
-api_allow_from`, `clonefleet_controller_addresses`). No fleet-file settings yet.
+firewall opens it to the mesh and the controller's addresses only (`[fleet]
+controller_addresses`, in every node's host data as `clonefleet_controller_addresses`). No
+fleet-file settings yet.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import pytest
 from services_fixture import service_fleet
 
 from clonefleet.services import mesh, registry, service_host_data
+from clonefleet.services.controller import controller_networks
 from deploys._paths import render
 from deploys.base import firewall_variables
 
@@ -66,11 +67,14 @@ def test_a_port_both_public_and_backend_is_public_and_ssh_is_always_open() -> No
     assert variables["udp_ports"] == []  # no mesh host data: no WireGuard port
 
 
-def test_the_mesh_service_gives_the_firewall_its_interface_port_and_controller(
+def test_the_mesh_service_and_the_base_data_give_the_firewall_interface_port_controller(
         tmp_path: Path) -> None:
     lab = service_fleet(tmp_path, '[services.mesh]\nport = 51999\ninterface = "mesh0"\n',
                         fleet_extra='controller_addresses = ["192.0.2.200"]\n')
-    data = mesh.host_data(lab.context("fsn-1"))
+    context = lab.context("fsn-1")
+    data = mesh.host_data(context)
+    # what clonefleet.pyinfra_inventory puts in every node's base host data
+    data["clonefleet_controller_addresses"] = controller_networks(context.fleet, context.node)
     data["clonefleet_backend_tcp_ports"] = [8081]
     rules = _input_rules(ruleset(data))
     assert "udp dport { 51999 } accept" in rules

@@ -51,6 +51,9 @@ def test_hosts_use_the_recorded_address_and_the_fleets_known_hosts_strictly(
         assert data["ssh_known_hosts_file"] == str(known_hosts.path)
         assert data["ssh_strict_host_key_checking"] == "yes"
         assert known_hosts.keys_for("127.0.0.1", port) == [keys[name]]
+        # once, in the base data, whatever services the fleet runs (a lab node also sees
+        # the controller as qemu's gateway)
+        assert data["clonefleet_controller_addresses"] == ["10.0.2.2/32"]
 
 
 def test_another_nodes_damaged_facts_do_not_stop_a_deploy_of_this_one(tmp_path: Path) -> None:
