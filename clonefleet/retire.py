@@ -15,6 +15,7 @@ from clonefleet import nodefacts
 from clonefleet.errors import StateError
 from clonefleet.inventory import Fleet
 from clonefleet.keystore import Keystore
+from clonefleet.known_hosts import KnownHosts
 from clonefleet.providers.base import Provider
 from clonefleet.state import StateStore, lifecycle
 
@@ -55,9 +56,10 @@ def plan_retire(fleet: Fleet, store: StateStore, node_name: str) -> RetireResult
 
 
 def retire(fleet: Fleet, store: StateStore, provider: Provider, keystore: Keystore,
-           node_name: str, *, actor: str = ACTOR,
+           node_name: str, *, actor: str = ACTOR, known_hosts: KnownHosts | None = None,
            log: Callable[[str], None] = print) -> RetireResult:
-    """Delete the node's server, then forget its passphrase and facts, and record it retired."""
+    """Delete the node's server, then forget its passphrase, facts and pinned host keys (in
+    `known_hosts`, the fleet's file), and record it retired."""
     result = plan_retire(fleet, store, node_name)
     if not result.steps:
         return result
@@ -70,6 +72,9 @@ def retire(fleet: Fleet, store: StateStore, provider: Provider, keystore: Keysto
         store.apply(node.name, lifecycle.RETIRE, actor=actor,
                     reason=f"{node.provider} server{server} deleted")
     keystore.delete(node.name)
-    log(f"{node.name}: retired; its passphrase and facts are forgotten")
+    if known_hosts is not None:
+        # A later server on the same address must not meet this node's old pins.
+        known_hosts.forget_node(node.name)
+    log(f"{node.name}: retired; its passphrase, facts and host keys are forgotten")
     result.done = True
     return result

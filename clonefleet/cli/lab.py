@@ -9,9 +9,8 @@ import click
 from clonefleet.cli import Context, pass_context
 from clonefleet.cli.display import print_table
 from clonefleet.errors import ConfigError
-from clonefleet.keystore import Keystore
+from clonefleet.lab.destroy import destroy_lab_vms
 from clonefleet.providers.lab import LabProvider
-from clonefleet.state import lifecycle
 
 
 @click.group()
@@ -43,19 +42,10 @@ def list_vms(ctx: Context) -> None:
 @pass_context
 def destroy(ctx: Context, nodes: tuple[str, ...], everything: bool) -> None:
     """Delete lab VMs (disks included) and forget their install (keys, passphrase)."""
-    provider = LabProvider(ctx.state_dir)
-    names = [server.node for server in provider.list()] if everything else list(nodes)
-    if not names and not everything:
+    if not nodes and not everything:
         raise ConfigError("name the lab VMs to destroy, or pass --all")
-    keystore = Keystore(ctx.state_dir / "keystore")
-    for name in names:
-        provider.delete(name)
-        ctx.store.delete_facts(name)
-        keystore.delete(name)
-        record = ctx.store.get(name)
-        if record is not None and lifecycle.DESTROY_LAB.allows(record.state):
-            ctx.store.apply(name, lifecycle.DESTROY_LAB, actor="clonefleet lab destroy",
-                            reason="lab VM destroyed")
+    # Names as given: a VM whose node left the fleet file can still be destroyed.
+    names = destroy_lab_vms(ctx.store, ctx.state_dir, None if everything else list(nodes))
     ctx.emit({"destroyed": names}, f"destroyed: {', '.join(names) or 'nothing'}")
 
 

@@ -9,6 +9,7 @@ import click
 from clonefleet.cli import Context, pass_context
 from clonefleet.errors import ConfigError
 from clonefleet.keystore import Keystore
+from clonefleet.known_hosts import fleet_known_hosts
 from clonefleet.providers import provider_for
 from clonefleet.retire import plan_retire, retire
 
@@ -37,9 +38,10 @@ def retire_command(ctx: Context, node: str, yes: bool, dry_run: bool) -> None:
 
     provider = provider_for(ctx.fleet, ctx.fleet.node(node), ctx.state_dir, log)
     result = retire(ctx.fleet, ctx.store, provider, Keystore(ctx.state_dir / "keystore"), node,
-                    log=log)
+                    known_hosts=fleet_known_hosts(ctx.state_dir), log=log)
     ctx.emit(dataclasses.asdict(result), f"{node}: retired ({plan.provider} server "
-             f"{plan.server_id or '(none recorded)'} deleted; passphrase and facts forgotten)")
+             f"{plan.server_id or '(none recorded)'} deleted; passphrase, facts and host keys "
+             "forgotten)")
 
 
 def register(group: click.Group) -> None:

@@ -1,4 +1,5 @@
-"""`clonefleet retire NODE`: the server goes first, and only then the node's secrets."""
+"""`clonefleet retire NODE` (the server goes first, and only then the node's secrets) and
+`clonefleet lab destroy`, which forgets the same things."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from clonefleet.cli import _register, cli
 from clonefleet.errors import ProviderError, StateError
 from clonefleet.inventory import Node, load_fleet
 from clonefleet.keystore import Keystore
+from clonefleet.known_hosts import HostKeyEntry, fleet_known_hosts
 from clonefleet.lab import qemu
 from clonefleet.retire import plan_retire, retire
+from clonefleet.ssh import generate_ed25519
 from clonefleet.state import open_store
 
 pytestmark = pytest.mark.unit
@@ -141,3 +144,44 @@ def test_a_node_never_provisioned_can_be_retired(lab: dict[str, object]) -> None
     assert result.exit_code == 0, result.output
     assert lab["store"].get("fsn-2").state == "retired"  # type: ignore[attr-defined]
     assert "lab server (none recorded) deleted" in result.output
+
+
+def _pin(state: Path, node: str, port: int) -> HostKeyEntry:
+    key = " ".join(generate_ed25519().public_line.split()[:2])
+    entry = HostKeyEntry(node=node, role="sshd", host="127.0.0.1", port=port, key=key)
+    fleet_known_hosts(state).replace_node(node, [entry])
+    return entry
+
+
+def test_retire_and_lab_destroy_forget_the_nodes_pinned_host_keys(
+        lab: dict[str, object]) -> None:
+    # A later server on the same address must not be checked against (or trusted by) the
+    # old node's keys; the other nodes' pins stay.
+    state = lab["state"]
+    assert isinstance(state, Path)
+    _pin(state, "fsn-1", 10022)
+    kept = _pin(state, "fsn-2", 10023)
+    result = invoke(lab, "retire", "fsn-1", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "host keys" in result.output
+    assert fleet_known_hosts(state).entries() == [kept]
+
+    vm = state / "lab" / "fsn-2"
+    vm.mkdir(parents=True)
+    qemu.VmConfig(name="fsn-2", directory=vm, memory_mb=2048, disks=[("S-FSN2", "x")],
+                  ssh_port=3, dropbear_port=4).save()
+    lab["keystore"].create("fsn-2")  # type: ignore[attr-defined]
+    lab["store"].set_state("fsn-2", "deployed", actor="test")  # type: ignore[attr-defined]
+    result = invoke(lab, "--json", "lab", "destroy", "fsn-2")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"destroyed": ["fsn-2"]}
+    assert fleet_known_hosts(state).entries() == []
+    assert not vm.exists() and lab["stopped"] == ["fsn-1", "fsn-2"]
+    assert not lab["keystore"].has("fsn-2")  # type: ignore[attr-defined]
+    assert lab["store"].get("fsn-2").state == "ordered"  # type: ignore[attr-defined]
+
+
+def test_lab_destroy_without_names_or_all_is_one_line(lab: dict[str, object]) -> None:
+    result = invoke(lab, "lab", "destroy")
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: name the lab VMs to destroy, or pass --all"
