@@ -1,7 +1,8 @@
 """`clonefleet serve` and `clonefleet token issue NODE`.
 
 `serve` runs until interrupted (exit 0 on Ctrl-C or SIGTERM); it exits 2 for a bad option
-(listen address, TLS files, read timeout, metrics token file). `token issue` prints the
+(listen address, TLS files, read timeout, connection limit, metrics token
+file). `token issue` prints the
 node's new drain token once (exit 0), or exits 2 for a node the fleet does not have.
 """
 
@@ -33,12 +34,14 @@ def _listen_address(value: str) -> tuple[str, int]:
               help="Seconds to wait for DNS servers to confirm a drain.")
 @click.option("--read-timeout", default=10.0, show_default=True,
               help="Seconds a client has to send its whole request; then it is cut off.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Connections served at once; more are refused (503) until one ends.")
 @click.option("--metrics-token-file", default="",
               help="File holding a bearer token that GET /metrics must carry (default: "
                    "metrics are open to whoever reaches the listen address).")
 @pass_context
 def serve(ctx: Context, listen: str, tls_cert: str, tls_key: str, drain_timeout: float,
-          read_timeout: float, metrics_token_file: str) -> None:
+          read_timeout: float, max_connections: int, metrics_token_file: str) -> None:
     """Answer drain requests from smartwatch agents on the nodes; serve metrics."""
     from clonefleet.serve import DrainService, make_server, read_metrics_token
 
@@ -53,7 +56,8 @@ def serve(ctx: Context, listen: str, tls_cert: str, tls_key: str, drain_timeout:
     service = DrainService(ctx.fleet, ctx.store, timeout=drain_timeout)
     try:
         server = make_server(service, host, port, tls_cert=tls_cert, tls_key=tls_key,
-                             read_timeout=read_timeout, metrics_token=metrics_token)
+                             read_timeout=read_timeout, metrics_token=metrics_token,
+                             max_connections=max_connections)
     except OSError as error:
         raise ConfigError(f"cannot serve on {listen}: {error}") from None
 

@@ -74,6 +74,9 @@ READ_TIMEOUT = 10.0
 # kernel send a reset, which can destroy the answer before the client has read it.
 DISCARD_LIMIT = 4 * MAX_BODY
 DISCARD_SECONDS = 2.0
+# Connections served at once: every node's agent and a scraper or two, with room to spare;
+# each holds a thread for the read timeout at most.
+MAX_CONNECTIONS = 64
 
 ROUTES = {"/v1/drain": "POST", "/v1/health": "GET", "/metrics": "GET"}
 BYTE_COUNT = re.compile(r"[0-9]{1,12}")
@@ -386,7 +389,42 @@ def _handler(service: DrainService, registry: CollectorRegistry, requests: Count
 
 
 class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most `max_connections` at once: a flood of connections
+    (each may hold its thread up to the read timeout) is refused at accept, with a 503 on
+    plain HTTP (a TLS connection is only closed: no handshake was made to answer in), and
+    costs one log line per burst rather than a thread each."""
+
     daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 max_connections: int) -> None:
+        super().__init__(address, handler)
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._refused = 0
+        self._refused_lock = threading.Lock()
+        self.tls = False
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request, client_address)
+            return
+        with self._refused_lock:
+            refused, self._refused = self._refused, 0
+        if refused > 1:
+            log.warning("refused %d connections in all while at the limit of %d", refused,
+                        self.max_connections)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread was started to release it
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         error = sys.exc_info()[1]
@@ -397,21 +435,41 @@ class _Server(ThreadingHTTPServer):
         else:
             log.error("request from %s failed", client_address[0], exc_info=True)
 
+    def _refuse(self, request: Any, client_address: Any) -> None:
+        with self._refused_lock:
+            self._refused += 1
+            first = self._refused == 1
+        if first:
+            log.warning("%s refused: %d connections in progress already (the most this serve "
+                        "takes at once); refusing more until one ends", client_address[0],
+                        self.max_connections)
+        if not self.tls:
+            try:
+                request.settimeout(0.5)
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
+                                b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+        self.shutdown_request(request)
 
 def make_server(service: DrainService, host: str = "127.0.0.1", port: int = 8441, *,
                 tls_cert: str = "", tls_key: str = "", read_timeout: float = READ_TIMEOUT,
-                metrics_token: str = "") -> ThreadingHTTPServer:
+                metrics_token: str = "",
+                max_connections: int = MAX_CONNECTIONS) -> ThreadingHTTPServer:
     """An HTTP server for `service` and the fleet's metrics (HTTPS when a certificate and key
     are given); port 0 picks a free port (`server.server_address[1]`). A request must arrive
-    whole within `read_timeout` seconds; with `metrics_token`, `/metrics` needs it as bearer."""
+    whole within `read_timeout` seconds; with `metrics_token`, `/metrics` needs it as bearer.
+    At most `max_connections` are served at once; more are refused (see `_Server`)."""
     if not read_timeout > 0:
         raise ConfigError(f"read timeout {read_timeout!r} must be a positive number of seconds")
+    if max_connections < 1:
+        raise ConfigError(f"max connections {max_connections!r} must be at least 1")
     registry = metrics_registry(service.fleet, service.store)
     requests = Counter("clonefleet_serve_requests", "Requests this serve process answered, "
                        "by path (or 'other') and HTTP status.", ["path", "code"],
                        registry=registry)
     server = _Server((host, port), _handler(service, registry, requests, read_timeout,
-                                            metrics_token))
+                                            metrics_token), max_connections)
     if tls_cert:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(tls_cert, tls_key or None)
@@ -419,4 +477,5 @@ def make_server(service: DrainService, host: str = "127.0.0.1", port: int = 8441
         # read timeout, not in accept().
         server.socket = context.wrap_socket(server.socket, server_side=True,
                                             do_handshake_on_connect=False)
+        server.tls = True
     return server

@@ -52,10 +52,10 @@ class Lab:
         self.token = issue_token(self.fleet, self.store, "fsn-1")
         self.servers: list[ThreadServe] = []
 
-    def serve(self, drain: StubDrain | None = None,
-              read_timeout: float = READ_TIMEOUT) -> ThreadServe:
+    def serve(self, drain: StubDrain | None = None, read_timeout: float = READ_TIMEOUT,
+              **options: int) -> ThreadServe:
         service = DrainService(self.fleet, self.store, drain=drain or StubDrain())
-        running = start_thread_serve(service, read_timeout=read_timeout)
+        running = start_thread_serve(service, read_timeout=read_timeout, **options)
         self.servers.append(running)
         return running
 
@@ -383,3 +383,39 @@ def test_serve_process_logs_each_client_fault_in_one_line_and_never_a_traceback(
     assert "Traceback" not in text
     for _, fragment in [*faults, (None, "timed out")]:
         assert sum(fragment in line for line in text.splitlines()) == 1, (fragment, text)
+
+
+def test_connections_beyond_the_limit_are_refused_at_once_and_served_again_after(
+        lab: Lab, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
+    # A flood of idle connections must not cost a thread each: past the limit the server
+    # answers 503 at accept, logs the burst once, and serves again as soon as one ends.
+    running = lab.serve(read_timeout=1.5, max_connections=2)
+    opened = time.monotonic()
+    stalled = [socket.create_connection(("127.0.0.1", running.port), timeout=5)
+               for _ in range(2)]
+    refused = []
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", running.port), timeout=5) as connection:
+            refused.append(parse_answer(read_until_closed(connection)))
+    assert [answer.status for answer in refused] == [503, 503, 503]
+    assert refused[0].headers["retry-after"] == "1"
+    limit_lines = [line for line in serve_lines(caplog) if "refused" in line]
+    assert len(limit_lines) == 1 and "2 connections in progress" in limit_lines[0]
+
+    answer = None
+    while time.monotonic() - opened < 10:
+        try:
+            answer = exchange(running.port, raw_request("GET", "/v1/health"))
+        except ConnectionResetError:
+            continue  # refused with our request unread: the kernel may reset, not end
+        if answer.status == 200:
+            break
+        time.sleep(0.1)
+    assert answer is not None and answer.status == 200
+    # freed by the stalled connections' read timeout (1.5 s), not by anything they sent
+    assert 1.4 < time.monotonic() - opened < 10
+    wait_for(lambda: any("refused" in line and "in all" in line
+                         for line in serve_lines(caplog)), "the burst's summary line")
+    for connection in stalled:
+        connection.close()
+    no_traceback(caplog, capfd)
