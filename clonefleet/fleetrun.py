@@ -88,7 +88,9 @@ def report_as_dict(report: ProvisionReport) -> dict[str, Any]:
             "steps": [{"step": step.strip(), "seconds": round(seconds, 1),
                        "substep": step.startswith("  ")} for step, seconds in report.steps],
             "skipped": report.skipped, "deploy_changes": report.deploy_changes,
-            "total_seconds": round(report.total_seconds, 1)}
+            "total_seconds": round(report.total_seconds, 1),
+            # Present only when this run installed the node: the one time it is shown.
+            **({"recovery_key": report.recovery_key} if report.recovery_key else {})}
 
 
 @dataclass

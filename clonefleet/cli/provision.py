@@ -54,6 +54,21 @@ def _print_report(ctx: Context, report: ProvisionReport) -> None:
     rows = [(step, f"{seconds:.1f} s") for step, seconds in report.steps]
     print_table(["STEP", Column("SECONDS", justify="right")],
                 [*rows, ("total", f"{data['total_seconds']:.1f} s")], indent=2)
+    _print_recovery_keys([report])
+
+
+def _print_recovery_keys(reports: list[ProvisionReport]) -> None:
+    """The recovery keys this run installed: printed once here, stored nowhere."""
+    for report in reports:
+        if not report.recovery_key:
+            continue
+        click.echo(f"\n{report.node}: LUKS RECOVERY KEY (shown only now; clonefleet does not "
+                   "keep it):\n"
+                   f"\n    {report.recovery_key}\n\n"
+                   "  Store it offline (on paper or in a safe), away from the controller. It "
+                   "opens the\n  node's disk when the escrowed passphrase cannot (type it, "
+                   "dashes included, at the\n  unlock prompt). Lost: `clonefleet keys recovery "
+                   f"{report.node} --new` replaces it.")
 
 
 def _print_plan(plan: dict[str, Any]) -> None:
@@ -106,6 +121,8 @@ def _print_summary(ctx: Context, result: FleetResult) -> None:
                  "ERROR"], rows)
     click.echo(f"{len(result.succeeded)} of {len(result.outcomes)} nodes succeeded in "
                f"{result.seconds:.1f} s (at most {result.parallel} at once)")
+    _print_recovery_keys([outcome.report for outcome in result.outcomes
+                          if outcome.report is not None])
 
 
 def _check_deploy_ref(deploy_ref: str) -> None:
