@@ -65,6 +65,14 @@ def remaining_steps(current: str | None, wipe: bool) -> list[str]:
     return steps
 
 
+RECOVERY_KEY_ATTRIBUTE = "clonefleet_recovery_key"
+
+
+def recovery_key_of(error: BaseException | None) -> str:
+    """The recovery key installed by a run that then failed ("" for none)."""
+    return str(getattr(error, RECOVERY_KEY_ATTRIBUTE, "") or "")
+
+
 @dataclass
 class ProvisionReport:
     node: str
@@ -180,14 +188,21 @@ class Provisioner:
         started = time.monotonic()
         if "install" in steps:
             self._install(node, report)
-        if "boot from disk" in steps:
-            self._step(report, "boot from disk", lambda: self._boot_disk(node))
-        if "unlock" in steps:
-            self._step(report, "unlock", lambda: self._unlock_step(node.name))
-        if "health check" in steps:
-            self._step(report, "health check", lambda: self._health_check(node))
-        if "deploy" in steps:
-            self._step(report, "deploy", lambda: self._deploy(node, report))
+        try:
+            if "boot from disk" in steps:
+                self._step(report, "boot from disk", lambda: self._boot_disk(node))
+            if "unlock" in steps:
+                self._step(report, "unlock", lambda: self._unlock_step(node.name))
+            if "health check" in steps:
+                self._step(report, "health check", lambda: self._health_check(node))
+            if "deploy" in steps:
+                self._step(report, "deploy", lambda: self._deploy(node, report))
+        except Exception as error:
+            # The install worked: its recovery key must still reach the operator, with the
+            # error that stopped the rest (`recovery_key_of`).
+            if report.recovery_key:
+                setattr(error, RECOVERY_KEY_ATTRIBUTE, report.recovery_key)
+            raise
         final = self.store.get(node.name)
         report.final_state = final.state if final else ""
         report.wall_seconds = time.monotonic() - started

@@ -16,8 +16,7 @@ from clonefleet.repin import apply_repin, plan_repin
 
 @click.group("keys")
 def keys_group() -> None:
-    """Host keys pinned for the fleet's nodes (keys repin NODE) and LUKS key slots (keys
-    rotate NODE, keys status, keys recovery NODE --new)."""
+    """Pinned host keys and LUKS key slots (keys repin|rotate|status|recovery)."""
 
 
 REPIN_HELP = """Pin the host keys NODE presents now, after a host-key mismatch.

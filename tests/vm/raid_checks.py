@@ -3,6 +3,8 @@ and the lab fleet module: the same node layout, proved the same way in both."""
 
 from __future__ import annotations
 
+from clonefleet.keyslots import active_slots
+
 from .conftest import Lab
 
 BOOTX64 = "EFI/BOOT/BOOTX64.EFI"
@@ -31,6 +33,9 @@ def check_mirrored_uefi_node(lab: Lab, node_name: str) -> None:
         device = next(line.split()[1] for line in status.splitlines()
                       if line.strip().startswith("device:"))
         assert device.startswith("/dev/md"), status
+        # Two key slots, no more: the escrowed passphrase (0) and the recovery key (1).
+        dump = shell.run(f"cryptsetup luksDump {device}")[1]
+        assert active_slots(dump) == [0, 1], dump
         # GRUB's core image sits in the BIOS boot partition of both disks.
         for serial in lab.fleet.node(node_name).disks:
             assert "GRUB" in shell.run(
