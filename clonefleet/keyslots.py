@@ -210,7 +210,10 @@ class LuksVolume:
             match = re.search(r"Key slot (\d+) unlocked", out + err)
             if match:
                 return int(match.group(1))
-            return slot
+            if slot is not None:
+                return slot
+            raise KeySlotError(f"cryptsetup on {self.what} opened {self.device} but did not "
+                               "say with which key slot; expected 'Key slot N unlocked.'")
         if status == 2 or "No key available" in out + err:
             return None
         tail = " ".join((out + err).split())[-300:]
@@ -297,10 +300,22 @@ class RotationResult:
 
 def rotate(volume: LuksVolume, store: StateStore, keys: Keys, node: str, *,
            pbkdf: Pbkdf | None = None, dry_run: bool = False,
-           log: Callable[[str], None] = lambda message: None,
-           fail_after: str = "") -> RotationResult:
-    """Replace the node's escrowed passphrase by a new one (see the module docstring).
-    `fail_after`: a step name after which to stop, as a crash would (tests only)."""
+           log: Callable[[str], None] = lambda message: None) -> RotationResult:
+    """Replace the node's escrowed passphrase by a new one (see the module docstring). One
+    key slot change per node at a time (a lock in the state store)."""
+    with store.lock(_lock_name(node), timeout=LOCK_TIMEOUT):
+        return _rotate(volume, store, keys, node, pbkdf, dry_run, log)
+
+
+def _lock_name(node: str) -> str:
+    return f"luks-{node}"
+
+
+LOCK_TIMEOUT = 10.0
+
+
+def _rotate(volume: LuksVolume, store: StateStore, keys: Keys, node: str,
+            pbkdf: Pbkdf | None, dry_run: bool, log: Callable[[str], None]) -> RotationResult:
     current = keys.get(node)
     active = volume.slots()
     current_slot = volume.opens(current)
@@ -313,14 +328,12 @@ def rotate(volume: LuksVolume, store: StateStore, keys: Keys, node: str, *,
     result = RotationResult(node, current_slot, None, dry_run=dry_run)
     pending = _pending(store, node, LUKS_ROTATION)
 
-    def step(name: str, action: str, function: Callable[[], None]) -> None:
+    def step(action: str, function: Callable[[], None]) -> None:
         result.actions.append(action)
         if dry_run:
             return
         log(f"{node}: {action}")
         function()
-        if fail_after == name:
-            raise KeySlotError(f"{node}: stopped after {name} (test)")
 
     if pending is not None:
         result.resumed = True
@@ -329,12 +342,12 @@ def rotate(volume: LuksVolume, store: StateStore, keys: Keys, node: str, *,
             # The keystore holds the new passphrase already: only the old slot is left.
             result.old_slot, result.new_slot = old, new
             if isinstance(old, int) and old in active and old not in (new, recovery):
-                step("kill", f"remove the old passphrase's slot {old}",
+                step(f"remove the old passphrase's slot {old}",
                      lambda: volume.kill(old, current))
             return _finish(store, node, result, new, dry_run)
         if new in active and new not in (current_slot, recovery):
             # Added, but the keystore never got its passphrase: nobody knows it any more.
-            step("orphan", f"remove slot {new}, left half-rotated (its passphrase was "
+            step(f"remove slot {new}, left half-rotated (its passphrase was "
                  "never stored)", lambda: volume.kill(new, current))
             active = [slot for slot in active if slot != new]
     taken = sorted(set(active) | ({recovery} if recovery is not None else set()))
@@ -346,7 +359,7 @@ def rotate(volume: LuksVolume, store: StateStore, keys: Keys, node: str, *,
     if not dry_run:
         store.set_fact(node, LUKS_ROTATION, {"from": current_slot, "to": new_slot,
                                              "started_at": now_iso()})
-    step("add", f"add the new passphrase to slot {new_slot}",
+    step(f"add the new passphrase to slot {new_slot}",
          lambda: volume.add(new_slot, pbkdf, current, passphrase))
 
     def prove() -> None:
@@ -355,10 +368,10 @@ def rotate(volume: LuksVolume, store: StateStore, keys: Keys, node: str, *,
                                "after luksAddKey; the keystore keeps the old one (run "
                                "`clonefleet keys rotate` again)")
 
-    step("prove", f"prove the new passphrase opens slot {new_slot}", prove)
-    step("store", "store the new passphrase in the keystore",
+    step(f"prove the new passphrase opens slot {new_slot}", prove)
+    step("store the new passphrase in the keystore",
          lambda: keys.replace(node, passphrase))
-    step("kill", f"remove the old passphrase's slot {current_slot}",
+    step(f"remove the old passphrase's slot {current_slot}",
          lambda: volume.kill(current_slot, passphrase))
     return _finish(store, node, result, new_slot, dry_run)
 
@@ -397,11 +410,17 @@ class RecoveryResult:
 
 def replace_recovery(volume: LuksVolume, store: StateStore, keys: Keys, node: str, *,
                      pbkdf: Pbkdf | None = None, dry_run: bool = False,
-                     log: Callable[[str], None] = lambda message: None,
-                     fail_after: str = "") -> RecoveryResult:
+                     log: Callable[[str], None] = lambda message: None) -> RecoveryResult:
     """Add a fresh recovery key to a free slot, prove it, then remove the old recovery slot.
     The new key is returned to be shown once. A run that stopped before returning left a slot
     whose key nobody saw: the next run removes it first."""
+    with store.lock(_lock_name(node), timeout=LOCK_TIMEOUT):
+        return _replace_recovery(volume, store, keys, node, pbkdf, dry_run, log)
+
+
+def _replace_recovery(volume: LuksVolume, store: StateStore, keys: Keys, node: str,
+                      pbkdf: Pbkdf | None, dry_run: bool,
+                      log: Callable[[str], None]) -> RecoveryResult:
     current = keys.get(node)
     active = volume.slots()
     escrow_slot = volume.opens(current)
@@ -436,8 +455,6 @@ def replace_recovery(volume: LuksVolume, store: StateStore, keys: Keys, node: st
                                                 "started_at": now_iso()})
     log(f"{node}: add a new recovery key to slot {new_slot}")
     volume.add(new_slot, pbkdf, current, recovery_key)
-    if fail_after == "add":
-        raise KeySlotError(f"{node}: stopped after add (test)")
     if volume.opens(recovery_key, new_slot) != new_slot:
         raise KeySlotError(f"{node}: the new recovery key does not open slot {new_slot}; run "
                            "`clonefleet keys recovery --new` again")
