@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
-from many_nodes_fleet import LAB_NODES, state_store, write_fleet
+from click.testing import CliRunner
+from many_nodes_fleet import LAB_NODES, environment, state_store, write_fleet
 
+from clonefleet.cli import _register, cli
 from clonefleet.cli.provision import _print_recovery_keys
 from clonefleet.errors import ProviderError
 from clonefleet.fleetrun import FleetResult, FleetRun, NodeOutcome, report_as_dict
@@ -65,3 +68,31 @@ def test_a_run_failing_after_the_install_still_returns_the_recovery_key(
     assert not outcome.ok and outcome.failed_step == "boot from disk"
     assert outcome.recovery_key == KEY and recovery_key_of(outcome.error) == KEY
     assert outcome.as_dict()["recovery_key"] == KEY
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_provision_of_one_node_failing_after_the_install_prints_the_key_with_its_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, as_json: bool) -> None:
+    fleet_path = write_fleet(tmp_path)
+    node = LAB_NODES[0]
+
+    def install(self: Provisioner, target: Node, report: ProvisionReport) -> None:
+        report.recovery_key = KEY
+
+    def boot(self: Provisioner, target: Node) -> None:
+        raise ProviderError(f"{target.name} did not boot from its disk (test)")
+
+    monkeypatch.setattr(Provisioner, "_install", install)
+    monkeypatch.setattr(Provisioner, "_boot_disk", boot)
+    _register()
+    result = CliRunner().invoke(
+        cli, ["--fleet", str(fleet_path), *(["--json"] if as_json else []), "provision", node,
+              "--wipe"], env=environment(tmp_path))
+
+    assert result.exit_code == ProviderError.exit_code, result.output
+    if as_json:
+        document = json.loads(result.stdout)
+        assert document["recovery_key"] == KEY and "did not boot" in document["error"]
+    else:
+        assert f"{node}: LUKS RECOVERY KEY" in result.stdout and KEY in result.stdout
+        assert "did not boot from its disk" in result.output
