@@ -33,7 +33,7 @@ from clonefleet.inventory import Fleet
 from clonefleet.keystore import Keystore
 from clonefleet.providers import provider_for
 from clonefleet.providers.registry import DRIVERS
-from clonefleet.provision import Provisioner, ProvisionReport, remaining_steps
+from clonefleet.provision import Provisioner, ProvisionReport, recovery_key_of, remaining_steps
 from clonefleet.ssh import ensure_operator_key
 from clonefleet.state import StateStore
 
@@ -88,7 +88,9 @@ def report_as_dict(report: ProvisionReport) -> dict[str, Any]:
             "steps": [{"step": step.strip(), "seconds": round(seconds, 1),
                        "substep": step.startswith("  ")} for step, seconds in report.steps],
             "skipped": report.skipped, "deploy_changes": report.deploy_changes,
-            "total_seconds": round(report.total_seconds, 1)}
+            "total_seconds": round(report.total_seconds, 1),
+            # Present only when this run installed the node: the one time it is shown.
+            **({"recovery_key": report.recovery_key} if report.recovery_key else {})}
 
 
 @dataclass
@@ -122,6 +124,13 @@ class NodeOutcome:
             else f"{type(self.error).__name__}: {self.error}"
         return " ".join(text.split())
 
+    @property
+    def recovery_key(self) -> str:
+        """The LUKS recovery key this run installed, even when a later step failed."""
+        if self.report is not None and self.report.recovery_key:
+            return self.report.recovery_key
+        return recovery_key_of(self.error)
+
     def summary(self) -> dict[str, Any]:
         """What a result event and a result row carry."""
         return {"ok": self.ok, "state": self.state, "seconds": round(self.seconds, 1),
@@ -139,6 +148,8 @@ class NodeOutcome:
                               for step, seconds in self.done_steps],
                     "deploy_changes": [],
                     "total_seconds": round(sum(seconds for _, seconds in self.done_steps), 1)}
+            if self.recovery_key:
+                data["recovery_key"] = self.recovery_key
         return {**data, **self.summary()}
 
 

@@ -89,3 +89,19 @@ class Keystore:
 
     def delete(self, node: str) -> None:
         self._path(node).unlink(missing_ok=True)
+
+    def replace(self, node: str, passphrase: str) -> None:
+        """Store `passphrase` as the node's entry in place of the one there (key rotation):
+        written to a new file, flushed, then renamed over the old one, so a reader (or a
+        crash) sees the old entry or the new one, whole."""
+        if not self.has(node):
+            raise KeystoreError(f"no passphrase stored for node {node!r} in {self.directory} "
+                                "to replace")
+        identity = self.identity(create=False)
+        encrypted = pyrage.encrypt(passphrase.encode(), [identity.to_public()])
+        temporary = self._path(node).with_suffix(".tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(encrypted)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(self._path(node))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clonefleet import nodefacts
+from clonefleet import keyslots, nodefacts
 from clonefleet.deploy import DEFAULT_DEPLOY, describe_failure, run_deploy
 from clonefleet.errors import DeployError, StateError
 from clonefleet.health import require_healthy
@@ -65,6 +65,14 @@ def remaining_steps(current: str | None, wipe: bool) -> list[str]:
     return steps
 
 
+RECOVERY_KEY_ATTRIBUTE = "clonefleet_recovery_key"
+
+
+def recovery_key_of(error: BaseException | None) -> str:
+    """The recovery key installed by a run that then failed ("" for none)."""
+    return str(getattr(error, RECOVERY_KEY_ATTRIBUTE, "") or "")
+
+
 @dataclass
 class ProvisionReport:
     node: str
@@ -72,6 +80,8 @@ class ProvisionReport:
     skipped: list[str] = field(default_factory=list)
     final_state: str = ""
     deploy_changes: list[str] = field(default_factory=list)
+    # The LUKS recovery key this run installed: shown once, never stored ("" for none).
+    recovery_key: str = field(default="", repr=False)
     # Wall time of the whole run: less than the sum of the steps, since some overlap (the
     # node layer is built while the rescue system boots).
     wall_seconds: float | None = None
@@ -178,14 +188,21 @@ class Provisioner:
         started = time.monotonic()
         if "install" in steps:
             self._install(node, report)
-        if "boot from disk" in steps:
-            self._step(report, "boot from disk", lambda: self._boot_disk(node))
-        if "unlock" in steps:
-            self._step(report, "unlock", lambda: self._unlock_step(node.name))
-        if "health check" in steps:
-            self._step(report, "health check", lambda: self._health_check(node))
-        if "deploy" in steps:
-            self._step(report, "deploy", lambda: self._deploy(node, report))
+        try:
+            if "boot from disk" in steps:
+                self._step(report, "boot from disk", lambda: self._boot_disk(node))
+            if "unlock" in steps:
+                self._step(report, "unlock", lambda: self._unlock_step(node.name))
+            if "health check" in steps:
+                self._step(report, "health check", lambda: self._health_check(node))
+            if "deploy" in steps:
+                self._step(report, "deploy", lambda: self._deploy(node, report))
+        except Exception as error:
+            # The install worked: its recovery key must still reach the operator, with the
+            # error that stopped the rest (`recovery_key_of`).
+            if report.recovery_key:
+                setattr(error, RECOVERY_KEY_ATTRIBUTE, report.recovery_key)
+            raise
         final = self.store.get(node.name)
         report.final_state = final.state if final else ""
         report.wall_seconds = time.monotonic() - started
@@ -275,6 +292,9 @@ class Provisioner:
     def _run_installer(self, base: BaseImage, node: Node, plan: InstallPlan,
                        access: SshAccess, layer: Path, report: ProvisionReport) -> None:
         passphrase = self.keystore.create(node.name)
+        # Generated here, sent to the rescue system on stdin and kept only in this run's
+        # report: the operator stores it offline (see docs/keys.md).
+        recovery_key = keyslots.new_recovery_key()
         what = f"{node.name} rescue system"
         # pinned=None: a rescue system is new on every boot. RemoteShell checks its key
         # against the fingerprints the provider's API gave (access.host_keys), if any.
@@ -289,7 +309,9 @@ class Provisioner:
             final_plan = installer.discover()
             nodefacts.record_disks(self.store, node.name, final_plan.disk_paths)
             installer.install(passphrase, base.tarball, layer, progress=self._copy_progress(
-                node.name))
+                node.name), recovery_key=recovery_key)
+        keyslots.record_install(self.store, node.name)
+        report.recovery_key = recovery_key
         self.store.apply(node.name, lifecycle.INSTALL, actor=self.actor,
                          reason="encrypted install finished")
 

@@ -52,7 +52,8 @@ LAZY_COMMANDS = {
     "cert": ("cert", "The fleet's TLS certificate: ACME DNS-01 through every node's DNS "
                      "server."),
     "power": ("power", "Power nodes on, off, or reset them through their provider."),
-    "keys": ("keys", "Host keys pinned for the fleet's nodes (keys repin NODE)."),
+    "keys": ("keys", "Pinned host keys and LUKS key slots (keys repin|rotate|status|"
+                     "recovery)."),
     "update": ("update", "Roll package updates across the fleet in safe batches (plan only, "
                          "for now)."),
     "disks": ("disks", "Show the disk health of every node (or NODES), gathered over SSH "

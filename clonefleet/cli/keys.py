@@ -16,7 +16,7 @@ from clonefleet.repin import apply_repin, plan_repin
 
 @click.group("keys")
 def keys_group() -> None:
-    """Host keys pinned for the fleet's nodes (keys repin NODE)."""
+    """Pinned host keys and LUKS key slots (keys repin|rotate|status|recovery)."""
 
 
 REPIN_HELP = """Pin the host keys NODE presents now, after a host-key mismatch.
@@ -73,4 +73,7 @@ def _on_terminal() -> bool:
 
 
 def register(group: click.Group) -> None:
+    from clonefleet.cli.keyslots import register_commands  # keys rotate|status|recovery
+
+    register_commands(keys_group)
     group.add_command(keys_group)

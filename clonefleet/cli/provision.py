@@ -54,6 +54,22 @@ def _print_report(ctx: Context, report: ProvisionReport) -> None:
     rows = [(step, f"{seconds:.1f} s") for step, seconds in report.steps]
     print_table(["STEP", Column("SECONDS", justify="right")],
                 [*rows, ("total", f"{data['total_seconds']:.1f} s")], indent=2)
+    _print_recovery_keys([(report.node, report.recovery_key)])
+
+
+def _print_recovery_keys(keys: list[tuple[str, str]]) -> None:
+    """The recovery keys this run installed ((node, key), "" for none): printed once here,
+    stored nowhere."""
+    for node, key in keys:
+        if not key:
+            continue
+        click.echo(f"\n{node}: LUKS RECOVERY KEY (shown only now; clonefleet does not keep "
+                   "it):\n"
+                   f"\n    {key}\n\n"
+                   "  Store it offline (on paper or in a safe), away from the controller. It "
+                   "opens the\n  node's disk when the escrowed passphrase cannot (type it, "
+                   "dashes included, at the\n  unlock prompt). Lost: `clonefleet keys recovery "
+                   f"{node} --new` replaces it.")
 
 
 def _print_plan(plan: dict[str, Any]) -> None:
@@ -106,6 +122,7 @@ def _print_summary(ctx: Context, result: FleetResult) -> None:
                  "ERROR"], rows)
     click.echo(f"{len(result.succeeded)} of {len(result.outcomes)} nodes succeeded in "
                f"{result.seconds:.1f} s (at most {result.parallel} at once)")
+    _print_recovery_keys([(outcome.node, outcome.recovery_key) for outcome in result.outcomes])
 
 
 def _check_deploy_ref(deploy_ref: str) -> None:
@@ -163,6 +180,11 @@ def provision(ctx: Context, nodes: tuple[str, ...], region: str | None, everythi
     if single:
         [outcome] = result.outcomes
         if outcome.error is not None:
+            if outcome.recovery_key:  # installed, then a later step failed: show it anyway
+                if ctx.as_json:
+                    ctx.emit({"node": outcome.node, "recovery_key": outcome.recovery_key})
+                else:
+                    _print_recovery_keys([(outcome.node, outcome.recovery_key)])
             raise outcome.error
         assert outcome.report is not None
         _print_report(ctx, outcome.report)

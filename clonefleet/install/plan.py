@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from clonefleet.image.base import APT_PACKAGES, DROPBEAR_PORT, PACKAGES
 from clonefleet.image.node import NodeLayout, kernel_cmdline
 from clonefleet.inventory import Fleet, Node
+from clonefleet.keyslots import INSTALL_SLOTS
 from clonefleet.providers.base import InitramfsNetwork
 
 BOOT_SIZE_MIB = 512
@@ -39,7 +40,9 @@ class InstallPlan:
             "raid1": self.layout.raid,
             "partitions": list(self.partitions),
             "luks": {"type": "luks2", "pbkdf": "argon2id",
-                     "pbkdf_memory_kib": self.pbkdf_memory_kib, "uuid": self.layout.luks_uuid},
+                     "pbkdf_memory_kib": self.pbkdf_memory_kib, "uuid": self.layout.luks_uuid,
+                     # The recovery key's slot is added right after luksFormat (docs/keys.md).
+                     "key_slots": dict(INSTALL_SLOTS)},
             "kernel_cmdline": kernel_cmdline(self.network),
             "dropbear_port": DROPBEAR_PORT,
             "packages": list(self.packages),

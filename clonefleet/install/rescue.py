@@ -29,6 +29,7 @@ from clonefleet.install.plan import (
     PART_ROOT,
     InstallPlan,
 )
+from clonefleet.keyslots import INSTALL_SLOTS, RECOVERY, Pbkdf, active_slots, add_key_command
 from clonefleet.ssh import RemoteShell
 
 Step = Callable[[str], None]
@@ -51,6 +52,7 @@ class RescueInstaller:
         self.log = log
         self.disks: list[FoundDisk] = []
         self.firmware = ""  # "uefi" or "bios": how the rescue system booted
+        self.recovery_key: str | None = None
 
     def sh(self, command: str, *, what: str, input_data: bytes | None = None,
            timeout: float = 600) -> str:
@@ -82,14 +84,17 @@ class RescueInstaller:
         return self.plan
 
     def install(self, passphrase: str, image_tarball: Path, node_layer: Path,
-                progress: Callable[[int, int], None] | None = None) -> None:
+                progress: Callable[[int, int], None] | None = None,
+                recovery_key: str | None = None) -> None:
+        """`recovery_key`: the offline key for the volume's second slot (None: one slot)."""
+        self.recovery_key = recovery_key
         if not self.disks:
             self.discover()
         self._timed("release disks", self._release)
         self._timed("partition", self._partition)
         if self.plan.layout.raid:
             self._timed("raid1", self._raid)
-        self._timed("luks format", lambda: self._luks(passphrase))
+        self._timed("luks format", lambda: self._luks(passphrase, recovery_key))
         self._timed("filesystems", self._filesystems)
         self._timed("copy image", lambda: self._copy(image_tarball, "zstd -dc", progress))
         self._timed("node layer", lambda: self._copy(node_layer, "cat", None))
@@ -153,7 +158,7 @@ class RescueInstaller:
         disk = self.disks[0]
         return self._part(disk, PART_BOOT), self._part(disk, PART_ROOT)
 
-    def _luks(self, passphrase: str) -> None:
+    def _luks(self, passphrase: str, recovery_key: str | None = None) -> None:
         _, root = self._devices()
         secret = passphrase.encode()  # exact bytes, no newline: unlock sends the same
         self.sh(
@@ -161,6 +166,14 @@ class RescueInstaller:
             f"--pbkdf-memory {self.plan.pbkdf_memory_kib} --uuid {self.plan.layout.luks_uuid} "
             f"--label cf-root --key-file - {root}",
             input_data=secret, what="cryptsetup luksFormat")
+        if recovery_key is not None:
+            # Slot 0 holds the escrowed passphrase (luksFormat's first free slot), slot 1 the
+            # offline recovery key: both secrets on stdin, into files on the rescue
+            # system's tmpfs that the command removes (see clonefleet.keyslots).
+            command, stdin = add_key_command(root, INSTALL_SLOTS[RECOVERY],
+                                             Pbkdf(self.plan.pbkdf_memory_kib), passphrase,
+                                             recovery_key)
+            self.sh(command, input_data=stdin, what="cryptsetup luksAddKey (recovery key)")
         self.sh(f"cryptsetup open --allow-discards --key-file - {root} root",
                 input_data=secret, what="cryptsetup open")
 
@@ -242,6 +255,10 @@ class RescueInstaller:
         if "argon2id" not in dump or self.plan.layout.luks_uuid not in dump:
             raise InstallError("LUKS header check failed: expected argon2id and the planned "
                                "UUID")
+        expected = sorted(INSTALL_SLOTS.values())
+        if self.recovery_key is not None and active_slots(dump) != expected:
+            raise InstallError(f"LUKS header check failed: key slots {active_slots(dump)} "
+                               f"are active, expected {expected} (escrow and recovery)")
         kernel_files = self.sh(f"ls {TARGET}/boot", what="list /boot")
         if "initrd.img-" not in kernel_files or "grub" not in kernel_files:
             raise InstallError(f"/boot is incomplete on the node: {kernel_files.split()}")

@@ -177,3 +177,53 @@ def test_fstab_names_the_first_esp_at_boot_efi_but_never_waits_for_it() -> None:
     assert {"noauto", "nofail"} <= set(esp.split()[3].split(","))
     assert esp.split()[5] == "0"  # no fsck pass for a filesystem that is not mounted
     assert [line.split()[1] for line in lines] == ["/", "/boot", "/boot/efi"]
+
+
+class FakeRescueWithSlots(FakeRescue):
+    """Its luksDump lists key slots 0 and 1, as a volume with a recovery slot does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.inputs: list[bytes | None] = []
+
+    def run(self, command: str, *, input_data: bytes | None = None, check: bool = True,
+            timeout: float = 600, what: str = "") -> tuple[int, str, str]:
+        self.inputs.append(input_data)
+        if "luksDump" in command:
+            return 0, (f"Version: 2\nUUID: {self.luks_uuid}\nKeyslots:\n  0: luks2\n"
+                       "\tPBKDF:      argon2id\n  1: luks2\n\tPBKDF:      argon2id\n"
+                       "Tokens:\n"), ""
+        return super().run(command, input_data=input_data, check=check, timeout=timeout,
+                           what=what)
+
+
+def test_recovery_key_goes_to_slot_1_on_stdin_between_format_and_open(tmp_path: Path) -> None:
+    plan = _plan("fsn-2")
+    shell = FakeRescueWithSlots(plan.serials, luks_uuid=plan.layout.luks_uuid)
+    installer = RescueInstaller(cast(RemoteShell, shell), plan, log=lambda line: None)
+    image, layer = tmp_path / "rootfs.tar.zst", tmp_path / "layer.tar"
+    image.write_bytes(b"x")
+    layer.write_bytes(b"x")
+    key = "ABCDE-FGHJK-MNPQR-STVWX-YZ012-34567-89ABC-DEFGH"
+
+    installer.install("passphrase", image, layer, recovery_key=key)
+
+    commands = shell.commands
+    format_at = next(i for i, c in enumerate(commands) if "luksFormat" in c)
+    add_at = next(i for i, c in enumerate(commands) if "luksAddKey" in c)
+    open_at = next(i for i, c in enumerate(commands) if "cryptsetup open" in c)
+    assert format_at < add_at < open_at
+    add = commands[add_at]
+    assert "--key-slot 1" in add and "/dev/md/root" in add and "/dev/shm" in add
+    assert f"--pbkdf-memory {plan.pbkdf_memory_kib}" in add
+    assert key not in add and "passphrase" not in add.replace("--test-passphrase", "")
+    assert shell.inputs[add_at] == f"passphrase\n{key}\n".encode()
+
+
+def test_verify_refuses_a_volume_without_the_recovery_slot(tmp_path: Path) -> None:
+    with pytest.raises(InstallError, match=r"key slots \[\] are active, expected \[0, 1\]"):
+        plan = _plan("fsn-1")
+        shell = FakeRescue(plan.serials, luks_uuid=plan.layout.luks_uuid)
+        installer = RescueInstaller(cast(RemoteShell, shell), plan, log=lambda line: None)
+        (tmp_path / "i").write_bytes(b"x")
+        installer.install("passphrase", tmp_path / "i", tmp_path / "i", recovery_key="K-K")

@@ -56,3 +56,17 @@ def test_ensure_identity_creates_the_key_once_and_keeps_it_afterwards(tmp_path: 
     passphrase = store.create("n1")
     assert (tmp_path / "age.key").read_text() == key
     assert Keystore(tmp_path / "ks", tmp_path / "age.key").get("n1") == passphrase
+
+
+def test_replace_swaps_a_nodes_passphrase_whole_and_refuses_an_unknown_node(
+        tmp_path: Path) -> None:
+    store = Keystore(tmp_path / "ks", tmp_path / "age.key")
+    old = store.create("n1")
+
+    store.replace("n1", "the-rotated-passphrase")
+
+    assert store.get("n1") == "the-rotated-passphrase" != old
+    assert b"the-rotated-passphrase" not in (tmp_path / "ks" / "n1.age").read_bytes()
+    assert sorted(path.name for path in (tmp_path / "ks").iterdir()) == ["n1.age"]
+    with pytest.raises(KeystoreError, match="no passphrase stored for node 'n2'"):
+        store.replace("n2", "x")

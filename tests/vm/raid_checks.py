@@ -3,6 +3,10 @@ and the lab fleet module: the same node layout, proved the same way in both."""
 
 from __future__ import annotations
 
+import json
+
+from clonefleet.keyslots import LuksVolume, active_slots, device_for
+
 from .conftest import Lab
 
 BOOTX64 = "EFI/BOOT/BOOTX64.EFI"
@@ -31,6 +35,9 @@ def check_mirrored_uefi_node(lab: Lab, node_name: str) -> None:
         device = next(line.split()[1] for line in status.splitlines()
                       if line.strip().startswith("device:"))
         assert device.startswith("/dev/md"), status
+        # Two key slots, no more: the escrowed passphrase (0) and the recovery key (1).
+        dump = shell.run(f"cryptsetup luksDump {device}")[1]
+        assert active_slots(dump) == [0, 1], dump
         # GRUB's core image sits in the BIOS boot partition of both disks.
         for serial in lab.fleet.node(node_name).disks:
             assert "GRUB" in shell.run(
@@ -67,3 +74,24 @@ def check_boots_from_either_disk(lab: Lab, node_name: str) -> None:
             assert "[2/1]" in shell.run("cat /proc/mdstat")[1]
             # Booted UEFI from this disk's ESP alone (OVMF has no BIOS fallback).
             assert shell.run("test -d /sys/firmware/efi", check=False)[0] == 0
+
+
+def check_key_rotation(lab: Lab, node_name: str, recovery_key: str) -> None:
+    """`keys rotate` on the booted node: the new passphrase opens a new slot, the old one is
+    refused, the recovery key (from the provision report) still opens slot 1. A reboot
+    afterwards (`check_boots_from_either_disk`) unlocks with the new passphrase."""
+    old = lab.keystore.get(node_name)
+    rotated = json.loads(lab.cli("--json", "keys", "rotate", node_name).stdout)
+    new = lab.keystore.get(node_name)
+    assert new != old and (rotated["old_slot"], rotated["new_slot"]) == (0, 2), rotated
+    luks_uuid = lab.store.get_fact(node_name, "layout")["luks_uuid"]
+    with lab.shell(node_name) as shell:
+        volume = LuksVolume(shell, device_for(luks_uuid), node_name)
+        assert volume.slots() == [1, 2]
+        assert volume.opens(new) == 2
+        assert volume.opens(old) is None
+        assert volume.opens(recovery_key) == 1
+    [status] = json.loads(lab.cli("--json", "keys", "status", node_name, "--live")
+                          .stdout)["nodes"]
+    assert status["slots"] == {"escrow": 2, "recovery": 1} and status["live_slots"] == [1, 2]
+    assert status["rotated_at"] == rotated["rotated_at"] and not status["rotation_pending"]

@@ -12,7 +12,11 @@ import json
 import pytest
 
 from .conftest import Lab
-from .raid_checks import check_boots_from_either_disk, check_mirrored_uefi_node
+from .raid_checks import (
+    check_boots_from_either_disk,
+    check_key_rotation,
+    check_mirrored_uefi_node,
+)
 
 pytestmark = pytest.mark.vm
 NODE = "fsn-2"
@@ -27,4 +31,6 @@ def test_two_disk_node_mirrors_under_luks_and_boots_from_either_disk(lab: Lab) -
     assert "raid1" in [step["step"] for step in report["steps"]]
 
     check_mirrored_uefi_node(lab, NODE)
+    # Rotated before the reboots below: each of them unlocks with the new passphrase.
+    check_key_rotation(lab, NODE, report["recovery_key"])
     check_boots_from_either_disk(lab, NODE)
