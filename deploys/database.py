@@ -428,7 +428,7 @@ def _seed_files(data: Mapping[str, Any]) -> list[Any]:
     files.template(name="Replica seed script", src=template("database/replica-seed.sh.j2"),
                    dest=SEED_SCRIPT, mode="755", **seed_variables(data))
     return [files.template(name=f"systemd unit {unit}",
-                           src=template(f"database/{unit.replace('clonefleet-', '')}.j2"),
+                           src=template(f"database/{unit.removeprefix('clonefleet-')}.j2"),
                            dest=f"/etc/systemd/system/{unit}", mode="644",
                            **seed_unit_variables(data))
             for unit in (SEED_SERVICE, SEED_TIMER)]

@@ -3,6 +3,8 @@ data, fleet-file errors, and the SQL the deploy would run."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -173,6 +175,28 @@ def test_the_seed_script_and_units_render_for_the_node(tmp_path: Path) -> None:
     assert "After=wg-quick@wg0.service\n" in service
     timer = render("database/replica-seed.timer.j2", **deploy.seed_unit_variables(data))
     assert "OnUnitInactiveSec=30s\n" in timer and "WantedBy=timers.target" in timer
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_the_seed_units_and_script_pass_systemds_and_the_shells_checks(tmp_path: Path) -> None:
+    lab = service_fleet(tmp_path, '[services.database]\nprimary = "fsn-1"\n')
+    data = {**deploy.DEFAULTS, **database.host_data(lab.context("fsn-2"))}
+    units = tmp_path / "units"
+    units.mkdir()
+    script = units / "replica-seed"
+    script.write_text(render("database/replica-seed.sh.j2", **deploy.seed_variables(data)))
+    script.chmod(0o755)
+    checked = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True,
+                             timeout=30, check=False)
+    assert checked.returncode == 0, checked.stderr
+    variables = {**deploy.seed_unit_variables(data), "script": str(script)}
+    for unit in (deploy.SEED_SERVICE, deploy.SEED_TIMER):
+        template = f"database/{unit.removeprefix('clonefleet-')}.j2"
+        (units / unit).write_text(render(template, **variables))
+    verified = subprocess.run(["systemd-analyze", "verify", "--man=no", deploy.SEED_SERVICE,
+                               deploy.SEED_TIMER], cwd=units, capture_output=True, text=True,
+                              timeout=60, check=False)
+    assert verified.returncode == 0 and verified.stderr == "", verified.stderr
 
 
 def test_the_deploys_seed_starts_the_service_and_only_an_unseeded_replica_its_timer(
