@@ -298,6 +298,16 @@ def test_the_seed_script_waits_for_the_primarys_role_and_slot_then_seeds_a_strea
         again = seed()
         assert again.returncode == 0 and "nothing to seed" in again.stdout
         assert replica.psql("SELECT note FROM seeds").stdout.strip() == "after-the-seed"
+
+        # A whole copy is made, but never renamed over a folder holding a database.
+        replica.stop()
+        sentinel = replica.folder / "kept"
+        sentinel.write_text("the replica's own files\n")
+        refused = sh(deploy.basebackup_command(replica_data, str(replica.folder), str(pgpass)))
+        assert refused.returncode != 0
+        # Only the slot's creation failed (it exists): the copy itself was whole.
+        assert refused.stderr.count("error:") == 1 and "already exists" in refused.stderr
+        assert sentinel.exists() and not staging.exists()
     finally:
         replica.stop()
         primary.stop()
