@@ -11,14 +11,21 @@ slot on the primary), `database_replica_slots` (every replica's, kept by the pri
 The cluster is made by `pg_createcluster` when it has no configuration yet; our settings go to
 `conf.d/50-clonefleet.conf` and our `pg_hba` to `clonefleet-hba.conf` (named by `hba_file`
 there), so `pg_createcluster` never finds a file of ours in its way. A replica's data folder
-is empty until it is seeded with `pg_basebackup -R` from the primary over the mesh (when the
-primary answers; otherwise the next deploy seeds it, so a lone node still deploys); a data
-folder that holds a primary's data is never wiped (the deploy fails and says what to do).
+is empty until it is seeded with `pg_basebackup -R` from the primary over the mesh by
+`clonefleet-replica-seed.service` (the script `/usr/local/lib/clonefleet/replica-seed`): the
+deploy starts it once, so a replica whose primary is ready is seeded within the deploy;
+otherwise the deploy says so and succeeds (a lone node still deploys), and the service's
+timer (enabled on replicas only) tries every 30 s until the primary answers *and* its deploy
+has made the replication role and this node's slot. The copy is made next to the data folder
+and renamed into place when whole, so the folder is never half-seeded, and a folder holding a
+database is never replaced: a seeded node's service is a no-op, and a data folder that holds a
+primary's data is never wiped (the deploy fails and says what to do).
 A standby whose `primary_conninfo` names another primary than the host data (after a manual
 failover) is pointed at it with `ALTER SYSTEM` and a reload.
 Roles, database and slots are changed only when the running server differs (passwords are
 compared with the stored SCRAM verifiers and sent as verifiers, never in clear). With
-`clonefleet_offline`: configuration files and the enabled unit only.
+`clonefleet_offline`: configuration files, the seed script and units, the enabled PostgreSQL
+unit and (on a replica) the enabled seed timer only.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pyinfra import host
@@ -52,6 +60,12 @@ BIN = f"/usr/lib/postgresql/{VERSION}/bin"
 PACKAGES = [f"postgresql-{VERSION}"]
 SLOT_PREFIX = "clonefleet_"
 SCRAM_ITERATIONS = 4096  # PostgreSQL's default scram_iterations
+STAGING_SUFFIX = ".seeding"  # a copy in progress, next to the data folder
+SEED_SCRIPT = "/usr/local/lib/clonefleet/replica-seed"
+SEED_SERVICE = "clonefleet-replica-seed.service"
+SEED_TIMER = "clonefleet-replica-seed.timer"
+SEED_INTERVAL = "30s"  # between a replica's tries while its primary is not ready
+SEED_WAIT_SECONDS = 15  # how long one try waits for the primary to answer
 
 DEFAULTS: dict[str, Any] = {
     "database_role": "primary",
@@ -106,21 +120,25 @@ def pgpass_variables(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def basebackup_command(data: Mapping[str, Any], data_dir: str = DATA_DIR,
                        pgpass: str = PGPASS) -> str:
-    """Replace `data_dir` by a copy of the primary, configured as its standby (`-R`).
+    """Make `data_dir` a copy of the primary, configured as its standby (`-R`).
 
-    The slot is created by the copy (`-C`) unless the primary made it already. On failure
-    pg_basebackup leaves the folder empty, so the next deploy seeds it again.
+    The copy is made in `<data_dir>.seeding` and renamed to `data_dir` only when complete, and
+    never over a folder holding a database (PG_VERSION), so `data_dir` is either untouched or a
+    whole copy: a failed, refused or interrupted copy leaves nothing that could be started.
+    The slot is created by the copy (`-C`) unless the primary made it already.
     """
-    quoted = shlex.quote(data_dir)
+    quoted, staging = shlex.quote(data_dir), shlex.quote(data_dir + STAGING_SUFFIX)
     backup = " ".join([
         "runuser -u postgres --", "env", f"PGPASSFILE={shlex.quote(pgpass)}",
         f"{BIN}/pg_basebackup", "-h", shlex.quote(data["database_primary_host"]),
         "-p", str(int(data["database_primary_port"])),
-        "-U", shlex.quote(data["database_replication_user"]), "-D", quoted,
+        "-U", shlex.quote(data["database_replication_user"]), "-D", staging,
         "-R", "-X", "stream", "-c", "fast", "-w", "-S", shlex.quote(data["database_slot"]),
     ])
-    return (f"rm -rf {quoted} && install -d -o postgres -g postgres -m 700 {quoted} && "
-            f"({backup} -C || {backup})")
+    fresh = f"rm -rf {staging} && install -d -o postgres -g postgres -m 700 {staging}"
+    return (f"{{ {{ {fresh} && {backup} -C; }} || {{ {fresh} && {backup}; }}; }} && "
+            f"test ! -e {quoted}/PG_VERSION && rm -rf {quoted} && mv -T {staging} {quoted} "
+            f"|| {{ rm -rf {staging}; false; }}")
 
 
 def scram_verifier(password: str, salt: bytes | None = None,
@@ -322,14 +340,22 @@ def database() -> None:
         name="PostgreSQL starts after the mesh", src=template("database/mesh-first.conf.j2"),
         dest=f"/etc/systemd/system/postgresql@{VERSION}-{CLUSTER}.service.d/clonefleet.conf",
         mode="644", mesh_unit=f"wg-quick@{data['mesh_interface']}.service")
+    seed_units = _seed_files(data)
 
     if offline:
         files.link(name="PostgreSQL enabled at boot",
                    path="/etc/systemd/system/multi-user.target.wants/postgresql.service",
                    target="/lib/systemd/system/postgresql.service")
+        # What `systemctl enable` makes (WantedBy=timers.target); absent on a primary.
+        files.link(name="Replica seed timer enabled on replicas only",
+                   path=f"/etc/systemd/system/timers.target.wants/{SEED_TIMER}",
+                   target=f"/etc/systemd/system/{SEED_TIMER}", present=not primary)
         return
-    systemd.daemon_reload(name="systemd reads the PostgreSQL drop-in",
-                          _if=mesh_first.did_change)
+    systemd.daemon_reload(name="systemd reads the PostgreSQL units", _if=lambda: any(
+        unit.did_change() for unit in (mesh_first, *seed_units)))
+    # Started only while a replica has no copy (below): a seeded replica's timer stays off.
+    systemd.service(name="Replica seed timer enabled on replicas only", service=SEED_TIMER,
+                    running=False if primary else None, enabled=not primary)
 
     if primary:
         _running(settings.did_change, hba.did_change)
@@ -356,16 +382,56 @@ def database() -> None:
                      commands=[seed_command(data)])
 
 
+def seed_variables(data: Mapping[str, Any], data_dir: str = DATA_DIR, pgpass: str = PGPASS,
+                   start_command: str = "") -> dict[str, Any]:
+    """The variables of `templates/database/replica-seed.sh.j2`. `start_command` starts the
+    seeded PostgreSQL (default: the node's units, and the timer stopped: nothing left to do)."""
+    return {
+        "service": SEED_SERVICE,
+        "data_dir": shlex.quote(data_dir),
+        "primary_host": shlex.quote(str(data["database_primary_host"])),
+        "primary_port": int(data["database_primary_port"]),
+        "bin": BIN,
+        "wait_seconds": SEED_WAIT_SECONDS,
+        "copy_command": basebackup_command(data, data_dir, pgpass),
+        "start_command": start_command or (
+            f"systemctl stop --no-block {SEED_TIMER}\n"
+            f"systemctl enable postgresql && exec systemctl start postgresql {UNIT}"),
+    }
+
+
+def seed_unit_variables(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The variables of the seed service and timer templates."""
+    return {"data_dir": DATA_DIR, "conf_file": f"{CONF_DIR}/postgresql.conf",
+            "mesh_unit": f"wg-quick@{data['mesh_interface']}.service", "script": SEED_SCRIPT,
+            "interval": SEED_INTERVAL}
+
+
 def seed_command(data: Mapping[str, Any]) -> str:
-    """Seed and start the replica when the primary answers; otherwise say so and leave the
-    node without a copy (a lone node of a fleet deploys; the next deploy seeds it)."""
-    primary = shlex.quote(str(data["database_primary_host"]))
-    port = int(data["database_primary_port"])
-    return (
-        f"if {BIN}/pg_isready -q -h {primary} -p {port} -t 20; then "
-        f"{basebackup_command(data)} && systemctl enable postgresql && "
-        f"systemctl start {UNIT}; else echo 'the primary database at {primary}:{port} does "
-        "not answer (not deployed yet?): this replica is seeded by the next deploy' >&2; fi")
+    """Seed the replica now if the primary is ready (the seed service, synchronously);
+    otherwise start its timer, say so, and leave the node without a copy: it seeds itself as
+    soon as the primary answers (a lone node of a fleet deploys). Fails only when a finished
+    copy does not start."""
+    primary = f"{data['database_primary_host']}:{int(data['database_primary_port'])}"
+    waiting = (f"the primary database at {primary} is not ready yet (not deployed yet?): this "
+               f"replica seeds itself as soon as it answers (journalctl -u {SEED_SERVICE})")
+    return (f"systemctl start {SEED_SERVICE}; started=$?; "
+            f"if [ -e {DATA_DIR}/PG_VERSION ]; then exit $started; fi; "
+            f"systemctl start {SEED_TIMER} && echo {shlex.quote(waiting)} >&2")
+
+
+def _seed_files(data: Mapping[str, Any]) -> list[Any]:
+    """The seed script and its units, on every node (enabled on replicas only), so a node whose
+    role changes needs only its timer switched."""
+    files.directory(name="clonefleet scripts folder", path=str(Path(SEED_SCRIPT).parent),
+                    mode="755")
+    files.template(name="Replica seed script", src=template("database/replica-seed.sh.j2"),
+                   dest=SEED_SCRIPT, mode="755", **seed_variables(data))
+    return [files.template(name=f"systemd unit {unit}",
+                           src=template(f"database/{unit.removeprefix('clonefleet-')}.j2"),
+                           dest=f"/etc/systemd/system/{unit}", mode="644",
+                           **seed_unit_variables(data))
+            for unit in (SEED_SERVICE, SEED_TIMER)]
 
 
 def _running(settings_changed: Any, hba_changed: Any) -> None:

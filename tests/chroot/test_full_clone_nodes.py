@@ -3,6 +3,7 @@ what it writes is the same on both except node data, and a second run changes no
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -13,8 +14,9 @@ from clonefleet.dnsmap.endpoints import ENDPOINT_FACT
 from clonefleet.dnsmap.server import NODE_CONFIG, NODE_CONFIG_OPERATIONS
 from clonefleet.inventory import load_fleet
 from clonefleet.secrets import open_secrets
-from clonefleet.services import DeployOutcome, ServiceContext, after_deploy, mesh
+from clonefleet.services import DeployOutcome, ServiceContext, after_deploy, database, mesh
 from clonefleet.state import open_store
+from deploys import database as database_deploy
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +41,7 @@ def node_data(deployed: DeployedNodes, name: str) -> dict[str, str]:
             store.get_fact(node.name, "mesh_address"): f"<{who}-mesh-address>",
             private_key: f"<{who}-mesh-private-key>",
             mesh.public_key(private_key): f"<{who}-mesh-public-key>",
+            database.slot_name(node.name): f"<{who}-database-slot>",
         })
     return values
 
@@ -70,21 +73,52 @@ def test_first_deploy_succeeds_and_configures_every_service(
         assert imported.returncode == 0, imported.stderr
 
 
+# What a replica has and the database primary has not: the enabled seed timer.
+REPLICA_ONLY = {f"etc/systemd/system/timers.target.wants/{database_deploy.SEED_TIMER}"}
+# Differs by its node's slot (node data) and names the database primary's address, which is
+# the node's own on the primary and its peer's on the replica: the same value in both roles.
+NAMING_THE_PRIMARY = {database_deploy.SEED_SCRIPT.lstrip("/")}
+
+
+def test_only_the_replica_enables_its_seed_timer_and_both_have_the_seed_script(
+        deployed_nodes: DeployedNodes) -> None:
+    roles = {name: node.data["database_role"] for name, node in deployed_nodes.nodes.items()}
+    assert sorted(roles.values()) == ["primary", "replica"]
+    for name, node in deployed_nodes.nodes.items():
+        script = node.root / database_deploy.SEED_SCRIPT.lstrip("/")
+        assert script.stat().st_mode & 0o111, name
+        link = node.root / next(iter(REPLICA_ONLY))
+        if roles[name] == "replica":
+            assert link.is_symlink() and os.readlink(link) == \
+                f"/etc/systemd/system/{database_deploy.SEED_TIMER}"
+        else:
+            assert not link.exists() and not link.is_symlink(), name
+
+
 def test_two_nodes_of_two_regions_differ_only_in_node_data(
         deployed_nodes: DeployedNodes) -> None:
     fsn, ash = deployed_nodes.nodes["fsn-1"], deployed_nodes.nodes["ash-1"]
     fsn_tree, ash_tree = tree(fsn.upper), tree(ash.upper)
     assert NODE_CONFIG.lstrip("/") in fsn_tree  # the comparison sees the deploy's files
+    # ... and the database role.
+    replica_tree = fsn_tree if fsn.data["database_role"] == "replica" else ash_tree
+    assert set(replica_tree) >= REPLICA_ONLY
+    for path in REPLICA_ONLY:
+        replica_tree.pop(path)
 
     assert sorted(fsn_tree) == sorted(ash_tree)
     fsn_data, ash_data = node_data(deployed_nodes, "fsn-1"), node_data(deployed_nodes, "ash-1")
     differing = [path for path in fsn_tree if fsn_tree[path] != ash_tree[path]]
     assert differing, "the nodes' names and keys must show up somewhere"
+    primary = {fsn.data["database_primary_host"]: "<database-primary-mesh-address>"}
     for path in differing:
         (fsn_kind, fsn_content), (ash_kind, ash_content) = fsn_tree[path], ash_tree[path]
         assert fsn_kind == ash_kind, path
-        assert without_node_data(fsn_content, fsn_data) == \
-            without_node_data(ash_content, ash_data), path
+        fsn_values, ash_values = fsn_data, ash_data
+        if path in NAMING_THE_PRIMARY:
+            fsn_values, ash_values = {**fsn_data, **primary}, {**ash_data, **primary}
+        assert without_node_data(fsn_content, fsn_values) == \
+            without_node_data(ash_content, ash_values), path
     assert {"etc/hostname", NODE_CONFIG.lstrip("/")} <= set(differing)
     assert packages(fsn.root) == packages(ash.root)
 

@@ -11,6 +11,7 @@ network in pg_hba, a replication connection from 127.0.0.1 is refused.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -216,6 +217,97 @@ def test_a_row_written_on_the_primary_is_read_on_the_replica_over_allowed_addres
                                "-D", str(base_folder / "outsider"), check=False)
         assert outsider.returncode != 0
         assert "no pg_hba.conf entry for replication connection" in outsider.stderr
+    finally:
+        replica.stop()
+        primary.stop()
+
+
+def test_the_seed_script_waits_for_the_primarys_role_and_slot_then_seeds_a_streaming_replica(
+        tmp_path: Path, base_folder: Path) -> None:
+    primary_data = host_data(tmp_path, "fsn-1")
+    replica_data = host_data(tmp_path, "fsn-2")
+    port = free_port()
+    for data in (primary_data, replica_data):
+        data["database_port"] = data["database_primary_port"] = port
+    replica_data["database_port"] = free_port()
+    primary = Cluster(base_folder, "primary", primary_data)
+    replica = Cluster(base_folder, "replica", replica_data)
+    staging = Path(f"{replica.folder}{deploy.STAGING_SUFFIX}")
+    pgpass = base_folder / "pgpass"
+    pgpass.write_text(render("database/pgpass.j2", **deploy.pgpass_variables(replica_data)))
+    shutil.chown(pgpass, "postgres", "postgres")
+    pgpass.chmod(0o600)
+    replica.write_config()
+    # The node's script, pointed at this test's folders; PostgreSQL started as the test does.
+    start = " ".join(shlex.quote(part) for part in [
+        "runuser", "-u", "postgres", "--", str(BIN / "pg_ctl"), "-D", str(replica.folder),
+        "-l", str(base_folder / "replica.log"), "-w", "-t", "60", "-o",
+        f"-c config_file={replica.config}", "start"])
+    script = base_folder / "replica-seed"
+    script.write_text(render("database/replica-seed.sh.j2", **deploy.seed_variables(
+        replica_data, str(replica.folder), str(pgpass), start_command=start)))
+    script.chmod(0o755)
+
+    def seed() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(script)], capture_output=True, text=True, timeout=120,
+                              check=False)
+
+    def left_empty() -> bool:
+        return not (replica.folder / "PG_VERSION").exists() and not staging.exists()
+
+    try:
+        # The primary is not running: no unit failure, nothing copied.
+        down = seed()
+        assert down.returncode == 0, down.stderr
+        assert "does not answer yet" in down.stdout
+        assert left_empty()
+
+        # The primary runs (pg_isready answers) but its deploy has not made the replication
+        # role or this node's slot yet: the copy is refused and leaves nothing behind.
+        as_postgres(str(BIN / "initdb"), "-D", str(primary.folder), "-U", "postgres",
+                    "--auth-local=peer", "--auth-host=scram-sha-256")
+        primary.write_config()
+        primary.start()
+        refused = seed()
+        assert refused.returncode == 0, refused.stderr
+        assert "the copy failed" in refused.stdout
+        assert "replicator" in refused.stderr  # pg_basebackup's own reason, for the journal
+        assert left_empty()
+
+        # The primary's deploy made them: the next try seeds the replica and starts it.
+        setup = sh(deploy.psql_script_command(deploy.primary_sql(primary_data, None), port,
+                                              str(base_folder)))
+        assert setup.returncode == 0, setup.stderr
+        seeded = seed()
+        assert seeded.returncode == 0, (seeded.stdout, seeded.stderr, replica.log())
+        assert "seeded from the primary" in seeded.stdout
+        assert (replica.folder / "standby.signal").exists() and not staging.exists()
+
+        primary.psql("CREATE TABLE seeds (note text)", check=True)
+        primary.psql("INSERT INTO seeds VALUES ('after-the-seed')", check=True)
+        deadline = time.monotonic() + 20
+        while "after-the-seed" not in (read := replica.psql("SELECT note FROM seeds")).stdout:
+            assert time.monotonic() < deadline, (read.stderr, replica.log()[-3000:])
+            time.sleep(0.3)
+        streaming = sh(f"runuser -u postgres -- {BIN}/psql -X -A -t -h {base_folder} -p {port} "
+                       "-d postgres -c \"SELECT slot_name || ' ' || state FROM "
+                       "pg_stat_replication JOIN pg_replication_slots ON active_pid = pid\"")
+        assert streaming.stdout.split("\n")[0] == "clonefleet_fsn_2 streaming", streaming
+
+        # Seeded: a later try (the timer's, before it stops) touches nothing.
+        again = seed()
+        assert again.returncode == 0 and "nothing to seed" in again.stdout
+        assert replica.psql("SELECT note FROM seeds").stdout.strip() == "after-the-seed"
+
+        # A whole copy is made, but never renamed over a folder holding a database.
+        replica.stop()
+        sentinel = replica.folder / "kept"
+        sentinel.write_text("the replica's own files\n")
+        refused = sh(deploy.basebackup_command(replica_data, str(replica.folder), str(pgpass)))
+        assert refused.returncode != 0
+        # Only the slot's creation failed (it exists): the copy itself was whole.
+        assert refused.stderr.count("error:") == 1 and "already exists" in refused.stderr
+        assert sentinel.exists() and not staging.exists()
     finally:
         replica.stop()
         primary.stop()

@@ -3,6 +3,8 @@ data, fleet-file errors, and the SQL the deploy would run."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -135,12 +137,77 @@ def test_replica_seed_command_uses_the_slot_and_the_password_file_never_the_pass
     data = database.host_data(lab.context("fsn-2"))
     command = deploy.basebackup_command(data)
     assert "-h 10.77.0.2 -p 5432 -U replicator" in command
-    assert "-R -X stream -c fast -w -S clonefleet_fsn_2 -C ||" in command
+    assert "-R -X stream -c fast -w -S clonefleet_fsn_2 -C; } ||" in command
     assert "PGPASSFILE=/var/lib/postgresql/.pgpass" in command
     assert data["database_replication_password"] not in command
     pgpass = render("database/pgpass.j2", **deploy.pgpass_variables(data))
     assert pgpass == (f"10.77.0.2:5432:replication:replicator:"
                       f"{data['database_replication_password']}\n")
+
+
+def test_the_copy_is_renamed_into_the_data_folder_only_when_whole_and_never_over_a_database(
+        tmp_path: Path) -> None:
+    lab = service_fleet(tmp_path, '[services.database]\nprimary = "fsn-1"\n')
+    command = deploy.basebackup_command(database.host_data(lab.context("fsn-2")))
+    data, staging = "/var/lib/postgresql/15/main", "/var/lib/postgresql/15/main.seeding"
+    assert command.count(f"-D {staging} ") == 2 and f"-D {data} " not in command
+    copied, _, cleanup = command.partition(f"test ! -e {data}/PG_VERSION && ")
+    assert copied.endswith("; } && ")  # only after a finished copy
+    assert cleanup == (f"rm -rf {data} && mv -T {staging} {data} || "
+                       f"{{ rm -rf {staging}; false; }}")
+
+
+def test_the_seed_script_and_units_render_for_the_node(tmp_path: Path) -> None:
+    lab = service_fleet(tmp_path, '[services.database]\nprimary = "fsn-1"\n')
+    data = {**deploy.DEFAULTS, **database.host_data(lab.context("fsn-2"))}
+    script = render("database/replica-seed.sh.j2", **deploy.seed_variables(data))
+    assert script.startswith("#!/bin/sh\n")
+    assert "pg_isready -q -h 10.77.0.2 -p 5432 -t 15; then" in script
+    assert deploy.basebackup_command(data) in script
+    assert script.rstrip().endswith(
+        "systemctl stop --no-block clonefleet-replica-seed.timer\n"
+        "systemctl enable postgresql && exec systemctl start postgresql "
+        "postgresql@15-main.service")
+    assert data["database_replication_password"] not in script
+    service = render("database/replica-seed.service.j2", **deploy.seed_unit_variables(data))
+    assert "ConditionPathExists=!/var/lib/postgresql/15/main/PG_VERSION\n" in service
+    assert "ExecStart=/usr/local/lib/clonefleet/replica-seed\n" in service
+    assert "After=wg-quick@wg0.service\n" in service
+    timer = render("database/replica-seed.timer.j2", **deploy.seed_unit_variables(data))
+    assert "OnUnitInactiveSec=30s\n" in timer and "WantedBy=timers.target" in timer
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_the_seed_units_and_script_pass_systemds_and_the_shells_checks(tmp_path: Path) -> None:
+    lab = service_fleet(tmp_path, '[services.database]\nprimary = "fsn-1"\n')
+    data = {**deploy.DEFAULTS, **database.host_data(lab.context("fsn-2"))}
+    units = tmp_path / "units"
+    units.mkdir()
+    script = units / "replica-seed"
+    script.write_text(render("database/replica-seed.sh.j2", **deploy.seed_variables(data)))
+    script.chmod(0o755)
+    checked = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True,
+                             timeout=30, check=False)
+    assert checked.returncode == 0, checked.stderr
+    variables = {**deploy.seed_unit_variables(data), "script": str(script)}
+    for unit in (deploy.SEED_SERVICE, deploy.SEED_TIMER):
+        template = f"database/{unit.removeprefix('clonefleet-')}.j2"
+        (units / unit).write_text(render(template, **variables))
+    verified = subprocess.run(["systemd-analyze", "verify", "--man=no", deploy.SEED_SERVICE,
+                               deploy.SEED_TIMER], cwd=units, capture_output=True, text=True,
+                              timeout=60, check=False)
+    assert verified.returncode == 0 and verified.stderr == "", verified.stderr
+
+
+def test_the_deploys_seed_starts_the_service_and_only_an_unseeded_replica_its_timer(
+        tmp_path: Path) -> None:
+    lab = service_fleet(tmp_path, '[services.database]\nprimary = "fsn-1"\n')
+    command = deploy.seed_command(database.host_data(lab.context("fsn-2")))
+    now, _, later = command.partition("if [ -e /var/lib/postgresql/15/main/PG_VERSION ]; "
+                                      "then exit $started; fi; ")
+    assert now == "systemctl start clonefleet-replica-seed.service; started=$?; "
+    assert later.startswith("systemctl start clonefleet-replica-seed.timer && echo ")
+    assert "10.77.0.2:5432 is not ready yet" in later and "seeds itself" in later
 
 
 def test_a_standby_is_pointed_at_the_fleet_files_primary_only_when_it_names_another(

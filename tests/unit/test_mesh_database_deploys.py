@@ -46,6 +46,10 @@ def test_a_primary_gets_its_cluster_roles_and_slots_and_no_copy(tmp_path: Path) 
     assert 'CREATE ROLE \\"replicator\\"' in commands or 'CREATE ROLE "replicator"' in commands
     assert "pg_create_physical_replication_slot" in commands
     assert "pg_basebackup" not in commands
+    # The seed script and units are on every node, but a primary's timer stays off.
+    assert (files / "usr/local/lib/clonefleet/replica-seed").exists()
+    assert "start clonefleet-replica-seed" not in commands
+    assert "enable clonefleet-replica-seed.timer" not in commands
     for secret in ("database_password", "database_replication_password", "mesh_private_key"):
         assert data[secret] not in commands  # in uploaded files only, never in a command
 
@@ -53,8 +57,14 @@ def test_a_primary_gets_its_cluster_roles_and_slots_and_no_copy(tmp_path: Path) 
 def test_a_replica_is_seeded_from_the_primary_and_gets_no_roles(tmp_path: Path) -> None:
     data = node_data(tmp_path, "fsn-2")
     files, commands = run(tmp_path, "replica", data)
-    assert "pg_isready -q -h 10.77.0.2 -p 5432" in commands  # seeded only if it answers
-    assert "pg_basebackup -h 10.77.0.2 -p 5432 -U replicator" in commands
+    # Seeded now by the seed service if the primary is ready, else by its timer, later.
+    assert "systemctl start clonefleet-replica-seed.service;" in commands
+    assert "systemctl enable clonefleet-replica-seed.timer" in commands
+    script = (files / "usr/local/lib/clonefleet/replica-seed").read_text()
+    assert "pg_isready -q -h 10.77.0.2 -p 5432" in script  # seeded only if it answers
+    assert "pg_basebackup -h 10.77.0.2 -p 5432 -U replicator" in script
+    assert "ExecStart=/usr/local/lib/clonefleet/replica-seed" in (
+        files / "etc/systemd/system/clonefleet-replica-seed.service").read_text()
     assert "pg_createcluster --start-conf=auto 15 main && rm -rf /var/lib/postgresql/15/main" \
         in commands  # no data of its own before the copy
     assert "CREATE ROLE" not in commands
@@ -72,6 +82,17 @@ def test_offline_writes_files_and_enables_units_but_starts_and_queries_nothing(
     assert (files / CONF / "conf.d/50-clonefleet.conf").exists()
     assert "multi-user.target.wants/wg-quick@wg0.service" in commands
     assert "multi-user.target.wants/postgresql.service" in commands
+    # The replica seeds itself once the node runs and the primary answers.
+    assert ("ln -s /etc/systemd/system/clonefleet-replica-seed.timer "
+            "/etc/systemd/system/timers.target.wants/clonefleet-replica-seed.timer") in commands
+    assert (files / "usr/local/lib/clonefleet/replica-seed").exists()
     for forbidden in ("systemctl", "pg_createcluster", "pg_basebackup", "pg_ctlcluster",
                       "psql", "wg syncconf", "wg-quick up"):
         assert forbidden not in commands, forbidden
+
+
+def test_offline_a_primary_gets_the_seed_files_but_no_enabled_timer(tmp_path: Path) -> None:
+    data = {**node_data(tmp_path, "fsn-1"), "clonefleet_offline": True}
+    files, commands = run(tmp_path, "offline-primary", data)
+    assert (files / "etc/systemd/system/clonefleet-replica-seed.timer").exists()
+    assert "ln -s /etc/systemd/system/clonefleet-replica-seed.timer" not in commands

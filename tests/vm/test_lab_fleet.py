@@ -50,6 +50,8 @@ RAID_NODE = "fsn-2"
 FAILING = "fsn-2"  # its region keeps fsn-1: the drain leaves Falkenstein at its minimum
 EDGE = "edge.lab.clonefleet.test"
 PSQL = "runuser -u postgres -- psql -X -A -t -d app -c"
+# How long after provisioning the replicas may take to seed themselves (deploys/database.py).
+REPLICA_SEED_SECONDS = 180
 
 
 @dataclass
@@ -175,8 +177,23 @@ def test_mesh_handshakes_replication_crosses_vms_and_node_exporter_serves(
     with lab.shell("fsn-1") as shell:
         shell.run(f"{PSQL} \"CREATE TABLE IF NOT EXISTS e2e (note text); "
                   f"INSERT INTO e2e VALUES ('{marker}')\"")
-        senders = shell.run(f"{PSQL} \"SELECT count(*) FROM pg_stat_replication "
-                            "WHERE state = 'streaming'\"")[1].strip()
+        # The three were deployed at once: a replica whose deploy ran before the primary was
+        # ready seeds itself by its timer (a try 30 s after the last; one try waits up to 15 s
+        # for the primary; then the copy and PostgreSQL's start, slow under emulation).
+        deadline, senders = time.monotonic() + REPLICA_SEED_SECONDS, ""
+        while True:
+            senders = shell.run(f"{PSQL} \"SELECT count(*) FROM pg_stat_replication "
+                                "WHERE state = 'streaming'\"")[1].strip()
+            if senders == "2" or time.monotonic() > deadline:
+                break
+            time.sleep(5)
+        if senders != "2":
+            for replica in ("fsn-2", "ash-1"):
+                with lab.shell(replica) as replica_shell:
+                    journal = replica_shell.run(
+                        "journalctl -u clonefleet-replica-seed --no-pager -n 30",
+                        check=False)[1]
+                print(f"--- {replica}: clonefleet-replica-seed journal\n{journal}")
         assert senders == "2", f"streaming replicas on the primary: {senders}"
     for replica in ("fsn-2", "ash-1"):
         with lab.shell(replica) as shell:
