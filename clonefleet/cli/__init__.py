@@ -53,8 +53,7 @@ LAZY_COMMANDS = {
                      "server."),
     "power": ("power", "Power nodes on, off, or reset them through their provider."),
     "keys": ("keys", "Host keys pinned for the fleet's nodes (keys repin NODE)."),
-    "update": ("update", "Roll package updates across the fleet in safe batches (plan only, "
-                         "for now)."),
+    "update": ("update", "Roll package updates across the fleet in safe batches."),
     "disks": ("disks", "Show the disk health of every node (or NODES), gathered over SSH "
                        "from smartwatch."),
 }
