@@ -307,3 +307,124 @@ def test_cli_exit_codes_for_a_held_lock_waiting_and_resume(
                                       "fsn-1"])
     assert result.exit_code == 2
     assert "--resume continues the recorded rollout" in result.output
+
+
+# -- the reboot step's flow (a reboot cannot run here: the node and the unlock are stood in
+# for; the unlock itself is `Provisioner.unlock`, the code of `clonefleet unlock`) ------------
+
+class _Node:
+    """What the reboot step asks a node over SSH, answered from a little state."""
+
+    def __init__(self, boot: str, flag: str = "no\n", up: bool = True) -> None:
+        self.boot, self.flag, self.up = boot, flag, up
+        self.commands: list[str] = []
+
+    def run(self, command: str, **options: Any) -> tuple[int, str, str]:
+        self.commands.append(command)
+        if "boot_id" in command:
+            return 0, self.boot + "\n", ""
+        if "reboot-required" in command:
+            return 0, self.flag, ""
+        if "needrestart" in command:
+            return 0, "NEEDRESTART-KSTA: 1\n", ""
+        if "systemctl reboot" in command:
+            self.up = False
+            return 0, "", ""
+        raise AssertionError(command)
+
+    def __enter__(self) -> _Node:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class _Unlocker:
+    def __init__(self, node: _Node, new_boot: str) -> None:
+        self.node, self.new_boot, self.calls = node, new_boot, 0
+
+    def unlock(self, name: str, *, wait_for_sshd: bool, timeout: float | None) -> str:
+        self.calls += 1
+        assert wait_for_sshd
+        self.node.boot, self.node.flag, self.node.up = self.new_boot, "no\n", True
+        return "cryptsetup: root set up successfully"
+
+
+def _reboot_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, node: _Node,
+                 unlocker: _Unlocker, progress: Progress) -> Any:
+    from clonefleet.errors import ClonefleetError
+    from clonefleet.rollout import node_steps
+
+    fleet = _fleet(tmp_path)
+    store = _store(tmp_path, fleet)
+    context = node_steps.NodeRun(fleet, store, tmp_path / "states" / "upd", 5, actor="test")
+    update = node_steps.NodeUpdate(context, "fsn-1", progress)
+
+    def shell(timeout: float = 0) -> _Node:
+        if not node.up:
+            raise ClonefleetError("cannot reach fsn-1 sshd")
+        return node
+
+    monkeypatch.setattr(update, "_shell", shell)
+    monkeypatch.setattr(update, "_provisioner", lambda: unlocker)
+    return update
+
+
+def test_reboot_step_reboots_unlocks_and_checks_the_boot_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = _Node("boot-1", flag="yes\nlinux-image-cftest\n")
+    unlocker = _Unlocker(node, "boot-2")
+    update = _reboot_step(tmp_path, monkeypatch, node, unlocker,
+                          Progress(5, done=(DRAIN, UPGRADE), boot_id="boot-1"))
+    assert update.reboot().startswith("rebooted, unlocked (cryptsetup: root set up "
+                                      "successfully)")
+    assert unlocker.calls == 1 and update.progress.rebooted
+    assert update.progress.reboot_reasons == (
+        "/var/run/reboot-required is present (asked by linux-image-cftest)",)
+    assert any("systemctl reboot" in command for command in node.commands)
+
+
+def test_reboot_step_on_a_resumed_node_waiting_in_its_initramfs_only_unlocks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = _Node("boot-1", up=False)
+    unlocker = _Unlocker(node, "boot-2")
+    update = _reboot_step(tmp_path, monkeypatch, node, unlocker,
+                          Progress(5, done=(DRAIN, UPGRADE), boot_id="boot-1",
+                                   packages=("libc6 2.36-9 → 2.36-9+deb12u9",)))
+    update.reboot()
+    assert unlocker.calls == 1 and update.progress.rebooted
+    assert not any("systemctl reboot" in command for command in node.commands)
+
+
+def test_reboot_step_after_the_reboot_already_happened_does_not_reboot_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = _Node("boot-2")
+    unlocker = _Unlocker(node, "boot-3")
+    update = _reboot_step(tmp_path, monkeypatch, node, unlocker,
+                          Progress(5, done=(DRAIN, UPGRADE), boot_id="boot-1",
+                                   packages=("libc6 2.36-9 → 2.36-9+deb12u9",)))
+    assert update.reboot() == "rebooted and back"
+    assert unlocker.calls == 0 and update.progress.rebooted
+
+
+def test_reboot_step_fails_when_the_node_comes_back_from_the_same_boot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clonefleet.rollout.node_steps import StepFailed
+
+    node = _Node("boot-1", flag="yes\n")
+    unlocker = _Unlocker(node, "boot-1")
+    update = _reboot_step(tmp_path, monkeypatch, node, unlocker,
+                          Progress(5, done=(DRAIN, UPGRADE), boot_id="boot-1"))
+    with pytest.raises(StepFailed, match="did not reboot"):
+        update.reboot()
+
+
+def test_no_reboot_needed_is_said_and_nothing_is_unlocked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = _Node("boot-1")
+    unlocker = _Unlocker(node, "boot-2")
+    update = _reboot_step(tmp_path, monkeypatch, node, unlocker,
+                          Progress(5, done=(DRAIN, UPGRADE), boot_id="boot-1",
+                                   packages=("cf-tool 1.0 → 1.1",)))
+    assert update.reboot().startswith("not needed")
+    assert unlocker.calls == 0 and not update.progress.rebooted
