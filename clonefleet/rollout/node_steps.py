@@ -55,8 +55,7 @@ if TYPE_CHECKING:
 
 # The C locale (apt's words are parsed); never a prompt; needrestart restarts the services
 # that run old code itself (`a`: automatic), as the plan announced.
-ENVIRONMENT = ("LANG=C LC_ALL=C DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a "
-               "NEEDRESTART_SUSPEND=")
+ENVIRONMENT = "LANG=C LC_ALL=C DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a"
 APT = ("apt-get -q -y -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef "
        "-o Dpkg::Options::=--force-confold")
 UPGRADE_SECONDS = 1800
@@ -390,7 +389,7 @@ def reboot_packages_named(names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(name for name in names if REBOOT_PACKAGES.match(name))
 
 
-def _tail(output: str, lines: int = 6) -> str:
+def _tail(output: str, lines: int = 8) -> str:
     return " / ".join(line.strip() for line in output.strip().splitlines()[-lines:]
                       if line.strip())
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from threading import Event as Flag
 from typing import TYPE_CHECKING, Literal
 
-from clonefleet.errors import ConfigError
+from clonefleet.errors import ConfigError, LeaseLost
 from clonefleet.inventory import Fleet
 from clonefleet.rollout import lock as rollout_lock
 from clonefleet.rollout.batches import RegionLimits, make_batches
@@ -83,7 +83,11 @@ class Notifier:
     def __init__(self, urls: Sequence[str]) -> None:
         from smartwatch.alerts import AppriseNotifier
 
-        self.sender = AppriseNotifier(tuple(urls))
+        try:
+            self.sender = AppriseNotifier(tuple(urls))
+        except ValueError as error:
+            raise ConfigError(f"fleet.alert_urls: {error}; fix the URL (apprise syntax)") \
+                from None
 
     def send(self, title: str, body: str) -> bool:
         from smartwatch.alerts import Notice
@@ -195,7 +199,12 @@ class Rollout:
                 statuses = {status.name: status for status in node_statuses(self.fleet,
                                                                              self.store)}
                 for node in list(pending):
-                    if not statuses[node].active:
+                    if node not in statuses:
+                        reports[node] = NodeReport(node, "", "skipped",
+                                                   reason=f"{node} is no longer in the fleet "
+                                                          "file")
+                        pending.remove(node)
+                    elif not statuses[node].active:
                         found = statuses[node]
                         reports[node] = NodeReport(
                             node, found.region, "skipped",
@@ -239,9 +248,10 @@ class Rollout:
                 status = "halted-on-failure"
                 halt_reason = (f"{failures} node(s) failed ({', '.join(failed)}), more than "
                                f"--max-failures {record.options.max_failures}")
-        except (KeyboardInterrupt, Stopped):
+        except (KeyboardInterrupt, Stopped, LeaseLost) as error:
             status = "interrupted"
-            halt_reason = "stopped by the operator" if self.stop.is_set() else "stopped"
+            halt_reason = str(error) if isinstance(error, LeaseLost) else \
+                "stopped by the operator"
         except BaseException as error:
             status = "interrupted"
             halt_reason = f"stopped by an error: {error}"
