@@ -450,3 +450,41 @@ def test_a_drain_by_smartwatch_mid_rollout_makes_the_rollout_wait_for_the_region
     assert report.status == "done"
     for node in fleet.nodes:
         _assert_updated(roll, node)
+
+
+def test_ctrl_c_finishes_the_step_under_way_releases_the_lock_and_resume_finishes(
+        roll_fleet: RollFleet) -> None:
+    roll = roll_fleet
+    first = subprocess.Popen([sys.executable, "-m", "clonefleet", "--fleet",
+                              str(roll.fleet.path), "update"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            record = roll.store.get("fsn-1")
+            if record is not None and record.state in ("draining", "drained", "updating"):
+                break
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        first.send_signal(signal.SIGINT)
+        out, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(timeout=30)
+    assert first.returncode == 42, err
+    assert err.strip().splitlines()[-1].endswith(
+        "run `clonefleet update --resume` to continue where it stopped")
+    assert "fsn-1" in out and "stopped" in out  # the report
+    assert lock.current_owner(roll.store) == (None, False)  # released, not stale
+    progress = roll.progress("fsn-1")
+    assert progress is not None and progress.current == "" and progress.done  # step finished
+    record = roll.store.get("fsn-1")
+    assert record is not None and record.state != "active"
+    assert record.reason.startswith("rollout 1: ")
+    assert roll.progress("fsn-2") is None  # never started
+    resumed = roll.cli("update", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    for node in roll.fleet.nodes:
+        _assert_updated(roll, node)
