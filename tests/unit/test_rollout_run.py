@@ -428,3 +428,26 @@ def test_no_reboot_needed_is_said_and_nothing_is_unlocked(
                                    packages=("cf-tool 1.0 → 1.1",)))
     assert update.reboot().startswith("not needed")
     assert unlocker.calls == 0 and not update.progress.rebooted
+
+
+def test_live_display_follows_batches_and_steps_on_a_terminal() -> None:
+    import io
+
+    from rich.console import Console
+
+    from clonefleet.cli.rollout_display import LiveEvents
+    from clonefleet.rollout.run import Event
+
+    output = io.StringIO()
+    display = LiveEvents(Console(file=output, force_terminal=True, width=120))
+    display(Event("batch", batch=1, nodes=("fsn-1", "ash-1")))
+    display(Event("step", node="fsn-1", step="drain", status="start"))
+    display(Event("step", node="fsn-1", step="drain", status="done",
+                  detail="out of DNS on 3 server(s), TTL and grace passed"))
+    display(Event("step", node="ash-1", step="upgrade", status="failed", detail="apt-get failed"))
+    assert display.rows["fsn-1"].status == "done" and display.rows["ash-1"].status == "failed"
+    display.close()
+    text = output.getvalue()
+    assert "batch 1: fsn-1, ash-1" in text
+    assert "fsn-1: drain done: out of DNS on 3 server(s)" in text
+    assert "ash-1: upgrade failed: apt-get failed" in text
