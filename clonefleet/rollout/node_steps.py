@@ -58,6 +58,12 @@ if TYPE_CHECKING:
 ENVIRONMENT = "LANG=C LC_ALL=C DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a"
 APT = ("apt-get -q -y -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef "
        "-o Dpkg::Options::=--force-confold")
+# Finish what an interrupted dpkg left (a resumed rollout); while another apt or dpkg (e.g.
+# unattended-upgrades, or the killed rollout's own apt still ending) holds dpkg's lock, wait
+# up to 5 minutes, as apt-get does with DPkg::Lock::Timeout.
+DPKG_FINISH = ('tries=0; until out=$(dpkg --configure -a 2>&1); do case "$out" in *lock*) '
+               'tries=$((tries + 1)); [ "$tries" -lt 60 ] || { echo "$out"; exit 1; }; '
+               'sleep 5;; *) echo "$out"; exit 1;; esac; done')
 UPGRADE_SECONDS = 1800
 SSH_SECONDS = 120
 BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
@@ -271,9 +277,9 @@ class NodeUpdate:
             _, boot = self._sh(shell, BOOT_ID, "boot id")
             # A run stopped in the middle of dpkg is finished first (resume).
             status, output = self._sh(
-                shell, f"{ENVIRONMENT} dpkg --configure -a && {ENVIRONMENT} apt-get -q "
+                shell, f"export {ENVIRONMENT}; {DPKG_FINISH}; apt-get -q "
                        "-o DPkg::Lock::Timeout=300 --error-on=any update >/dev/null && "
-                       f"{ENVIRONMENT} apt-get -s -o Debug::NoLocking=1 dist-upgrade",
+                       "apt-get -s -o Debug::NoLocking=1 dist-upgrade",
                 "apt simulation", UPGRADE_SECONDS)
             if status != 0:
                 raise StepFailed(f"apt could not plan the upgrade (exit {status}): "

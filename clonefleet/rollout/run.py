@@ -237,12 +237,25 @@ class Rollout:
                     self.sleep(max(0.0, min(self.poll_seconds,
                                             waiting_since + options.wait_seconds - now)))
                     continue
-                waiting_since = None
                 number += 1
                 batch = plan.batches[0]
                 batches.append(batch)
                 failures += self._batch(number, batch, context, reports, held)
                 pending = [node for node in pending if node not in reports]
+                if any(node in reports for node in batch):
+                    waiting_since = None
+                    continue
+                # Every drain of the batch was refused (the DNS map's own rules, checked
+                # at the drain): nothing changed; wait as when no node can go.
+                now = self.clock()
+                waiting_since = now if waiting_since is None else waiting_since
+                if now - waiting_since >= record.options.wait_seconds:
+                    status = "halted-waiting"
+                    halt_reason = (f"the drains of {', '.join(batch)} were refused for "
+                                   f"{record.options.wait_seconds:.0f} s (see the deferred "
+                                   "steps)")
+                    break
+                self.sleep(self.poll_seconds)
             if status == "done" and failures > record.options.max_failures:
                 failed = [node for node, report in reports.items() if report.result == "failed"]
                 status = "halted-on-failure"
