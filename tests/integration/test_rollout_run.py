@@ -289,7 +289,7 @@ def test_restart_only_rollout_updates_every_node_and_keeps_every_region_at_its_m
     assert report.batches == (("fsn-1",), ("ash-1",), ("fsn-2",))
     for node in report.nodes:
         assert node.result == "done"
-        assert node.packages == ("cf-tool 1.0 → 1.1", "libcf1 (new) → 1.1")
+        assert sorted(node.packages) == ["cf-tool 1.0 → 1.1", "libcf1 (new) → 1.1"]
         assert node.rebooted is False
         assert node.out_of_dns_seconds is not None and node.out_of_dns_seconds >= 2  # TTL+grace
         _assert_updated(roll_fleet, node.node)
