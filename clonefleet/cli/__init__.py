@@ -54,8 +54,7 @@ LAZY_COMMANDS = {
     "power": ("power", "Power nodes on, off, or reset them through their provider."),
     "keys": ("keys", "Pinned host keys and LUKS key slots (keys repin|rotate|status|"
                      "recovery)."),
-    "update": ("update", "Roll package updates across the fleet in safe batches (plan only, "
-                         "for now)."),
+    "update": ("update", "Roll package updates across the fleet in safe batches."),
     "disks": ("disks", "Show the disk health of every node (or NODES), gathered over SSH "
                        "from smartwatch."),
 }

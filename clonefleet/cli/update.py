@@ -1,6 +1,7 @@
 """`clonefleet update`: roll package updates across the fleet in safe batches.
 
-This version makes the plan only (`--dry-run`); the rollout itself is refused in one line.
+Parses, calls `clonefleet.rollout` (plan, run, resume) and prints: the plan with
+`--dry-run`; otherwise the rollout's live progress (`rollout_display`) and its final report.
 """
 
 from __future__ import annotations
@@ -13,63 +14,144 @@ from clonefleet.cli import Context, pass_context
 from clonefleet.errors import ConfigError
 
 if TYPE_CHECKING:
-    from clonefleet.rollout.plan import NodePlan, RolloutPlan
+    from collections.abc import Callable
 
-HELP = """Roll package updates across the fleet in safe batches (plan only, for now).
+    from clonefleet.rollout.plan import NodePlan, RolloutPlan
+    from clonefleet.rollout.progress import RunOptions
+    from clonefleet.rollout.report import RolloutReport
+
+HELP = """Roll package updates across the fleet in safe batches.
 
 \b
 Reads on every node (or NODES) at once, over SSH with pinned host keys:
 apt's simulated dist-upgrade (after apt-get update), /var/run/reboot-required
-and needrestart's report. Prints per node the packages to upgrade (Debian
+and needrestart's report. The plan: per node the packages to upgrade (Debian
 security updates only; --all for every upgrade), whether it will reboot or
-only restart services, and the batches it would go in: at most --batch-size
-nodes at once, at most --max-unavailable-per-region nodes of a region out of
-service at once (counting nodes already drained for any reason), never a
-region below its min_active nor the fleet below min_active_total. Nothing on
-the nodes changes but their package lists. See docs/rollout.md.
+only restart services, and the batches: at most --batch-size nodes at once,
+at most --max-unavailable-per-region nodes of a region out of service at once
+(counting nodes already drained for any reason), never a region below its
+min_active nor the fleet below min_active_total. --dry-run stops there.
+
+\b
+Then, batch after batch (the store re-read before each), per node: drain from
+DNS and wait until every server stopped serving it plus TTL and grace; upgrade
+(needrestart restarts services); reboot, unlock through Dropbear and wait for
+sshd when the upgrade needs it; health check; undrain. A failing node stays
+drained with the reason recorded, an alert goes to the fleet's alert_urls,
+and the rollout halts once more than --max-failures nodes failed. While no
+node can go (a region at its minimum, e.g. after a drain by smartwatch), it
+waits at most --wait seconds, then halts. Ctrl-C finishes the steps under
+way and stops; --resume continues where a rollout stopped (crash, Ctrl-C,
+halt), finishing nodes left out of DNS first. One rollout at a time: a
+second is refused naming the holder; a stale lock (a killed rollout) is taken
+over only with --take-over-lock. See docs/rollout.md.
 
 \b
 Exit codes:
-  0   the plan was made for every node asked for
-  2   a bad option or node name, or run without --dry-run (only the plan
-      is available in this version)
-  30  some nodes could not be read (each one's row says why); the plan
-      covers the others
-  31  no node could be read
+  0   every node was updated (or, with --dry-run, the plan covers every node)
+  2   a bad option or node name; an unfinished rollout exists (use
+      --resume); --resume with nothing to resume
+  3   another rollout holds the lock, or a stale lock needs --take-over-lock
+  30  (--dry-run) some nodes could not be read; the plan covers the others
+  31  (--dry-run) no node could be read
+  40  halted: more nodes failed than --max-failures (they stay drained)
+  41  halted: no node could go for --wait seconds (a region at its minimum)
+  42  stopped by Ctrl-C (or the lock was lost); --resume continues
 """
 
 
 @click.command(help=HELP)
 @click.argument("nodes", nargs=-1)
-@click.option("--dry-run", is_flag=True, help="Print the plan and stop (required for now).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
 @click.option("--all", "everything", is_flag=True,
               help="Every upgrade, not only Debian security updates.")
 @click.option("--batch-size", default=1, show_default=True, type=int,
               help="Nodes updated at once, fleet-wide.")
 @click.option("--max-unavailable-per-region", default=1, show_default=True, type=int,
               help="Nodes of one region out of service at once, counting those already out.")
+@click.option("--max-failures", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Failed nodes allowed before the rollout halts.")
+@click.option("--wait", "wait_seconds", default=300.0, show_default=True,
+              type=click.FloatRange(min=0),
+              help="Seconds to wait while no node can go (a region at its minimum) before "
+                   "halting.")
+@click.option("--boot-timeout", type=click.FloatRange(min=1), default=None,
+              help="Seconds a reboot may take to Dropbear, and after the unlock to sshd "
+                   "(default: the provider's).")
+@click.option("--resume", is_flag=True,
+              help="Continue the rollout that stopped (with the options it started with).")
+@click.option("--take-over-lock", is_flag=True,
+              help="Take over the lock a crashed or killed rollout left behind.")
 @click.option("--no-refresh", is_flag=True,
               help="Use the nodes' package lists as they are (no apt-get update).")
 @pass_context
 def update(ctx: Context, nodes: tuple[str, ...], dry_run: bool, everything: bool,
-           batch_size: int, max_unavailable_per_region: int, no_refresh: bool) -> None:
+           batch_size: int, max_unavailable_per_region: int, max_failures: int,
+           wait_seconds: float, boot_timeout: float | None, resume: bool,
+           take_over_lock: bool, no_refresh: bool) -> None:
     from clonefleet.fleetrun import failure_error
     from clonefleet.rollout.plan import make_plan
 
-    if not dry_run:
-        raise ConfigError("clonefleet update: only the plan is available in this version; "
-                          "run it with --dry-run")
-    plan = make_plan(ctx.fleet, ctx.store, nodes, everything=everything,
-                     batch_size=batch_size,
-                     max_unavailable_per_region=max_unavailable_per_region,
-                     refresh=not no_refresh)
-    ctx.emit(plan.as_dict(), None)
+    if resume and (dry_run or nodes):
+        raise ConfigError("--resume continues the recorded rollout as it started: give it "
+                          "no NODES and no --dry-run")
+
+    def plan_now() -> RolloutPlan:
+        return make_plan(ctx.fleet, ctx.store, nodes, everything=everything,
+                         batch_size=batch_size,
+                         max_unavailable_per_region=max_unavailable_per_region,
+                         refresh=not no_refresh)
+
+    if dry_run:
+        plan = plan_now()
+        ctx.emit(plan.as_dict(), None)
+        if not ctx.as_json:
+            show_plan(plan)
+        error = failure_error("update plan", len(plan.nodes),
+                              [(entry.node, None) for entry in plan.unreadable])
+        if error is not None:
+            raise error
+        return
+    from clonefleet.rollout.progress import RunOptions
+
+    _roll(ctx, plan_now, resume=resume, take_over=take_over_lock, boot_timeout=boot_timeout,
+          run_options=RunOptions(everything, batch_size, max_unavailable_per_region,
+                                 max_failures, wait_seconds))
+
+
+def _roll(ctx: Context, plan_now: Callable[[], RolloutPlan], *, resume: bool, take_over: bool,
+          boot_timeout: float | None, run_options: RunOptions) -> None:
+    from clonefleet.cli.rollout_display import event_display
+    from clonefleet.rollout.batches import check_limit
+    from clonefleet.rollout.report import RolloutStopped
+    from clonefleet.rollout.run import Rollout
+
+    check_limit(run_options.batch_size, "--batch-size")
+    check_limit(run_options.max_unavailable_per_region, "--max-unavailable-per-region")
+    display = event_display(ctx.as_json)
+    rollout = Rollout(ctx.fleet, ctx.store, ctx.state_dir, sink=display,
+                      boot_timeout=boot_timeout)
+    report: RolloutReport | None = None
+    try:
+        if resume:
+            report = rollout.resume(take_over=take_over)
+        else:
+            report = rollout.start(plan_now, run_options, take_over=take_over)
+    except RolloutStopped as stopped:
+        display.close()
+        _print_report(ctx, stopped.report)
+        raise
+    finally:
+        display.close()
+    _print_report(ctx, report)
+
+
+def _print_report(ctx: Context, report: RolloutReport) -> None:
+    from clonefleet.cli.rollout_display import show_report
+
+    ctx.emit(report.as_dict(), None)
     if not ctx.as_json:
-        show_plan(plan)
-    error = failure_error("update plan", len(plan.nodes),
-                          [(entry.node, None) for entry in plan.unreadable])
-    if error is not None:
-        raise error
+        show_report(report)
 
 
 def _packages(plan: NodePlan) -> str:

@@ -112,11 +112,15 @@ UNDRAIN = _transition(
     "undrain", ["draining", "drained"], "active", ["clonefleet/dnsmap/drain.py"],
     "back into DNS answers (refused while its last health check failed, unless forced)")
 BEGIN_UPDATE = _transition(
-    "begin_update", ["drained"], "updating", [],
-    "a rollout changes a drained node (deploy, reboot); reserved for rollouts (issue 11)")
+    "begin_update", ["drained"], "updating", ["clonefleet/rollout/node_steps.py"],
+    "a rollout changes a drained node (upgrade, reboot)")
 FINISH_UPDATE = _transition(
-    "finish_update", ["updating"], "drained", [],
+    "finish_update", ["updating"], "drained", ["clonefleet/rollout/node_steps.py"],
     "the rollout's change is done and checked; `undrain` returns the node to DNS")
+FAIL_UPDATE = _transition(
+    "fail_update", ["updating"], "drained", ["clonefleet/rollout/node_steps.py"],
+    "a rollout step failed on the node: it stays out of DNS, the failure is its recorded "
+    "reason (and a failed health check, so a plain `undrain` refuses it)")
 RETIRE = _transition(
     "retire", [UNRECORDED, "ordered", "rescue", "installed", "locked", "booted", "deployed",
                "drained", "updating"], "retired", ["clonefleet/retire.py"],
@@ -129,7 +133,7 @@ DESTROY_LAB = _transition(
     "retired: the lab node can be provisioned afresh")
 
 TRANSITIONS = (ORDER, BOOT_RESCUE, INSTALL, LOCK, BOOT, DEPLOY, ACTIVATE, DRAIN, SETTLE,
-               UNDRAIN, BEGIN_UPDATE, FINISH_UPDATE, RETIRE, DESTROY_LAB)
+               UNDRAIN, BEGIN_UPDATE, FINISH_UPDATE, FAIL_UPDATE, RETIRE, DESTROY_LAB)
 BY_NAME = {transition.name: transition for transition in TRANSITIONS}
 
 

@@ -1,7 +1,7 @@
 """The rollout plan (clonefleet.rollout.plan) from gathered facts, and `clonefleet update`:
-per-node packages and reboot reasons, batches from the recorded states, the refusal without
---dry-run, and the JSON. The facts are the real outputs of tests/unit/fixtures/rollout; the
-SSH part (gather) is exercised against real sshd in tests/integration/test_rollout_plan_ssh.py."""
+per-node packages and reboot reasons, batches from the recorded states, and the JSON. The
+facts are the real outputs of tests/unit/fixtures/rollout; the SSH part (gather) is exercised
+against real sshd in tests/integration/test_rollout_plan_ssh.py."""
 
 from __future__ import annotations
 
@@ -142,17 +142,6 @@ def test_plan_batches_active_nodes_with_work_and_says_why_others_wait(tmp_path: 
     document = result.as_dict()
     assert document["expected_reboots"] == ["ash-1", "fsn-1", "fsn-2"]
     json.dumps(document)
-
-
-def test_update_without_dry_run_refuses_in_one_line(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    fleet = _fleet(tmp_path)
-    monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "states"))
-    _register()
-    result = CliRunner().invoke(cli, ["--fleet", str(fleet.path), "update"])
-    assert result.exit_code == 2
-    assert result.output == ("error: clonefleet update: only the plan is available in this "
-                             "version; run it with --dry-run\n")
 
 
 def test_update_dry_run_prints_batches_and_json(tmp_path: Path,

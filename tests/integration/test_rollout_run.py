@@ -1,0 +1,490 @@
+"""`clonefleet update` rolling real upgrades over real nodes, DNS servers and alerts.
+
+Each node is a real OpenSSH server on loopback whose sessions are chrooted into its own
+overlay of a Debian 12 root (tests/apt_repo_fixture.py), using a signed apt repository on
+loopback whose security suite upgrades `cf-tool` (pulling in the new `libcf1`) and publishes
+`cf-broken`, whose postinst fails. Each node has its own real PowerDNS server (the DNS map is
+published to all three); alerts go to a local webhook (apprise `json://`). The fleet: fsn-1
+and fsn-2 in region fsn (min_active 1), ash-1 in region ash.
+
+What a chroot cannot have is stood in for, and only that: there is no systemd in a chroot,
+so each node has a `systemctl` that answers as a booted system with no failed unit (the
+health check's probe asks systemd). The rollouts here need no reboot (none of these packages
+asks for one): the reboot → Dropbear unlock → sshd path runs on lab VMs only.
+
+Throughout each rollout a thread asks every PowerDNS server for the routed name and records,
+per region, how many of its nodes are in the answer: no region may ever be below its minimum.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from apt_repo_fixture import (  # noqa: F401  (fixtures)
+    AptRepo,
+    Package,
+    chroot,
+    debian_root,
+    point_root_at,
+    sshd_chroot_folder,
+)
+from pdns_fixture import PowerDnsServer, ServerFactory
+from sshd_fixture import Sshd
+from webhook_fixture import Webhook
+
+from clonefleet.dnsmap import ENDPOINT_FACT, build_geoip_database, drain_node, publish
+from clonefleet.dnsmap.powerdns import ask
+from clonefleet.dnsmap.verify import ANYWHERE
+from clonefleet.image.chroot import mounted, overlay
+from clonefleet.inventory import Fleet, load_fleet
+from clonefleet.rollout import lock
+from clonefleet.rollout.plan import make_plan
+from clonefleet.rollout.progress import PROGRESS_FACT, STEPS, Progress, RunOptions
+from clonefleet.rollout.run import Event, Rollout
+from clonefleet.state import FLEET_FACTS, StateStore, open_store
+
+pytestmark = pytest.mark.integration
+
+FLEET = """
+[fleet]
+name = "rollrun"
+domain = "rollrun.clonefleet.test"
+ssh_key = "{key}"
+min_active_total = 1
+dns_grace_seconds = 1
+alert_urls = ["{alert}"]
+
+[[routed]]
+name = "edge"
+ttl = 1
+
+[regions.fsn]
+provider = "lab"
+latitude = 50.47
+longitude = 12.37
+min_active = 1
+
+[regions.ash]
+provider = "lab"
+latitude = 39.04
+longitude = -77.49
+min_active = 0
+
+[nodes.fsn-1]
+region = "fsn"
+disks = ["RR-FSN1"]
+ipv4 = "192.0.2.11"
+
+[nodes.fsn-2]
+region = "fsn"
+disks = ["RR-FSN2"]
+ipv4 = "192.0.2.12"
+
+[nodes.ash-1]
+region = "ash"
+disks = ["RR-ASH1"]
+ipv4 = "198.51.100.21"
+"""
+EDGE = "edge.rollrun.clonefleet.test."
+BASE = (Package("cf-tool", "1.0"), Package("cf-extra", "1.0"))
+BROKEN_OLD = Package("cf-broken", "1.0")
+SECURITY = (
+    Package("cf-tool", "1.1", depends="libcf1 (>= 1.1)"),
+    Package("libcf1", "1.1"),
+    Package("cf-broken", "1.1",
+            postinst="echo 'cf-broken: cannot migrate its data' >&2\nexit 1\n"),
+)
+UPDATES = (Package("cf-extra", "1.1"),)
+# No systemd in a chroot: the health check's probe gets the answers of a booted system.
+SYSTEMCTL = """#!/bin/sh
+case "$1" in
+    is-system-running) echo running ;;
+esac
+exit 0
+"""
+RUN_TIMEOUT = 600
+
+
+@pytest.fixture(scope="module")
+def rollout_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AptRepo]:
+    repo = AptRepo(tmp_path_factory.mktemp("rollout-repo"),
+                   {"bookworm-security": SECURITY, "bookworm-updates": UPDATES})
+    repo.start()
+    try:
+        yield repo
+    finally:
+        repo.stop()
+
+
+@dataclass
+class DnsWatch:
+    """Asks every server for the routed name every 0.1 s while running; per region the
+    fewest of its nodes any server answered with, and per node whether any answer lacked it."""
+
+    fleet: Fleet
+    servers: list[PowerDnsServer]
+    fewest: dict[str, int] = field(default_factory=dict)
+    absent: set[str] = field(default_factory=set)
+    samples: int = 0
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        by_address = {node.ipv4: node for node in self.fleet.nodes.values()}
+        while not self._stop.wait(0.1):
+            for server in self.servers:
+                try:
+                    answer = ask(server.endpoint, EDGE, "A", client=ANYWHERE, timeout=1)
+                except Exception as error:  # recorded, asserted on
+                    self.errors.append(f"{server.name}: {error}")
+                    continue
+                served = {by_address[address].name for address in answer.addresses
+                          if address in by_address}
+                self.absent |= set(self.fleet.nodes) - served
+                for region in self.fleet.regions:
+                    count = sum(1 for name in served
+                                if self.fleet.nodes[name].region == region)
+                    self.fewest[region] = min(self.fewest.get(region, count), count)
+                self.samples += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def check_minimums(self) -> None:
+        assert not self.errors, self.errors[:3]
+        assert self.samples > 20
+        for name, region in self.fleet.regions.items():
+            assert self.fewest[name] >= region.min_active, (name, self.fewest)
+
+
+@dataclass
+class RollFleet:
+    fleet: Fleet
+    store: StateStore
+    roots: dict[str, Path]
+    servers: list[PowerDnsServer]
+    webhook: Webhook
+    state_dir: Path
+
+    def watch(self) -> DnsWatch:
+        watch = DnsWatch(self.fleet, self.servers)
+        watch.start()
+        return watch
+
+    def installed(self, node: str, package: str) -> str:
+        return chroot(self.roots[node], "dpkg-query", "-W", "-f", "${Version}", package)
+
+    def progress(self, node: str) -> Progress | None:
+        return Progress.from_fact(self.store.get_fact(node, PROGRESS_FACT))
+
+    def cli(self, *arguments: str,
+            timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "clonefleet", "--fleet",
+                               str(self.fleet.path), *arguments], capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def _make_fleet(base: Path, repo: AptRepo, tmp_path: Path, pdns_factory: ServerFactory,
+                monkeypatch: pytest.MonkeyPatch,
+                installed: dict[str, tuple[Package, ...]]) -> Iterator[RollFleet]:
+    monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "state"))
+    webhook = Webhook()
+    with ExitStack() as stack, sshd_chroot_folder() as folder:
+        stack.callback(webhook.stop)
+        roots: dict[str, Path] = {}
+        sshds: dict[str, Sshd] = {}
+        for name, packages in installed.items():
+            merged, _ = stack.enter_context(overlay(base, folder / name))
+            stack.enter_context(mounted(merged))
+            point_root_at(merged, repo, packages)
+            shim = merged / "usr" / "local" / "bin" / "systemctl"
+            shim.write_text(SYSTEMCTL)
+            shim.chmod(0o755)
+            sshd = Sshd(folder / f"sshd-{name}", extra_config=f"ChrootDirectory {merged}\n")
+            stack.callback(sshd.stop)
+            roots[name], sshds[name] = merged, sshd
+        first = sshds["fsn-1"]
+        for sshd in sshds.values():
+            (sshd.client_key.parent / "authorized_keys").write_text(
+                (first.client_key.parent / "authorized_keys").read_text())
+        key = first.client_key
+        key.with_name(key.name + ".pub").write_text(
+            (key.parent / "authorized_keys").read_text())
+        path = tmp_path / "inventory" / "rollrun.toml"
+        path.parent.mkdir()
+        path.write_text(FLEET.format(key=key, alert=webhook.url))
+        fleet = load_fleet(path)
+        state_dir = tmp_path / "state" / "rollrun"
+        store = open_store(state_dir)
+        geoip = build_geoip_database(fleet, tmp_path / "geo.mmdb")
+        names = sorted(fleet.nodes)
+        servers = pdns_factory(len(names), [geoip], names)
+        for name, server in zip(names, servers, strict=True):
+            store.set_state(name, "active", actor="test", reason="deployed in the test")
+            store.set_fact(name, "ssh", {"host": "127.0.0.1", "port": sshds[name].port})
+            store.set_fact(name, "ssh_host_key", sshds[name].host_key)
+            store.set_fact(name, ENDPOINT_FACT, server.endpoint.as_fact())
+        published = publish(fleet, store, actor="test")
+        assert published.ok and sorted(published.pushed) == names, published.unreachable
+        yield RollFleet(fleet, store, roots, servers, webhook, state_dir)
+        store.close()
+
+
+@pytest.fixture
+def roll_fleet(debian_root: Path, rollout_repo: AptRepo, tmp_path: Path,  # noqa: F811
+               pdns_factory: ServerFactory,
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[RollFleet]:
+    yield from _make_fleet(debian_root, rollout_repo, tmp_path, pdns_factory, monkeypatch,
+                           {"fsn-1": BASE, "fsn-2": BASE, "ash-1": BASE})
+
+
+@pytest.fixture
+def broken_fleet(debian_root: Path, rollout_repo: AptRepo, tmp_path: Path,  # noqa: F811
+                 pdns_factory: ServerFactory,
+                 monkeypatch: pytest.MonkeyPatch) -> Iterator[RollFleet]:
+    yield from _make_fleet(debian_root, rollout_repo, tmp_path, pdns_factory, monkeypatch,
+                           {"fsn-1": BASE, "fsn-2": BASE, "ash-1": (*BASE, BROKEN_OLD)})
+
+
+def _assert_updated(roll: RollFleet, node: str) -> None:
+    assert roll.store.get(node).state == "active"  # type: ignore[union-attr]
+    assert roll.installed(node, "cf-tool") == "1.1"
+    assert roll.installed(node, "libcf1") == "1.1"
+    assert roll.installed(node, "cf-extra") == "1.0"  # not a security update
+    progress = roll.progress(node)
+    assert progress is not None and progress.done == STEPS and progress.result == "done"
+
+
+def test_restart_only_rollout_updates_every_node_and_keeps_every_region_at_its_minimum(
+        roll_fleet: RollFleet) -> None:
+    fleet, store = roll_fleet.fleet, roll_fleet.store
+    events: list[Event] = []
+    rollout = Rollout(fleet, store, roll_fleet.state_dir, sink=events.append, poll_seconds=0.5)
+    watch = roll_fleet.watch()
+    try:
+        report = rollout.start(lambda: make_plan(fleet, store), RunOptions())
+    finally:
+        watch.stop()
+    watch.check_minimums()
+    assert watch.absent == set(fleet.nodes)  # every node did leave the answers once
+    assert report.status == "done" and report.exit_code == 0
+    assert report.batches == (("fsn-1",), ("ash-1",), ("fsn-2",))
+    for node in report.nodes:
+        assert node.result == "done"
+        assert sorted(node.packages) == ["cf-tool 1.0 → 1.1", "libcf1 (new) → 1.1"]
+        assert node.rebooted is False
+        assert node.out_of_dns_seconds is not None and node.out_of_dns_seconds >= 2  # TTL+grace
+        _assert_updated(roll_fleet, node.node)
+    steps = [(step.step, step.status) for step in store.steps("fsn-1")]
+    assert steps == [(f"update: {step}", "done") for step in STEPS]
+    reboot = next(step for step in store.steps("fsn-1") if step.step == "update: reboot")
+    assert reboot.detail.startswith("not needed")
+    assert [entry.to_state for entry in store.history("ash-1")][-5:] == [
+        "draining", "drained", "updating", "drained", "active"]
+    batches = [event.nodes for event in events if event.kind == "batch"]
+    assert batches == [("fsn-1",), ("ash-1",), ("fsn-2",)]
+    assert roll_fleet.webhook.received == []
+    assert lock.current_owner(store) == (None, False)
+    # Nothing left to do: a second rollout updates nothing and drains nothing.
+    again = rollout.start(lambda: make_plan(fleet, store), RunOptions())
+    assert again.batches == () and {node.result for node in again.nodes} == {"skipped"}
+
+
+def test_a_failing_upgrade_leaves_the_node_drained_alerts_and_halts(
+        broken_fleet: RollFleet) -> None:
+    roll = broken_fleet
+    watch = roll.watch()
+    try:
+        result = roll.cli("--json", "update")
+    finally:
+        watch.stop()
+    watch.check_minimums()
+    assert result.returncode == 40, result.stderr
+    document = json.loads(result.stdout)
+    assert document["status"] == "halted-on-failure"
+    nodes = {node["node"]: node for node in document["nodes"]}
+    assert nodes["fsn-1"]["result"] == "done"
+    assert nodes["ash-1"]["result"] == "failed" and nodes["ash-1"]["failed_step"] == "upgrade"
+    assert nodes["ash-1"]["reason"].startswith("apt-get failed (exit 100): ")
+    assert "cf-broken" in nodes["ash-1"]["reason"]
+    assert nodes["fsn-2"]["result"] == "not started"
+    assert "run `clonefleet update --resume`" in result.stderr.splitlines()[-1] or \
+        "--resume" in result.stderr
+    record = roll.store.get("ash-1")
+    assert record is not None and record.state == "drained"
+    assert record.reason.startswith("rollout 1: upgrade failed: apt-get failed (exit 100)")
+    assert not roll.store.health("ash-1")[0].ok
+    # Out of every DNS answer, and a plain undrain refuses it.
+    for server in roll.servers:
+        answer = ask(server.endpoint, EDGE, "A", client=ANYWHERE)
+        assert roll.fleet.nodes["ash-1"].ipv4 not in answer.addresses
+    undrain = roll.cli("undrain", "ash-1")
+    assert undrain.returncode != 0 and "last health check failed" in undrain.stderr
+    titles = roll.webhook.titles()
+    assert "[CRITICAL] ash-1: update failed at upgrade" in titles
+    assert "[CRITICAL] rollout 1 halted" in titles
+    assert roll.installed("fsn-2", "cf-tool") == "1.0"  # the rollout stopped before it
+
+
+def test_a_killed_rollout_is_resumed_with_nothing_lost_and_a_second_one_is_refused(
+        roll_fleet: RollFleet) -> None:
+    roll = roll_fleet
+    watch = roll.watch()
+    first = subprocess.Popen([sys.executable, "-m", "clonefleet", "--fleet",
+                              str(roll.fleet.path), "update"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # wait until fsn-1 is out of DNS: mid-batch
+            record = roll.store.get("fsn-1")
+            if record is not None and record.state in ("draining", "drained", "updating"):
+                break
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        second = roll.cli("update", timeout=120)
+        assert second.returncode == 3
+        assert "the rollout lock is held by " in second.stderr
+        assert f"(pid {first.pid})" in second.stderr
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+        killed_in = roll.store.get("fsn-1")
+        assert killed_in is not None and killed_in.state in ("draining", "drained", "updating")
+        assert killed_in.reason.startswith("rollout 1: ")  # never out without a reason
+        # The killed holder's lease runs out; its record stays: a stale lock.
+        deadline = time.monotonic() + lock.DEFAULT_TTL + 10
+        while roll.store.lease(lock.LEASE) is not None:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        stale = roll.cli("update", "--resume", timeout=120)
+        assert stale.returncode == 3 and "--take-over-lock" in stale.stderr
+        fresh = roll.cli("update", timeout=120)
+        assert fresh.returncode == 3  # still the stale lock first
+        resumed = roll.cli("--json", "update", "--resume", "--take-over-lock")
+    finally:
+        watch.stop()
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(timeout=30)
+    watch.check_minimums()
+    assert resumed.returncode == 0, resumed.stderr
+    document = json.loads(resumed.stdout)
+    assert document["run"] == 1 and document["status"] == "done"
+    assert document["batches"][0] == ["fsn-1"]  # the node left out of DNS first
+    assert {node["node"]: node["result"] for node in document["nodes"]} == {
+        "fsn-1": "done", "ash-1": "done", "fsn-2": "done"}
+    for node in roll.fleet.nodes:
+        _assert_updated(roll, node)
+    assert "resuming rollout 1" in resumed.stderr
+    takeover = [step for step in roll.store.steps(FLEET_FACTS)
+                if step.step == lock.TAKEOVER_STEP]
+    assert len(takeover) == 1 and f"(pid {first.pid})" in takeover[0].detail
+    # Finished: a new rollout may start (and finds nothing to do).
+    again = roll.cli("--json", "update")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["batches"] == []
+
+
+def test_a_drain_by_smartwatch_mid_rollout_makes_the_rollout_wait_for_the_region(
+        roll_fleet: RollFleet) -> None:
+    roll = roll_fleet
+    fleet, store = roll.fleet, roll.store
+    events: list[Event] = []
+    undrained = threading.Event()
+
+    def operator_undrains() -> None:
+        time.sleep(1.5)
+        from clonefleet.dnsmap import undrain_node
+
+        undrain_node(fleet, store, "fsn-1", actor="operator", reason="disk checked, fine")
+        undrained.set()
+
+    def sink(event: Event) -> None:
+        events.append(event)
+        if event.kind == "step" and event.node == "ash-1" and event.step == "upgrade" \
+                and event.status == "start":
+            # smartwatch's drain request, as `clonefleet serve` carries it out.
+            drain_node(fleet, store, "fsn-1", actor="smartwatch",
+                       reason="/dev/sda: reallocated sectors growing")
+        if event.kind == "waiting":
+            threading.Thread(target=operator_undrains, daemon=True).start()
+
+    rollout = Rollout(fleet, store, roll.state_dir, sink=sink, poll_seconds=0.3)
+    watch = roll.watch()
+    try:
+        report = rollout.start(lambda: make_plan(fleet, store), RunOptions(wait_seconds=120))
+    finally:
+        watch.stop()
+    watch.check_minimums()
+    waits = [event for event in events if event.kind == "waiting"]
+    assert len(waits) == 1
+    assert "region fsn has 1 active node(s) and min_active 1" in waits[0].detail
+    assert "fsn-1 draining (smartwatch: /dev/sda: reallocated sectors growing)" in \
+        waits[0].detail or "fsn-1 drained (smartwatch" in waits[0].detail
+    assert undrained.is_set()
+    # fsn-2 went only after fsn-1 was back.
+    assert report.batches == (("fsn-1",), ("ash-1",), ("fsn-2",))
+    fsn2_drain = next(entry for entry in store.history("fsn-2") if entry.to_state == "draining")
+    fsn1_back = [entry for entry in store.history("fsn-1")
+                 if entry.to_state == "active" and entry.actor == "operator"]
+    assert fsn1_back and fsn2_drain.at > fsn1_back[-1].at
+    assert report.status == "done"
+    for node in fleet.nodes:
+        _assert_updated(roll, node)
+
+
+def test_ctrl_c_finishes_the_step_under_way_releases_the_lock_and_resume_finishes(
+        roll_fleet: RollFleet) -> None:
+    roll = roll_fleet
+    first = subprocess.Popen([sys.executable, "-m", "clonefleet", "--fleet",
+                              str(roll.fleet.path), "update"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            record = roll.store.get("fsn-1")
+            if record is not None and record.state in ("draining", "drained", "updating"):
+                break
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        first.send_signal(signal.SIGINT)
+        out, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(timeout=30)
+    assert first.returncode == 42, err
+    assert err.strip().splitlines()[-1].endswith(
+        "run `clonefleet update --resume` to continue where it stopped")
+    assert "fsn-1" in out and "stopped" in out  # the report
+    assert lock.current_owner(roll.store) == (None, False)  # released, not stale
+    progress = roll.progress("fsn-1")
+    assert progress is not None and progress.current == "" and progress.done  # step finished
+    record = roll.store.get("fsn-1")
+    assert record is not None and record.state != "active"
+    assert record.reason.startswith("rollout 1: ")
+    assert roll.progress("fsn-2") is None  # never started
+    resumed = roll.cli("update", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    for node in roll.fleet.nodes:
+        _assert_updated(roll, node)
