@@ -38,6 +38,7 @@ from clonefleet.ssh import (
 )
 from clonefleet.state import StateStore, lifecycle
 from clonefleet.unlock import unlock
+from clonefleet.unlockers import fleet_keystore, recipient_keys
 
 BEFORE_INSTALL = (None, "ordered", "rescue")
 # States a node reaches only after its first deploy: provision leaves them alone without --wipe.
@@ -119,7 +120,7 @@ class Provisioner:
         self.store = store
         self.state_dir = state_dir
         self.provider = provider
-        self.keystore = keystore or Keystore(state_dir / "keystore")
+        self.keystore = keystore or fleet_keystore(state_dir, store)
         self.known_hosts = fleet_known_hosts(state_dir)
         self.log = log
         self.progress = progress
@@ -263,7 +264,8 @@ class Provisioner:
         nic_modules = nodefacts.load(self.store, node.name).nic_modules
         build_node_layer(base, NodeLayerInput(
             layout=plan.layout, secrets=secrets, network=plan.network,
-            operator_keys=(self.operator.public_line,), nic_modules=nic_modules),
+            operator_keys=(self.operator.public_line,), nic_modules=nic_modules,
+            unlock_keys=tuple(recipient_keys(self.store))),
             output, workspace)
         # Pinned before the node first boots them; a reinstall pins fresh keys, and its
         # known_hosts entries replace the old ones at once.

@@ -64,6 +64,8 @@ class NodeLayerInput:
     network: InitramfsNetwork
     operator_keys: tuple[str, ...]
     nic_modules: tuple[str, ...]
+    # Granted unlockers' keys (`clonefleet keys grant`): Dropbear only, never root's sshd.
+    unlock_keys: tuple[str, ...] = ()
 
 
 def build_node_layer(base: BaseImage, spec: NodeLayerInput, output: Path,
@@ -262,7 +264,8 @@ def _write_files(root: Path, spec: NodeLayerInput) -> None:
     _write(root, "/run/dropbear-key", secrets.dropbear_host_key, 0o600)
     keys = "".join(f"{key}\n" for key in spec.operator_keys)
     _write(root, "/etc/dropbear/initramfs/authorized_keys",
-           "".join(f"{UNLOCK_ONLY} {key}\n" for key in spec.operator_keys), 0o600)
+           "".join(f"{UNLOCK_ONLY} {key}\n"
+                   for key in (*spec.operator_keys, *spec.unlock_keys)), 0o600)
     (root / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
     _write(root, "/root/.ssh/authorized_keys", keys, 0o600)
     if spec.nic_modules:
