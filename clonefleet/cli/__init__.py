@@ -37,7 +37,7 @@ LAZY_COMMANDS = {
     "unlock": ("provision", "Unlock a node waiting in its initramfs (pinned Dropbear key, "
                             "keystore passphrase); --approve lets unlockd do it."),
     "unlockd": ("unlockd", "Unlock every node that waits in its initramfs, by the fleet's "
-                           "policy (a service)."),
+                           "policy."),
     "deploy": ("provision", "Apply a pyinfra deploy to nodes; --diff shows what it would "
                             "change."),
     "lab": ("lab", "Manage the local lab's qemu VMs and provider API fakes."),
