@@ -366,3 +366,25 @@ def test_killed_lease_holder_hands_the_boot_to_the_other_within_the_lease_time(
             holder_a.kill()
             holder_a.wait(10)
         node.close()
+
+
+def test_unlockd_stops_cleanly_on_sigterm(tmp_path: Path, etcd_server: EtcdServer) -> None:
+    _, _, identity, _, url, _ = _unlocker_setup(tmp_path, etcd_server)
+    process = subprocess.Popen(
+        _clonefleet("unlockd", "--state", url, "--identity", str(identity), "--work-dir",
+                    str(tmp_path / "work"), "--interval", "60"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "HOME": str(tmp_path)})
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline()
+        assert "watching every 60 s" in first, first
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+        assert time.monotonic() - started < 5  # not the rest of the 60 s interval
+        assert "stopped" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
