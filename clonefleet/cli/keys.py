@@ -12,6 +12,7 @@ import click
 from clonefleet.cli import Context, pass_context
 from clonefleet.cli.display import print_table
 from clonefleet.errors import ConfigError
+from clonefleet.keystore import Keystore
 from clonefleet.known_hosts import fleet_known_hosts
 from clonefleet.liveprobe import DEFAULT_TIMEOUT
 from clonefleet.repin import apply_repin, plan_repin
@@ -99,7 +100,7 @@ def _public_key(value: str) -> str:
     return value
 
 
-def _keystore(ctx: Context):  # type: ignore[no-untyped-def]
+def _keystore(ctx: Context) -> Keystore:
     from clonefleet.unlockers import fleet_keystore
 
     return fleet_keystore(ctx.state_dir, ctx.store)
@@ -110,10 +111,15 @@ def _keystore(ctx: Context):  # type: ignore[no-untyped-def]
 @click.argument("public_key")
 @pass_context
 def grant_command(ctx: Context, name: str, public_key: str) -> None:
+    from clonefleet.unlockd.service import publish_config
     from clonefleet.unlockers import grant
 
     _check_name(name)
     report = grant(ctx.store, _keystore(ctx), name, _public_key(public_key))
+    # What the unlocker reads instead of a fleet file: the policy, regions, alert URLs.
+    publish_config(ctx.store, ctx.fleet.unlock,
+                   {node: value.region for node, value in ctx.fleet.nodes.items()},
+                   ctx.fleet.alert_urls)
     ctx.emit(report.as_dict(), f"unlocker {name}: granted; {len(report.nodes)} passphrase(s) "
                                "re-encrypted to it")
 

@@ -28,12 +28,13 @@ from sshd_fixture import Sshd
 from webhook_fixture import Webhook
 
 from clonefleet import nodefacts
+from clonefleet.inventory import load_fleet
 from clonefleet.keystore import Keystore
 from clonefleet.known_hosts import KnownHosts
 from clonefleet.ssh import generate_ed25519
 from clonefleet.state import StateConfig, StateStore, open_store
 from clonefleet.unlockd import boots
-from clonefleet.unlockd.instance import unlocker_unlockd
+from clonefleet.unlockd.instance import controller_unlockd, unlocker_unlockd
 from clonefleet.unlockd.policy import FleetUnlockPolicy, UnlockPolicy
 from clonefleet.unlockd.service import Settings, Unlockd, apprise_alert, publish_config
 from clonefleet.unlockers import fleet_keystore, grant, revoke
@@ -388,3 +389,62 @@ def test_unlockd_stops_cleanly_on_sigterm(tmp_path: Path, etcd_server: EtcdServe
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+CONTROLLER_FLEET = """
+[fleet]
+name = "unlockdtest"
+domain = "unlockd.clonefleet.test"
+ssh_key = "{ssh_key}"
+
+[regions.fsn]
+provider = "lab"
+latitude = 50.47
+longitude = 12.37
+min_active = 0
+
+[nodes.n1]
+region = "fsn"
+disks = ["S-N1"]
+ipv4 = "192.0.2.1"
+"""
+
+
+def test_controller_drains_an_unexpected_reboot_and_keeps_it_out_while_unhealthy(
+        tmp_path: Path, node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller's instance, built from the fleet file: keystore passphrase, operator
+    key, drain through the DNS map, and the health check over sshd before undrain. This
+    machine's sshd stands in for the booted node, and this machine is no systemd node
+    (`systemctl is-system-running` says offline): the check fails, so the node stays out."""
+    operator = node.dropbear.operator_key
+    operator.with_name(operator.name + ".pub").write_text(
+        subprocess.run(["ssh-keygen", "-y", "-f", str(operator)], capture_output=True,
+                       text=True, check=True).stdout)
+    with (tmp_path / "sshd" / "authorized_keys").open("a") as handle:
+        handle.write(operator.with_name(operator.name + ".pub").read_text())
+    fleet_path = tmp_path / "fleet.toml"
+    fleet_path.write_text(CONTROLLER_FLEET.format(ssh_key=operator))
+    fleet = load_fleet(fleet_path)
+    monkeypatch.setenv("CLONEFLEET_AGE_KEY", str(tmp_path / "age.key"))
+    state_dir = tmp_path / "state" / "unlockdtest"
+    store = open_store(state_dir)
+    record_node(store, node)
+    passphrase = fleet_keystore(state_dir, store).create(NODE)
+    (node.dropbear.folder / "expected").write_text(passphrase)
+    service = controller_unlockd(fleet, store, state_dir,
+                                 Settings(holder="controller", probe_timeout=2.0,
+                                          lease_ttl=6.0, confirm_timeout=20.0),
+                                 lambda _: None)
+    node.wait_in_initramfs()
+    [outcome] = service.run_once()
+    assert outcome.action == "unlocked", outcome
+    assert node.dropbear.deliveries() == ["ok"]
+    record = store.get(NODE)
+    assert record is not None and record.state == "draining"
+    [again] = service.run_once()  # sshd up: health check, then undrain (refused)
+    assert again.live == "sshd"
+    [health] = store.health(NODE)
+    assert health.source == "unlockd" and not health.ok
+    assert "offline" in health.detail
+    record = store.get(NODE)
+    assert record is not None and record.state == "draining"
