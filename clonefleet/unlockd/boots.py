@@ -2,7 +2,8 @@
 
 What identifies a boot from outside, before it is unlocked? The node tells nothing but its
 Dropbear host key, the same on every boot. So a boot is the moment an instance first saw
-Dropbear answer with the pinned key *after* sshd was last seen answering: every instance
+Dropbear answer with the pinned key *after* sshd was last seen answering (or, once the boot
+was unlocked, after neither port answered: `saw_silence`): every instance
 records the two observations in the store (fact `unlockd_boot`), and the first to see the
 initramfs after sshd names the boot (`marker`, its first-seen time in milliseconds); the
 others, seeing the same boot later, find it named and use the same marker. An observation
@@ -41,8 +42,13 @@ HISTORY_LENGTH = 20
 
 # Boot statuses: waiting (in the initramfs, not unlocked yet), held (reboot loop), unlocked
 # (passphrase accepted), failed (the passphrase was refused: never sent again for this boot),
-# up (sshd seen answering since).
-WAITING, HELD, UNLOCKED, FAILED, UP = "waiting", "held", "unlocked", "failed", "up"
+# up (sshd seen answering since), left (after unlocked or failed, Dropbear stopped answering
+# before sshd was seen: the node left its initramfs, or went down; a node that panics early
+# in its boot comes back to its initramfs without sshd ever answering).
+WAITING, HELD, UNLOCKED, FAILED, UP, LEFT = ("waiting", "held", "unlocked", "failed", "up",
+                                             "left")
+# After these, a later initramfs sighting is a new boot.
+ENDED = (UP, LEFT)
 
 
 @dataclass(frozen=True)
@@ -103,12 +109,23 @@ def saw_sshd(store: StateStore, node: str, at: float) -> Boot | None:
         return _write(store, node, Boot(**{**asdict(boot), "status": UP, "up_at": at}))
 
 
+def saw_silence(store: StateStore, node: str, at: float) -> Boot | None:
+    """Neither sshd nor Dropbear answered at `at`. A boot unlocked (or refused) before has
+    left its initramfs: the next initramfs sighting is a new boot. A boot still waiting or
+    held stays what it is (a network blip is not a reboot)."""
+    with store.transaction():
+        boot = current_boot(store, node)
+        if boot is None or boot.status not in (UNLOCKED, FAILED) or at <= boot.first_seen:
+            return boot
+        return _write(store, node, Boot(**{**asdict(boot), "status": LEFT, "up_at": at}))
+
+
 def saw_initramfs(store: StateStore, node: str, at: float) -> tuple[Boot | None, bool]:
     """Dropbear answered with its pinned key at `at` (and sshd did not): the boot this is,
     and whether this sighting started it. (None, False) for a stale sighting."""
     with store.transaction():
         boot = current_boot(store, node)
-        if boot is not None and boot.status != UP:
+        if boot is not None and boot.status not in ENDED:
             return boot, False
         if boot is not None and at <= boot.up_at:
             return None, False

@@ -172,6 +172,8 @@ class Unlockd:
             return self._impostor(node, status)
         if status.live == "sshd":
             return self._sshd_seen(node, seen_at)
+        if status.live in ("unreachable", "off"):
+            boots.saw_silence(self.store, node, seen_at)
         if status.live != "initramfs":
             return NodeOutcome(node, status.live, "none", status.detail)
         boot, new = boots.saw_initramfs(self.store, node, seen_at)

@@ -87,3 +87,23 @@ def test_an_alert_is_claimed_once(store: SqliteStateStore) -> None:
     assert boots.claim_alert(store, "n1", "impostor:dropbear:SHA256:x")
     assert not boots.claim_alert(store, "n1", "impostor:dropbear:SHA256:x")
     assert boots.claim_alert(store, "n1", "impostor:dropbear:SHA256:y")
+
+
+def test_unlocked_boot_that_went_silent_and_came_back_is_a_new_boot(
+        store: SqliteStateStore) -> None:
+    """A node that panics early after its unlock is back in its initramfs without sshd ever
+    answering: silence after the unlock ends the boot."""
+    first, _ = boots.saw_initramfs(store, "n1", 100.0)
+    assert first is not None
+    boots.record_unlock(store, "n1", first.marker, by="a", at=110.0)
+    boots.saw_silence(store, "n1", 120.0)
+    second, new = boots.saw_initramfs(store, "n1", 180.0)
+    assert new and second is not None and second.marker != first.marker
+
+
+def test_waiting_boot_that_goes_silent_a_moment_stays_the_same_boot(
+        store: SqliteStateStore) -> None:
+    first, _ = boots.saw_initramfs(store, "n1", 100.0)
+    boots.saw_silence(store, "n1", 120.0)  # a network blip, not a reboot
+    again, new = boots.saw_initramfs(store, "n1", 130.0)
+    assert not new and again == first
