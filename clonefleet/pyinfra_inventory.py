@@ -20,7 +20,7 @@ from clonefleet.secrets import open_secrets
 from clonefleet.services import ServiceContext, merge_host_data, service_host_data
 from clonefleet.ssh import ensure_operator_key
 from clonefleet.state import StateStore, open_store
-from clonefleet.unlockers import recipient_keys
+from clonefleet.unlockers import initramfs_keys
 
 
 def host_data(fleet: Fleet, store: StateStore, state_dir: Path,
@@ -32,7 +32,7 @@ def host_data(fleet: Fleet, store: StateStore, state_dir: Path,
     # rewrite for all of them; a node without recorded keys loses any entries it had.
     facts = nodefacts.load_pinned_many(store, wanted, known_hosts)
     secrets = open_secrets(state_dir)
-    unlockers = recipient_keys(store)
+    unlock_keys = initramfs_keys(store, key.public_line)
     hosts = []
     for name in wanted:
         node = fleet.node(name)
@@ -63,7 +63,7 @@ def host_data(fleet: Fleet, store: StateStore, state_dir: Path,
             "smartwatch_alert_urls": list(fleet.alert_urls),
             # The same keys, in the same order, as the node layer wrote at install: a node
             # provisioned after the last grant or revoke sees no change.
-            "clonefleet_unlock_keys": [key.public_line, *unlockers],
+            "clonefleet_unlock_keys": unlock_keys,
         }, service_host_data(ServiceContext(fleet, node, store, secrets)))))
     return hosts
 

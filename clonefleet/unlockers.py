@@ -37,6 +37,10 @@ from clonefleet.known_hosts import public_key_blob
 from clonefleet.state import FLEET_FACTS, StateStore
 
 REGISTRY = "unlockers"  # fleet fact: {name: {"key", "status", "at"}}
+# Fleet fact, set by the first grant and never unset: from then on the base deploy manages
+# Dropbear's initramfs authorized_keys (so a revoke of the last unlocker reaches the nodes
+# too); a fleet that never granted one leaves the file as the install wrote it.
+MANAGED = "unlock_keys_managed"
 ESCROW = "passphrase_age"  # node fact: base64 of the age ciphertext
 GRANTING, GRANTED, REVOKING = "granting", "granted", "revoking"
 KEY_TYPES = ("ssh-ed25519",)
@@ -89,6 +93,16 @@ def mirror_to(store: StateStore) -> Any:
             store.set_fact(node, ESCROW, base64.b64encode(ciphertext).decode())
 
     return mirror
+
+
+def initramfs_keys(store: StateStore, operator_key: str) -> list[str]:
+    """The keys the base deploy writes into Dropbear's initramfs authorized_keys: the
+    operator's, then every granted unlocker's; [] (leave the file alone) in a fleet that never
+    granted an unlocker."""
+    unlockers = recipient_keys(store)
+    if not unlockers and not store.get_fact(FLEET_FACTS, MANAGED):
+        return []
+    return [operator_key, *unlockers]
 
 
 def fleet_keystore(state_dir: Path, store: StateStore,
@@ -149,6 +163,7 @@ def grant(store: StateStore, keystore: Keystore, name: str, public_key: str) -> 
         raise ConfigError(f"unlocker {name!r} is registered with another key; revoke it first "
                           f"(`clonefleet keys revoke {name}`) or grant under another name")
     keystore.identity(create=False)  # fail before anything changes when it is missing
+    store.set_fact(FLEET_FACTS, MANAGED, True)
     _set(store, name, Unlocker(name, key, GRANTING, time.time()))
     nodes = _reencrypt_all(keystore, recipient_keys(store), name, "grant")
     _set(store, name, Unlocker(name, key, GRANTED, time.time()))

@@ -14,8 +14,10 @@ Firewall (`firewall_variables`): `clonefleet_tcp_ports`, `clonefleet_public_tcp_
 `clonefleet_controller_addresses` (addresses or networks). A port both public and backend is
 public.
 `clonefleet_unlock_keys`: the keys Dropbear in the initramfs lets run cryptroot-unlock (the
-operator's and every granted unlocker's, `clonefleet keys grant`); the file is rewritten and
-the initramfs rebuilt only when they changed. Empty (the default): the file is left alone.
+operator's and every granted unlocker's, `clonefleet keys grant`; set once a fleet granted
+one); the file is rewritten and the initramfs rebuilt only when they changed. Empty (the
+default, and a fleet that never granted an unlocker): the file is left as the install wrote
+it.
 Every package is already in the node image, so a run never needs the network; a second run
 reports no changes.
 """
