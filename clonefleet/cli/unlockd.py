@@ -30,9 +30,11 @@ As an unlocker:      clonefleet unlockd --state etcd://HOST:PORT/PREFIX --identi
 
 \b
 Exit codes:
-  0   stopped (SIGTERM, ^C), or --once finished
+  0   stopped (SIGTERM, ^C), or --once found nothing failing
   2   bad option (e.g. --identity without --state)
   6   the unlocker identity is missing or unreadable
+  30  --once: some nodes failed (a passphrase that cannot be opened or was refused, ...)
+  31  --once: every node watched failed
 """
 
 
@@ -65,6 +67,7 @@ def unlockd(ctx: Context, once: bool, interval: float, lease_ttl: float,
             confirm_timeout: float, probe_timeout: float, state_url: str | None,
             identity: Path | None, work_dir: Path | None, holder: str | None) -> None:
     from clonefleet.errors import ConfigError
+    from clonefleet.fleetrun import failure_error
     from clonefleet.unlockd.instance import controller_unlockd, unlocker_store, unlocker_unlockd
     from clonefleet.unlockd.service import Settings
 
@@ -92,6 +95,11 @@ def unlockd(ctx: Context, once: bool, interval: float, lease_ttl: float,
         else:
             print_table(["NODE", "LIVE", "ACTION", "DETAIL"],
                         [(o.node, o.live, o.action, o.detail) for o in outcomes])
+        error = failure_error("unlockd pass", len(outcomes),
+                              [(o.node, o.action) for o in outcomes
+                               if o.action in ("error", "failed")])
+        if error is not None:
+            raise error
         return
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -157,7 +157,7 @@ class Unlockd:
             return self.handle_node(node)
         except ClonefleetError as error:
             message = " ".join(str(error).split())
-            self.log(f"{node}: {message}")
+            self._log_once(node, f"{node}: {message}")  # once, not every pass
             return NodeOutcome(node, "unknown", "error", message)
 
     # -- one node -------------------------------------------------------------------------
