@@ -16,9 +16,11 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,7 +49,9 @@ WATCHED_STATES = ("booted", "deployed", "active", "draining", "drained", "updati
 
 @dataclass(frozen=True)
 class Settings:
-    holder: str = field(default_factory=lambda: f"{socket.gethostname()}:{id(object())}")
+    # This instance's name in leases and step records: unique per process.
+    holder: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:"
+                                                f"{uuid.uuid4().hex[:6]}")
     interval: float = 15.0  # seconds between passes
     probe_timeout: float = 5.0
     lease_ttl: float = 90.0  # a dead holder's boots go to another instance after this

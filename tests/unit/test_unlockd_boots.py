@@ -1,25 +1,22 @@
-"""How unlockd instances name a node's boots in the shared store (SQLite here; the two-instance
-test runs the same code on a real etcd)."""
+"""How unlockd instances name a node's boots in the shared store, on both backends (SQLite:
+unit; a real etcd: integration)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from etcd_fixture import Backend
 
-from clonefleet.state import SqliteStateStore
+from clonefleet.state import StateStore
 from clonefleet.unlockd import boots
-
-pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStateStore:
-    return SqliteStateStore(tmp_path / "state.sqlite")
+def store(backend: Backend) -> StateStore:
+    return backend.open()
 
 
 def test_first_initramfs_sighting_names_the_boot_and_later_ones_share_it(
-        store: SqliteStateStore) -> None:
+        store: StateStore) -> None:
     first, new = boots.saw_initramfs(store, "n1", 100.0)
     assert new and first is not None and first.marker == "100000"
     again, new_again = boots.saw_initramfs(store, "n1", 130.0)
@@ -28,7 +25,7 @@ def test_first_initramfs_sighting_names_the_boot_and_later_ones_share_it(
 
 
 def test_sshd_between_two_initramfs_sightings_makes_a_new_boot(
-        store: SqliteStateStore) -> None:
+        store: StateStore) -> None:
     first, _ = boots.saw_initramfs(store, "n1", 100.0)
     boots.saw_sshd(store, "n1", 200.0)
     second, new = boots.saw_initramfs(store, "n1", 300.0)
@@ -37,7 +34,7 @@ def test_sshd_between_two_initramfs_sightings_makes_a_new_boot(
 
 
 def test_initramfs_sighting_older_than_the_last_sshd_one_is_stale(
-        store: SqliteStateStore) -> None:
+        store: StateStore) -> None:
     boots.saw_initramfs(store, "n1", 100.0)
     boots.saw_sshd(store, "n1", 200.0)
     stale, new = boots.saw_initramfs(store, "n1", 150.0)  # a slow probe from before
@@ -47,14 +44,14 @@ def test_initramfs_sighting_older_than_the_last_sshd_one_is_stale(
 
 
 def test_sshd_sighting_from_before_the_boot_began_does_not_end_it(
-        store: SqliteStateStore) -> None:
+        store: StateStore) -> None:
     boots.saw_initramfs(store, "n1", 100.0)
     boots.saw_sshd(store, "n1", 90.0)
     current = boots.current_boot(store, "n1")
     assert current is not None and current.status == boots.WAITING
 
 
-def test_expected_reboot_is_used_by_the_next_boot_only(store: SqliteStateStore) -> None:
+def test_expected_reboot_is_used_by_the_next_boot_only(store: StateStore) -> None:
     boots.expect_reboot(store, "n1", by="clonefleet power reset", at=95.0)
     first, _ = boots.saw_initramfs(store, "n1", 100.0)
     assert first is not None and first.expected and first.expected_by == "clonefleet power reset"
@@ -63,14 +60,14 @@ def test_expected_reboot_is_used_by_the_next_boot_only(store: SqliteStateStore) 
     assert second is not None and not second.expected
 
 
-def test_stale_expected_reboot_does_not_make_a_boot_expected(store: SqliteStateStore) -> None:
+def test_stale_expected_reboot_does_not_make_a_boot_expected(store: StateStore) -> None:
     boots.expect_reboot(store, "n1", by="rollout", at=100.0)
     boot, _ = boots.saw_initramfs(store, "n1", 100.0 + boots.EXPECTED_WINDOW + 1)
     assert boot is not None and not boot.expected
 
 
 def test_recorded_unlock_marks_the_boot_keeps_history_and_uses_up_the_approval(
-        store: SqliteStateStore) -> None:
+        store: StateStore) -> None:
     boot, _ = boots.saw_initramfs(store, "n1", 100.0)
     assert boot is not None
     boots.approve(store, "n1", by="op", at=110.0)
@@ -83,14 +80,14 @@ def test_recorded_unlock_marks_the_boot_keeps_history_and_uses_up_the_approval(
     assert boots.approval_at(store, "n1") is None
 
 
-def test_an_alert_is_claimed_once(store: SqliteStateStore) -> None:
+def test_an_alert_is_claimed_once(store: StateStore) -> None:
     assert boots.claim_alert(store, "n1", "impostor:dropbear:SHA256:x")
     assert not boots.claim_alert(store, "n1", "impostor:dropbear:SHA256:x")
     assert boots.claim_alert(store, "n1", "impostor:dropbear:SHA256:y")
 
 
 def test_unlocked_boot_that_went_silent_and_came_back_is_a_new_boot(
-        store: SqliteStateStore) -> None:
+        store: StateStore) -> None:
     """A node that panics early after its unlock is back in its initramfs without sshd ever
     answering: silence after the unlock ends the boot."""
     first, _ = boots.saw_initramfs(store, "n1", 100.0)
@@ -102,7 +99,7 @@ def test_unlocked_boot_that_went_silent_and_came_back_is_a_new_boot(
 
 
 def test_waiting_boot_that_goes_silent_a_moment_stays_the_same_boot(
-        store: SqliteStateStore) -> None:
+        store: StateStore) -> None:
     first, _ = boots.saw_initramfs(store, "n1", 100.0)
     boots.saw_silence(store, "n1", 120.0)  # a network blip, not a reboot
     again, new = boots.saw_initramfs(store, "n1", 130.0)
