@@ -90,6 +90,7 @@ def unlockd(ctx: Context, once: bool, interval: float, lease_ttl: float,
         service = controller_unlockd(ctx.fleet, ctx.store, ctx.state_dir, settings, log)
     if once:
         outcomes = service.run_once()
+        service.finish(confirm_timeout)  # a health check and undrain started by the pass
         if ctx.as_json:
             ctx.emit({"nodes": [outcome.as_dict() for outcome in outcomes]})
         else:

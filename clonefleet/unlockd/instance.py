@@ -33,6 +33,10 @@ from clonefleet.unlockd.service import (
 )
 from clonefleet.unlockers import UnlockerPassphrases, fleet_keystore
 
+# How long the drain of an unexpected reboot waits for DNS servers to confirm, before the
+# unlock goes ahead (the drain stays recorded; a lagging server catches up on the next push).
+DRAIN_TIMEOUT = 15.0
+
 
 def controller_unlockd(fleet: Fleet, store: StateStore, state_dir: Path, settings: Settings,
                        log: Callable[[str], None]) -> Unlockd:
@@ -54,7 +58,8 @@ def controller_unlockd(fleet: Fleet, store: StateStore, state_dir: Path, setting
         from clonefleet.dnsmap.drain import drain_node
 
         # The node is down already: below a region's minimum or not, it serves nobody.
-        drain_node(fleet, store, node, reason=reason, actor=ACTOR, force=True)
+        drain_node(fleet, store, node, reason=reason, actor=ACTOR, force=True,
+                   timeout=DRAIN_TIMEOUT)
 
     def undrain(node: str, reason: str) -> None:
         from clonefleet.dnsmap.drain import record_health, undrain_node

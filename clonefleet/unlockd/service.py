@@ -42,6 +42,8 @@ ACTOR = "clonefleet unlockd"
 PUBLISHED = "unlockd_config"
 
 Alert = Callable[[str, str], None]  # (title, body)
+# Seconds between two health checks (for an undrain) of one node.
+RETRY_BACKGROUND = 60.0
 # Nodes unlockd watches: provisioned ones. Before that (`locked`), `clonefleet provision` is
 # unlocking the node itself and unlockd keeps out of its way.
 WATCHED_STATES = ("booted", "deployed", "active", "draining", "drained", "updating")
@@ -132,6 +134,9 @@ class Unlockd:
         self.undrain = undrain
         self.clock = clock
         self._said: dict[str, str] = {}  # node → last waiting message logged (log once)
+        self._lock = threading.Lock()
+        self._background: dict[str, threading.Thread] = {}
+        self._background_started: dict[str, float] = {}
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -220,8 +225,31 @@ class Unlockd:
         boot = boots.saw_sshd(self.store, node, seen_at)
         self._said.pop(node, None)
         if boot is not None and boot.drained and self.undrain is not None:
-            self._return_to_dns(node, boot)
+            self._in_background(node, lambda: self._return_to_dns(node, boot))
         return NodeOutcome(node, "sshd", "none", "up")
+
+    def _in_background(self, node: str, work: Callable[[], None]) -> None:
+        """Run `work` (the health check and undrain: the check waits for the boot to finish,
+        minutes on a slow node) beside the passes, so it never holds up another node's
+        unlock; one at a time per node, at most once a minute."""
+        with self._lock:
+            running = self._background.get(node)
+            if running is not None and running.is_alive():
+                return
+            if time.monotonic() - self._background_started.get(node, -1e9) < RETRY_BACKGROUND:
+                return
+            self._background_started[node] = time.monotonic()
+            thread = threading.Thread(target=work, name=f"unlockd-undrain-{node}", daemon=True)
+            self._background[node] = thread
+            thread.start()
+
+    def finish(self, timeout: float) -> None:
+        """Wait (at most `timeout` seconds) for background work to end (`--once`, tests)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._background.values())
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _new_boot(self, node: str, boot: boots.Boot) -> None:
         policy = self.policy().for_region(self.region_of(node))
@@ -247,9 +275,12 @@ class Unlockd:
             else:
                 self.store.apply(node, lifecycle.DRAIN, actor=ACTOR, reason=reason)
         except ClonefleetError as error:
-            self.log(f"{node}: could not drain: {error}")
-            return
-        boots.update_boot(self.store, node, boot.marker, drained=True)
+            # The drain may be recorded while a DNS server lags behind (DrainNotConfirmed):
+            # what counts below is the state it left.
+            self.log(f"{node}: drain: {' '.join(str(error).split())}")
+        record = self.store.get(node)
+        if record is not None and record.state in ("draining", "drained"):
+            boots.update_boot(self.store, node, boot.marker, drained=True)
 
     def _return_to_dns(self, node: str, boot: boots.Boot) -> None:
         assert self.undrain is not None

@@ -452,6 +452,7 @@ def test_controller_drains_an_unexpected_reboot_and_keeps_it_out_while_unhealthy
     assert record is not None and record.state == "draining"
     [again] = service.run_once()  # sshd up: health check, then undrain (refused)
     assert again.live == "sshd"
+    service.finish(60)
     [health] = store.health(NODE)
     assert health.source == "unlockd" and not health.ok
     assert "offline" in health.detail
