@@ -159,23 +159,29 @@ class Decision:
     not_before: float | None = None  # "wait": the moment the policy allows the unlock
 
 
+HOLD_ADVICE = "held until `clonefleet unlock --approve`"
+
+
 def decide(policy: UnlockPolicy, *, first_seen: float, expected: bool,
            approved_at: float | None, recent_unlocks: Sequence[float],
-           now: float) -> Decision:
+           now: float, held: bool = False) -> Decision:
     """Given a boot first seen waiting at `first_seen`, whether it was expected, the latest
-    operator approval (if any), and the times of the node's earlier unlocks, say what to do.
+    operator approval (if any), the times of the node's earlier unlocks, and whether this
+    boot is held already, say what to do.
 
     An approval counts only when given during this boot (at or after `first_seen`); it
-    overrides every rule. A reboot loop holds even an expected reboot.
+    overrides every rule. A reboot loop holds even an expected reboot, and a held boot stays
+    held until approved (the loop window sliding past old unlocks does not release it).
     """
     if approved_at is not None and approved_at >= first_seen:
         return Decision("unlock", "approved by an operator")
+    if held:
+        return Decision("hold", f"held after a reboot loop; {HOLD_ADVICE}")
     window_start = now - policy.loop_window_seconds
     recent = [at for at in recent_unlocks if at >= window_start]
     if len(recent) >= policy.loop_unlocks:
         return Decision("hold", f"reboot loop: unlocked {len(recent)} times in the last "
-                                f"{_human(policy.loop_window_seconds)}; held until "
-                                "`clonefleet unlock --approve`")
+                                f"{_human(policy.loop_window_seconds)}; {HOLD_ADVICE}")
     if expected:
         return Decision("unlock", "expected reboot")
     if policy.unexpected == "immediate":

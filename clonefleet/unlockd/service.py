@@ -197,7 +197,7 @@ class Unlockd:
         decision = decide(policy, first_seen=boot.first_seen, expected=boot.expected,
                           approved_at=boots.approval_at(self.store, node),
                           recent_unlocks=boots.unlock_history(self.store, node),
-                          now=self.clock())
+                          now=self.clock(), held=boot.status == boots.HELD)
         if decision.action == "hold":
             if boot.status != boots.HELD:
                 boots.update_boot(self.store, node, boot.marker, status=boots.HELD)

@@ -146,3 +146,12 @@ def test_approval_releases_a_held_node() -> None:
     policy = UnlockPolicy("immediate", loop_unlocks=1)
     assert decide(policy, first_seen=NOW, expected=False, approved_at=NOW + 1,
                   recent_unlocks=[NOW - 10], now=NOW + 2).action == "unlock"
+
+
+def test_held_boot_stays_held_when_the_loop_window_slides_past_old_unlocks() -> None:
+    policy = UnlockPolicy("immediate", loop_unlocks=3, loop_window_seconds=1800)
+    decision = decide(policy, first_seen=NOW, expected=False, approved_at=None,
+                      recent_unlocks=[NOW - 1700], now=NOW + 3600, held=True)
+    assert decision.action == "hold" and "--approve" in decision.reason
+    assert decide(policy, first_seen=NOW, expected=False, approved_at=NOW + 3000,
+                  recent_unlocks=[], now=NOW + 3600, held=True).action == "unlock"
