@@ -176,7 +176,7 @@ def decide(policy: UnlockPolicy, *, first_seen: float, expected: bool,
     if approved_at is not None and approved_at >= first_seen:
         return Decision("unlock", "approved by an operator")
     if held:
-        return Decision("hold", f"held after a reboot loop; {HOLD_ADVICE}")
+        return Decision("hold", f"reboot loop: {HOLD_ADVICE}")
     window_start = now - policy.loop_window_seconds
     recent = [at for at in recent_unlocks if at >= window_start]
     if len(recent) >= policy.loop_unlocks:
