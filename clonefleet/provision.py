@@ -38,6 +38,7 @@ from clonefleet.ssh import (
 )
 from clonefleet.state import StateStore, lifecycle
 from clonefleet.unlock import unlock
+from clonefleet.unlockd import boots
 from clonefleet.unlockers import fleet_keystore, recipient_keys
 
 BEFORE_INSTALL = (None, "ordered", "rescue")
@@ -329,6 +330,11 @@ class Provisioner:
                          passphrase, what=node.name, log=self.log,
                          timeout=max(30.0, timeout - (time.monotonic() - started)))
         self.log(f"{node.name}: {message}")
+        # The boot unlockd may be watching is done: no instance sends to it again.
+        boot = boots.current_boot(self.store, node.name)
+        if boot is not None and boot.status in (boots.WAITING, boots.HELD):
+            boots.record_unlock(self.store, node.name, boot.marker, by=self.actor,
+                                at=time.time())
         if wait_for_sshd:
             self.wait_for_sshd(node, timeout)
         record = self.store.get(node.name)
