@@ -459,3 +459,41 @@ def test_controller_drains_an_unexpected_reboot_and_keeps_it_out_while_unhealthy
     assert "offline" in health.detail
     record = store.get(NODE)
     assert record is not None and record.state == "draining"
+
+
+class NoProvider:
+    """Stands in for the provider (none can run here): `clonefleet unlock` asks it only to
+    wait for the port, which is up already."""
+
+    boot_timeout = 30.0
+
+    def wait_ready(self, access: object, node: object, timeout: float, what: str) -> None:
+        pass
+
+
+def test_manual_unlock_records_the_boot_so_unlockd_sends_nothing_more(
+        tmp_path: Path, node: Node) -> None:
+    from clonefleet.provision import Provisioner
+
+    operator = node.dropbear.operator_key
+    operator.with_name(operator.name + ".pub").write_text(
+        subprocess.run(["ssh-keygen", "-y", "-f", str(operator)], capture_output=True,
+                       text=True, check=True).stdout)
+    fleet_path = tmp_path / "fleet.toml"
+    fleet_path.write_text(CONTROLLER_FLEET.format(ssh_key=operator))
+    state_dir = tmp_path / "state"
+    store = open_store(state_dir)
+    record_node(store, node, state="deployed")
+    keystore = Keystore(state_dir / "keystore", tmp_path / "age.key")
+    (node.dropbear.folder / "expected").write_text(keystore.create(NODE))
+    node.boot_delay = 3.0  # Dropbear still answers after the operator's unlock
+    service = make_unlockd(store, tmp_path / "a", node, policy=UnlockPolicy("approve"))
+    node.wait_in_initramfs()
+    assert service.run_once()[0].action == "waiting"
+    provisioner = Provisioner(load_fleet(fleet_path), store, state_dir,
+                              NoProvider(), keystore, log=lambda _: None)  # type: ignore[arg-type]
+    provisioner.unlock(NODE, wait_for_sshd=False, timeout=30)
+    boots.approve(store, NODE, by="operator")  # even approved: the boot is done
+    [outcome] = service.run_once()
+    assert outcome.action == "none" and "unlocked already" in outcome.detail
+    assert node.dropbear.deliveries() == ["ok"]
