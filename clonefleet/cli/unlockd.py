@@ -90,7 +90,9 @@ def unlockd(ctx: Context, once: bool, interval: float, lease_ttl: float,
         service = controller_unlockd(ctx.fleet, ctx.store, ctx.state_dir, settings, log)
     if once:
         outcomes = service.run_once()
-        service.finish(confirm_timeout)  # a health check and undrain started by the pass
+        # What the pass started beside it: sshd confirmations, health checks and undrains
+        # (the health check waits up to 300 s for a boot to finish).
+        service.finish(confirm_timeout + 360)
         if ctx.as_json:
             ctx.emit({"nodes": [outcome.as_dict() for outcome in outcomes]})
         else:

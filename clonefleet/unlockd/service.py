@@ -6,11 +6,12 @@ Invariants:
   unlock connection itself checks the pinned key again. A port presenting any other key is
   sent nothing (the probe stops after the key exchange) and raises one alert per presented
   key.
-- One unlocker per boot: the store lease `unlock:<node>:<marker>` (`boots`), renewed while
-  the holder works; the holder sends only while the boot is still `waiting`.
+- One unlocker per boot: the store lease `unlock:<node>:<marker>` (`boots`), renewed just
+  before sending; the holder sends only while the boot is still `waiting` (or `held` and
+  approved), and records it unlocked before releasing the lease.
 - Every instance is enough alone: nothing here depends on which instance saw what first.
-- Every wait is bounded (probe timeout, one unlock attempt, the sshd confirmation); a pass
-  never blocks the next one beyond those.
+- Every wait is bounded (probe timeout, one unlock attempt); the long ones (sshd coming up,
+  the health check before an undrain) run beside the passes, one per node.
 """
 
 from __future__ import annotations
@@ -228,20 +229,31 @@ class Unlockd:
             self._in_background(node, lambda: self._return_to_dns(node, boot))
         return NodeOutcome(node, "sshd", "none", "up")
 
-    def _in_background(self, node: str, work: Callable[[], None]) -> None:
-        """Run `work` (the health check and undrain: the check waits for the boot to finish,
-        minutes on a slow node) beside the passes, so it never holds up another node's
-        unlock; one at a time per node, at most once a minute."""
+    def _in_background(self, node: str, work: Callable[[], None],
+                       every: float = RETRY_BACKGROUND) -> None:
+        """Run `work` (the sshd confirmation, the health check and undrain: each waits for
+        the boot, minutes on a slow node) beside the passes, so it never holds up another
+        node's unlock; one at a time per node, started at most once per `every` seconds."""
         with self._lock:
             running = self._background.get(node)
             if running is not None and running.is_alive():
                 return
-            if time.monotonic() - self._background_started.get(node, -1e9) < RETRY_BACKGROUND:
+            if time.monotonic() - self._background_started.get(node, -1e9) < every:
                 return
             self._background_started[node] = time.monotonic()
-            thread = threading.Thread(target=work, name=f"unlockd-undrain-{node}", daemon=True)
+            thread = threading.Thread(target=self._guarded(node, work),
+                                      name=f"unlockd-{node}", daemon=True)
             self._background[node] = thread
             thread.start()
+
+    def _guarded(self, node: str, work: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                work()
+            except ClonefleetError as error:
+                self._log_once(node, f"{node}: {' '.join(str(error).split())}")
+
+        return run
 
     def finish(self, timeout: float) -> None:
         """Wait (at most `timeout` seconds) for background work to end (`--once`, tests)."""
@@ -328,19 +340,12 @@ class Unlockd:
             self.store.record_step(node, "unlockd unlock", "done",
                                    time.monotonic() - started, f"{why}; {message}")
             self.log(f"{node}: {message}")
-            confirmed = self._confirm_sshd(node, name)
+            # The boot is recorded unlocked: nobody sends to it again, the lease has done
+            # its work. sshd is confirmed beside the passes (minutes on a slow boot).
             released = True
             self.store.release_lease(name, holder)
-            if not confirmed:
-                return NodeOutcome(node, "initramfs", "unlocked",
-                                   f"{message}; sshd not confirmed within "
-                                   f"{self.settings.confirm_timeout:g} s")
-            record = self.store.get(node)
-            if record is not None and lifecycle.BOOT.allows(record.state):
-                self.store.apply(node, lifecycle.BOOT, actor=ACTOR,
-                                 reason="unlocked over Dropbear")
-            self._sshd_seen(node, self.clock())
-            return NodeOutcome(node, "sshd", "unlocked", message)
+            self._in_background(node, lambda: self._after_unlock(node), every=0.0)
+            return NodeOutcome(node, "initramfs", "unlocked", f"{message}; confirming sshd")
         except LeaseLost as error:
             released = True
             return NodeOutcome(node, "initramfs", "lease-lost", str(error))
@@ -349,7 +354,18 @@ class Unlockd:
                 with contextlib.suppress(StateError):
                     self.store.release_lease(name, holder)
 
-    def _confirm_sshd(self, node: str, lease: str) -> bool:
+    def _after_unlock(self, node: str) -> None:
+        """Confirm sshd; then the node is booted, and back in DNS if unlockd drained it."""
+        if not self._confirm_sshd(node):
+            return
+        record = self.store.get(node)
+        if record is not None and lifecycle.BOOT.allows(record.state):
+            self.store.apply(node, lifecycle.BOOT, actor=ACTOR, reason="unlocked over Dropbear")
+        boot = boots.saw_sshd(self.store, node, self.clock())
+        if boot is not None and boot.drained and self.undrain is not None:
+            self._return_to_dns(node, boot)
+
+    def _confirm_sshd(self, node: str) -> bool:
         """Wait (bounded) for sshd to answer with its pinned key; record the step."""
         started = time.monotonic()
         deadline = started + self.settings.confirm_timeout
@@ -367,8 +383,6 @@ class Unlockd:
                 return True
             if probe.answer == "other-key":
                 break
-            with contextlib.suppress(LeaseLost):
-                self.store.renew_lease(lease, self.settings.holder)
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         detail = (f"sshd presents {probe.presented_fingerprint}, not the pinned key"
                   if probe is not None and probe.answer == "other-key"

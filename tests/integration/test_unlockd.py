@@ -130,7 +130,9 @@ def test_node_in_its_initramfs_is_unlocked_once_and_sshd_confirmed(
     service = make_unlockd(store, tmp_path / "a", node, alerts=alerts)
     node.wait_in_initramfs()
     [outcome] = service.run_once()
-    assert (outcome.live, outcome.action) == ("sshd", "unlocked"), outcome
+    assert (outcome.live, outcome.action) == ("initramfs", "unlocked"), outcome
+    assert outcome.detail.endswith("; confirming sshd")
+    service.finish(30)  # sshd is confirmed beside the passes
     assert node.dropbear.deliveries() == ["ok"]
     steps = {(step.step, step.status) for step in store.steps(NODE)}
     assert {("unlockd unlock", "done"), ("unlockd confirm sshd", "done")} <= steps
@@ -185,6 +187,7 @@ def test_policy_approve_waits_until_an_operator_approves(tmp_path: Path, node: N
     boots.approve(store, NODE, by="operator")
     [outcome] = service.run_once()
     assert outcome.action == "unlocked"
+    service.finish(30)
     assert node.dropbear.deliveries() == ["ok"]
 
 
@@ -197,6 +200,7 @@ def test_expected_reboot_is_unlocked_at_once_under_approve_and_stays_in_dns(
     node.wait_in_initramfs()
     [outcome] = service.run_once()
     assert outcome.action == "unlocked"
+    service.finish(30)
     record = store.get(NODE)
     assert record is not None and record.state == "active"
 
@@ -219,6 +223,7 @@ def test_node_rebooting_again_and_again_is_held_and_reported(tmp_path: Path,
     assert alerts.count(f"{NODE}: held in its initramfs") == 1
     boots.approve(store, NODE, by="operator")
     assert service.run_once()[0].action == "unlocked"
+    service.finish(30)
     assert node.dropbear.deliveries() == ["ok"]
 
 
@@ -249,6 +254,8 @@ def test_two_instances_on_one_etcd_unlock_each_boot_exactly_once(
             stop.set()
             for thread in threads:
                 thread.join(30)
+            for instance in instances:
+                instance.finish(30)
         assert node.dropbear.deliveries() == ["ok"] * (boot + 1)
     holders = {step.detail for step in first.steps(NODE) if step.step == "unlockd unlock"}
     assert len(holders) >= 1
@@ -355,7 +362,8 @@ def test_killed_lease_holder_hands_the_boot_to_the_other_within_the_lease_time(
                                      Settings(holder="b", interval=0.5, probe_timeout=2.0,
                                               lease_ttl=lease_ttl, confirm_timeout=20.0),
                                      lambda _: None)
-        other = threading.Thread(target=service_b.run, args=(stop,), daemon=True)
+        other = threading.Thread(target=lambda: (service_b.run(stop), service_b.finish(30)),
+                                 daemon=True)
         other.start()
         while "ok" not in node.dropbear.deliveries() \
                 and time.monotonic() < killed_at + lease_ttl + 15:
@@ -451,7 +459,8 @@ def test_controller_drains_an_unexpected_reboot_and_keeps_it_out_while_unhealthy
     assert node.dropbear.deliveries() == ["ok"]
     record = store.get(NODE)
     assert record is not None and record.state == "draining"
-    [again] = service.run_once()  # sshd up: health check, then undrain (refused)
+    service.finish(60)  # sshd confirmed, then the health check, then undrain (refused)
+    [again] = service.run_once()
     assert again.live == "sshd"
     service.finish(60)
     [health] = store.health(NODE)
