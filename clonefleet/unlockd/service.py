@@ -35,12 +35,13 @@ from clonefleet.liveprobe import LiveStatus, PortProbe, probe_node, probe_port
 from clonefleet.state import FLEET_FACTS, StateStore, lifecycle
 from clonefleet.unlock import BadPassphrase, TooManyTries, UnlockNotReady, send_passphrase
 from clonefleet.unlockd import boots
-from clonefleet.unlockd.policy import FleetUnlockPolicy, decide
+from clonefleet.unlockd.policy import FleetUnlockPolicy, UnlockPolicy, decide
 
 ACTOR = "clonefleet unlockd"
 # The fleet fact through which a controller's unlockd tells unlockers elsewhere (which have
 # no fleet file) the policy, each node's region and where alerts go.
 PUBLISHED = "unlockd_config"
+UNPUBLISHED = FleetUnlockPolicy(UnlockPolicy("approve"))
 
 Alert = Callable[[str, str], None]  # (title, body)
 # Seconds between two health checks (for an undrain) of one node.
@@ -90,9 +91,11 @@ def publish_config(store: StateStore, policy: FleetUnlockPolicy, regions: Mappin
 
 
 def published_config(store: StateStore) -> tuple[FleetUnlockPolicy, dict[str, str], list[str]]:
+    """What the controller published; before it did, unexpected reboots wait for an approval
+    (an unlocker does not know the fleet's policy, so it takes the cautious one)."""
     value = store.get_fact(FLEET_FACTS, PUBLISHED)
     if not isinstance(value, dict):
-        return FleetUnlockPolicy(), {}, []
+        return UNPUBLISHED, {}, []
     return (FleetUnlockPolicy.from_dict(value.get("policy", {})),
             {str(node): str(region) for node, region in dict(value.get("regions", {})).items()},
             [str(url) for url in value.get("alert_urls", [])])

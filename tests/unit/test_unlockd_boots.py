@@ -104,3 +104,17 @@ def test_waiting_boot_that_goes_silent_a_moment_stays_the_same_boot(
     boots.saw_silence(store, "n1", 120.0)  # a network blip, not a reboot
     again, new = boots.saw_initramfs(store, "n1", 130.0)
     assert not new and again == first
+
+
+def test_an_unlocker_without_a_published_policy_waits_for_approvals(
+        store: StateStore) -> None:
+    from clonefleet.unlockd.policy import FleetUnlockPolicy, UnlockPolicy
+    from clonefleet.unlockd.service import publish_config, published_config
+
+    policy, regions, urls = published_config(store)
+    assert policy.for_region("fsn").unexpected == "approve" and regions == {} and urls == []
+    publish_config(store, FleetUnlockPolicy(UnlockPolicy("after", 600.0)), {"n1": "fsn"},
+                   ["json://127.0.0.1:9/alerts"])
+    policy, regions, urls = published_config(store)
+    assert policy.for_region("fsn") == UnlockPolicy("after", 600.0)
+    assert regions == {"n1": "fsn"} and urls == ["json://127.0.0.1:9/alerts"]
