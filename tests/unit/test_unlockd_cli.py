@@ -143,3 +143,24 @@ def test_unlockd_once_on_the_controller_with_nothing_to_watch_publishes_the_poli
     policy, regions, _ = published_config(lab.store)
     assert policy.for_region("fsn").unexpected == "approve"
     assert regions == {"fsn-1": "fsn"}
+
+
+def test_status_live_says_what_unlockd_recorded_of_the_boot_a_node_waits_in(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clonefleet.liveprobe import LiveStatus
+
+    lab.store.set_state("fsn-1", "deployed", actor="test")
+    boot, _ = boots.saw_initramfs(lab.store, "fsn-1", 1000.0)
+    assert boot is not None
+    boots.update_boot(lab.store, "fsn-1", boot.marker, status=boots.HELD)
+
+    def probe_fleet(store: object, names: list[str], *args: Any, **options: Any
+                    ) -> list[LiveStatus]:
+        return [LiveStatus(name, "initramfs", "Dropbear answers with the pinned key: waiting "
+                                              "for unlock") for name in names]
+
+    monkeypatch.setattr("clonefleet.liveprobe.probe_fleet", probe_fleet)
+    [row] = json.loads(lab.run("--json", "status", "--live").stdout)
+    assert row["live"]["unlockd"] == {"boot": "1000000", "status": "held", "expected": False}
+    assert row["live"]["detail"].endswith(
+        "; unlockd: boot 1000000 held (`clonefleet unlock --approve fsn-1`)")
