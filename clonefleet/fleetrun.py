@@ -36,6 +36,7 @@ from clonefleet.providers.registry import DRIVERS
 from clonefleet.provision import Provisioner, ProvisionReport, recovery_key_of, remaining_steps
 from clonefleet.ssh import ensure_operator_key
 from clonefleet.state import StateStore
+from clonefleet.unlockers import fleet_keystore
 
 # Most of a node's time is spent waiting on its provider, its boot and the network; the
 # controller's own share (node layer build, image copy, the deploy's child process) is a few
@@ -332,7 +333,7 @@ def build_provisioner(fleet: Fleet, store: StateStore, state_dir: Path, node_nam
     """The `Provisioner` for one node, with its own provider driver instance."""
     node = fleet.node(node_name)
     provider = provider_for(fleet, node, state_dir, log)
-    return Provisioner(fleet, store, state_dir, provider, Keystore(state_dir / "keystore"),
+    return Provisioner(fleet, store, state_dir, provider, fleet_keystore(state_dir, store),
                        log=log, progress=progress, on_step=on_step, deploy_ref=deploy_ref)
 
 

@@ -78,9 +78,12 @@ def check_confirmed(fleet: Fleet, store: StateStore, action: PowerAction,
 
 def power(action: PowerAction, nodes: Sequence[str], fleet: Fleet,
           provider_for: ProviderFor, *, log: Callable[[str], None] = print,
-          clock: Callable[[], float] = time.monotonic) -> list[PowerOutcome]:
+          clock: Callable[[], float] = time.monotonic,
+          announce: Callable[[str, PowerAction], None] | None = None) -> list[PowerOutcome]:
     """Ask each node's provider for `action`, one node after the other; a node's failure
-    is its outcome and the next node still runs."""
+    is its outcome and the next node still runs. `announce(node, action)` runs before an
+    `on` or `reset` is asked for: it records the coming boot as expected, so unlockd unlocks
+    it at once (`clonefleet.unlockd.boots.expect_reboot`)."""
     outcomes = []
     for name in nodes:
         node = fleet.node(name)
@@ -88,6 +91,8 @@ def power(action: PowerAction, nodes: Sequence[str], fleet: Fleet,
         log(f"{name}: power {action} ({node.provider})")
         try:
             provider = provider_for(node)
+            if announce is not None and action in ("on", "reset"):
+                announce(name, action)
             changed, message = _apply(action, provider, node)
         except ClonefleetError as error:
             text = " ".join(str(error).split())

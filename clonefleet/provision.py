@@ -38,6 +38,8 @@ from clonefleet.ssh import (
 )
 from clonefleet.state import StateStore, lifecycle
 from clonefleet.unlock import unlock
+from clonefleet.unlockd import boots
+from clonefleet.unlockers import fleet_keystore, recipient_keys
 
 BEFORE_INSTALL = (None, "ordered", "rescue")
 # States a node reaches only after its first deploy: provision leaves them alone without --wipe.
@@ -129,7 +131,7 @@ class Provisioner:
         self.store = store
         self.state_dir = state_dir
         self.provider = provider
-        self.keystore = keystore or Keystore(state_dir / "keystore")
+        self.keystore = keystore or fleet_keystore(state_dir, store)
         self.known_hosts = fleet_known_hosts(state_dir)
         self.log = log
         self.progress = progress
@@ -280,7 +282,8 @@ class Provisioner:
         nic_modules = nodefacts.load(self.store, node.name).nic_modules
         build_node_layer(base, NodeLayerInput(
             layout=plan.layout, secrets=secrets, network=plan.network,
-            operator_keys=(self.operator.public_line,), nic_modules=nic_modules),
+            operator_keys=(self.operator.public_line,), nic_modules=nic_modules,
+            unlock_keys=tuple(recipient_keys(self.store))),
             output, workspace)
         # Pinned before the node first boots them; a reinstall pins fresh keys, and its
         # known_hosts entries replace the old ones at once.
@@ -349,6 +352,11 @@ class Provisioner:
                          passphrase, what=node.name, log=self.log,
                          timeout=max(30.0, timeout - (time.monotonic() - started)))
         self.log(f"{node.name}: {message}")
+        # The boot unlockd may be watching is done: no instance sends to it again.
+        boot = boots.current_boot(self.store, node.name)
+        if boot is not None and boot.status in (boots.WAITING, boots.HELD):
+            boots.record_unlock(self.store, node.name, boot.marker, by=self.actor,
+                                at=time.time())
         if wait_for_sshd:
             self.wait_for_sshd(node, timeout)
         record = self.store.get(node.name)

@@ -21,6 +21,7 @@ from clonefleet.services import ServiceContext, merge_host_data, service_host_da
 from clonefleet.services.controller import controller_networks
 from clonefleet.ssh import ensure_operator_key
 from clonefleet.state import StateStore, open_store
+from clonefleet.unlockers import initramfs_keys
 
 
 def host_data(fleet: Fleet, store: StateStore, state_dir: Path,
@@ -32,6 +33,7 @@ def host_data(fleet: Fleet, store: StateStore, state_dir: Path,
     # rewrite for all of them; a node without recorded keys loses any entries it had.
     facts = nodefacts.load_pinned_many(store, wanted, known_hosts)
     secrets = open_secrets(state_dir)
+    unlock_keys = initramfs_keys(store, key.public_line)
     hosts = []
     for name in wanted:
         node = fleet.node(name)
@@ -62,6 +64,9 @@ def host_data(fleet: Fleet, store: StateStore, state_dir: Path,
             "smartwatch_node": node.name,
             "smartwatch_drain_url": fleet.control_url,
             "smartwatch_alert_urls": list(fleet.alert_urls),
+            # The same keys, in the same order, as the node layer wrote at install: a node
+            # provisioned after the last grant or revoke sees no change.
+            "clonefleet_unlock_keys": unlock_keys,
         }, service_host_data(ServiceContext(fleet, node, store, secrets)))))
     return hosts
 

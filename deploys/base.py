@@ -13,6 +13,11 @@ Firewall (`firewall_variables`): `clonefleet_tcp_ports`, `clonefleet_public_tcp_
 `clonefleet_backend_tcp_ports` only on the mesh interface (`mesh_interface`) and from
 `clonefleet_controller_addresses` (addresses or networks). A port both public and backend is
 public.
+`clonefleet_unlock_keys`: the keys Dropbear in the initramfs lets run cryptroot-unlock (the
+operator's and every granted unlocker's, `clonefleet keys grant`; set once a fleet granted
+one); the file is rewritten and the initramfs rebuilt only when they changed. Empty (the
+default, and a fleet that never granted an unlocker): the file is left as the install wrote
+it.
 Every package is already in the node image, so a run never needs the network; a second run
 reports no changes.
 """
@@ -69,6 +74,7 @@ def firewall_variables(data: Mapping[str, Any]) -> dict[str, Any]:
     "clonefleet_backend_tcp_ports": [],
     "clonefleet_controller_addresses": [],
     "clonefleet_offline": False,
+    "clonefleet_unlock_keys": [],
 })
 def base() -> None:
     hostname = host.data.clonefleet_hostname or host.name
@@ -102,6 +108,18 @@ def base() -> None:
                      _if=firewall.did_change)
 
     unit("chrony running", "chrony.service")
+
+    unlock_keys = list(host.data.get("clonefleet_unlock_keys") or [])
+    if unlock_keys:
+        from clonefleet.image.node import initramfs_authorized_keys
+
+        dropbear = files.put(name="Dropbear (initramfs): the keys that may unlock",
+                             src=StringIO(initramfs_authorized_keys(unlock_keys)),
+                             dest="/etc/dropbear/initramfs/authorized_keys", mode="600")
+        if not offline():
+            # The initramfs holds its own copy; the next boot's Dropbear reads that one.
+            server.shell(name="initramfs rebuilt with the unlock keys",
+                         commands=["update-initramfs -u -k all"], _if=dropbear.did_change)
 
     files.put(name="Unattended security upgrades, no automatic reboot",
               src=template("base/52clonefleet-unattended-upgrades"),

@@ -36,10 +36,13 @@ if [ -e '{expected}.hang_once' ]; then
 fi
 given=$(cat; printf x)
 given=${{given%x}}
+# Every passphrase read is counted beside it (`Dropbear.deliveries`): "ok" or "bad".
 if [ "$given" = "$(cat '{expected}')" ]; then
+    echo ok >> '{expected}.deliveries'
     echo "cryptsetup: root set up successfully"
     exit 0
 fi
+echo bad >> '{expected}.deliveries'
 echo "cryptsetup failed, bad password or options?"
 exit 1
 """
@@ -106,6 +109,20 @@ class Dropbear:
 
     def log(self) -> str:
         return (self.folder / "dropbear.log").read_text(errors="replace")
+
+    def deliveries(self) -> list[str]:
+        """One word per passphrase the stand-in read: "ok" (right) or "bad"."""
+        path = self.folder / "expected.deliveries"
+        return path.read_text().split() if path.exists() else []
+
+    def authorize(self, public_line: str) -> None:
+        """Let another key log in too (an unlocker's)."""
+        with (self.folder / "home" / ".ssh" / "authorized_keys").open("a") as handle:
+            handle.write(public_line.strip() + "\n")
+
+    def hang_once(self) -> None:
+        """The next cryptroot-unlock waits 30 s before reading (nothing asks yet)."""
+        (self.folder / "expected.hang_once").touch()
 
     def stop(self) -> None:
         self.release()

@@ -38,9 +38,18 @@ class Sshd:
             "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
             # pyinfra uploads files (files.put, files.template) over SFTP.
             "Subsystem sftp internal-sftp\n" + extra_config)
-        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
+        self.folder = folder
+        self.config = config
         self.log = (folder / "sshd.log").open("wb")
-        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
+        self.start()
+
+    def start(self) -> None:
+        """Start (again, after `stop`) on the same port with the same host key."""
+        folder = self.folder
+        if self.log.closed:
+            self.log = (folder / "sshd.log").open("ab")
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
+        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)],
                                         stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -35,7 +35,9 @@ LAZY_COMMANDS = {
     "provision": ("provision", "Bare box → rescue → encrypted install → reboot → unlock → "
                                "deploy (resumable)."),
     "unlock": ("provision", "Unlock a node waiting in its initramfs (pinned Dropbear key, "
-                            "keystore passphrase)."),
+                            "keystore passphrase); --approve lets unlockd do it."),
+    "unlockd": ("unlockd", "Unlock every node that waits in its initramfs, by the fleet's "
+                           "policy."),
     "deploy": ("provision", "Apply a pyinfra deploy to nodes; --diff shows what it would "
                             "change."),
     "lab": ("lab", "Manage the local lab's qemu VMs and provider API fakes."),
@@ -52,8 +54,8 @@ LAZY_COMMANDS = {
     "cert": ("cert", "The fleet's TLS certificate: ACME DNS-01 through every node's DNS "
                      "server."),
     "power": ("power", "Power nodes on, off, or reset them through their provider."),
-    "keys": ("keys", "Pinned host keys and LUKS key slots (keys repin|rotate|status|"
-                     "recovery)."),
+    "keys": ("keys", "Pinned host keys, LUKS key slots and unlockers (keys repin|rotate|status| "
+                     "recovery|grant|revoke)."),
     "update": ("update", "Roll package updates across the fleet in safe batches."),
     "disks": ("disks", "Show the disk health of every node (or NODES), gathered over SSH "
                        "from smartwatch."),

@@ -77,8 +77,18 @@ def status(ctx: Context, nodes: tuple[str, ...], history: bool, live: bool, time
             row["history"] = [t.__dict__ for t in ctx.store.history(name)]
         rows.append(row)
     if live:
+        from clonefleet.unlockd.boots import current_boot
+
         for row, found in zip(rows, _probe(ctx, names, timeout, parallel), strict=True):
             row["live"] = found.as_dict()
+            # What unlockd recorded of the boot it waits in (held, failed, ...), if anything.
+            boot = current_boot(ctx.store, row["node"]) if found.live == "initramfs" else None
+            if boot is not None and boot.marker:
+                row["live"]["unlockd"] = {"boot": boot.marker, "status": boot.status,
+                                          "expected": boot.expected}
+                row["live"]["detail"] += f"; unlockd: boot {boot.marker} {boot.status}" + (
+                    f" (`clonefleet unlock --approve {row['node']}`)"
+                    if boot.status in ("waiting", "held") else "")
     if ctx.as_json:
         ctx.emit(rows)
         return

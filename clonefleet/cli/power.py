@@ -64,8 +64,13 @@ def power_command(ctx: Context, action: str, nodes: tuple[str, ...], region: str
     def log(message: str) -> None:
         click.echo(f"[{time.monotonic() - started:7.1f}s] {message}", err=True)
 
+    def announce(node: str, action: str) -> None:
+        from clonefleet.unlockd.boots import expect_reboot
+
+        expect_reboot(ctx.store, node, by=f"clonefleet power {action}")
+
     outcomes = power(chosen, names, ctx.fleet, provider_factory(ctx.fleet, ctx.state_dir, log),
-                     log=log)
+                     log=log, announce=announce)
     single = len(nodes) == 1
     if single and outcomes[0].failure is not None:
         raise outcomes[0].failure

@@ -197,17 +197,37 @@ def provision(ctx: Context, nodes: tuple[str, ...], region: str | None, everythi
 
 @click.command()
 @click.argument("node")
+@click.option("--approve", is_flag=True,
+              help="Do not unlock here: record an approval, and `clonefleet unlockd` unlocks "
+                   "the node's current boot (policy \"approve\", or a node held after a "
+                   "reboot loop).")
 @click.option("--no-wait", is_flag=True, help="Return once unlocked, without waiting for sshd.")
 @click.option("--timeout", type=float, default=None,
               help="Seconds each wait may take (default: the provider's boot timeout, 600 s; "
                    "900 s for dedicated servers; 1200 s for lab VMs under emulation).")
 @pass_context
-def unlock(ctx: Context, node: str, no_wait: bool, timeout: float) -> None:
-    """Unlock a node waiting in its initramfs (pinned Dropbear key, keystore passphrase)."""
+def unlock(ctx: Context, node: str, approve: bool, no_wait: bool, timeout: float) -> None:
+    """Unlock a node waiting in its initramfs (pinned Dropbear key, keystore passphrase);
+    --approve lets unlockd do it."""
+    if approve:
+        from clonefleet.unlockd import boots
+
+        name = ctx.fleet.node(node).name
+        at = boots.approve(ctx.store, name, by=_operator())
+        ctx.emit({"node": name, "approved_at": at},
+                 f"{name}: unlock approved; unlockd unlocks its current boot")
+        return
     message = make_provisioner(ctx, node).unlock(node, wait_for_sshd=not no_wait,
                                                   timeout=timeout)
     ctx.emit({"node": node, "unlocked": True, "message": message},
              f"{node}: unlocked ({message})")
+
+
+def _operator() -> str:
+    import getpass
+    import socket
+
+    return f"{getpass.getuser()}@{socket.gethostname()} (clonefleet unlock --approve)"
 
 
 DEPLOY_HELP = """Apply a pyinfra deploy to nodes; --diff shows what it would change.

@@ -25,6 +25,13 @@ UNLOCK_ONLY = ('no-port-forwarding,no-agent-forwarding,no-X11-forwarding,no-pty,
                'command="/bin/cryptroot-unlock"')
 
 
+def initramfs_authorized_keys(keys: tuple[str, ...] | list[str]) -> str:
+    """Dropbear's initramfs authorized_keys: each key may run cryptroot-unlock, nothing else.
+    The node layer writes it at install, the base deploy (`clonefleet_unlock_keys`) after a
+    grant or revoke: one function, so the same keys give the same file."""
+    return "".join(f"{UNLOCK_ONLY} {key}\n" for key in keys)
+
+
 @dataclass(frozen=True)
 class NodeLayout:
     """Identifiers chosen on the controller before anything is written to the node."""
@@ -64,6 +71,8 @@ class NodeLayerInput:
     network: InitramfsNetwork
     operator_keys: tuple[str, ...]
     nic_modules: tuple[str, ...]
+    # Granted unlockers' keys (`clonefleet keys grant`): Dropbear only, never root's sshd.
+    unlock_keys: tuple[str, ...] = ()
 
 
 def build_node_layer(base: BaseImage, spec: NodeLayerInput, output: Path,
@@ -262,7 +271,7 @@ def _write_files(root: Path, spec: NodeLayerInput) -> None:
     _write(root, "/run/dropbear-key", secrets.dropbear_host_key, 0o600)
     keys = "".join(f"{key}\n" for key in spec.operator_keys)
     _write(root, "/etc/dropbear/initramfs/authorized_keys",
-           "".join(f"{UNLOCK_ONLY} {key}\n" for key in spec.operator_keys), 0o600)
+           initramfs_authorized_keys((*spec.operator_keys, *spec.unlock_keys)), 0o600)
     (root / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
     _write(root, "/root/.ssh/authorized_keys", keys, 0o600)
     if spec.nic_modules:

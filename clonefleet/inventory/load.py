@@ -36,6 +36,7 @@ from clonefleet.providers.registry import (
 )
 from clonefleet.providers.routes import LabRoutes
 from clonefleet.state.config import SQLITE, StateConfig, parse_state_table, parse_state_url
+from clonefleet.unlockd.policy import FleetUnlockPolicy, parse_policy
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 DOMAIN_RE = re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -53,8 +54,9 @@ MOVED_KEYS = {
     "services.mesh.controller_addresses": "[fleet] controller_addresses",
     "services.dns.api_allow_from": "[fleet] controller_addresses",
 }
-TOP_KEYS = {"fleet", "regions", "nodes", "routed", "admins", "providers", "services", "state"}
-REGION_KEYS = {"provider", "location", "latitude", "longitude", "min_active"}
+TOP_KEYS = {"fleet", "regions", "nodes", "routed", "admins", "providers", "services", "state",
+            "unlock"}
+REGION_KEYS = {"provider", "location", "latitude", "longitude", "min_active", "unlock"}
 NODE_KEYS = {
     "region", "provider", "disks", "server_type", "server_id", "memory_mb", "disk_size_gb",
     "ipv4", "ipv6", "network", "labels",
@@ -216,6 +218,7 @@ def load_fleet(path: str | Path, *, environ: Mapping[str, str] | None = None) ->
     controller = _controller_addresses(check, fleet_table)
     _floors(check, regions, nodes, min_total)
     state = _state(check, fleet_table, raw, fleet_name)
+    unlock = _unlock(check, raw)
     used = {name: config for name, config in providers.configs.items()
             if any(node.provider == name for node in nodes.values())
             or any(region.provider == name for region in regions.values())}
@@ -242,6 +245,7 @@ def load_fleet(path: str | Path, *, environ: Mapping[str, str] | None = None) ->
         providers=providers.configs,
         services=services,
         state=state,
+        unlock=unlock,
     )
 
 
@@ -265,6 +269,20 @@ def _state(check: _Checker, fleet_table: dict[str, Any], raw: dict[str, Any],
     if config.backend == "etcd" and not config.prefix:
         config = dataclasses.replace(config, prefix=f"clonefleet/{fleet_name}")
     return config
+
+
+def _unlock(check: _Checker, raw: dict[str, Any]) -> FleetUnlockPolicy:
+    """`[unlock]` and each `[regions.NAME.unlock]` (its keys over the fleet's)."""
+    default, problems = parse_policy(check.table(raw.get("unlock", {}), "unlock"), "unlock")
+    regions = {}
+    for name, body in (raw.get("regions") or {}).items():
+        if isinstance(body, dict) and "unlock" in body:
+            key = f"regions.{name}.unlock"
+            regions[name], more = parse_policy(check.table(body["unlock"], key), key, default)
+            problems += more
+    for key, problem, fix in problems:
+        check.fail(key, problem, fix)
+    return FleetUnlockPolicy(default, regions)
 
 
 def _floors(check: _Checker, regions: dict[str, Region], nodes: dict[str, Node],

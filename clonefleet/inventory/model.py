@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clonefleet.state.config import SQLITE, StateConfig
+from clonefleet.unlockd.policy import FleetUnlockPolicy
 
 if TYPE_CHECKING:
     from clonefleet.providers.base import ProviderConfig
@@ -98,6 +99,9 @@ class Fleet:
     # Where node states, facts and locks live: SQLite in the state folder unless the fleet
     # file names an etcd cluster ([fleet] state or [state]).
     state: StateConfig = SQLITE
+    # When `clonefleet unlockd` unlocks a node after a reboot ([unlock], per region
+    # [regions.NAME.unlock]; `clonefleet.unlockd.policy`).
+    unlock: FleetUnlockPolicy = field(default_factory=FleetUnlockPolicy)
 
     def node(self, name: str) -> Node:
         from clonefleet.errors import UnknownNodeError

@@ -66,3 +66,27 @@ def test_another_nodes_damaged_facts_do_not_stop_a_deploy_of_this_one(tmp_path: 
 
     assert name == "fsn-1" and data["ssh_port"] == 10022
     assert fleet_known_hosts(tmp_path).keys_for("127.0.0.1", 10022) == [key]
+
+
+def test_unlock_keys_are_the_operators_then_the_granted_unlockers_as_the_node_layer_writes(
+        tmp_path: Path) -> None:
+    from clonefleet.image.node import initramfs_authorized_keys
+    from clonefleet.ssh import ensure_operator_key
+    from clonefleet.unlockers import fleet_keystore, grant, revoke
+
+    fleet = load_fleet(LAB)
+    store = SqliteStateStore(tmp_path / "state.sqlite")
+    installed(store, "fsn-1", 10022)
+    operator = ensure_operator_key(fleet.ssh_key, tmp_path).public_line
+    # A fleet that never granted an unlocker: the file stays as the install wrote it.
+    assert dict(host_data(fleet, store, tmp_path))["fsn-1"]["clonefleet_unlock_keys"] == []
+    unlocker = generate_ed25519("unlocker@u1").public_line
+    grant(store, fleet_keystore(tmp_path, store), "u1", unlocker)
+    keys = dict(host_data(fleet, store, tmp_path))["fsn-1"]["clonefleet_unlock_keys"]
+    assert keys == [operator, " ".join(unlocker.split()[:2])]
+    lines = initramfs_authorized_keys(keys).splitlines()
+    revoke(store, fleet_keystore(tmp_path, store), "u1")  # the last one: still managed
+    assert dict(host_data(fleet, store, tmp_path))["fsn-1"]["clonefleet_unlock_keys"] == [
+        operator]
+    assert all(line.startswith("no-port-forwarding,") and 'command="/bin/cryptroot-unlock"'
+               in line for line in lines)
