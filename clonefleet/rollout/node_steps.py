@@ -49,6 +49,7 @@ from clonefleet.rollout.progress import (
 from clonefleet.rollout.restarts import parse_needrestart, parse_reboot_flag
 from clonefleet.ssh import RemoteShell, ensure_operator_key, wait_for_ssh
 from clonefleet.state import StateStore, lifecycle
+from clonefleet.unlockd.boots import expect_reboot
 
 if TYPE_CHECKING:
     from clonefleet.provision import Provisioner
@@ -344,6 +345,10 @@ class NodeUpdate:
                     return "rebooted and back" if rebooted else "not needed (services " \
                         "restarted by needrestart)"
                 self._save(replace(self.progress, reboot_reasons=reasons))
+                # Announced first: an unlockd sees a planned reboot and unlocks it at once,
+                # whatever its policy for unexpected ones.
+                expect_reboot(context.store, self.node, by=context.actor,
+                              reason="rollout: " + "; ".join(reasons))
                 # Detached and delayed: the command returns before sshd goes away.
                 self._sh(shell, "nohup sh -c 'sleep 2; systemctl reboot' >/dev/null 2>&1 &",
                          "reboot")

@@ -382,6 +382,11 @@ def test_reboot_step_reboots_unlocks_and_checks_the_boot_changed(
     assert update.progress.reboot_reasons == (
         "/var/run/reboot-required is present (asked by linux-image-cftest)",)
     assert any("systemctl reboot" in command for command in node.commands)
+    # announced to unlockd as a planned reboot (unlocked at once, whatever its policy)
+    from clonefleet.unlockd.boots import EXPECTED_REBOOT
+
+    expected = update.context.store.get_fact("fsn-1", EXPECTED_REBOOT)
+    assert expected["by"] == "test" and expected["reason"].startswith("rollout: ")
 
 
 def test_reboot_step_on_a_resumed_node_waiting_in_its_initramfs_only_unlocks(
