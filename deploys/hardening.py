@@ -71,8 +71,13 @@ SYSCTL: dict[str, int | str] = {
     "net.ipv4.conf.default.accept_source_route": 0,
     "net.ipv6.conf.all.accept_source_route": 0,
     "net.ipv6.conf.default.accept_source_route": 0,
-    "net.ipv4.conf.all.rp_filter": 1,  # strict reverse path: spoofed source addresses
-    "net.ipv4.conf.default.rp_filter": 1,
+    # Loose reverse path (2): a source no route leads back to at all is dropped. Not strict
+    # (1): a node has a public and often a private interface (the lab's eth1, a provider's
+    # vSwitch or vRack) and a WireGuard mesh over either; strict drops, silently, any packet
+    # whose source routes back through another interface than it came in on. The node routes
+    # nothing (ip_forward 0) and nftables filters its input, so strict adds little here.
+    "net.ipv4.conf.all.rp_filter": 2,
+    "net.ipv4.conf.default.rp_filter": 2,
     "net.ipv4.conf.all.log_martians": 1,  # log impossible source addresses (spoofing)
     "net.ipv4.conf.default.log_martians": 1,
     "net.ipv4.conf.all.bootp_relay": 0,  # not a DHCP relay
