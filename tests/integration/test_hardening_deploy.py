@@ -107,6 +107,21 @@ def test_unused_modules_are_disabled_and_needed_ones_are_not(hardened) -> None:
     assert not named & NEVER_DISABLED
 
 
+def test_modprobe_still_loads_what_a_node_needs_and_nothing_it_disabled(hardened) -> None:
+    root, _upper, _first, _second = hardened
+    kernel = next((root / "lib/modules").iterdir()).name  # the image's, not the controller's
+
+    def plan(module: str) -> str:  # what `modprobe MODULE` would do, without doing it
+        result = chroot(root, f"modprobe -S {kernel} --show-depends {module}")
+        return result.stdout + result.stderr
+
+    for module in ("wireguard", "dm_crypt", "raid1", "vfat", "virtio_net", "e1000e", "igb"):
+        shown = plan(module)
+        assert f"/{module.replace('_', '-')}.ko" in shown.replace("_", "-"), shown
+        assert "/bin/true" not in shown, (module, shown)
+    assert "install /bin/true" in plan("sctp")
+
+
 def test_core_dumps_umask_banner_and_audit_rules_are_written(hardened) -> None:
     root, _upper, _first, _second = hardened
     login_defs = read_settings(root / "etc/login.defs", "\t")
