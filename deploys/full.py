@@ -1,4 +1,5 @@
-"""The whole full-clone node: the base, then every service, then the smartwatch agent.
+"""The whole full-clone node: the base and its hardening, then every service, then the
+smartwatch agent.
 
 Host data comes from `clonefleet.pyinfra_inventory` (or `inventory/<fleet>.py`); see each
 part's docstring for its keys and defaults.
@@ -12,6 +13,7 @@ from deploys.app import app
 from deploys.base import base
 from deploys.database import database
 from deploys.dns import dns
+from deploys.hardening import hardening
 from deploys.mesh import mesh
 from deploys.metrics import metrics
 from deploys.smartwatch import smartwatch
@@ -21,7 +23,10 @@ from deploys.transport import transport
 @deploy("clonefleet node")
 def node() -> None:
     base()
-    # Right after the base: the other services' backend traffic runs over it.
+    # Right after the base, before any service: a service's deploy runs on a hardened node,
+    # and files it adds later (users, homes) follow the hardened defaults.
+    hardening()
+    # The mesh first among the services: the others' backend traffic runs over it.
     mesh()
     database()
     dns()
@@ -34,7 +39,9 @@ def node() -> None:
 
 @deploy("clonefleet node, base only")
 def base_node() -> None:
-    """A node that is managed and watched but serves nothing yet: the base and the smartwatch
-    agent (burning in new hardware before it joins; the lab's disk and boot tests)."""
+    """A node that is managed and watched but serves nothing yet: the base, its hardening and
+    the smartwatch agent (burning in new hardware before it joins; the lab's disk and boot
+    tests, which so boot a hardened node)."""
     base()
+    hardening()
     smartwatch()

@@ -50,6 +50,18 @@ FULL_CLONE_UNITS = (
     "pdns.service", "haproxy.service", "postgresql.service",
     "prometheus-node-exporter.service",
 )
+# What deploys/hardening.py configures (see docs/hardening.md), installed with APT_PACKAGES.
+# Kept apart from the service packages so lists edited in parallel merge cleanly. auditd and
+# acct enable their units on install and stay enabled (not in FULL_CLONE_UNITS): the
+# hardening deploy wants both running from the first boot.
+HARDENING_PACKAGES = (
+    "auditd",  # kernel audit trail of identity, privilege and module changes
+    "libpam-tmpdir",  # per-user $TMPDIR: no symlink races in a shared /tmp
+    "libpam-passwdqc",  # refuses weak passwords should an account ever get one
+    "apt-listchanges",  # upgrade notes (NEWS) shown with every apt run
+    "debsums",  # checks installed files against the packages' checksums
+    "acct",  # process accounting: which commands ran, for incident review
+)
 # postgresql-common creates a cluster "main" when a PostgreSQL version is installed; the
 # database deploy creates its own cluster with its own settings, so the image has none (and
 # later major versions create none either: create_main_cluster = false).
@@ -71,7 +83,7 @@ MASKED_GENERATORS = (
     "systemd-integritysetup-generator", "systemd-veritysetup-generator",
     "systemd-system-update-generator", "systemd-rc-local-generator", "systemd-run-generator",
 )
-BUILD_VERSION = "7"  # bump when the configuration below changes
+BUILD_VERSION = "8"  # bump when the configuration below changes
 LAST_USED = "last-used"  # touched whenever the image is handed out
 UNUSED_IMAGE_SECONDS = 7 * 24 * 3600
 
@@ -97,9 +109,21 @@ def security_mirror() -> str:
                           "http://deb.debian.org/debian-security")
 
 
+# Kept by the image build and by deploys/hardening.py alike (nodes of older images lack it).
+SECURITY_SOURCES = "/etc/apt/sources.list.d/debian-security.list"
+
+
+def security_sources(mirror: str) -> str:
+    """The apt source of Debian's security suite, as the image and the hardening deploy
+    write it (the same text, so a fresh node's first deploy leaves it alone)."""
+    return ("# Managed by clonefleet: Debian's security updates, which unattended-upgrades\n"
+            "# installs; without this line it has none to install.\n"
+            f"deb {mirror} {SUITE}-security main\n")
+
+
 def image_key() -> str:
-    text = json.dumps([SUITE, PACKAGES, APT_PACKAGES, FULL_CLONE_UNITS, INITRAMFS_MODULES,
-                       DROPBEAR_PORT, BUILD_VERSION])
+    text = json.dumps([SUITE, PACKAGES, APT_PACKAGES, HARDENING_PACKAGES, FULL_CLONE_UNITS,
+                       INITRAMFS_MODULES, DROPBEAR_PORT, BUILD_VERSION])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -219,15 +243,12 @@ def _configure(root: Path) -> None:
     # debootstrap only knows the point release: without the security suite a fresh node runs
     # every fix published since, and unattended-upgrades has no security update to install.
     # `upgrade`, not `dist-upgrade`: a new kernel ABI never adds a second kernel to the image.
-    (root / "etc/apt/sources.list.d/debian-security.list").write_text(
-        "# Managed by clonefleet: Debian's security updates, which unattended-upgrades\n"
-        "# installs; without this line it has none to install.\n"
-        f"deb {security_mirror()} {SUITE}-security main\n")
+    (root / SECURITY_SOURCES.lstrip("/")).write_text(security_sources(security_mirror()))
     try:
         with mounted(root):
             in_chroot(root, "apt-get update -q && apt-get upgrade -y -q && "
                       "apt-get install -y -q "
-                      "--no-install-recommends " + " ".join(APT_PACKAGES),
+                      "--no-install-recommends " + " ".join(APT_PACKAGES + HARDENING_PACKAGES),
                       what="apt-get install", timeout=1800)
             in_chroot(root, "apt-get clean", what="apt-get clean")
             in_chroot(root, f"if pg_lsclusters -h | grep -q '^{POSTGRESQL_VERSION} main '; "

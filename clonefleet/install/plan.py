@@ -6,7 +6,7 @@ import secrets
 import uuid
 from dataclasses import dataclass, field
 
-from clonefleet.image.base import APT_PACKAGES, DROPBEAR_PORT, PACKAGES
+from clonefleet.image.base import APT_PACKAGES, DROPBEAR_PORT, HARDENING_PACKAGES, PACKAGES
 from clonefleet.image.node import NodeLayout, kernel_cmdline
 from clonefleet.inventory import Fleet, Node
 from clonefleet.keyslots import INSTALL_SLOTS
@@ -29,7 +29,7 @@ class InstallPlan:
     pbkdf_memory_kib: int
     steps: tuple[str, ...]
     partitions: tuple[str, ...]
-    packages: tuple[str, ...] = PACKAGES + APT_PACKAGES
+    packages: tuple[str, ...] = PACKAGES + APT_PACKAGES + HARDENING_PACKAGES
     disk_paths: dict[str, str] = field(default_factory=dict)  # serial -> /dev/disk/by-id/...
 
     def describe(self) -> dict[str, object]:
