@@ -94,7 +94,7 @@ LOCK = _transition(
     "lock", ["installed"], "locked", ["clonefleet/provision.py"],
     "booted from disk, waiting in the initramfs for its passphrase")
 BOOT = _transition(
-    "boot", ["locked"], "booted", ["clonefleet/provision.py"],
+    "boot", ["locked"], "booted", ["clonefleet/provision.py", "clonefleet/unlockd/service.py"],
     "unlocked; sshd answers with the pinned key")
 DEPLOY = _transition(
     "deploy", ["booted"], "deployed", ["clonefleet/provision.py"],
@@ -103,7 +103,8 @@ ACTIVATE = _transition(
     "activate", ["deployed"], "active", ["clonefleet/dnsmap/drain.py"],
     "a provisioned node enters DNS answers (`clonefleet undrain`, with the health rule)")
 DRAIN = _transition(
-    "drain", ["active"], "draining", ["clonefleet/dnsmap/drain.py"],
+    "drain", ["active"], "draining",
+    ["clonefleet/dnsmap/drain.py", "clonefleet/unlockd/service.py"],
     "out of DNS answers; clients may still hold its addresses until the TTL and grace pass")
 SETTLE = _transition(
     "settle", ["draining"], "drained", ["clonefleet/dnsmap/publish.py"],
@@ -128,7 +129,7 @@ RETIRE = _transition(
     "answers is drained first")
 DESTROY_LAB = _transition(
     "destroy_lab", [state for state in STATES if state != "ordered"], "ordered",
-    ["clonefleet/cli/lab.py"],
+    ["clonefleet/lab/destroy.py"],
     "its lab VM was deleted (`clonefleet lab destroy`); from any recorded state, even "
     "retired: the lab node can be provisioned afresh")
 
