@@ -6,6 +6,11 @@ Parses, calls `clonefleet.rollout` (plan, run, resume) and prints: the plan with
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
@@ -56,7 +61,7 @@ Exit codes:
   31  (--dry-run) no node could be read
   40  halted: more nodes failed than --max-failures (they stay drained)
   41  halted: no node could go for --wait seconds (a region at its minimum)
-  42  stopped by Ctrl-C (or the lock was lost); --resume continues
+  42  stopped by Ctrl-C or SIGTERM (or the lock was lost); --resume continues
 """
 
 
@@ -133,10 +138,11 @@ def _roll(ctx: Context, plan_now: Callable[[], RolloutPlan], *, resume: bool, ta
                       boot_timeout=boot_timeout)
     report: RolloutReport | None = None
     try:
-        if resume:
-            report = rollout.resume(take_over=take_over)
-        else:
-            report = rollout.start(plan_now, run_options, take_over=take_over)
+        with _stop_on_signals():
+            if resume:
+                report = rollout.resume(take_over=take_over)
+            else:
+                report = rollout.start(plan_now, run_options, take_over=take_over)
     except RolloutStopped as stopped:
         display.close()
         _print_report(ctx, stopped.report)
@@ -144,6 +150,27 @@ def _roll(ctx: Context, plan_now: Callable[[], RolloutPlan], *, resume: bool, ta
     finally:
         display.close()
     _print_report(ctx, report)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM (a service manager, a CI job's timeout) both stop the rollout after
+    the steps under way. SIGINT is set explicitly: a process started in the background of a
+    script inherits it ignored, and a rollout must stay stoppable. The handlers before are
+    restored after."""
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only; nothing to set
+        return
+    before = {number: signal.signal(number, interrupt)
+              for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
 
 
 def _print_report(ctx: Context, report: RolloutReport) -> None:
