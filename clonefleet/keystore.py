@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyrage
 
+from clonefleet.atomic import write_atomic
 from clonefleet.errors import KeystoreError
 
 
@@ -102,12 +103,7 @@ class Keystore:
                unlocker_keys: Sequence[str] | None = None) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         encrypted = pyrage.encrypt(passphrase.encode(), self.recipients(identity, unlocker_keys))
-        temporary = self._path(node).with_suffix(".tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(encrypted)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(self._path(node))
+        write_atomic(self._path(node), encrypted, 0o600)
         if self.mirror is not None:
             self.mirror(node, encrypted)
 

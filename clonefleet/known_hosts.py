@@ -24,13 +24,12 @@ never half of one.
 from __future__ import annotations
 
 import fcntl
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from clonefleet.atomic import write_atomic
 from clonefleet.errors import ConfigError
 
 FILE_NAME = "known_hosts"
@@ -177,17 +176,7 @@ class KnownHosts:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _write(self, lines: list[str]) -> None:
-        descriptor, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".known_hosts.")
-        try:
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write("".join(f"{line}\n" for line in lines))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temporary, 0o644)
-            os.replace(temporary, self.path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, "".join(f"{line}\n" for line in lines), 0o644)
 
 
 def _replace(lines: list[str], wanted: Mapping[str, list[HostKeyEntry]]) -> list[str]:

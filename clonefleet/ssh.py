@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paramiko.pkey import UnknownKeyType
 
+from clonefleet.atomic import write_atomic
 from clonefleet.errors import (
     ClonefleetError,
     ConfigError,
@@ -102,22 +102,12 @@ def _create_or_repair_operator_key(path: Path, public: Path) -> str:
         line = loaded.public_key().public_bytes(
             serialization.Encoding.OpenSSH,
             serialization.PublicFormat.OpenSSH).decode() + " clonefleet-operator"
-        _replace(public, line + "\n", 0o644)
+        write_atomic(public, line + "\n", 0o644)
         return line
     pair = generate_ed25519("clonefleet-operator")
-    _replace(public, pair.public_line + "\n", 0o644)
-    _replace(path, pair.private_openssh, 0o600)
+    write_atomic(public, pair.public_line + "\n", 0o644)
+    write_atomic(path, pair.private_openssh, 0o600)
     return pair.public_line
-
-
-def _replace(path: Path, text: str, mode: int) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def key_fingerprints(key_bytes: bytes) -> tuple[str, str]:
