@@ -55,7 +55,7 @@ over only with --take-over-lock. See docs/rollout.md.
 Exit codes:
   0   every node was updated (or, with --dry-run, the plan covers every node)
   2   a bad option or node name; an unfinished rollout exists (use
-      --resume); --resume with nothing to resume
+      --resume); --resume with nothing to resume, or with an option it keeps
   3   another rollout holds the lock, or a stale lock needs --take-over-lock
   30  (--dry-run) some nodes could not be read; the plan covers the others
   31  (--dry-run) no node could be read
@@ -97,9 +97,8 @@ def update(ctx: Context, nodes: tuple[str, ...], dry_run: bool, everything: bool
     from clonefleet.fleetrun import failure_error
     from clonefleet.rollout.plan import make_plan
 
-    if resume and (dry_run or nodes):
-        raise ConfigError("--resume continues the recorded rollout as it started: give it "
-                          "no NODES and no --dry-run")
+    if resume:
+        _refuse_changes_on_resume(dry_run, nodes)
 
     def plan_now() -> RolloutPlan:
         return make_plan(ctx.fleet, ctx.store, nodes, everything=everything,
@@ -122,6 +121,26 @@ def update(ctx: Context, nodes: tuple[str, ...], dry_run: bool, everything: bool
     _roll(ctx, plan_now, resume=resume, take_over=take_over_lock, boot_timeout=boot_timeout,
           run_options=RunOptions(everything, batch_size, max_unavailable_per_region,
                                  max_failures, wait_seconds))
+
+
+# Options the recorded rollout keeps: given with --resume they would be silently ignored.
+_KEPT_ON_RESUME = ("everything", "batch_size", "max_unavailable_per_region", "max_failures",
+                   "wait_seconds", "no_refresh")
+
+
+def _refuse_changes_on_resume(dry_run: bool, nodes: tuple[str, ...]) -> None:
+    from click.core import ParameterSource
+
+    command = click.get_current_context()
+    given = [option.opts[0] for option in command.command.params
+             if isinstance(option, click.Option) and option.name in _KEPT_ON_RESUME
+             and command.get_parameter_source(option.name) not in
+             (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)]
+    given += ["NODES"] * bool(nodes) + ["--dry-run"] * dry_run
+    if given:
+        raise ConfigError("--resume continues the recorded rollout with the options it "
+                          f"started with: drop {', '.join(given)} (only --boot-timeout and "
+                          "--take-over-lock may change)")
 
 
 def _roll(ctx: Context, plan_now: Callable[[], RolloutPlan], *, resume: bool, take_over: bool,

@@ -307,6 +307,18 @@ def test_cli_exit_codes_for_a_held_lock_waiting_and_resume(
                                       "fsn-1"])
     assert result.exit_code == 2
     assert "--resume continues the recorded rollout" in result.output
+    # Options the recorded rollout keeps are refused by name, not silently ignored.
+    result = CliRunner().invoke(cli, ["--fleet", str(fleet.path), "update", "--resume",
+                                      "--batch-size", "2", "--all", "--wait", "5"])
+    assert result.exit_code == 2
+    assert result.output == ("error: --resume continues the recorded rollout with the options "
+                             "it started with: drop --all, --batch-size, --wait (only "
+                             "--boot-timeout and --take-over-lock may change)\n")
+    # Those two may change: this resume goes ahead, keeps the recorded --wait 0 and halts again.
+    result = CliRunner().invoke(cli, ["--fleet", str(fleet.path), "update", "--resume",
+                                      "--boot-timeout", "60", "--take-over-lock"])
+    assert result.exit_code == 41, result.output
+    assert "resuming rollout" in result.output and "no node could go for 0 s" in result.output
 
 
 # -- the reboot step's flow (a reboot cannot run here: the node and the unlock are stood in
