@@ -54,8 +54,7 @@ LAZY_COMMANDS = {
     "cert": ("cert", "The fleet's TLS certificate: ACME DNS-01 through every node's DNS "
                      "server."),
     "power": ("power", "Power nodes on, off, or reset them through their provider."),
-    "keys": ("keys", "Pinned host keys, LUKS key slots and unlockers (keys repin|rotate|status| "
-                     "recovery|grant|revoke)."),
+    "keys": ("keys", "Host keys, LUKS key slots and unlockers."),
     "update": ("update", "Roll package updates across the fleet in safe batches."),
     "disks": ("disks", "Show the disk health of every node (or NODES), gathered over SSH "
                        "from smartwatch."),

@@ -20,8 +20,7 @@ from clonefleet.repin import apply_repin, plan_repin
 
 @click.group("keys")
 def keys_group() -> None:
-    """Pinned host keys, LUKS key slots and unlockers (keys repin|rotate|status|
-    recovery|grant|revoke)."""
+    """Host keys, LUKS key slots and unlockers."""
 
 
 REPIN_HELP = """Pin the host keys NODE presents now, after a host-key mismatch.
