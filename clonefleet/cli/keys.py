@@ -182,7 +182,8 @@ def _check_name(name: str) -> None:
 
 
 def register(group: click.Group) -> None:
-    from clonefleet.cli.keyslots import register_commands  # keys rotate|status|recovery
+    # keys rotate, status, recovery, rotate-host-keys
+    from clonefleet.cli.keyslots import register_commands
 
     register_commands(keys_group)
     group.add_command(keys_group)

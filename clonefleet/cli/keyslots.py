@@ -99,7 +99,7 @@ def recovery(ctx: Context, node: str, new: bool, dry_run: bool) -> None:
 @pass_context
 def status(ctx: Context, nodes: tuple[str, ...], live: bool) -> None:
     """Show each node's LUKS key slots, last passphrase rotation and recovery slot."""
-    from clonefleet import keyslots
+    from clonefleet import hostkey_rotation, keyslots
     from clonefleet.errors import ClonefleetError
     from clonefleet.ssh import ensure_operator_key
 
@@ -119,8 +119,10 @@ def status(ctx: Context, nodes: tuple[str, ...], live: bool) -> None:
             except ClonefleetError as error:
                 result.live_error = " ".join(str(error).split())
         results.append(result)
+    host_keys = {name: hostkey_rotation.host_key_status(ctx.store, name) for name in names}
     if ctx.as_json:
-        ctx.emit({"nodes": [result.as_dict() for result in results]})
+        ctx.emit({"nodes": [{**result.as_dict(), **host_keys[result.node]}
+                            for result in results]})
         return
     rows = []
     for result in results:
@@ -128,17 +130,26 @@ def status(ctx: Context, nodes: tuple[str, ...], live: bool) -> None:
                                                                         key=lambda i: i[1]))
         row = [result.node, recorded or "-", "yes" if result.has_recovery else "NO",
                result.rotated_at or "-",
-               "interrupted: run it again" if result.rotation_pending else "-"]
+               "interrupted: run it again" if result.rotation_pending else "-",
+               _host_keys_text(host_keys[result.node])]
         if live:
             row.append(result.live_error or (
                 " ".join(str(slot) for slot in result.live_slots or [])
                 + (f" (unknown: {' '.join(map(str, result.unknown_slots))})"
                    if result.unknown_slots else "")))
         rows.append(row)
-    print_table(["NODE", "SLOTS", "RECOVERY", "PASSPHRASE SET", "ROTATION"]
+    print_table(["NODE", "SLOTS", "RECOVERY", "PASSPHRASE SET", "ROTATION", "HOST KEYS SET"]
                 + (["ON THE NODE"] if live else []), rows)
 
 
+def _host_keys_text(status: dict[str, object]) -> str:
+    if status["host_key_rotation_pending"]:
+        return "interrupted: keys rotate-host-keys again"
+    return str(status["host_keys_rotated_at"] or "at install")
+
+
 def register_commands(group: click.Group) -> None:
-    for command in (rotate, recovery, status):
+    from clonefleet.cli.hostkeys import rotate_host_keys
+
+    for command in (rotate, recovery, status, rotate_host_keys):
         group.add_command(command)
