@@ -4,6 +4,7 @@ and the lab fleet module: the same node layout, proved the same way in both."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from clonefleet.keyslots import LuksVolume, active_slots, device_for
 
@@ -57,14 +58,24 @@ def check_mirrored_uefi_node(lab: Lab, node_name: str) -> None:
             assert code == 0, f"no {BOOTX64} on the ESP of {serial}: {out}{err}"
 
 
-def check_boots_from_either_disk(lab: Lab, node_name: str) -> None:
+Unlock = Callable[[int, Callable[[], None]], None]
+
+
+def check_boots_from_either_disk(lab: Lab, node_name: str, unlock: Unlock | None = None) -> None:
     """Power off, boot from each disk alone, unlock: the degraded mirror carries the node.
-    Last in a module: it leaves the mirror degraded."""
+    Last in a module: it leaves the mirror degraded. `unlock(index, power_cycle)` does the
+    power cycle and brings the node up to its sshd (default: `clonefleet unlock`)."""
     node = lab.fleet.node(node_name)
-    for serial in node.disks:
-        lab.provider.power_off(node)
-        lab.provider.boot_disk(node, disks=[serial])
-        lab.cli("unlock", node_name)
+    for index, serial in enumerate(node.disks):
+        def power_cycle(serial: str = serial) -> None:
+            lab.provider.power_off(node)
+            lab.provider.boot_disk(node, disks=[serial])
+
+        if unlock is None:
+            power_cycle()
+            lab.cli("unlock", node_name)
+        else:
+            unlock(index, power_cycle)
         with lab.shell(node_name) as shell:
             assert "is active" in shell.run("cryptsetup status root")[1]
             disks = shell.run("ls /dev/disk/by-id")[1]

@@ -3,26 +3,47 @@
 The node is `firmware = "uefi"` in the lab fleet: its VM boots OVMF, so this also proves the
 UEFI path (an ESP with GRUB at the removable path on each disk). BIOS GRUB is installed on
 both disks too (the hybrid layout); the single-disk test boots that one under SeaBIOS.
+
+The booted node's LUKS passphrase and SSH host keys are rotated, and its two reboots are hard
+power cycles that `clonefleet unlockd` handles by itself (tests/vm/unlockd_checks.py): a
+changed initramfs key is sent nothing and alerted, then the policy unlocks ("immediate"), or
+waits for an approval ("approve").
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
+from webhook_fixture import Webhook
 
-from .conftest import Lab
+from .conftest import Lab, open_lab
 from .raid_checks import (
     check_boots_from_either_disk,
     check_key_rotation,
     check_mirrored_uefi_node,
 )
+from .unlockd_checks import UnlockdReboots, check_host_key_rotation, unlockd_fleet
 
 pytestmark = pytest.mark.vm
 NODE = "fsn-2"
 
 
-def test_two_disk_node_mirrors_under_luks_and_boots_from_either_disk(lab: Lab) -> None:
+@pytest.fixture(scope="module")
+def hook() -> Iterator[Webhook]:
+    receiver = Webhook()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory, hook: Webhook) -> Iterator[Lab]:
+    yield from open_lab(tmp_path_factory, lambda state_root: unlockd_fleet(state_root, hook))
+
+
+def test_two_disk_node_mirrors_under_luks_and_boots_from_either_disk(lab: Lab,
+                                                                     hook: Webhook) -> None:
     # The base and the smartwatch agent: this module proves disks and boot paths; the full
     # clone's services are proved on the several-nodes VMs and in tests/chroot.
     report = json.loads(lab.cli("--json", "provision", NODE, "--deploy",
@@ -31,6 +52,8 @@ def test_two_disk_node_mirrors_under_luks_and_boots_from_either_disk(lab: Lab) -
     assert "raid1" in [step["step"] for step in report["steps"]]
 
     check_mirrored_uefi_node(lab, NODE)
-    # Rotated before the reboots below: each of them unlocks with the new passphrase.
+    # Rotated before the reboots below: each of them unlocks with the new passphrase, and
+    # the first presents the new initramfs host key.
     check_key_rotation(lab, NODE, report["recovery_key"])
-    check_boots_from_either_disk(lab, NODE)
+    dropbear_keys = check_host_key_rotation(lab, NODE)
+    check_boots_from_either_disk(lab, NODE, UnlockdReboots(lab, NODE, hook, dropbear_keys))
