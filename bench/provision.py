@@ -24,6 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from clonefleet.deploy import describe_timings  # noqa: E402
+from clonefleet.provision import ProvisionReport  # noqa: E402
+
 # Nodes of the --many runs: lab VMs like the measured node, one disk, BIOS.
 MANY_FLEET = """
 [fleet]
@@ -48,8 +51,8 @@ ipv4 = "192.0.2.{address}"
 """
 
 
-def one_node(fleet_path: Path, node: str) -> tuple[float, list[tuple[str, float]], float]:
-    """(image seconds, steps, wall seconds) of provisioning `node` alone."""
+def one_node(fleet_path: Path, node: str) -> tuple[float, ProvisionReport]:
+    """(image seconds, the report) of provisioning `node` alone."""
     from clonefleet.image import ensure_base_image
     from clonefleet.inventory import load_fleet
     from clonefleet.keystore import Keystore
@@ -72,7 +75,7 @@ def one_node(fleet_path: Path, node: str) -> tuple[float, list[tuple[str, float]
         report = provisioner.provision(node)
     finally:
         provider.delete(node)
-    return image_seconds, report.steps, report.total_seconds
+    return image_seconds, report
 
 
 def many_nodes(count: int, folder: Path) -> float:
@@ -113,7 +116,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="clonefleet-bench-") as folder:
         os.environ["CLONEFLEET_STATE_DIR"] = folder
         os.environ["CLONEFLEET_AGE_KEY"] = str(Path(folder) / "age.key")
-        image_seconds, steps_list, total = one_node(Path(arguments.fleet), arguments.node)
+        image_seconds, report = one_node(Path(arguments.fleet), arguments.node)
+    steps_list, total = report.steps, report.total_seconds
     steps = dict(steps_list)
     print(f"image and rescue system ready in {image_seconds:.1f} s (cached after the first run;"
           " not counted)")
@@ -129,6 +133,10 @@ def main() -> None:
     print("unavoidable: " + ", ".join(f"{name} {value:.1f} s"
                                       for name, value in unavoidable.items()))
     print(f"ratio total / unavoidable = {total / floor:.2f}")
+    if report.deploy_timings:
+        print(f"deploy: {describe_timings(report.deploy_timings)}")
+        for name, seconds in report.deploy_timings["slowest"]:
+            print(f"  {seconds:7.1f} s  {name}")
 
     for count in counts:
         with tempfile.TemporaryDirectory(prefix="clonefleet-bench-") as folder:

@@ -3,8 +3,8 @@ a deploy would change on them without changing anything (`dry_run_deploy`, `--di
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ class DeployResult:
     not_run: tuple[str, ...] = ()  # operations skipped after the first failure
     # The node's host key was not the one pinned in the fleet's known_hosts (or none was).
     host_key_refused: bool = False
+    # Seconds: connect, prepare (facts), execute, and the slowest operations' names and times.
+    timings: Mapping[str, Any] = field(default_factory=dict)
 
 
 # What makes a node of the fleet: the full clone (deploys/full.py).
@@ -131,5 +133,16 @@ def run_deploy(fleet_path: Path, nodes: list[str], deploy: str = DEFAULT_DEPLOY,
                                changed=tuple(value["changed"]), unchanged=value["unchanged"],
                                errors=tuple(value["errors"]),
                                not_run=tuple(value.get("not_run", ())),
-                               host_key_refused=bool(value.get("host_key_refused")))
+                               host_key_refused=bool(value.get("host_key_refused")),
+                               timings=value.get("timings", {}))
             for name, value in data.items()}
+
+
+def describe_timings(timings: Mapping[str, Any]) -> str:
+    """One line: where a deploy's time went."""
+    if not timings:
+        return ""
+    slowest = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings["slowest"][:4])
+    return (f"connect {timings['connect']:.0f} s, facts {timings['prepare']:.0f} s, "
+            f"{timings['operations']} operations {timings['execute']:.0f} s"
+            + (f" (slowest: {slowest})" if slowest else ""))

@@ -19,6 +19,7 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
@@ -97,28 +98,34 @@ def _run_pyinfra(hosts: list[tuple[str, dict[str, Any]]], lazy: LazyHostData,
     pyinfra_logger.addHandler(collector)
     recorder = DiffRecorder()
     prepare_errors: dict[str, str] = {}
+    phases: dict[str, float] = {}
+    prepare_seconds: dict[str, float] = {}
     try:
         state.set_stage(StateStage.Connect)
+        started = time.monotonic()
         # "No hosts remaining!" when every host failed (to connect, or an operation): the
         # per-host results below say why, e.g. a host key that is not the pinned one.
         with contextlib.suppress(PyinfraError):
             connect_all(state)
+        phases["connect"] = time.monotonic() - started
         if state.active_hosts:
             state.set_stage(StateStage.Prepare)
             with recorder if dry_run else contextlib.nullcontext():
-                prepare_errors = _prepare_each(state, deploy_function)
+                prepare_errors = _prepare_each(state, deploy_function, prepare_seconds)
             # A host whose deploy could not be prepared runs none of it.
             with contextlib.suppress(PyinfraError):
                 state.fail_hosts(  # type: ignore[no-untyped-call]
                     {host for host in inventory if host.name in prepare_errors})
         if not dry_run and state.active_hosts:
             state.set_stage(StateStage.Execute)
+            started = time.monotonic()
             try:
                 run_ops(state)
             except PyinfraError as error:
                 # "No hosts remaining", or an operation that raised (an SFTP upload
                 # refused): the latter leaves its host's operations unrun.
                 collector.run_error = " ".join(str(error).split())[:300]
+            phases["execute"] = time.monotonic() - started
     finally:
         pyinfra_logger.removeHandler(collector)
     activated = set(inventory.iter_activated_hosts())
@@ -130,6 +137,8 @@ def _run_pyinfra(hosts: list[tuple[str, dict[str, Any]]], lazy: LazyHostData,
             results[host.name], succeeded[host.name] = _outcome(state, host, collector)
         if host.name in prepare_errors:
             results[host.name]["errors"].insert(0, prepare_errors[host.name])
+        results[host.name]["timings"] = _timings(state, host, phases,
+                                                 prepare_seconds.get(host.name, 0.0), collector)
         _connection_result(results[host.name], host, host in activated, collector)
     state.set_stage(StateStage.Disconnect)
     disconnect_all(state)
@@ -211,19 +220,39 @@ def _after_deploy(fleet: Fleet, store: StateStore, secrets: SecretStore, nodes: 
         results[name]["errors"].append(error)
 
 
-def _prepare_each(state: Any, deploy_function: Callable[..., Any]) -> dict[str, str]:
+def _prepare_each(state: Any, deploy_function: Callable[..., Any],
+                  seconds: dict[str, float]) -> dict[str, str]:
     """Prepare the deploy host by host, so that an operation that cannot even be prepared
-    (a fact that fails, a path of the wrong type) is that host's error, not everyone's."""
+    (a fact that fails, a path of the wrong type) is that host's error, not everyone's.
+    Each host's preparation time (pyinfra gathers the facts the operations read) goes into
+    `seconds`."""
     from pyinfra.api.deploy import add_deploy
 
     errors = {}
     for host in list(state.inventory.get_active_hosts()):
+        started = time.monotonic()
         try:
             add_deploy(state, deploy_function, host=host)
         except Exception as error:  # reported as the host's own error
             errors[host.name] = (f"cannot prepare the deploy: {type(error).__name__}: "
                                  f"{' '.join(str(error).split())[:300]}")
+        seconds[host.name] = time.monotonic() - started
     return errors
+
+
+SLOWEST = 8  # operations named in a deploy's timings
+
+
+def _timings(state: Any, host: Any, phases: dict[str, float], prepare: float,
+             collector: _ErrorCollector) -> dict[str, Any]:
+    """Where the deploy's time went on `host`: connecting (all hosts at once), preparing
+    (its facts), running its operations (all hosts at once), and its slowest operations."""
+    ran = [(", ".join(state.op_meta[op_hash].names) or op_hash, seconds)
+           for (name, op_hash), seconds in collector.op_seconds.items() if name == host.name]
+    ran.sort(key=lambda item: -item[1])
+    return {"connect": round(phases.get("connect", 0.0), 2), "prepare": round(prepare, 2),
+            "execute": round(phases.get("execute", 0.0), 2), "operations": len(ran),
+            "slowest": [[name, round(seconds, 2)] for name, seconds in ran[:SLOWEST]]}
 
 
 def _masked_values(secrets: SecretStore, node: str, lazy: LazyHostData) -> list[str]:
@@ -279,6 +308,8 @@ class _ErrorCollector(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
+        self.started: dict[str, float] = {}  # host → when its current operation started
+        self.op_seconds: dict[tuple[str, str], float] = {}  # (host, op hash) → seconds run
         self.current: dict[str, list[str]] = {}
         self.by_op: dict[tuple[str, str], list[str]] = {}
         self.connect_errors: dict[str, str] = {}
@@ -289,6 +320,10 @@ class _ErrorCollector(logging.Handler):
         match = HOST_PREFIX.match(text)
         if match and not NOISE.match(match.group(2).strip()):
             self.current.setdefault(match.group(1), []).append(match.group(2).strip())
+
+    def ran(self, host: str, op_hash: str) -> None:
+        if host in self.started:
+            self.op_seconds[(host, op_hash)] = time.monotonic() - self.started.pop(host)
 
     def why(self, host: str, op_hash: str) -> str:
         lines = [line for line in self.by_op.get((host, op_hash), []) if line]
@@ -303,10 +338,17 @@ class _ErrorCollector(logging.Handler):
             @staticmethod
             def operation_host_start(state: Any, host: Any, op_hash: str) -> None:
                 collector.current[host.name] = []
+                collector.started[host.name] = time.monotonic()
+
+            @staticmethod
+            def operation_host_success(state: Any, host: Any, op_hash: str,
+                                       retry_count: int = 0) -> None:
+                collector.ran(host.name, op_hash)
 
             @staticmethod
             def operation_host_error(state: Any, host: Any, op_hash: str,
                                      retry_count: int = 0, max_retries: int = 0) -> None:
+                collector.ran(host.name, op_hash)
                 collector.by_op[(host.name, op_hash)] = list(collector.current.get(host.name,
                                                                                    []))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clonefleet import keyslots, nodefacts
-from clonefleet.deploy import DEFAULT_DEPLOY, describe_failure, run_deploy
+from clonefleet.deploy import DEFAULT_DEPLOY, describe_failure, describe_timings, run_deploy
 from clonefleet.errors import DeployError, StateError
 from clonefleet.health import require_healthy
 from clonefleet.image.base import BaseImage, ensure_base_image
@@ -82,6 +82,8 @@ class ProvisionReport:
     skipped: list[str] = field(default_factory=list)
     final_state: str = ""
     deploy_changes: list[str] = field(default_factory=list)
+    # Where the deploy's time went (`clonefleet.deploy.DeployResult.timings`).
+    deploy_timings: dict[str, Any] = field(default_factory=dict)
     # The LUKS recovery key this run installed: shown once, never stored ("" for none).
     recovery_key: str = field(default="", repr=False)
     # Wall time of the whole run: less than the sum of the steps, since some overlap (the
@@ -401,5 +403,8 @@ class Provisioner:
             raise DeployError(f"deploy failed on {node.name}: "
                               f"{describe_failure(result)}")
         report.deploy_changes = list(result.changed)
+        report.deploy_timings = dict(result.timings)
+        if result.timings:
+            self.log(f"{node.name}: deploy: {describe_timings(result.timings)}")
         self.store.apply(node.name, lifecycle.DEPLOY, actor=self.actor,
                          reason=f"node deploy: {len(result.changed)} changes")

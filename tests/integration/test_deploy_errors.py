@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sshd_fixture import Sshd, sshd_fleet
 
-from clonefleet.deploy import describe_failure, run_deploy
+from clonefleet.deploy import describe_failure, describe_timings, run_deploy
 from clonefleet.inventory import load_fleet
 from clonefleet.state import open_store
 
@@ -36,6 +36,12 @@ def broken():
 @deploy("fine")
 def fine():
     server.shell(name="say hello", commands=["true"])
+
+
+@deploy("timed")
+def timed():
+    server.shell(name="quick one", commands=["true"])
+    server.shell(name="slow one", commands=["sleep 1.5"])
 '''
 
 
@@ -70,6 +76,26 @@ def test_failed_operation_reports_its_own_error_and_what_never_ran(
     line = describe_failure(result)
     assert line.endswith("(2 later operations not run)")
     assert "\n" not in line, line
+
+
+def test_deploy_says_where_its_time_went(
+        tmp_path: Path, sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("CLONEFLEET_AGE_KEY", str(tmp_path / "age.key"))
+    fleet = load_fleet(deploy_fleet(tmp_path, sshd))
+
+    result = run_deploy(fleet.path, ["fsn-1"], "brokendeploy:timed", timeout=300)["fsn-1"]
+
+    assert not result.failed, result.errors
+    timings = result.timings
+    assert timings["operations"] == 2
+    [slow, quick] = timings["slowest"]
+    assert slow[0].endswith("slow one") and 1.4 <= slow[1] < 10, timings
+    assert quick[0].endswith("quick one") and quick[1] < slow[1]
+    assert timings["execute"] >= slow[1] + quick[1] - 0.01
+    assert timings["connect"] > 0 and timings["prepare"] > 0
+    line = describe_timings(timings)
+    assert "2 operations" in line and "slow one 2 s" in line and "\n" not in line, line
 
 
 def test_deploy_over_several_nodes_ends_with_a_row_per_node_and_json_events(
