@@ -31,7 +31,8 @@ class FleetRegion:
 
 @dataclass(frozen=True)
 class FleetNode:
-    """One [nodes.NAME] table with a single disk, found by its serial."""
+    """One [nodes.NAME] table with a single disk, found by its serial; an address is
+    written only when given."""
 
     name: str
     region: str
