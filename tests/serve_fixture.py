@@ -13,12 +13,13 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fleet_text import FSN, HEL, FleetNode, fleet_toml
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -31,34 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 15.0
 WAIT_TIMEOUT = 10.0
 
-SERVE_FLEET = """
-[fleet]
-name = "servelab"
-domain = "servelab.clonefleet.test"
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[regions.hel]
-provider = "lab"
-latitude = 60.17
-longitude = 24.94
-min_active = 0
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["A"]
-
-[nodes.fsn-2]
-region = "fsn"
-disks = ["B"]
-
-[nodes.hel-1]
-region = "hel"
-disks = ["C"]
-"""
+SERVE_FLEET = fleet_toml(
+    "servelab", "servelab.clonefleet.test", [FSN, replace(HEL, min_active=0)],
+    [FleetNode("fsn-1", "fsn", "A"), FleetNode("fsn-2", "fsn", "B"),
+     FleetNode("hel-1", "hel", "C")])
 
 
 class StubDrain:

@@ -6,42 +6,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleet_text import ASH, FSN, FleetNode, fleet_toml
+
 from clonefleet.inventory import Fleet, load_fleet
 from clonefleet.keystore import Keystore
 from clonefleet.secrets import SecretStore, open_secrets
 from clonefleet.services import ServiceContext
 from clonefleet.state import SqliteStateStore
 
-FLEET = """
-[fleet]
-name = "t"
-domain = "fleet.example.com"
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[regions.ash]
-provider = "lab"
-latitude = 39.04
-longitude = -77.49
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["SER-1"]
-ipv4 = "192.0.2.11"
-ipv6 = "2001:db8:1::11"
-
-[nodes.fsn-2]
-region = "fsn"
-disks = ["SER-2"]
-ipv6 = "2001:db8:1::12"
-
-[nodes.ash-1]
-region = "ash"
-disks = ["SER-3"]
-"""
+FLEET = fleet_toml(
+    "t", "fleet.example.com", [FSN, ASH],
+    [FleetNode("fsn-1", "fsn", "SER-1", ipv4="192.0.2.11", ipv6="2001:db8:1::11"),
+     FleetNode("fsn-2", "fsn", "SER-2", ipv6="2001:db8:1::12"),
+     FleetNode("ash-1", "ash", "SER-3")])
 
 
 @dataclass

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 from cryptography import x509
+from fleet_text import ASH, FSN, FleetNode, fleet_toml
 from pdns_fixture import (
     CLIENT_NETWORKS,
     PowerDnsServer,
@@ -43,43 +44,19 @@ pytestmark = pytest.mark.integration
 _register()
 
 ZONE = "certlab.clonefleet.test."
-FLEET_TEXT = """
-[fleet]
-name = "certlab"
-domain = "certlab.clonefleet.test"
-min_active_total = 1
-dns_grace_seconds = 1
+WWW = {"name": "www", "ttl": 30}
 
-[[routed]]
-name = "www"
-ttl = 30
 
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
+def fleet_text(routed: list[dict[str, str | int]]) -> str:
+    return fleet_toml(
+        "certlab", "certlab.clonefleet.test", [FSN, replace(ASH, min_active=0)],
+        [FleetNode("fsn-1", "fsn", "C-FSN1", ipv4="192.0.2.11"),
+         FleetNode("fsn-2", "fsn", "C-FSN2", ipv4="192.0.2.12"),
+         FleetNode("ash-1", "ash", "C-ASH1", ipv4="198.51.100.21")],
+        settings={"min_active_total": 1, "dns_grace_seconds": 1}, routed=routed)
 
-[regions.ash]
-provider = "lab"
-latitude = 39.04
-longitude = -77.49
-min_active = 0
 
-[nodes.fsn-1]
-region = "fsn"
-disks = ["C-FSN1"]
-ipv4 = "192.0.2.11"
-
-[nodes.fsn-2]
-region = "fsn"
-disks = ["C-FSN2"]
-ipv4 = "192.0.2.12"
-
-[nodes.ash-1]
-region = "ash"
-disks = ["C-ASH1"]
-ipv4 = "198.51.100.21"
-"""
+FLEET_TEXT = fleet_text([WWW])
 NAMES = ["ash-1.certlab.clonefleet.test", "fsn-1.certlab.clonefleet.test",
          "fsn-2.certlab.clonefleet.test", "www.certlab.clonefleet.test"]
 
@@ -220,9 +197,7 @@ def test_renew_does_nothing_while_valid_and_reissues_for_new_names_or_inside_the
     assert not again.issued and again.certificate == first.certificate
 
     # A new routed name is missing from the stored certificate: renew obtains one with it.
-    widened = rewrite(run, FLEET_TEXT.replace('[[routed]]\nname = "www"',
-                                              '[[routed]]\nname = "api"\n\n[[routed]]\n'
-                                              'name = "www"'))
+    widened = rewrite(run, fleet_text([{"name": "api"}, WWW]))
     renewed = ensure_certificate(widened, run.store, run.secrets, renewing=True)
     assert renewed.issued and renewed.reason == "not valid for api.certlab.clonefleet.test"
     assert renewed.certificate is not None

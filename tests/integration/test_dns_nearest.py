@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fleet_text import FSN, HEL, FleetNode, FleetRegion, fleet_toml
 from pdns_fixture import DnsLab, ServerFactory, activate_all, write_lab_fleet
 
 from clonefleet.dnsmap import build_geoip_database, publish, verify
@@ -17,64 +18,15 @@ from clonefleet.state import open_store
 
 pytestmark = pytest.mark.integration
 
-FLEET = """
-[fleet]
-name = "globe"
-domain = "globe.clonefleet.test"
-
-[[routed]]
-name = "edge"
-ttl = 20
-
-[[routed]]
-name = "api"
-ttl = 20
-answers = 2
-
-[regions.hel]
-provider = "lab"
-latitude = 60.17
-longitude = 24.94
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[regions.akl]
-provider = "lab"
-latitude = -36.85
-longitude = 174.76
-
-[regions.hnl]
-provider = "lab"
-latitude = 21.31
-longitude = -157.86
-
-[nodes.hel-1]
-region = "hel"
-disks = ["G-HEL1"]
-ipv4 = "192.0.2.61"
-ipv6 = "2001:db8:6::61"
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["G-FSN1"]
-ipv4 = "192.0.2.11"
-ipv6 = "2001:db8:1::11"
-
-[nodes.akl-1]
-region = "akl"
-disks = ["G-AKL1"]
-ipv4 = "198.51.100.71"
-ipv6 = "2001:db8:7::71"
-
-[nodes.hnl-1]
-region = "hnl"
-disks = ["G-HNL1"]
-ipv4 = "198.51.100.81"
-ipv6 = "2001:db8:8::81"
-"""
+# Four regions where flat and great-circle distances disagree; every node has both addresses.
+FLEET = fleet_toml(
+    "globe", "globe.clonefleet.test",
+    [HEL, FSN, FleetRegion("akl", -36.85, 174.76), FleetRegion("hnl", 21.31, -157.86)],
+    [FleetNode("hel-1", "hel", "G-HEL1", ipv4="192.0.2.61", ipv6="2001:db8:6::61"),
+     FleetNode("fsn-1", "fsn", "G-FSN1", ipv4="192.0.2.11", ipv6="2001:db8:1::11"),
+     FleetNode("akl-1", "akl", "G-AKL1", ipv4="198.51.100.71", ipv6="2001:db8:7::71"),
+     FleetNode("hnl-1", "hnl", "G-HNL1", ipv4="198.51.100.81", ipv6="2001:db8:8::81")],
+    routed=[{"name": "edge", "ttl": 20}, {"name": "api", "ttl": 20, "answers": 2}])
 
 # Client networks (documentation/shared ranges, only ever written into ECS options).
 PLACES = {

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -29,6 +29,7 @@ from apt_repo_fixture import (  # noqa: F401  (fixtures)
     point_root_at,
     sshd_chroot_folder,
 )
+from fleet_text import ASH, FSN, FleetNode, fleet_toml
 from sshd_fixture import Sshd
 
 from clonefleet.image.chroot import mounted, overlay
@@ -38,35 +39,13 @@ from clonefleet.state import StateStore, open_store
 
 pytestmark = pytest.mark.integration
 
-FLEET = """
-[fleet]
-name = "rolltest"
-domain = "rolltest.clonefleet.test"
-ssh_key = "{key}"
 
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[regions.ash]
-provider = "lab"
-latitude = 39.04
-longitude = -77.49
-min_active = 0
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["R-FSN1"]
-
-[nodes.fsn-2]
-region = "fsn"
-disks = ["R-FSN2"]
-
-[nodes.ash-1]
-region = "ash"
-disks = ["R-ASH1"]
-"""
+def fleet_text(ssh_key: Path) -> str:
+    return fleet_toml(
+        "rolltest", "rolltest.clonefleet.test", [FSN, replace(ASH, min_active=0)],
+        [FleetNode("fsn-1", "fsn", "R-FSN1"), FleetNode("fsn-2", "fsn", "R-FSN2"),
+         FleetNode("ash-1", "ash", "R-ASH1")],
+        settings={"ssh_key": str(ssh_key)})
 
 
 @dataclass
@@ -117,7 +96,7 @@ def root_fleet(debian_root: Path, apt_repo: AptRepo, tmp_path: Path,  # noqa: F8
             (key.parent / "authorized_keys").read_text())
         path = tmp_path / "inventory" / "rolltest.toml"
         path.parent.mkdir()
-        path.write_text(FLEET.format(key=key))
+        path.write_text(fleet_text(key))
         fleet = load_fleet(path)
         store = open_store(tmp_path / "state" / "rolltest")
         for name in fleet.nodes:

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -39,6 +39,7 @@ from apt_repo_fixture import (  # noqa: F401  (fixtures)
     point_root_at,
     sshd_chroot_folder,
 )
+from fleet_text import ASH, FSN, FleetNode, fleet_toml
 from pdns_fixture import PowerDnsServer, ServerFactory
 from sshd_fixture import Sshd
 from webhook_fixture import Webhook
@@ -56,46 +57,21 @@ from clonefleet.state import FLEET_FACTS, StateStore, open_store
 
 pytestmark = pytest.mark.integration
 
-FLEET = """
-[fleet]
-name = "rollrun"
-domain = "rollrun.clonefleet.test"
-ssh_key = "{key}"
-min_active_total = 1
-dns_grace_seconds = 1
-alert_urls = ["{alert}"]
 
-[[routed]]
-name = "edge"
-ttl = 1
+def fleet_text(ssh_key: Path, alert_url: str) -> str:
+    """fsn-1 and fsn-2 in fsn (min_active 1), ash-1 in ash; one routed name with a TTL of 1 s
+    and a grace of 1 s, so that drains settle quickly."""
+    return fleet_toml(
+        "rollrun", "rollrun.clonefleet.test",
+        [replace(FSN, min_active=1), replace(ASH, min_active=0)],
+        [FleetNode("fsn-1", "fsn", "RR-FSN1", ipv4="192.0.2.11"),
+         FleetNode("fsn-2", "fsn", "RR-FSN2", ipv4="192.0.2.12"),
+         FleetNode("ash-1", "ash", "RR-ASH1", ipv4="198.51.100.21")],
+        settings={"ssh_key": str(ssh_key), "min_active_total": 1, "dns_grace_seconds": 1,
+                  "alert_urls": [alert_url]},
+        routed=[{"name": "edge", "ttl": 1}])
 
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-min_active = 1
 
-[regions.ash]
-provider = "lab"
-latitude = 39.04
-longitude = -77.49
-min_active = 0
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["RR-FSN1"]
-ipv4 = "192.0.2.11"
-
-[nodes.fsn-2]
-region = "fsn"
-disks = ["RR-FSN2"]
-ipv4 = "192.0.2.12"
-
-[nodes.ash-1]
-region = "ash"
-disks = ["RR-ASH1"]
-ipv4 = "198.51.100.21"
-"""
 EDGE = "edge.rollrun.clonefleet.test."
 BASE = (Package("cf-tool", "1.0"), Package("cf-extra", "1.0"))
 BROKEN_OLD = Package("cf-broken", "1.0")
@@ -230,7 +206,7 @@ def _make_fleet(base: Path, repo: AptRepo, tmp_path: Path, pdns_factory: ServerF
             (key.parent / "authorized_keys").read_text())
         path = tmp_path / "inventory" / "rollrun.toml"
         path.parent.mkdir()
-        path.write_text(FLEET.format(key=key, alert=webhook.url))
+        path.write_text(fleet_text(key, webhook.url))
         fleet = load_fleet(path)
         state_dir = tmp_path / "state" / "rollrun"
         store = open_store(state_dir)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fleet_text import FSN, FleetNode, fleet_toml
 from sshd_fixture import Sshd
 
 from clonefleet.disks import gather, rows
@@ -21,28 +22,9 @@ from smartwatch_replay import ReplayedMachine  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-FLEET = """
-[fleet]
-name = "disktest"
-domain = "disktest.clonefleet.test"
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["C91LD1N40ANA03637"]
-
-[nodes.fsn-2]
-region = "fsn"
-disks = ["WS10SM2A"]
-
-[nodes.fsn-3]
-region = "fsn"
-disks = ["X"]
-"""
+FLEET = fleet_toml("disktest", "disktest.clonefleet.test", [FSN],
+                   [FleetNode("fsn-1", "fsn", "C91LD1N40ANA03637"),
+                    FleetNode("fsn-2", "fsn", "WS10SM2A"), FleetNode("fsn-3", "fsn", "X")])
 
 
 def node_command(tmp_path: Path, node: str, recording: str) -> str:

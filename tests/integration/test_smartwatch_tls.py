@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fleet_text import FSN, FleetNode, fleet_toml
 
 # The checkout's smartwatch first (an editable install made before smartwatch/ had files maps
 # it as a namespace package).
@@ -24,20 +25,7 @@ from smartwatch.drain import ACK, RETRY, DrainClient
 
 pytestmark = pytest.mark.integration
 
-FLEET = """
-[fleet]
-name = "tlstest"
-domain = "tlstest.clonefleet.test"
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["A"]
-"""
+FLEET = fleet_toml("tlstest", "tlstest.clonefleet.test", [FSN], [FleetNode("fsn-1", "fsn", "A")])
 
 
 def certificate(folder: Path) -> tuple[Path, Path]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from etcd_fixture import Backend, EtcdServer
+from fleet_text import FSN, FleetNode, fleet_toml
 
 from clonefleet.cli import _register, cli
 from clonefleet.errors import StateError
@@ -22,25 +23,6 @@ pytestmark = pytest.mark.integration
 
 _register()
 
-FLEET = """
-[fleet]
-name = "etcdtest"
-domain = "etcd.clonefleet.test"
-state = "etcd://127.0.0.1:{port}/{prefix}"
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["S-FSN1"]
-
-[nodes.fsn-2]
-region = "fsn"
-disks = ["S-FSN2"]
-"""
 
 
 @pytest.fixture
@@ -59,7 +41,10 @@ def test_status_shows_the_node_states_kept_in_the_fleets_etcd(
         etcd_server: EtcdServer, tmp_path: Path) -> None:
     prefix = f"cli/{tmp_path.name}"
     fleet = tmp_path / "fleet.toml"
-    fleet.write_text(FLEET.format(port=etcd_server.client_port, prefix=prefix))
+    fleet.write_text(fleet_toml(
+        "etcdtest", "etcd.clonefleet.test", [FSN],
+        [FleetNode("fsn-1", "fsn", "S-FSN1"), FleetNode("fsn-2", "fsn", "S-FSN2")],
+        settings={"state": f"etcd://127.0.0.1:{etcd_server.client_port}/{prefix}"}))
     store = open_store(tmp_path, StateConfig("etcd", (etcd_server.url,), prefix))
     store.set_state("fsn-2", "ordered", actor="test", reason="lab server lab-fsn-2")
     result = CliRunner().invoke(cli, ["--fleet", str(fleet), "--json", "status"],

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dropbear_fixture import Dropbear, dropbear_available, make_dropbear
 from etcd_fixture import EtcdServer
+from fleet_text import FSN, FleetNode, fleet_toml
 from sshd_fixture import Sshd
 from webhook_fixture import Webhook
 
@@ -409,23 +410,10 @@ def test_unlockd_stops_cleanly_on_sigterm(tmp_path: Path, etcd_server: EtcdServe
             process.wait(10)
 
 
-CONTROLLER_FLEET = """
-[fleet]
-name = "unlockdtest"
-domain = "unlockd.clonefleet.test"
-ssh_key = "{ssh_key}"
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-min_active = 0
-
-[nodes.n1]
-region = "fsn"
-disks = ["S-N1"]
-ipv4 = "192.0.2.1"
-"""
+def controller_fleet(ssh_key: Path) -> str:
+    return fleet_toml("unlockdtest", "unlockd.clonefleet.test", [replace(FSN, min_active=0)],
+                      [FleetNode("n1", "fsn", "S-N1", ipv4="192.0.2.1")],
+                      settings={"ssh_key": str(ssh_key)})
 
 
 def test_controller_drains_an_unexpected_reboot_and_keeps_it_out_while_unhealthy(
@@ -441,7 +429,7 @@ def test_controller_drains_an_unexpected_reboot_and_keeps_it_out_while_unhealthy
     with (tmp_path / "sshd" / "authorized_keys").open("a") as handle:
         handle.write(operator.with_name(operator.name + ".pub").read_text())
     fleet_path = tmp_path / "fleet.toml"
-    fleet_path.write_text(CONTROLLER_FLEET.format(ssh_key=operator))
+    fleet_path.write_text(controller_fleet(operator))
     fleet = load_fleet(fleet_path)
     monkeypatch.setenv("CLONEFLEET_AGE_KEY", str(tmp_path / "age.key"))
     state_dir = tmp_path / "state" / "unlockdtest"
@@ -489,7 +477,7 @@ def test_manual_unlock_records_the_boot_so_unlockd_sends_nothing_more(
         subprocess.run(["ssh-keygen", "-y", "-f", str(operator)], capture_output=True,
                        text=True, check=True).stdout)
     fleet_path = tmp_path / "fleet.toml"
-    fleet_path.write_text(CONTROLLER_FLEET.format(ssh_key=operator))
+    fleet_path.write_text(controller_fleet(operator))
     state_dir = tmp_path / "state"
     store = open_store(state_dir)
     record_node(store, node, state="deployed")

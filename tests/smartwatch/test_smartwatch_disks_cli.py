@@ -6,26 +6,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fleet_text import FSN, FleetNode, fleet_toml
 
 from clonefleet.cli import _register, cli
 from clonefleet.disks import NodeDisks, rows
 
 pytestmark = pytest.mark.unit
 
-FLEET = """
-[fleet]
-name = "diskcli"
-domain = "diskcli.clonefleet.test"
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["A"]
-"""
+FLEET = fleet_toml("diskcli", "diskcli.clonefleet.test", [FSN], [FleetNode("fsn-1", "fsn", "A")])
 
 
 def test_never_provisioned_nodes_are_listed_as_such_and_exit_0(

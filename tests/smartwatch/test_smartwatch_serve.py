@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from fleet_text import FSN, FleetNode, fleet_toml
 
 from clonefleet.cli import _register, cli
 from clonefleet.dnsmap import DrainRefused, DrainResult
@@ -19,24 +20,8 @@ from clonefleet.state import SqliteStateStore
 
 pytestmark = pytest.mark.unit
 
-FLEET = """
-[fleet]
-name = "servetest"
-domain = "servetest.clonefleet.test"
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["A"]
-
-[nodes.fsn-2]
-region = "fsn"
-disks = ["B"]
-"""
+FLEET = fleet_toml("servetest", "servetest.clonefleet.test", [FSN],
+                   [FleetNode("fsn-1", "fsn", "A"), FleetNode("fsn-2", "fsn", "B")])
 
 
 @pytest.fixture

@@ -7,7 +7,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+
+from fleet_text import FSN, HEL, FleetNode, FleetRegion, fleet_toml
 
 from clonefleet.state import SqliteStateStore, open_store
 
@@ -16,78 +19,42 @@ FLEET_NAME = "many"
 UNSET_TOKEN = "CF_MANY_TEST_UNSET_TOKEN"
 WRONG_TOKEN = "CF_MANY_TEST_WRONG_TOKEN"
 
-FLEET = f"""
-[fleet]
-name = "{FLEET_NAME}"
-domain = "many.clonefleet.test"
+LAB_NODES = ("fsn-1", "fsn-2", "fsn-3")
+CLOUD_NODES = ("hel-1", "hel-2")
 
+
+def fleet_text(cloud_settings: str = "", refusing_api: str = "") -> str:
+    """Lab nodes fsn-1 to fsn-3; hel-1 and hel-2 on Hetzner Cloud, whose token variable is
+    unset, with `cloud_settings` as more lines of that provider's table; with `refusing_api`,
+    nbg-1 on a provider whose API (a local fake at that URL) refuses the token it is given."""
+    regions = [FSN, replace(HEL, provider="cloud")]
+    nodes = [FleetNode("fsn-1", "fsn", "S-FSN1"), FleetNode("fsn-2", "fsn", "S-FSN2"),
+             FleetNode("fsn-3", "fsn", "S-FSN3"),
+             FleetNode("hel-1", "hel", "S-HEL1", ipv4="203.0.113.41"),
+             FleetNode("hel-2", "hel", "S-HEL2", ipv4="203.0.113.42")]
+    # The providers' tables follow the nodes (TOML tables may come in any order).
+    providers = f"""
 [providers.cloud]
 driver = "hetzner-cloud"
 token_env = "{UNSET_TOKEN}"
-{{cloud_settings}}
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[regions.hel]
-provider = "cloud"
-latitude = 60.17
-longitude = 24.94
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["S-FSN1"]
-
-[nodes.fsn-2]
-region = "fsn"
-disks = ["S-FSN2"]
-
-[nodes.fsn-3]
-region = "fsn"
-disks = ["S-FSN3"]
-
-[nodes.hel-1]
-region = "hel"
-disks = ["S-HEL1"]
-ipv4 = "203.0.113.41"
-
-[nodes.hel-2]
-region = "hel"
-disks = ["S-HEL2"]
-ipv4 = "203.0.113.42"
+{cloud_settings}
 """
-
-# A provider whose API answers (a local fake) but refuses the token it is given.
-REFUSING = f"""
+    if refusing_api:
+        regions.append(FleetRegion("nbg", 49.45, 11.08, provider="refusing"))
+        nodes.append(FleetNode("nbg-1", "nbg", "S-NBG1", ipv4="203.0.113.51"))
+        providers += f"""
 [providers.refusing]
 driver = "hetzner-cloud"
-api_url = "{{api_url}}"
+api_url = "{refusing_api}"
 token_env = "{WRONG_TOKEN}"
-
-[regions.nbg]
-provider = "refusing"
-latitude = 49.45
-longitude = 11.08
-
-[nodes.nbg-1]
-region = "nbg"
-disks = ["S-NBG1"]
-ipv4 = "203.0.113.51"
 """
-
-LAB_NODES = ("fsn-1", "fsn-2", "fsn-3")
-CLOUD_NODES = ("hel-1", "hel-2")
+    return fleet_toml(FLEET_NAME, "many.clonefleet.test", regions, nodes) + providers
 
 
 def write_fleet(folder: Path, *, cloud_settings: str = "", refusing_api: str = "") -> Path:
     """The fleet file, its lab nodes recorded as deployed in the state under `folder`."""
     path = folder / "fleet.toml"
-    text = FLEET.format(cloud_settings=cloud_settings)
-    if refusing_api:
-        text += REFUSING.format(api_url=refusing_api)
-    path.write_text(text)
+    path.write_text(fleet_text(cloud_settings, refusing_api))
     store = state_store(folder)
     for node in LAB_NODES:
         if store.get(node) is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fleet_text import FSN, FleetNode, fleet_toml
 
 from clonefleet.errors import InventoryError, InventoryErrors
 from clonefleet.inventory import load_fleet
@@ -17,20 +18,7 @@ from deploys.app import DEFAULTS, app_environment, environment_file
 
 pytestmark = pytest.mark.unit
 
-FLEET_FILE = """
-[fleet]
-name = "t"
-domain = "fleet.example.com"
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["SER-1"]
-"""
+FLEET_FILE = fleet_toml("t", "fleet.example.com", [FSN], [FleetNode("fsn-1", "fsn", "SER-1")])
 
 
 def _context(tmp_path: Path, extra: str = "") -> ServiceContext:

@@ -7,6 +7,7 @@ import datetime
 from pathlib import Path
 
 import pytest
+from fleet_text import FSN, FleetNode, fleet_toml
 
 from clonefleet.certs import (
     CertInfo,
@@ -26,30 +27,9 @@ from clonefleet.services.certs import LETS_ENCRYPT
 
 pytestmark = pytest.mark.unit
 
-FLEET = """
-[fleet]
-name = "t"
-domain = "fleet.example.com"
-
-[[routed]]
-name = "www"
-
-[[routed]]
-name = "api"
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[nodes.n1]
-region = "fsn"
-disks = ["SER-1"]
-
-[nodes.n2]
-region = "fsn"
-disks = ["SER-2"]
-"""
+FLEET = fleet_toml("t", "fleet.example.com", [FSN],
+                   [FleetNode("n1", "fsn", "SER-1"), FleetNode("n2", "fsn", "SER-2")],
+                   routed=[{"name": "www"}, {"name": "api"}])
 
 NOW = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)
 NAMES = ("api.fleet.example.com", "n1.fleet.example.com", "n2.fleet.example.com",

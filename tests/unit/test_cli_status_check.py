@@ -5,42 +5,27 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fleet_text import FSN, FleetNode, fleet_toml
 
 from clonefleet.cli import _register, cli
 from clonefleet.state import open_store
 
 pytestmark = pytest.mark.unit
 
-FLEET = """
-[fleet]
-name = "statustest"
-domain = "status.clonefleet.test"
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-min_active = {min_active}
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["S-FSN1"]
-
-[nodes.fsn-2]
-region = "fsn"
-disks = ["S-FSN2"]
-"""
 
 _register()
 
 
 def run(tmp_path: Path, *args: str, min_active: int = 1):  # type: ignore[no-untyped-def]
     fleet = tmp_path / "fleet.toml"
-    fleet.write_text(FLEET.format(min_active=min_active))
+    fleet.write_text(fleet_toml(
+        "statustest", "status.clonefleet.test", [replace(FSN, min_active=min_active)],
+        [FleetNode("fsn-1", "fsn", "S-FSN1"), FleetNode("fsn-2", "fsn", "S-FSN2")]))
     return CliRunner().invoke(cli, ["--fleet", str(fleet), *args],
                               env={"CLONEFLEET_STATE_DIR": str(tmp_path / "state")})
 

@@ -7,35 +7,20 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from fleet_text import FSN, FleetNode, fleet_toml
 
 from clonefleet.cli import _register, cli
 from clonefleet.state import open_store
 
 pytestmark = pytest.mark.unit
 
-FLEET = """
-[fleet]
-name = "clitest"
-domain = "cli.clonefleet.test"
 
-[[routed]]
-name = "edge"
+def fleet_text(routed_name: str = "edge") -> str:
+    return fleet_toml("clitest", "cli.clonefleet.test", [FSN],
+                      [FleetNode("fsn-1", "fsn", "C-FSN1", ipv4="192.0.2.11"),
+                       FleetNode("fsn-2", "fsn", "C-FSN2", ipv4="192.0.2.12")],
+                      routed=[{"name": routed_name}])
 
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["C-FSN1"]
-ipv4 = "192.0.2.11"
-
-[nodes.fsn-2]
-region = "fsn"
-disks = ["C-FSN2"]
-ipv4 = "192.0.2.12"
-"""
 
 _register()
 
@@ -43,7 +28,7 @@ _register()
 @pytest.fixture
 def fleet_path(tmp_path: Path) -> Path:
     path = tmp_path / "clitest.toml"
-    path.write_text(FLEET)
+    path.write_text(fleet_text())
     store = open_store(tmp_path / "state" / "clitest")
     for node in ("fsn-1", "fsn-2"):
         store.set_state(node, "active", actor="test")
@@ -174,7 +159,7 @@ def test_with_json_every_error_prints_a_json_object(
 
 def test_check_refuses_a_routed_name_equal_to_a_node_name_with_exit_2(
         fleet_path: Path) -> None:
-    fleet_path.write_text(FLEET.replace('name = "edge"', 'name = "fsn-2"'))
+    fleet_path.write_text(fleet_text(routed_name="fsn-2"))
     result = run(fleet_path, "check")
     assert result.exit_code == 2
     assert "routed[0].name: routed name 'fsn-2' is also a node's host name " \

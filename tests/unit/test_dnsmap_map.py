@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fleet_text import ASH, FSN, FleetNode, fleet_toml
 
 from clonefleet.dnsmap import ENDPOINT_FACT, Endpoint, EndpointError, Endpoints
 from clonefleet.dnsmap.model import build_map
@@ -18,55 +19,22 @@ from clonefleet.state import FLEET_FACTS, SqliteStateStore
 
 pytestmark = pytest.mark.unit
 
-FLEET = """
-[fleet]
-name = "mapping"
-domain = "map.clonefleet.test"
 
-[[routed]]
-name = "edge"
-ttl = 20
-
-[[routed]]
-name = "{second}"
-ttl = 60
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[regions.ash]
-provider = "lab"
-latitude = 39.04
-longitude = -77.49
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["M-FSN1"]
-ipv4 = "192.0.2.11"
-ipv6 = "2001:db8:1::11"
-
-[nodes.fsn-2]
-region = "fsn"
-disks = ["M-FSN2"]
-ipv4 = "192.0.2.12"
-
-[nodes.ash-1]
-region = "ash"
-disks = ["M-ASH1"]
-ipv4 = "198.51.100.21"
-ipv6 = "2001:db8:2::21"
-
-[nodes.ash-2]
-region = "ash"
-disks = ["M-ASH2"]
-"""
+def fleet_text(second: dict[str, str | int]) -> str:
+    """Two routed names, edge and `second`; two nodes in each of fsn and ash, one of them
+    with no address at all, two with IPv6 too."""
+    return fleet_toml(
+        "mapping", "map.clonefleet.test", [FSN, ASH],
+        [FleetNode("fsn-1", "fsn", "M-FSN1", ipv4="192.0.2.11", ipv6="2001:db8:1::11"),
+         FleetNode("fsn-2", "fsn", "M-FSN2", ipv4="192.0.2.12"),
+         FleetNode("ash-1", "ash", "M-ASH1", ipv4="198.51.100.21", ipv6="2001:db8:2::21"),
+         FleetNode("ash-2", "ash", "M-ASH2")],
+        routed=[{"name": "edge", "ttl": 20}, second])
 
 
 def make_fleet(directory: Path, second: str = "api") -> Fleet:
     path = directory / "mapping.toml"
-    path.write_text(FLEET.format(second=second))
+    path.write_text(fleet_text({"name": second, "ttl": 60}))
     return load_fleet(path)
 
 
@@ -173,7 +141,7 @@ def test_lua_program_for_several_answers_sorts_by_distance_and_returns_that_many
 
 def test_answers_outside_1_to_8_are_refused_when_the_fleet_file_loads(tmp_path: Path) -> None:
     path = tmp_path / "mapping.toml"
-    path.write_text(FLEET.format(second="api").replace("ttl = 60", "ttl = 60\nanswers = 0"))
+    path.write_text(fleet_text({"name": "api", "ttl": 60, "answers": 0}))
     with pytest.raises(InventoryError, match=r"routed\[1\]\.answers: invalid answer count 0"):
         load_fleet(path)
 

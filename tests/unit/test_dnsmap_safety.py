@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from etcd_fixture import Backend
+from fleet_text import ASH, FSN, FleetNode, fleet_toml
 
 from clonefleet.dnsmap import (
     DnsError,
@@ -26,56 +27,20 @@ from clonefleet.dnsmap import (
 from clonefleet.inventory import Fleet, load_fleet
 from clonefleet.state import SqliteStateStore, StateStore
 
-FLEET = """
-[fleet]
-name = "safety"
-domain = "safety.clonefleet.test"
-min_active_total = {total}
-dns_grace_seconds = 5
-
-[[routed]]
-name = "edge"
-ttl = 30
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-min_active = {fsn_min}
-
-[regions.ash]
-provider = "lab"
-latitude = 39.04
-longitude = -77.49
-min_active = 1
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["S-FSN1"]
-ipv4 = "192.0.2.11"
-
-[nodes.fsn-2]
-region = "fsn"
-disks = ["S-FSN2"]
-ipv4 = "192.0.2.12"
-
-[nodes.fsn-3]
-region = "fsn"
-disks = ["S-FSN3"]
-ipv4 = "192.0.2.13"
-
-[nodes.ash-1]
-region = "ash"
-disks = ["S-ASH1"]
-ipv4 = "198.51.100.21"
-"""
-
 NO_SERVERS = Endpoints()
 
 
 def make_fleet(directory: Path, *, total: int = 1, fsn_min: int = 1) -> Fleet:
     path = directory / "safety.toml"
-    path.write_text(FLEET.format(total=total, fsn_min=fsn_min))
+    path.write_text(fleet_toml(
+        "safety", "safety.clonefleet.test",
+        [dataclasses.replace(FSN, min_active=fsn_min), dataclasses.replace(ASH, min_active=1)],
+        [FleetNode("fsn-1", "fsn", "S-FSN1", ipv4="192.0.2.11"),
+         FleetNode("fsn-2", "fsn", "S-FSN2", ipv4="192.0.2.12"),
+         FleetNode("fsn-3", "fsn", "S-FSN3", ipv4="192.0.2.13"),
+         FleetNode("ash-1", "ash", "S-ASH1", ipv4="198.51.100.21")],
+        settings={"min_active_total": total, "dns_grace_seconds": 5},
+        routed=[{"name": "edge", "ttl": 30}]))
     return load_fleet(path)
 
 

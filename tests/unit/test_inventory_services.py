@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fleet_text import FSN, FleetNode, fleet_toml
 
 from clonefleet.errors import InventoryError, InventoryErrors
 from clonefleet.inventory import load_fleet
@@ -13,20 +14,7 @@ from clonefleet.services import registry
 
 pytestmark = pytest.mark.unit
 
-FLEET = """
-[fleet]
-name = "t"
-domain = "fleet.example.com"
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[nodes.n1]
-region = "fsn"
-disks = ["SER-1"]
-"""
+FLEET = fleet_toml("t", "fleet.example.com", [FSN], [FleetNode("n1", "fsn", "SER-1")])
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fleet_text import FSN, FleetNode, fleet_toml
 
 from clonefleet.errors import InventoryError, ProviderError
 from clonefleet.inventory import load_fleet
@@ -15,20 +16,7 @@ from clonefleet.providers.lab import LabProvider
 pytestmark = pytest.mark.unit
 
 LAB = Path(__file__).resolve().parents[2] / "inventory" / "lab.toml"
-FLEET = """
-[fleet]
-name = "f"
-domain = "fleet.example.com"
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[nodes.n1]
-region = "fsn"
-disks = ["CFLAB-N1-A"]
-"""
+FLEET = fleet_toml("f", "fleet.example.com", [FSN], [FleetNode("n1", "fsn", "CFLAB-N1-A")])
 
 
 def _config(tmp_path: Path, firmware: str = "bios") -> qemu.VmConfig:

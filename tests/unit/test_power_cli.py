@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from fleet_text import FSN, FleetNode, fleet_toml
 
 from clonefleet.cli import _register, cli
 from clonefleet.errors import ProviderError
@@ -20,26 +21,9 @@ from clonefleet.state import open_store
 
 pytestmark = pytest.mark.unit
 
-FLEET = """
-[fleet]
-name = "powertest"
-domain = "power.clonefleet.test"
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["S-FSN1"]
-ipv4 = "192.0.2.1"
-
-[nodes.fsn-2]
-region = "fsn"
-disks = ["S-FSN2"]
-ipv4 = "192.0.2.2"
-"""
+FLEET = fleet_toml("powertest", "power.clonefleet.test", [FSN],
+                   [FleetNode("fsn-1", "fsn", "S-FSN1", ipv4="192.0.2.1"),
+                    FleetNode("fsn-2", "fsn", "S-FSN2", ipv4="192.0.2.2")])
 
 _register()
 

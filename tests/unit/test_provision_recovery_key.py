@@ -43,16 +43,9 @@ def test_the_key_is_printed_labelled_with_the_instruction_to_store_it_offline(
     assert "fsn-2" not in out
 
 
-def test_a_run_failing_after_the_install_still_returns_the_recovery_key(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real FleetRun and Provisioner, the install stood in for (it needs a rescue
-    system), over a node recorded deployed (hence --wipe): booting from disk fails; the key
-    the install made is in the node's outcome."""
-    monkeypatch.setenv("CLONEFLEET_AGE_KEY", str(tmp_path / "age.key"))
-    monkeypatch.setenv("CLONEFLEET_CACHE_DIR", str(tmp_path / "cache"))
-    fleet = load_fleet(write_fleet(tmp_path))
-    store = state_store(tmp_path)
-    node = LAB_NODES[0]
+def install_then_fail_to_boot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real Provisioner with its install stood in for (it needs a rescue system): the
+    install makes the key KEY, then booting from disk fails."""
 
     def install(self: Provisioner, target: Node, report: ProvisionReport) -> None:
         report.recovery_key = KEY
@@ -62,6 +55,19 @@ def test_a_run_failing_after_the_install_still_returns_the_recovery_key(
 
     monkeypatch.setattr(Provisioner, "_install", install)
     monkeypatch.setattr(Provisioner, "_boot_disk", boot)
+
+
+def test_a_run_failing_after_the_install_still_returns_the_recovery_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the Python API: FleetRun over a node recorded deployed (hence wipe=True); the
+    key the install made is in the node's outcome, its error and its dict. The next test is
+    the same failure seen through the command."""
+    monkeypatch.setenv("CLONEFLEET_AGE_KEY", str(tmp_path / "age.key"))
+    monkeypatch.setenv("CLONEFLEET_CACHE_DIR", str(tmp_path / "cache"))
+    fleet = load_fleet(write_fleet(tmp_path))
+    store = state_store(tmp_path)
+    node = LAB_NODES[0]
+    install_then_fail_to_boot(monkeypatch)
     result = FleetRun(fleet, store, tmp_path / "state" / fleet.name).provision([node], wipe=True)
 
     [outcome] = result.outcomes
@@ -73,17 +79,12 @@ def test_a_run_failing_after_the_install_still_returns_the_recovery_key(
 @pytest.mark.parametrize("as_json", [False, True])
 def test_provision_of_one_node_failing_after_the_install_prints_the_key_with_its_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, as_json: bool) -> None:
+    """Through the command (`clonefleet provision NODE --wipe`, plain and --json): the
+    failure of the test above, as the operator sees it: its exit code, the error, and the
+    key printed next to it or in the JSON document."""
     fleet_path = write_fleet(tmp_path)
     node = LAB_NODES[0]
-
-    def install(self: Provisioner, target: Node, report: ProvisionReport) -> None:
-        report.recovery_key = KEY
-
-    def boot(self: Provisioner, target: Node) -> None:
-        raise ProviderError(f"{target.name} did not boot from its disk (test)")
-
-    monkeypatch.setattr(Provisioner, "_install", install)
-    monkeypatch.setattr(Provisioner, "_boot_disk", boot)
+    install_then_fail_to_boot(monkeypatch)
     _register()
     result = CliRunner().invoke(
         cli, ["--fleet", str(fleet_path), *(["--json"] if as_json else []), "provision", node,

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fleet_text import FSN, FleetNode, fleet_toml
 
 from clonefleet.cli import _register, cli
 from clonefleet.errors import ProviderError, StateError
@@ -21,26 +23,9 @@ from clonefleet.state import open_store
 
 pytestmark = pytest.mark.unit
 
-FLEET = """
-[fleet]
-name = "retiretest"
-domain = "retire.clonefleet.test"
-min_active_total = 0
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-min_active = 0
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["S-FSN1"]
-
-[nodes.fsn-2]
-region = "fsn"
-disks = ["S-FSN2"]
-"""
+FLEET = fleet_toml("retiretest", "retire.clonefleet.test", [replace(FSN, min_active=0)],
+                   [FleetNode("fsn-1", "fsn", "S-FSN1"), FleetNode("fsn-2", "fsn", "S-FSN2")],
+                   settings={"min_active_total": 0})
 
 _register()
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from fleet_text import ASH, FSN, FleetNode, fleet_toml
 
 from clonefleet.cli import _register, cli
 from clonefleet.inventory import Fleet, load_fleet
@@ -22,38 +24,10 @@ from clonefleet.state import open_store
 pytestmark = pytest.mark.unit
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rollout"
-FLEET = """
-[fleet]
-name = "upd"
-domain = "upd.clonefleet.test"
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-min_active = 1
-
-[regions.ash]
-provider = "lab"
-latitude = 39.04
-longitude = -77.49
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["U-FSN1"]
-
-[nodes.fsn-2]
-region = "fsn"
-disks = ["U-FSN2"]
-
-[nodes.ash-1]
-region = "ash"
-disks = ["U-ASH1"]
-
-[nodes.ash-2]
-region = "ash"
-disks = ["U-ASH2"]
-"""
+FLEET = fleet_toml(
+    "upd", "upd.clonefleet.test", [replace(FSN, min_active=1), ASH],
+    [FleetNode("fsn-1", "fsn", "U-FSN1"), FleetNode("fsn-2", "fsn", "U-FSN2"),
+     FleetNode("ash-1", "ash", "U-ASH1"), FleetNode("ash-2", "ash", "U-ASH2")])
 NOTHING = ("Reading package lists...\nCalculating upgrade...\n0 upgraded, 0 newly installed, "
            "0 to remove and 0 not upgraded.\n")
 KERNEL = ("Inst linux-image-6.1.0-28-amd64 (6.1.119-1 Debian-Security:12/stable-security "

@@ -7,11 +7,13 @@ tests/integration/test_rollout_run.py."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from fleet_text import ASH, FSN, FleetNode, fleet_toml
 
 from clonefleet.cli import _register, cli
 from clonefleet.dnsmap.drain import DrainResult
@@ -51,34 +53,10 @@ from clonefleet.state import FLEET_FACTS, StateStore, open_store
 
 pytestmark = pytest.mark.unit
 
-FLEET = """
-[fleet]
-name = "upd"
-domain = "upd.clonefleet.test"
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-min_active = 1
-
-[regions.ash]
-provider = "lab"
-latitude = 39.04
-longitude = -77.49
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["U-FSN1"]
-
-[nodes.fsn-2]
-region = "fsn"
-disks = ["U-FSN2"]
-
-[nodes.ash-1]
-region = "ash"
-disks = ["U-ASH1"]
-"""
+FLEET = fleet_toml(
+    "upd", "upd.clonefleet.test", [replace(FSN, min_active=1), ASH],
+    [FleetNode("fsn-1", "fsn", "U-FSN1"), FleetNode("fsn-2", "fsn", "U-FSN2"),
+     FleetNode("ash-1", "ash", "U-ASH1")])
 SIMULATION = (
     "Inst cf-tool [1.0] (1.1 Debian-Security:12/stable-security [all])\n"
     "Inst libcf1 (1.1 Debian-Security:12/stable-security [all])\n"

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fleet_text import FSN, FleetNode, fleet_toml
 
 from clonefleet.errors import InventoryError
 from clonefleet.inventory import load_fleet
@@ -18,30 +19,9 @@ from deploys.transport import haproxy_config
 
 pytestmark = pytest.mark.unit
 
-FLEET = """
-[fleet]
-name = "t"
-domain = "fleet.example.com"
-
-[[routed]]
-name = "edge"
-
-[[routed]]
-name = "api"
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["SER-1"]
-
-[nodes.fsn-2]
-region = "fsn"
-disks = ["SER-2"]
-"""
+FLEET = fleet_toml("t", "fleet.example.com", [FSN],
+                   [FleetNode("fsn-1", "fsn", "SER-1"), FleetNode("fsn-2", "fsn", "SER-2")],
+                   routed=[{"name": "edge"}, {"name": "api"}])
 
 
 def _context(tmp_path: Path, extra: str = "", node: str = "fsn-1") -> ServiceContext:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from fleet_text import FSN, FleetNode, fleet_toml
 
 from clonefleet.cli import _register, cli
 from clonefleet.inventory import Node
@@ -19,24 +20,9 @@ from clonefleet.unlockers import UnlockerPassphrases, fleet_keystore
 
 pytestmark = pytest.mark.unit
 
-FLEET = """
-[fleet]
-name = "unlocktest"
-domain = "unlock.clonefleet.test"
-
-[unlock]
-unexpected = "approve"
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["S-FSN1"]
-ipv4 = "192.0.2.1"
-"""
+FLEET = fleet_toml("unlocktest", "unlock.clonefleet.test", [FSN],
+                   [FleetNode("fsn-1", "fsn", "S-FSN1", ipv4="192.0.2.1")],
+                   unlock={"unexpected": "approve"})
 
 _register()
 

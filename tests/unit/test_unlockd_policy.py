@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from fleet_text import FSN, HEL, FleetNode, fleet_toml
 
 from clonefleet.errors import InventoryError, InventoryErrors
 from clonefleet.inventory import load_fleet
@@ -12,31 +14,14 @@ from clonefleet.unlockd.policy import UnlockPolicy, decide, parse_duration, pars
 
 pytestmark = pytest.mark.unit
 
-FLEET = """
-[fleet]
-name = "t"
-domain = "fleet.example.com"
 
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-{region_unlock}
+def fleet_text(unlock: dict[str, str | int] | None,
+               fsn_unlock: dict[str, str] | None = None) -> str:
+    """n1 in fsn, n2 in hel; the fleet's [unlock] table and fsn's own, when given."""
+    return fleet_toml("t", "fleet.example.com", [replace(FSN, unlock=fsn_unlock), HEL],
+                      [FleetNode("n1", "fsn", "SER-1"), FleetNode("n2", "hel", "SER-2")],
+                      unlock=unlock)
 
-[regions.hel]
-provider = "lab"
-latitude = 60.17
-longitude = 24.94
-
-[nodes.n1]
-region = "fsn"
-disks = ["SER-1"]
-
-[nodes.n2]
-region = "hel"
-disks = ["SER-2"]
-{unlock}
-"""
 
 NOW = 10_000.0
 
@@ -55,9 +40,9 @@ def test_malformed_durations_are_refused(text: object) -> None:
 
 def test_fleet_policy_and_region_override_load_from_the_fleet_file(tmp_path: Path) -> None:
     path = tmp_path / "fleet.toml"
-    path.write_text(FLEET.format(
-        unlock='[unlock]\nunexpected = "after"\nafter = "10 minutes"\nloop_unlocks = 5\n',
-        region_unlock='[regions.fsn.unlock]\nunexpected = "approve"\n'))
+    path.write_text(fleet_text(
+        unlock={"unexpected": "after", "after": "10 minutes", "loop_unlocks": 5},
+        fsn_unlock={"unexpected": "approve"}))
     fleet = load_fleet(path)
     assert fleet.unlock.for_region("hel") == UnlockPolicy("after", 600.0, 5, 1800.0)
     # The region overrides only what it names; the rest is the fleet's.
@@ -66,15 +51,15 @@ def test_fleet_policy_and_region_override_load_from_the_fleet_file(tmp_path: Pat
 
 def test_without_an_unlock_table_unexpected_reboots_unlock_at_once(tmp_path: Path) -> None:
     path = tmp_path / "fleet.toml"
-    path.write_text(FLEET.format(unlock="", region_unlock=""))
+    path.write_text(fleet_text(unlock=None))
     assert load_fleet(path).unlock.for_region("fsn").unexpected == "immediate"
 
 
 def test_bad_policy_values_are_each_named_with_their_key_and_fix(tmp_path: Path) -> None:
     path = tmp_path / "fleet.toml"
-    path.write_text(FLEET.format(
-        unlock='[unlock]\nunexpected = "sometimes"\nloop_window = "forever"\n',
-        region_unlock='[regions.fsn.unlock]\nafter = "soon"\n'))
+    path.write_text(fleet_text(
+        unlock={"unexpected": "sometimes", "loop_window": "forever"},
+        fsn_unlock={"after": "soon"}))
     with pytest.raises((InventoryError, InventoryErrors)) as caught:
         load_fleet(path)
     message = str(caught.value)
