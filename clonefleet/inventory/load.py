@@ -296,7 +296,8 @@ def _unlockers(check: _Checker, raw: dict[str, Any], nodes: dict[str, Node],
                state: StateConfig) -> UnlockerNodes:
     """`[unlock] unlockers` (known nodes, each once) and the store's address for them: an
     unlocker reads everything from the shared etcd store, so a SQLite fleet has none."""
-    table = raw.get("unlock") if isinstance(raw.get("unlock"), dict) else {}
+    found = raw.get("unlock")
+    table: dict[str, Any] = found if isinstance(found, dict) else {}
     names = check.typed(table, "unlockers", "unlock", list, default=[])
     url = check.typed(table, "store_url", "unlock", str, default="")
     chosen: list[str] = []
