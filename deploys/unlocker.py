@@ -35,7 +35,6 @@ Host data (defaults in `data_defaults`):
 from __future__ import annotations
 
 import importlib
-import shlex
 from importlib import metadata
 from pathlib import Path
 
@@ -43,8 +42,9 @@ from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, files, server, systemd
 
+from clonefleet.services.unlocker import IDENTITY_OPERATION, make_identity_command
 from deploys._archive import packages_folder
 from deploys._paths import template
 from deploys._systemd import daemon_reload, offline
@@ -60,9 +60,6 @@ PACKAGES = ["python3", "python3-click", "python3-rich", "python3-requests", "app
 SHIPPED = {"paramiko": "paramiko", "etcd3gw": "etcd3gw", "pyrage": "pyrage"}
 CODE_DIR = "/opt/clonefleet-unlockd"
 UNIT = "clonefleet-unlockd.service"
-# The operation's name is what `clonefleet deploy` looks for before it reads the public key
-# (`clonefleet.services.unlocker.IDENTITY_OPERATION`): keep the two equal.
-IDENTITY_OPERATION = "unlocker identity"
 
 
 def code_sources() -> list[tuple[str, str]]:
@@ -86,19 +83,17 @@ def identity(path: str, comment: str):  # type: ignore[no-untyped-def]
     """
     An unencrypted OpenSSH ed25519 key at `path` (0600) and `path`.pub, made on the node
     when absent; an existing key is never replaced (its .pub is made again if missing).
+    `clonefleet deploy` runs the same command before the deploy for a node not granted yet
+    (`clonefleet.services.unlocker.before_deploy`), so this step then finds the key there.
 
     + path: the private key file on the node
     + comment: the public line's comment
     """
-    quoted = shlex.quote(path)
-    if host.get_fact(File, path=path) is None:
-        yield (f"umask 077 && ssh-keygen -q -t ed25519 -N '' -C {shlex.quote(comment)} "
-               f"-f {quoted}")
+    if host.get_fact(File, path=path) is not None \
+            and host.get_fact(File, path=f"{path}.pub") is not None:
+        host.noop(f"{path} exists")
         return
-    if host.get_fact(File, path=f"{path}.pub") is None:
-        yield f"ssh-keygen -y -f {quoted} > {quoted}.pub"
-        return
-    host.noop(f"{path} exists")
+    yield make_identity_command(path, comment)
 
 
 @deploy("clonefleet unlocker", data_defaults={
@@ -127,6 +122,7 @@ def unlocker() -> None:
 
     config_dir = host.data.unlocker_config_dir
     files.directory(name="unlocker config folder", path=config_dir, mode="700")
+    # Named as `clonefleet deploy` looks for it before it reads the public key.
     identity(name=IDENTITY_OPERATION, path=f"{config_dir}/identity",
              comment=f"unlocker@{host.data.get('clonefleet_hostname') or host.name}")
     environment = files.template(name="unlocker store address",
@@ -155,7 +151,9 @@ def unlocker_removed() -> None:
     on a node that never ran one."""
     if host.get_fact(File, path=f"/etc/systemd/system/{UNIT}") is None:
         return
-    if not offline():
+    if offline():
+        server.shell(name=f"{UNIT} disabled", commands=[f"systemctl disable {UNIT}"])
+    else:
         systemd.service(name=f"{UNIT} stopped", service=UNIT, running=False, enabled=False)
     files.file(name=f"systemd unit {UNIT} removed", path=f"/etc/systemd/system/{UNIT}",
                present=False)

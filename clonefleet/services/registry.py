@@ -54,6 +54,12 @@ HOST_DATA: list[Callable[[ServiceContext], dict[str, Any]]] = [
     unlocker.host_data,
 ]
 
+# run by the deploy runner for every reachable node before each real deploy, in this order;
+# each returns True when it changed what host data is computed from
+BEFORE_DEPLOY: list[Callable[[ServiceContext], bool]] = [
+    unlocker.before_deploy,
+]
+
 # run by the deploy runner for every node after each deploy, in this order
 AFTER_DEPLOY: list[Callable[[ServiceContext, DeployOutcome], None]] = [
     smartwatch.after_deploy,

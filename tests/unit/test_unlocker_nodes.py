@@ -1,6 +1,7 @@
 """Unlockers on fleet nodes, on the controller's side: the host data that puts the unlocker
-deploy on the listed nodes, and the after-deploy hook that grants each node's key as
-`node:<NAME>` (once), replaces a key the node made anew, and revokes nodes taken off the list."""
+deploy on the listed nodes, and the deploy hooks that grant each node's key as `node:<NAME>`
+(once; before the deploy, so its Dropbear keys carry it), replace a key the node made anew,
+and revoke nodes taken off the list."""
 
 from __future__ import annotations
 
@@ -13,10 +14,22 @@ from clonefleet.errors import KeystoreError
 from clonefleet.inventory import Fleet, load_fleet
 from clonefleet.keystore import Keystore
 from clonefleet.services import DeployOutcome, ServiceContext
-from clonefleet.services.unlocker import IDENTITY_OPERATION, after_deploy, host_data
+from clonefleet.services.unlocker import (
+    IDENTITY_OPERATION,
+    after_deploy,
+    before_deploy,
+    host_data,
+    make_identity_command,
+)
 from clonefleet.ssh import KeyPair, generate_ed25519
 from clonefleet.state import FLEET_FACTS, SqliteStateStore
-from clonefleet.unlockers import GRANTED, UnlockerPassphrases, fleet_keystore, registered
+from clonefleet.unlockers import (
+    GRANTED,
+    UnlockerPassphrases,
+    fleet_keystore,
+    initramfs_keys,
+    registered,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -79,6 +92,9 @@ class Controller:
 
     def deployed(self, node: str, outcome: DeployOutcome = DONE) -> None:
         after_deploy(_context(self.fleet, node, self.store), outcome, read_key=self.reader())
+
+    def before(self, node: str) -> bool:
+        return before_deploy(_context(self.fleet, node, self.store), make_key=self.reader())
 
     def opens(self, key: KeyPair, node: str) -> bool:
         identity = self.tmp_path / "identity"
@@ -158,3 +174,45 @@ def test_unlockers_granted_by_hand_are_left_alone(controller: Controller) -> Non
     controller.fleet = controller.load([])
     controller.deployed("nbg-1")
     assert set(registered(controller.store)) == {"backup-box"}
+
+
+def test_before_the_deploy_a_listed_node_gets_its_key_granted_so_dropbear_keys_carry_it(
+        controller: Controller) -> None:
+    assert controller.before("fsn-1") is True
+    assert registered(controller.store)["node:fsn-1"].status == GRANTED
+    assert controller.opens(controller.keys["fsn-1"], "nbg-1")
+    # What the runner computes again for every node of this deploy: the key is in it.
+    public = " ".join(controller.keys["fsn-1"].public_line.split()[:2])
+    assert public in initramfs_keys(controller.store, "ssh-ed25519 AAAAoperator")
+    # Granted already: nothing to do, the node is not even asked.
+    assert controller.before("fsn-1") is False
+    assert controller.reads == ["fsn-1"]
+    # After the deploy, the key on the node is the granted one: nothing re-encrypted.
+    entry = controller.tmp_path / "state" / "un" / "keystore" / "nbg-1.age"
+    before = entry.read_bytes()
+    controller.deployed("fsn-1")
+    assert entry.read_bytes() == before
+
+
+def test_before_the_deploy_a_node_taken_off_the_list_is_revoked(controller: Controller) -> None:
+    controller.before("fsn-1")
+    controller.before("nbg-1")
+    controller.fleet = controller.load(["nbg-1"])
+    assert controller.before("nbg-1") is True
+    assert set(registered(controller.store)) == {"node:nbg-1"}
+    assert controller.before("nbg-1") is False
+
+
+def test_the_identity_command_never_replaces_a_key(tmp_path: Path) -> None:
+    import subprocess
+
+    key = tmp_path / "etc" / "identity"
+    command = make_identity_command(str(key), "unlocker@t")
+    subprocess.run(["sh", "-c", command], check=True, timeout=30)
+    made = key.read_bytes()
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert oct(key.parent.stat().st_mode & 0o777) == "0o700"
+    key.with_name("identity.pub").unlink()
+    subprocess.run(["sh", "-c", command], check=True, timeout=30)
+    assert key.read_bytes() == made
+    assert key.with_name("identity.pub").read_text().startswith("ssh-ed25519 ")
