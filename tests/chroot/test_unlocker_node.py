@@ -156,7 +156,7 @@ def test_the_deploy_installs_code_identity_and_unit_and_a_second_run_changes_not
     verify = subprocess.run(["chroot", str(root), "systemd-analyze", "verify",
                              "/etc/systemd/system/clonefleet-unlockd.service"],
                             capture_output=True, text=True, timeout=120, check=False)
-    assert "clonefleet-unlockd" not in verify.stderr, verify.stderr
+    assert verify.returncode == 0 and "clonefleet-unlockd" not in verify.stderr, verify.stderr
 
     second = served.second
     assert not second.failed and second.changed == (), second.changed
