@@ -27,7 +27,13 @@ from pathlib import Path
 
 import pytest
 from apt_repo_fixture import sshd_chroot_folder
-from chroot_fixture import ChrootNode, chroot_nodes
+from chroot_fixture import (
+    ChrootFleet,
+    ChrootNode,
+    chroot_nodes,
+    control_plane_host_data,
+)
+from chroot_fixture import run_deploy as run_chroot_deploy
 from dropbear_fixture import Dropbear, dropbear_available, make_dropbear
 from etcd_fixture import EtcdServer, etcd_server  # noqa: F401  (a fixture: the session's etcd)
 from sshd_fixture import Sshd, sshd_fleet
@@ -257,3 +263,25 @@ def test_a_node_taken_off_the_list_loses_its_unlocker_and_its_grant(
         assert not again.failed and again.changed == ()
     finally:
         fleet_path.write_text(text)
+
+
+def test_the_full_node_deploy_composes_the_unlocker_only_where_listed_and_converges(
+        node_image: Path, chroot_fleet: ChrootFleet, served: ServedNode) -> None:
+    """deploys.full:node with the host data `clonefleet deploy` gives a listed node and an
+    unlisted one (pyinfra's @chroot connector, offline): the unlocker on the first only, and
+    a second run of the whole node changes nothing."""
+    names = [UNLOCKER, WAITING]
+    data = control_plane_host_data(chroot_fleet.fleet_path, chroot_fleet.state_dir, names)
+    data[UNLOCKER].update(clonefleet_unlocker=True, unlocker_store_url=served.url)
+    with chroot_nodes(node_image, chroot_fleet.workdir / "full", names) as nodes:
+        for name, node in nodes.items():
+            node.data = data[name]
+        first = run_chroot_deploy(list(nodes.values()))
+        assert not any(result.failed for result in first.values()), first
+        assert (nodes[UNLOCKER].root / UNIT).is_file()
+        assert (nodes[UNLOCKER].root / CONFIG / "identity").is_file()
+        assert not (nodes[WAITING].root / UNIT).exists()
+        assert not (nodes[WAITING].root / "opt/clonefleet-unlockd").exists()
+        again = run_chroot_deploy(list(nodes.values()))
+        assert {name: result.changed for name, result in again.items()} == {
+            UNLOCKER: [], WAITING: []}
