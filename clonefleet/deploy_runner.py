@@ -36,9 +36,11 @@ if TYPE_CHECKING:
 def run(fleet_path: str, nodes: list[str], deploy_ref: str,
         dry_run: bool = False) -> dict[str, Any]:
     """Apply `deploy_ref` to `nodes` (or, with `dry_run`, only find what it would change) and
-    return each node's result; after a real run, every service's after-deploy hook runs for
-    every node (a hook that raises is that node's error, the others keep their results),
-    even when the run itself broke off, so that a hook can undo what it prepared."""
+    return each node's result. Before a real run, every service's before-deploy hook runs for
+    every reachable node (and the host data is computed again when one changed something);
+    after it, every after-deploy hook for every node (a hook that raises is that node's
+    error, the others keep their results), even when the run itself broke off, so that a
+    hook can undo what it prepared."""
     from clonefleet.inventory import load_fleet
     from clonefleet.paths import fleet_state_dir
     from clonefleet.pyinfra_inventory import host_data
@@ -50,6 +52,14 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str,
     store = open_store(state_dir, fleet.state)
     secrets = open_secrets(state_dir)
     hosts = host_data(fleet, store, state_dir, nodes)
+    before_errors: dict[str, str] = {}
+    if not dry_run and hosts:
+        from clonefleet.deploy_hooks import run_before_deploy
+
+        changed, before_errors = run_before_deploy(fleet, store, secrets,
+                                                   [name for name, _ in hosts])
+        if changed:  # e.g. an unlocker granted: every node's Dropbear keys change with it
+            hosts = host_data(fleet, store, state_dir, nodes)
     missing = sorted(set(nodes) - {name for name, _ in hosts})
     module_name, _, function_name = deploy_ref.partition(":")
     deploy_function = getattr(importlib.import_module(module_name), function_name)
@@ -68,6 +78,9 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str,
                 results.setdefault(name, {"failed": True, "errors": []})["failed"] = True
             _after_deploy(fleet, store, secrets, nodes, results, {})
         raise
+    for name, error in before_errors.items():
+        results[name]["failed"] = True
+        results[name]["errors"].insert(0, error)
     if not dry_run:
         _after_deploy(fleet, store, secrets, nodes, results, succeeded)
     return results

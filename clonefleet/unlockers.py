@@ -17,7 +17,11 @@ entries are still readable by the unlocker and is finished by running it again.
 
 What revoke cannot do: a revoked unlocker that kept copies of the old ciphertexts can still
 open them with its key. Revocation protects passphrases written after it; rotate the LUKS
-passphrases (issue 12, item 6) to take the old ones away too.
+passphrases (`clonefleet keys rotate`) to take the old ones away too.
+
+Unlockers on fleet nodes (`[unlock] unlockers`, `deploys/unlocker.py`) are registered as
+`node:<NAME>` by `clonefleet deploy` (`sync_node_unlocker`), and revoked by the first deploy
+after their node left the list (`revoke_removed_nodes`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ MANAGED = "unlock_keys_managed"
 ESCROW = "passphrase_age"  # node fact: base64 of the age ciphertext
 GRANTING, GRANTED, REVOKING = "granting", "granted", "revoking"
 KEY_TYPES = ("ssh-ed25519",)
+# Unlockers on fleet nodes are registered under this prefix and the node's name; the deploy
+# manages them (grants a node's key, revokes it once the node is no longer an unlocker).
+NODE_PREFIX = "node:"
 
 
 @dataclass(frozen=True)
@@ -181,6 +188,34 @@ def revoke(store: StateStore, keystore: Keystore, name: str) -> ReencryptReport:
     nodes = _reencrypt_all(keystore, recipient_keys(store), name, "revoke")
     _set(store, name, None)
     return ReencryptReport(name, "revoke", nodes)
+
+
+def node_unlocker(node: str) -> str:
+    """The registry name of the unlocker on `node`."""
+    return f"{NODE_PREFIX}{node}"
+
+
+def sync_node_unlocker(store: StateStore, keystore: Keystore, node: str,
+                       public_key: str) -> ReencryptReport | None:
+    """Grant the key made on `node` as `node:<NAME>`; None (nothing re-encrypted) when it is
+    granted with that key already. A node that made a new key (reinstalled) has its old one
+    revoked first, so a key the node no longer holds opens nothing written from now on."""
+    name = node_unlocker(node)
+    key = parse_public_key(public_key, name)
+    existing = registered(store).get(name)
+    if existing is not None and existing.key == key and existing.status == GRANTED:
+        return None
+    if existing is not None and existing.key != key:
+        revoke(store, keystore, name)
+    return grant(store, keystore, name, key)
+
+
+def revoke_removed_nodes(store: StateStore, keystore: Keystore,
+                         unlocker_nodes: Sequence[str]) -> list[ReencryptReport]:
+    """Revoke every `node:<NAME>` unlocker whose node is not in `unlocker_nodes` (taken off
+    `[unlock] unlockers`, or out of the fleet)."""
+    return [revoke(store, keystore, name) for name in sorted(registered(store))
+            if name.startswith(NODE_PREFIX) and name[len(NODE_PREFIX):] not in unlocker_nodes]
 
 
 class UnlockerPassphrases:

@@ -64,6 +64,22 @@ def firewall_variables(data: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def dropbear_unlock_keys() -> None:
+    """Dropbear's initramfs authorized_keys from `clonefleet_unlock_keys` (left alone when
+    empty), and the initramfs rebuilt when they changed (not offline)."""
+    unlock_keys = list(host.data.get("clonefleet_unlock_keys") or [])
+    if unlock_keys:
+        from clonefleet.image.node import initramfs_authorized_keys
+
+        dropbear = files.put(name="Dropbear (initramfs): the keys that may unlock",
+                             src=StringIO(initramfs_authorized_keys(unlock_keys)),
+                             dest="/etc/dropbear/initramfs/authorized_keys", mode="600")
+        if not offline():
+            # The initramfs holds its own copy; the next boot's Dropbear reads that one.
+            server.shell(name="initramfs rebuilt with the unlock keys",
+                         commands=["update-initramfs -u -k all"], _if=dropbear.did_change)
+
+
 @deploy("clonefleet base", data_defaults={
     "clonefleet_hostname": "",
     "clonefleet_fqdn": "",
@@ -109,17 +125,7 @@ def base() -> None:
 
     unit("chrony running", "chrony.service")
 
-    unlock_keys = list(host.data.get("clonefleet_unlock_keys") or [])
-    if unlock_keys:
-        from clonefleet.image.node import initramfs_authorized_keys
-
-        dropbear = files.put(name="Dropbear (initramfs): the keys that may unlock",
-                             src=StringIO(initramfs_authorized_keys(unlock_keys)),
-                             dest="/etc/dropbear/initramfs/authorized_keys", mode="600")
-        if not offline():
-            # The initramfs holds its own copy; the next boot's Dropbear reads that one.
-            server.shell(name="initramfs rebuilt with the unlock keys",
-                         commands=["update-initramfs -u -k all"], _if=dropbear.did_change)
+    dropbear_unlock_keys()
 
     files.put(name="Unattended security upgrades, no automatic reboot",
               src=template("base/52clonefleet-unattended-upgrades"),

@@ -1,5 +1,6 @@
 """The whole full-clone node: the base and its hardening, then every service, then the
-smartwatch agent.
+smartwatch agent, and on the nodes named in `[unlock] unlockers` an unlocker (host data
+`clonefleet_unlocker`; a node taken off that list has it removed).
 
 Host data comes from `clonefleet.pyinfra_inventory` (or `inventory/<fleet>.py`); see each
 part's docstring for its keys and defaults.
@@ -7,6 +8,7 @@ part's docstring for its keys and defaults.
 
 from __future__ import annotations
 
+from pyinfra import host
 from pyinfra.api import deploy
 
 from deploys.app import app
@@ -18,6 +20,7 @@ from deploys.mesh import mesh
 from deploys.metrics import metrics
 from deploys.smartwatch import smartwatch
 from deploys.transport import transport
+from deploys.unlocker import unlocker, unlocker_removed
 
 
 @deploy("clonefleet node")
@@ -35,6 +38,10 @@ def node() -> None:
     app()
     transport()
     smartwatch()
+    if host.data.get("clonefleet_unlocker"):
+        unlocker()
+    else:
+        unlocker_removed()
 
 
 @deploy("clonefleet node, base only")

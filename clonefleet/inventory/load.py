@@ -24,6 +24,7 @@ from clonefleet.inventory.model import (
     Region,
     RoutedName,
     StaticNetwork,
+    UnlockerNodes,
 )
 from clonefleet.providers.base import ProviderConfig
 from clonefleet.providers.registry import (
@@ -66,6 +67,8 @@ ROUTED_KEYS = {"name", "ttl", "answers"}
 # More nearest nodes than this per answer is no longer "nearest", and keeps answers small.
 MAX_ANSWERS = 8
 ADMIN_KEYS = {"name", "keys"}
+# [unlock] keys that place unlockers, beside the policy's keys (`clonefleet.unlockd.policy`).
+UNLOCKER_KEYS = ("unlockers", "store_url")
 
 T = TypeVar("T")
 
@@ -219,6 +222,7 @@ def load_fleet(path: str | Path, *, environ: Mapping[str, str] | None = None) ->
     _floors(check, regions, nodes, min_total)
     state = _state(check, fleet_table, raw, fleet_name)
     unlock = _unlock(check, raw)
+    unlockers = _unlockers(check, raw, nodes, state)
     used = {name: config for name, config in providers.configs.items()
             if any(node.provider == name for node in nodes.values())
             or any(region.provider == name for region in regions.values())}
@@ -246,6 +250,7 @@ def load_fleet(path: str | Path, *, environ: Mapping[str, str] | None = None) ->
         services=services,
         state=state,
         unlock=unlock,
+        unlockers=unlockers,
     )
 
 
@@ -273,7 +278,9 @@ def _state(check: _Checker, fleet_table: dict[str, Any], raw: dict[str, Any],
 
 def _unlock(check: _Checker, raw: dict[str, Any]) -> FleetUnlockPolicy:
     """`[unlock]` and each `[regions.NAME.unlock]` (its keys over the fleet's)."""
-    default, problems = parse_policy(check.table(raw.get("unlock", {}), "unlock"), "unlock")
+    table = {key: value for key, value in check.table(raw.get("unlock", {}), "unlock").items()
+             if key not in UNLOCKER_KEYS}
+    default, problems = parse_policy(table, "unlock")
     regions = {}
     for name, body in (raw.get("regions") or {}).items():
         if isinstance(body, dict) and "unlock" in body:
@@ -283,6 +290,61 @@ def _unlock(check: _Checker, raw: dict[str, Any]) -> FleetUnlockPolicy:
     for key, problem, fix in problems:
         check.fail(key, problem, fix)
     return FleetUnlockPolicy(default, regions)
+
+
+def _unlockers(check: _Checker, raw: dict[str, Any], nodes: dict[str, Node],
+               state: StateConfig) -> UnlockerNodes:
+    """`[unlock] unlockers` (known nodes, each once) and the store's address for them: an
+    unlocker reads everything from the shared etcd store, so a SQLite fleet has none."""
+    found = raw.get("unlock")
+    table: dict[str, Any] = found if isinstance(found, dict) else {}
+    names = check.typed(table, "unlockers", "unlock", list, default=[])
+    url = check.typed(table, "store_url", "unlock", str, default="")
+    chosen: list[str] = []
+    for index, name in enumerate(names):
+        if not isinstance(name, str) or name not in nodes:
+            known = ", ".join(sorted(nodes)) or "none"
+            check.fail(f"unlock.unlockers[{index}]", f"{name!r} is not a node of this fleet",
+                       f"use node names ({known})")
+        elif name in chosen:
+            check.fail(f"unlock.unlockers[{index}]", f"{name!r} is listed twice", "list it once")
+        else:
+            chosen.append(name)
+    if not names and not url:
+        return UnlockerNodes()
+    if state.backend != "etcd":
+        check.fail("unlock.unlockers" if names else "unlock.store_url",
+                   "unlockers read the shared etcd store, but this fleet's state is SQLite "
+                   "on the controller", 'set [fleet] state = "etcd://HOST:PORT/PREFIX" '
+                   "(docs/state.md), or remove it")
+        return UnlockerNodes()
+    if url:
+        config, problems = parse_state_url(url, "unlock.store_url")
+        for key, problem, fix in problems:
+            check.fail(key, problem, fix)
+        if problems:
+            return UnlockerNodes()
+        if config.backend != "etcd":
+            check.fail("unlock.store_url", f"{url!r} is not an etcd address",
+                       "write etcd://HOST:PORT[,HOST:PORT...] as the nodes reach the store")
+            return UnlockerNodes()
+        if config.prefix and config.prefix.strip("/") != state.prefix.strip("/"):
+            check.fail("unlock.store_url", f"prefix {config.prefix!r} is not the fleet's "
+                       f"({state.prefix!r}): the unlockers would read another fleet",
+                       f"end it with /{state.prefix.strip('/')} or leave the prefix out")
+            return UnlockerNodes()
+        hosts = [endpoint.split("://", 1)[1] for endpoint in config.endpoints]
+    else:
+        if state.ca_cert or state.cert or any(endpoint.startswith("https://")
+                                              for endpoint in state.endpoints):
+            check.fail("unlock.unlockers", "the fleet's etcd store uses TLS, and an unlocker "
+                       "reaches etcd over plain http only", "set unlock.store_url to an "
+                       "etcd://HOST:PORT address the nodes reach without TLS (e.g. over the "
+                       "mesh)")
+            return UnlockerNodes()
+        hosts = [endpoint.split("://", 1)[1] for endpoint in state.endpoints]
+    return UnlockerNodes(tuple(chosen),
+                         f"etcd://{','.join(hosts)}/{state.prefix.strip('/')}")
 
 
 def _floors(check: _Checker, regions: dict[str, Region], nodes: dict[str, Node],

@@ -72,6 +72,16 @@ class RoutedName:
 
 
 @dataclass(frozen=True)
+class UnlockerNodes:
+    """The nodes that run an unlocker (`[unlock] unlockers`, `deploys/unlocker.py`), and the
+    shared store's address as those nodes reach it (`[unlock] store_url`, or the fleet's own
+    etcd endpoints): "etcd://HOST:PORT[,HOST:PORT...]/PREFIX", the fleet's prefix."""
+
+    nodes: tuple[str, ...] = ()
+    store_url: str = ""
+
+
+@dataclass(frozen=True)
 class Fleet:
     name: str
     path: Path
@@ -102,6 +112,9 @@ class Fleet:
     # When `clonefleet unlockd` unlocks a node after a reboot ([unlock], per region
     # [regions.NAME.unlock]; `clonefleet.unlockd.policy`).
     unlock: FleetUnlockPolicy = field(default_factory=FleetUnlockPolicy)
+    # Which nodes run an unlocker, so that nodes unlock each other while the controller is
+    # down ([unlock] unlockers; only with an etcd store).
+    unlockers: UnlockerNodes = field(default_factory=UnlockerNodes)
 
     def node(self, name: str) -> Node:
         from clonefleet.errors import UnknownNodeError

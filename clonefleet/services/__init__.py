@@ -10,6 +10,11 @@ module here that declares
 - optionally an after-deploy hook `(context, outcome) -> None`, run by the deploy runner for
   each node once the deploy ended, to record what the deploy made true (a fact, a delivered
   token) only when the operations that did it succeeded on that node, and
+- optionally a before-deploy hook `(context) -> bool`, run by the deploy runner for each
+  reachable node before a real (not `--diff`) deploy is prepared, to make true what every
+  node's host data in the same deploy must already reflect (an unlocker's key, granted, so
+  each node's Dropbear lets it in); True when it changed something, and the runner then
+  computes the host data again, and
 - optionally lazy host data `(context, dry_run) -> value | None`: a value made only when a
   deploy reads its key on that node (so a drain token is issued only by a deploy that
   installs smartwatch); None leaves the key to its default, and under `dry_run`
@@ -55,6 +60,16 @@ def after_deploy(context: ServiceContext, outcome: DeployOutcome) -> None:
 
     for hook in AFTER_DEPLOY:
         hook(context, outcome)
+
+
+def before_deploy(context: ServiceContext) -> bool:
+    """Run every registered before-deploy hook; True when any changed something."""
+    from clonefleet.services.registry import BEFORE_DEPLOY
+
+    changed = False
+    for hook in BEFORE_DEPLOY:
+        changed = hook(context) or changed
+    return changed
 
 
 # Host data keys that several services contribute to: their lists are joined, not replaced.

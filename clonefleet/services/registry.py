@@ -9,7 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from clonefleet.services import app, certs, database, dns, mesh, metrics, smartwatch, transport
+from clonefleet.services import (
+    app,
+    certs,
+    database,
+    dns,
+    mesh,
+    metrics,
+    smartwatch,
+    transport,
+    unlocker,
+)
 
 if TYPE_CHECKING:
     from clonefleet.errors import InventoryError
@@ -41,12 +51,20 @@ HOST_DATA: list[Callable[[ServiceContext], dict[str, Any]]] = [
     metrics.host_data,
     app.host_data,
     transport.host_data,
+    unlocker.host_data,
+]
+
+# run by the deploy runner for every reachable node before each real deploy, in this order;
+# each returns True when it changed what host data is computed from
+BEFORE_DEPLOY: list[Callable[[ServiceContext], bool]] = [
+    unlocker.before_deploy,
 ]
 
 # run by the deploy runner for every node after each deploy, in this order
 AFTER_DEPLOY: list[Callable[[ServiceContext, DeployOutcome], None]] = [
     smartwatch.after_deploy,
     dns.record_endpoint,
+    unlocker.after_deploy,
 ]
 
 # host data key -> makes its value the first time a deploy reads it on a node (see __init__)
