@@ -4,15 +4,17 @@ The node is `firmware = "uefi"` in the lab fleet: its VM boots OVMF, so this als
 UEFI path (an ESP with GRUB at the removable path on each disk). BIOS GRUB is installed on
 both disks too (the hybrid layout); the single-disk test boots that one under SeaBIOS.
 
-The booted node's LUKS passphrase and SSH host keys are rotated, and its two reboots are hard
-power cycles that `clonefleet unlockd` handles by itself (tests/vm/unlockd_checks.py): a
-changed initramfs key is sent nothing and alerted, then the policy unlocks ("immediate"), or
-waits for an approval ("approve").
+The booted node's LUKS passphrase is rotated (and its SSH host keys with
+CLONEFLEET_TEST_HOST_KEY_ROTATION=1), and its two reboots are hard power cycles that
+`clonefleet unlockd` handles by itself (tests/vm/unlockd_checks.py): an initramfs key the
+controller does not pin is sent nothing and alerted, then, once re-pinned, the policy unlocks
+("immediate"), or waits for an approval ("approve").
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -24,10 +26,19 @@ from .raid_checks import (
     check_key_rotation,
     check_mirrored_uefi_node,
 )
-from .unlockd_checks import UnlockdReboots, check_host_key_rotation, unlockd_fleet
+from .unlockd_checks import (
+    UnlockdReboots,
+    check_host_key_rotation,
+    current_dropbear_key,
+    foreign_key,
+    unlockd_fleet,
+)
 
 pytestmark = pytest.mark.vm
 NODE = "fsn-2"
+# `keys rotate-host-keys` on this node too: its update-initramfs alone takes about 15 minutes
+# under TCG here, more than the suite's time budget allows, so only on request.
+ROTATE_HOST_KEYS = os.environ.get("CLONEFLEET_TEST_HOST_KEY_ROTATION") == "1"
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +63,14 @@ def test_two_disk_node_mirrors_under_luks_and_boots_from_either_disk(lab: Lab,
     assert "raid1" in [step["step"] for step in report["steps"]]
 
     check_mirrored_uefi_node(lab, NODE)
-    # Rotated before the reboots below: each of them unlocks with the new passphrase, and
-    # the first presents the new initramfs host key.
+    # Rotated before the reboots below: each of them unlocks with the new passphrase.
     check_key_rotation(lab, NODE, report["recovery_key"])
-    dropbear_keys = check_host_key_rotation(lab, NODE)
-    check_boots_from_either_disk(lab, NODE, UnlockdReboots(lab, NODE, hook, dropbear_keys))
+    if ROTATE_HOST_KEYS:
+        # The first reboot then presents the new initramfs key while the controller pins the
+        # one from before the rotation.
+        pinned, presented = check_host_key_rotation(lab, NODE)
+    else:
+        # The controller pins a key the node's initramfs does not present.
+        pinned, presented = foreign_key(), current_dropbear_key(lab, NODE)
+    check_boots_from_either_disk(lab, NODE,
+                                 UnlockdReboots(lab, NODE, hook, (pinned, presented)))

@@ -6,10 +6,11 @@ reboot of a TCG guest costs minutes; these checks add probes, not reboots).
 - `UnlockdReboots`: the reboots of `raid_checks.check_boots_from_either_disk` as hard power
   cycles behind clonefleet's back (the provider's power off and on, nothing recorded as
   expected), with `clonefleet unlockd` running as its own process and no `clonefleet unlock`:
-  the first boot presents an initramfs key the controller does not pin (it still pins the
-  key from before the rotation: to the controller the node's key changed), so unlockd sends
-  nothing and alerts; after `keys repin` it unlocks the node by itself (policy "immediate").
-  The second boot, under policy "approve", waits until `clonefleet unlock --approve`.
+  for the first boot the controller pins another initramfs key than the node presents (the
+  key from before a rotation, or a foreign one: to the controller the node's key changed),
+  so unlockd sends nothing and alerts; after `keys repin` it unlocks the node by itself
+  (policy "immediate"). The second boot, under policy "approve", waits until `clonefleet
+  unlock --approve`.
 """
 
 from __future__ import annotations
@@ -110,11 +111,24 @@ def check_host_key_rotation(lab: Lab, node_name: str) -> tuple[str, str]:
             public_key_blob(str(after.dropbear_host_key)))
 
 
+def foreign_key() -> str:
+    """A fresh ed25519 public key no node has."""
+    from clonefleet.ssh import generate_ed25519
+
+    return public_key_blob(generate_ed25519("not-the-node").public_line)
+
+
+def current_dropbear_key(lab: Lab, node_name: str) -> str:
+    return public_key_blob(str(nodefacts.load(lab.store, node_name).dropbear_host_key))
+
+
 class UnlockdReboots:
     """The `unlock` of `check_boots_from_either_disk`: unlockd, not an operator (see above)."""
 
     def __init__(self, lab: Lab, node_name: str, hook: Webhook,
                  dropbear_keys: tuple[str, str]) -> None:
+        """`dropbear_keys`: (the key the controller pins for the first boot, the key the
+        node's initramfs presents)."""
         self.lab, self.node, self.hook = lab, node_name, hook
         self.old_key, self.new_key = dropbear_keys
 
@@ -131,7 +145,7 @@ class UnlockdReboots:
 
     def changed_key_then_immediate(self, power_cycle: Callable[[], None]) -> None:
         lab, node = self.lab, self.node
-        # The controller still pins the initramfs key from before the rotation.
+        # The controller pins another initramfs key than the node presents.
         nodefacts.replace_host_keys(lab.store, node, fleet_known_hosts(lab.state_dir),
                                     {nodefacts.DROPBEAR: self.old_key})
         set_policy(lab, "immediate")
