@@ -89,6 +89,8 @@ def report_as_dict(report: ProvisionReport) -> dict[str, Any]:
             "steps": [{"step": step.strip(), "seconds": round(seconds, 1),
                        "substep": step.startswith("  ")} for step, seconds in report.steps],
             "skipped": report.skipped, "deploy_changes": report.deploy_changes,
+            # Where the deploy's time went (connect, facts, operations, the slowest ones).
+            "deploy_timings": report.deploy_timings,
             "total_seconds": round(report.total_seconds, 1),
             # Present only when this run installed the node: the one time it is shown.
             **({"recovery_key": report.recovery_key} if report.recovery_key else {})}
@@ -147,7 +149,7 @@ class NodeOutcome:
             data = {"node": self.node,
                     "steps": [{"step": step, "seconds": round(seconds, 1), "substep": False}
                               for step, seconds in self.done_steps],
-                    "deploy_changes": [],
+                    "deploy_changes": [], "deploy_timings": {},
                     "total_seconds": round(sum(seconds for _, seconds in self.done_steps), 1)}
             if self.recovery_key:
                 data["recovery_key"] = self.recovery_key

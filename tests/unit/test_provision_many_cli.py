@@ -18,7 +18,8 @@ from clonefleet.fakes.machines import RecordingMachines
 
 pytestmark = pytest.mark.unit
 
-SINGLE_NODE_KEYS = {"node", "state", "steps", "skipped", "deploy_changes", "total_seconds"}
+SINGLE_NODE_KEYS = {"node", "state", "steps", "skipped", "deploy_changes", "deploy_timings",
+                    "total_seconds"}
 
 
 @pytest.fixture
