@@ -93,7 +93,9 @@ def test_deploy_says_where_its_time_went(
     assert slow[0].endswith("slow one") and 1.4 <= slow[1] < 10, timings
     assert quick[0].endswith("quick one") and quick[1] < slow[1]
     assert timings["execute"] >= slow[1] + quick[1] - 0.01
-    assert timings["connect"] > 0 and timings["prepare"] > 0
+    # Connecting and preparing (facts) are timed too; a two-operation deploy prepares in
+    # milliseconds, which may round to 0.
+    assert timings["connect"] > 0 and 0 <= timings["prepare"] < timings["execute"]
     line = describe_timings(timings)
     assert "2 operations" in line and "slow one 2 s" in line and "\n" not in line, line
 
