@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fleet_text import FSN, FleetNode, fleet_toml
 
 from clonefleet.errors import KeystoreError
 from clonefleet.inventory import Fleet, load_fleet
@@ -33,29 +34,7 @@ from clonefleet.unlockers import (
 
 pytestmark = pytest.mark.unit
 
-FLEET = """
-[fleet]
-name = "un"
-domain = "un.example.com"
-state = "etcd://10.0.0.1:2379/clonefleet/un"
-
-[regions.fsn]
-provider = "lab"
-latitude = 50.47
-longitude = 12.37
-
-[nodes.fsn-1]
-region = "fsn"
-disks = ["UN-1"]
-
-[nodes.nbg-1]
-region = "fsn"
-disks = ["UN-2"]
-
-[unlock]
-unlockers = [{unlockers}]
-store_url = "etcd://10.66.0.1:2379"
-"""
+NODES = [FleetNode("fsn-1", "fsn", "UN-1"), FleetNode("nbg-1", "fsn", "UN-2")]
 
 def _context(fleet: Fleet, node: str, store: SqliteStateStore) -> ServiceContext:
     # No service secrets are involved: the hook reads the keystore and the store only.
@@ -80,7 +59,10 @@ class Controller:
 
     def load(self, unlockers: list[str]) -> Fleet:
         path = self.tmp_path / "un.toml"
-        path.write_text(FLEET.format(unlockers=", ".join(f'"{n}"' for n in unlockers)))
+        path.write_text(fleet_toml(
+            "un", "un.example.com", [FSN], NODES,
+            settings={"state": "etcd://10.0.0.1:2379/clonefleet/un"},
+            unlock={"unlockers": unlockers, "store_url": "etcd://10.66.0.1:2379"}))
         return load_fleet(path)
 
     def reader(self) -> Callable[[ServiceContext], str]:
