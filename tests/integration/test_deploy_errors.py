@@ -14,7 +14,7 @@ import pytest
 from sshd_fixture import Sshd, sshd_fleet
 
 from clonefleet.deploy import describe_failure, describe_timings, run_deploy
-from clonefleet.inventory import load_fleet
+from clonefleet.inventory import Fleet, load_fleet
 from clonefleet.state import open_store
 
 pytestmark = pytest.mark.integration
@@ -58,13 +58,16 @@ def deploy_fleet(tmp_path: Path, sshd: Sshd) -> Path:
     return fleet_path
 
 
-def test_failed_operation_reports_its_own_error_and_what_never_ran(
-        tmp_path: Path, sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def fleet(tmp_path: Path, sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> Fleet:
+    """The deploy fleet, its state under tmp_path."""
     monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "state"))
     # host data includes per-node secrets: a throwaway keystore identity
     monkeypatch.setenv("CLONEFLEET_AGE_KEY", str(tmp_path / "age.key"))
-    fleet = load_fleet(deploy_fleet(tmp_path, sshd))
+    return load_fleet(deploy_fleet(tmp_path, sshd))
 
+
+def test_failed_operation_reports_its_own_error_and_what_never_ran(fleet: Fleet) -> None:
     result = run_deploy(fleet.path, ["fsn-1"], "brokendeploy:broken", timeout=300)["fsn-1"]
 
     assert result.failed and result.connected
@@ -78,12 +81,7 @@ def test_failed_operation_reports_its_own_error_and_what_never_ran(
     assert "\n" not in line, line
 
 
-def test_deploy_says_where_its_time_went(
-        tmp_path: Path, sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("CLONEFLEET_AGE_KEY", str(tmp_path / "age.key"))
-    fleet = load_fleet(deploy_fleet(tmp_path, sshd))
-
+def test_deploy_says_where_its_time_went(fleet: Fleet) -> None:
     result = run_deploy(fleet.path, ["fsn-1"], "brokendeploy:timed", timeout=300)["fsn-1"]
 
     assert not result.failed, result.errors
