@@ -515,13 +515,11 @@ def node_volume(store: StateStore, state_dir: Path, node: str, key_path: Path,
     fleet's known_hosts, written from the store first). The caller closes `volume.shell`."""
     from clonefleet import nodefacts
     from clonefleet.known_hosts import fleet_known_hosts
-    from clonefleet.ssh import RemoteShell
 
     known_hosts = fleet_known_hosts(state_dir)
     facts = nodefacts.load_pinned(store, node, known_hosts)
     if facts.layout is None or not facts.ssh_host_key:
         raise StateError(f"node {node} has no recorded disk layout or pinned sshd key; it was "
                          "not installed by this controller (provision it first)")
-    shell = RemoteShell(facts.require_ssh(), key_path, known_hosts=known_hosts.path,
-                        what=f"node {node}", timeout=timeout)
+    shell = nodefacts.sshd_shell(facts, known_hosts, key_path, timeout)
     return LuksVolume(shell, device_for(facts.layout.luks_uuid), f"node {node}")

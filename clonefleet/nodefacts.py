@@ -20,14 +20,18 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clonefleet.errors import StateError
 from clonefleet.image.node import NodeLayout
 from clonefleet.known_hosts import HostKeyEntry, KnownHosts, public_key_blob
 from clonefleet.providers.base import ServerInfo, SshAccess
 from clonefleet.state import StateStore
+
+if TYPE_CHECKING:
+    from clonefleet.ssh import RemoteShell
 
 # Fact keys, as stored (the names older versions used: do not rename without migrating).
 SSH_ACCESS = "ssh"  # {"host", "port"}: the rescue system, later sshd
@@ -116,6 +120,16 @@ def load_pinned(store: StateStore, node: str, known_hosts: KnownHosts) -> NodeFa
     """The node's facts, after writing its pinned host keys to the fleet's known_hosts:
     call this before connecting to the node, and connect with that file."""
     return load_pinned_many(store, [node], known_hosts)[node]
+
+
+def sshd_shell(facts: NodeFacts, known_hosts: KnownHosts, key_path: Path,
+               timeout: float = 20) -> RemoteShell:
+    """A login to the node's sshd with `key_path`, its host key checked against the pin in
+    `known_hosts` (`facts` from `load_pinned`, which wrote it). The caller closes it."""
+    from clonefleet.ssh import RemoteShell
+
+    return RemoteShell(facts.require_ssh(), key_path, known_hosts=known_hosts.path,
+                       what=f"node {facts.node}", timeout=timeout)
 
 
 def load_pinned_many(store: StateStore, nodes: Iterable[str],

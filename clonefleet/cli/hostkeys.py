@@ -42,10 +42,9 @@ def rotate_host_keys(ctx: Context, node: str, dry_run: bool) -> None:
     key = ensure_operator_key(ctx.fleet.ssh_key, ctx.state_dir)
     known_hosts = fleet_known_hosts(ctx.state_dir)
 
-    def connect() -> RemoteShell:
-        facts = nodefacts.load_pinned(ctx.store, name, known_hosts)
-        return RemoteShell(facts.require_ssh(), key.path, known_hosts=known_hosts.path,
-                           what=f"node {name}", timeout=20)
+    def connect() -> RemoteShell:  # the pins as they are now: each rotated one moves
+        return nodefacts.sshd_shell(nodefacts.load_pinned(ctx.store, name, known_hosts),
+                                    known_hosts, key.path)
 
     result = hostkey_rotation.rotate_host_keys(
         ctx.store, known_hosts, name, connect, dry_run=dry_run,
