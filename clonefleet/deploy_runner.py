@@ -261,7 +261,7 @@ def _timings(state: Any, host: Any, phases: dict[str, float], prepare: float,
     """Where the deploy's time went on `host`: connecting (all hosts at once), preparing
     (its facts), running its operations (all hosts at once), and its slowest operations."""
     ran = [(", ".join(state.op_meta[op_hash].names) or op_hash, seconds)
-           for (name, op_hash), seconds in collector.op_seconds.items() if name == host.name]
+           for op_hash, seconds in collector.op_seconds.get(host.name, {}).items()]
     ran.sort(key=lambda item: -item[1])
     return {"connect": round(phases.get("connect", 0.0), 2), "prepare": round(prepare, 2),
             "execute": round(phases.get("execute", 0.0), 2), "operations": len(ran),
@@ -322,7 +322,7 @@ class _ErrorCollector(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.started: dict[str, float] = {}  # host → when its current operation started
-        self.op_seconds: dict[tuple[str, str], float] = {}  # (host, op hash) → seconds run
+        self.op_seconds: dict[str, dict[str, float]] = {}  # host → {op hash: seconds run}
         self.current: dict[str, list[str]] = {}
         self.by_op: dict[tuple[str, str], list[str]] = {}
         self.connect_errors: dict[str, str] = {}
@@ -336,7 +336,8 @@ class _ErrorCollector(logging.Handler):
 
     def ran(self, host: str, op_hash: str) -> None:
         if host in self.started:
-            self.op_seconds[(host, op_hash)] = time.monotonic() - self.started.pop(host)
+            self.op_seconds.setdefault(host, {})[op_hash] = (time.monotonic()
+                                                              - self.started.pop(host))
 
     def why(self, host: str, op_hash: str) -> str:
         lines = [line for line in self.by_op.get((host, op_hash), []) if line]
