@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -268,11 +270,12 @@ class RemoteShell:
     def run(self, command: str, *, input_data: bytes | None = None, check: bool = True,
             timeout: float = 600, what: str = "") -> tuple[int, str, str]:
         """Run `command`; feed `input_data` on stdin (then EOF); return (status, out, err)."""
-        channel = self._channel(command, timeout)
-        if input_data is not None:
-            channel.sendall(input_data)
-        channel.shutdown_write()
-        status, out, err = _collect(channel, timeout)
+        with self._bounded(command, timeout):
+            channel = self._channel(command, timeout)
+            if input_data is not None:
+                channel.sendall(input_data)
+            channel.shutdown_write()
+            status, out, err = _collect(channel, timeout)
         if check and status != 0:
             tail = "\n".join((out + err).strip().splitlines()[-12:])
             raise RemoteCommandFailed(
@@ -282,20 +285,49 @@ class RemoteShell:
     def stream(self, command: str, source: IO[bytes], *, timeout: float = 3600,
                progress: Callable[[int], None] | None = None, what: str = "") -> str:
         """Run `command` with a large file on its stdin, reporting bytes sent."""
-        channel = self._channel(command, timeout)
-        sent = 0
-        while chunk := source.read(1 << 20):
-            channel.sendall(chunk)
-            sent += len(chunk)
-            if progress:
-                progress(sent)
-        channel.shutdown_write()
-        status, out, err = _collect(channel, timeout)
+        with self._bounded(command, timeout):
+            channel = self._channel(command, timeout)
+            sent = 0
+            while chunk := source.read(1 << 20):
+                channel.sendall(chunk)
+                sent += len(chunk)
+                if progress:
+                    progress(sent)
+            channel.shutdown_write()
+            status, out, err = _collect(channel, timeout)
         if status != 0:
             tail = "\n".join((out + err).strip().splitlines()[-12:])
             raise RemoteCommandFailed(f"{what or command} failed on {self.what} "
                                       f"(exit {status}): {tail}")
         return out
+
+    @contextmanager
+    def _bounded(self, command: str, timeout: float) -> Iterator[None]:
+        """Bound everything a command does, not only the wait for its output: paramiko's
+        `exec_command` waits for the server's answer with no timeout, and a server that stops
+        answering without closing the connection (Dropbear while its initramfs hands over to
+        the real system, a frozen guest) would hold the caller forever. Past `timeout` plus a
+        grace the connection is closed, which ends any wait on it."""
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            self.client.close()
+
+        watchdog = threading.Timer(timeout + WATCHDOG_GRACE, expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            yield
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            if expired.is_set():
+                raise RemoteCommandTimedOut(
+                    f"{command.split()[0]} on {self.what} did not finish within "
+                    f"{timeout + WATCHDOG_GRACE:.0f} s; the connection was closed") from None
+            raise ConnectionFailed(f"connection to {self.what} at {self.access} was lost "
+                                   f"({_describe(error)})") from None
+        finally:
+            watchdog.cancel()
 
     def _channel(self, command: str, timeout: float) -> paramiko.Channel:
         transport = self.client.get_transport()
@@ -315,6 +347,9 @@ class RemoteShell:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+# How long past its own timeout a command's connection is closed (see RemoteShell._bounded).
+WATCHDOG_GRACE = 10.0
 
 # Command output is read as soon as it is there; between reads the channel is checked often.
 OUTPUT_POLL = RetryPolicy(first=0.05, cap=0.05, factor=1.0, jitter=0.0)

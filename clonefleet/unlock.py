@@ -50,6 +50,11 @@ def interpret(status: int | None, output: str) -> str:
         # Dropbear is killed when the initramfs hands over to the real system, which can
         # race with the final message: the caller confirms through sshd.
         return "connection closed by the initramfs (likely unlocked)"
+    if status == 0:
+        # Nothing left to ask for: an earlier attempt's passphrase, still on the stdin of a
+        # cryptroot-unlock whose connection timed out, opened the volume once the device
+        # appeared (a slow RAID assembly). The caller confirms through sshd.
+        return "cryptroot-unlock found nothing waiting for a passphrase (likely unlocked)"
     raise UnlockError(f"cryptroot-unlock failed (exit {status}): {output.strip()[-300:]}")
 
 

@@ -34,6 +34,19 @@ if [ -e '{expected}.hang_once' ]; then
     rm -f '{expected}.hang_once'
     sleep 30
 fi
+# With a `device_at` file beside it (milliseconds since the epoch), the encrypted device
+# appears only then (a RAID still assembling): every call waits for it, and keeps waiting
+# after its client gave up, with the passphrase already on its stdin. The first to see the
+# device reads its passphrase; a later call finds nothing asking and, like the real one on
+# the lab VM, ends with exit 0 and says nothing.
+if [ -e '{expected}.device_at' ]; then
+    while [ $(($(date +%s%N) / 1000000)) -lt "$(cat '{expected}.device_at')" ]; do
+        sleep 0.1
+    done
+    if ! mkdir '{expected}.opened' 2>/dev/null; then
+        exit 0
+    fi
+fi
 given=$(cat; printf x)
 given=${{given%x}}
 # Every passphrase read is counted beside it (`Dropbear.deliveries`): "ok" or "bad".
@@ -42,6 +55,7 @@ if [ "$given" = "$(cat '{expected}')" ]; then
     echo "cryptsetup: root set up successfully"
     exit 0
 fi
+rmdir '{expected}.opened' 2>/dev/null
 echo bad >> '{expected}.deliveries'
 echo "cryptsetup failed, bad password or options?"
 exit 1
@@ -123,6 +137,11 @@ class Dropbear:
     def hang_once(self) -> None:
         """The next cryptroot-unlock waits 30 s before reading (nothing asks yet)."""
         (self.folder / "expected.hang_once").touch()
+
+    def device_appears_in(self, seconds: float) -> None:
+        """The encrypted device shows up `seconds` from now (see FAKE_CRYPTROOT_UNLOCK)."""
+        (self.folder / "expected.device_at").write_text(
+            str(int((time.time() + seconds) * 1000)))
 
     def stop(self) -> None:
         self.release()

@@ -25,12 +25,13 @@ import contextlib
 
 from dropbear_fixture import Dropbear, dropbear_available, running_dropbear
 
+from clonefleet import ssh
 from clonefleet.errors import HostKeyMismatchError
 from clonefleet.known_hosts import HostKeyEntry, KnownHosts, public_key_blob
 from clonefleet.lab.qemu import free_port
 from clonefleet.providers.base import SshAccess
 from clonefleet.retry import GaveUp
-from clonefleet.ssh import generate_ed25519
+from clonefleet.ssh import RemoteCommandTimedOut, RemoteShell, generate_ed25519
 from clonefleet.unlock import BadPassphrase, unlock
 
 pytestmark = pytest.mark.integration
@@ -43,6 +44,8 @@ class DroppingProxy:
 
     def __init__(self, target: int, drop: int) -> None:
         self.target, self.drop = target, drop
+        # Set: nothing is forwarded any more and nothing is closed (a frozen guest).
+        self.frozen = threading.Event()
         self.accepted = 0
         self.port = free_port()
         self.listener = socket.create_server(("127.0.0.1", self.port))
@@ -69,11 +72,12 @@ class DroppingProxy:
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         source.settimeout(30)
         try:
             while data := source.recv(65536):
+                while self.frozen.is_set() and not self.stopping.is_set():
+                    time.sleep(0.1)
                 sink.sendall(data)
         except OSError:
             pass
@@ -137,6 +141,43 @@ def test_a_cryptroot_unlock_still_waiting_for_its_device_is_tried_again(
                      attempt_timeout=3)
     assert message == "cryptsetup: root set up successfully"
     assert len(notes) == 1 and "not asking for the passphrase yet" in notes[0], notes
+
+
+def test_a_passphrase_sent_by_an_attempt_that_gave_up_still_counts(dropbear: Dropbear) -> None:
+    # Seen on the two-disk lab VM: the first attempt gave up while the RAID assembled, its
+    # cryptroot-unlock kept the passphrase and opened the volume once the device appeared,
+    # and the next attempt's cryptroot-unlock found nothing asking (exit 0, no output).
+    dropbear.device_appears_in(3.5)
+    notes: list[str] = []
+    message = unlock(dropbear.access, dropbear.operator_key,
+                     pinned(dropbear, dropbear.access, dropbear.host_key),
+                     dropbear.passphrase, timeout=60, what="test-node", log=notes.append,
+                     attempt_timeout=3)
+    assert message == "cryptroot-unlock found nothing waiting for a passphrase (likely " \
+                      "unlocked)"
+    assert dropbear.deliveries() == ["ok"]
+    assert len(notes) == 1 and "not asking for the passphrase yet" in notes[0], notes
+
+
+def test_a_server_that_stops_answering_mid_command_is_left_in_bounded_time(
+        dropbear: Dropbear, monkeypatch: pytest.MonkeyPatch) -> None:
+    # paramiko waits for the answer to an exec request with no timeout: a Dropbear that
+    # stops answering without closing (its initramfs handing over, a frozen guest) once
+    # held an unlock attempt, and every node behind it, for 40 minutes.
+    monkeypatch.setattr(ssh, "WATCHDOG_GRACE", 1.0)
+    proxy = DroppingProxy(dropbear.port, drop=0)
+    try:
+        with RemoteShell(proxy.access, dropbear.operator_key, what="Dropbear (initramfs)",
+                         known_hosts=pinned(dropbear, proxy.access, dropbear.host_key)
+                         ) as shell:
+            proxy.frozen.set()
+            started = time.monotonic()
+            with pytest.raises(RemoteCommandTimedOut, match="did not finish within 3 s"):
+                shell.run("cryptroot-unlock", input_data=b"x", check=False, timeout=2)
+            assert time.monotonic() - started < 10
+    finally:
+        proxy.close()
+    assert dropbear.deliveries() == []
 
 
 def test_unlock_retries_connections_closed_during_the_banner(dropbear: Dropbear) -> None:
