@@ -148,9 +148,11 @@ class AptRepo:
         subprocess.run(["gpgconf", "--homedir", str(self.gnupg), "--kill", "gpg-agent"],
                        check=False, capture_output=True, timeout=30)
 
-    def sources(self, key_path: str) -> str:
-        """deb822 sources for every suite, the key at `key_path` (as the node sees it)."""
-        return "".join(f"Types: deb\nURIs: {self.url}\nSuites: {suite}\nComponents: main\n"
+    def sources(self, key_path: str, url: str = "") -> str:
+        """deb822 sources for every suite, the key at `key_path` (as the node sees it), the
+        repository at `url` (default: where it listens; a VM guest reaches it elsewhere)."""
+        return "".join(f"Types: deb\nURIs: {url or self.url}\nSuites: {suite}\n"
+                       "Components: main\n"
                        f"Signed-By: {key_path}\n\n"
                        for suite in sorted(SUITES))
 

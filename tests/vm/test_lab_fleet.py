@@ -9,6 +9,11 @@ tests below in order (none needs a fresh install):
 - pebble (the ACME test CA) issues the fleet certificate through DNS-01 answered by the
   nodes' own PowerDNS; a deploy distributes it and every node's HAProxy serves it on 443
   (HTTP/2) in front of the app; the whole node deploy again then changes nothing;
+- `clonefleet update` rolls a "security update" needing a reboot (a signed apt repository on
+  the controller's loopback) over the three: each node drained, upgraded, rebooted, unlocked
+  through Dropbear, checked and put back, Ashburn's beside one of Falkenstein's, while a
+  thread asks every node's PowerDNS throughout that Falkenstein never drops below its
+  minimum;
 - the mission's loop: fsn-2's smartwatch is fed a failing NVMe recording (a replayed
   `smartctl`), alerts the operators and drains fsn-2 through `clonefleet serve`, and no
   node's PowerDNS answers with fsn-2 any more;
@@ -17,17 +22,20 @@ tests below in order (none needs a fresh install):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from apt_repo_fixture import INSTALLED, OTHER_UPGRADES, SECURITY_UPGRADES, AptRepo, build_deb
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from node_replay import CHECK, install_replay
@@ -36,7 +44,10 @@ from webhook_fixture import Webhook
 
 from clonefleet.dnsmap import Endpoints
 from clonefleet.dnsmap.powerdns import ask
+from clonefleet.dnsmap.verify import ANYWHERE
 from clonefleet.lab.qemu import free_port
+from clonefleet.ssh import RemoteShell
+from clonefleet.state import StateStore
 
 from .conftest import LAB_FLEET, ROOT, Lab, open_lab
 from .raid_checks import check_boots_from_either_disk, check_mirrored_uefi_node
@@ -52,6 +63,11 @@ EDGE = "edge.lab.clonefleet.test"
 PSQL = "runuser -u postgres -- psql -X -A -t -d app -c"
 # How long after provisioning the replicas may take to seed themselves (deploys/database.py).
 REPLICA_SEED_SECONDS = 180
+BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
+# Two rounds of reboots (fsn-1 and ash-1 together, then fsn-2), each up to a lab boot
+# timeout (20 min) and its unlock: generous, it is a bound, not an expectation.
+ROLLOUT_SECONDS = 5400
+BATCHING = ("--batch-size", "2", "--max-unavailable-per-region", "1")
 
 
 @dataclass
@@ -116,6 +132,10 @@ def test_three_nodes_at_once_as_full_clones_with_a_mirrored_uefi_node(lab: Lab) 
     assert report["failed"] == [] and sorted(report["succeeded"]) == sorted(NODES), report
     for entry in report["nodes"]:
         assert entry["state"] == "deployed", entry
+        # Where each node's time went, printed for the run's log (-s).
+        print(f"{entry['node']}: steps "
+              f"{[(step['step'], step.get('seconds')) for step in entry['steps']]}; "
+              f"deploy {json.dumps(entry['deploy_timings'])}")
     [raid] = [entry for entry in report["nodes"] if entry["node"] == RAID_NODE]
     assert "raid1" in [step["step"] for step in raid["steps"]]
 
@@ -264,6 +284,193 @@ def test_a_second_deploy_changes_nothing(lab: Lab) -> None:
     for node in NODES:
         assert not again[node]["failed"], again[node]
         assert again[node]["changed"] == [], f"{node}: {again[node]['changed']}"
+
+
+# The rollout's repository, as the guests reach it: qemu's user network maps 10.0.2.2 to the
+# controller's loopback, where the repository listens.
+GUEST_LOOPBACK = "10.0.2.2"
+SAVED_SOURCES = "/root/cftest-saved-apt"
+
+
+def point_node_at(shell: RemoteShell, repo: AptRepo, staging: Path) -> None:
+    """Make a node use only `repo` (its Debian sources set aside, so nothing leaves the
+    machine) and install the older versions of the repository's packages with dpkg."""
+    port = repo.url.rsplit(":", 1)[1]
+    shell.run(f"mkdir -p {SAVED_SOURCES} /etc/apt/keyrings /tmp/cftest-debs && "
+              f"if [ -e /etc/apt/sources.list ]; then mv /etc/apt/sources.list "
+              f"{SAVED_SOURCES}/; fi && find /etc/apt/sources.list.d -mindepth 1 "
+              f"-maxdepth 1 -exec mv -t {SAVED_SOURCES} {{}} +")
+    with repo.keyring.open("rb") as source:
+        shell.stream("cat > /etc/apt/keyrings/clonefleet-test.gpg", source)
+    sources = repo.sources("/etc/apt/keyrings/clonefleet-test.gpg",
+                           f"http://{GUEST_LOOPBACK}:{port}")
+    shell.run("cat > /etc/apt/sources.list.d/clonefleet-test.sources",
+              input_data=sources.encode())
+    names = []
+    for package in INSTALLED:
+        deb = build_deb(staging, package)
+        with deb.open("rb") as source:
+            shell.stream(f"cat > /tmp/cftest-debs/{deb.name}", source)
+        names.append(f"/tmp/cftest-debs/{deb.name}")
+    shell.run(f"dpkg -i {' '.join(names)}", timeout=600)
+
+
+def restore_sources(shell: RemoteShell) -> None:
+    shell.run(f"rm -f /etc/apt/sources.list.d/clonefleet-test.sources && "
+              f"find {SAVED_SOURCES} -mindepth 1 -maxdepth 1 -name '*.sources' "
+              f"-exec mv -t /etc/apt/sources.list.d {{}} + ; "
+              f"if [ -e {SAVED_SOURCES}/sources.list ]; then mv {SAVED_SOURCES}/sources.list "
+              "/etc/apt/; fi", check=False)
+
+
+@dataclass
+class DnsWatch:
+    """Asks every node's PowerDNS (through its VM's forwarded port) for the routed name every
+    second while running, with ECS /0 (the answer is then the whole active set): per region
+    the fewest of its nodes any answer held, and per server how often it answered. A server
+    whose node is rebooting does not answer; that is counted, not an error."""
+
+    lab: Lab
+    fewest: dict[str, int] = field(default_factory=dict)
+    answered: dict[str, int] = field(default_factory=dict)
+    silent: dict[str, int] = field(default_factory=dict)
+    absent: set[str] = field(default_factory=set)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        fleet = self.lab.fleet
+        by_address = {node.ipv4: node for node in fleet.nodes.values()}
+        servers = endpoints(self.lab)
+        while not self._stop.wait(1.0):
+            for name, endpoint in servers.items():
+                try:
+                    answer = ask(endpoint, EDGE + ".", "A", client=ANYWHERE, timeout=2)
+                except Exception:  # counted: its node may be rebooting
+                    self.silent[name] = self.silent.get(name, 0) + 1
+                    continue
+                self.answered[name] = self.answered.get(name, 0) + 1
+                served = {by_address[address].name for address in answer.addresses
+                          if address in by_address}
+                self.absent |= set(fleet.nodes) - served
+                for region in fleet.regions:
+                    count = sum(1 for node in served if fleet.nodes[node].region == region)
+                    self.fewest[region] = min(self.fewest.get(region, count), count)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+
+def print_overhead(store: StateStore, batches: list[list[str]], wall: float) -> None:
+    """The rollout's orchestration overhead: its wall time ÷ the work no orchestrator can
+    avoid (per batch, the slowest node's upgrade + reboot, which holds its unlock and boot;
+    batches run one after the other). Printed for the run's log (-s)."""
+    unavoidable = 0.0
+    for batch in batches:
+        per_node = {}
+        for node in batch:
+            seconds = {step.step: step.seconds for step in store.steps(node)
+                       if step.status == "done"}
+            per_node[node] = seconds.get("update: upgrade", 0.0) + \
+                seconds.get("update: reboot", 0.0)
+            print(f"{node}: " + ", ".join(f"{name.removeprefix('update: ')} {value:.1f} s"
+                                          for name, value in seconds.items()
+                                          if name.startswith("update: ")))
+        unavoidable += max(per_node.values())
+    print(f"rollout wall {wall:.1f} s; upgrade + reboot of the slowest node per batch "
+          f"{unavoidable:.1f} s; overhead ratio {wall / unavoidable:.2f}")
+
+
+def check_batches(batches: list[list[str]]) -> None:
+    """Ashburn's node beside one of Falkenstein's, then Falkenstein's other one."""
+    assert len(batches) == 2, batches
+    first, second = (sorted(batch) for batch in batches)
+    assert first[0] == "ash-1" and len(first) == 2 and first[1].startswith("fsn-"), batches
+    assert second == sorted({"fsn-1", "fsn-2"} - {first[1]}), batches
+
+
+def test_a_security_update_needing_a_reboot_rolls_across_the_fleet(
+        lab: Lab, tmp_path: Path) -> None:
+    # Ashburn has one node: a rollout may take it out only with a minimum of 0 there (the
+    # fleet-wide minimum of 1 still holds). Falkenstein keeps its minimum of 1.
+    text = lab.fleet_path.read_text()
+    ash = text.index("[regions.ash]")
+    lab.fleet_path.write_text(text[:ash] + text[ash:].replace("min_active = 1",
+                                                              "min_active = 0", 1))
+    repo = AptRepo(tmp_path / "apt", {"bookworm-security": SECURITY_UPGRADES,
+                                      "bookworm-updates": OTHER_UPGRADES})
+    repo.start()
+    boots: dict[str, str] = {}
+    try:
+        for node in NODES:
+            with lab.shell(node) as shell:
+                point_node_at(shell, repo, tmp_path / "debs")
+                boots[node] = shell.run(BOOT_ID)[1].strip()
+
+        # Two at once fleet-wide, one per region: Falkenstein's two nodes in turn, Ashburn's
+        # beside the first.
+        planned = json.loads(lab.cli("--json", "update", "--dry-run", *BATCHING,
+                                     timeout=900).stdout)
+        assert sorted(planned["expected_reboots"]) == sorted(NODES), planned
+        check_batches(planned["batches"])
+
+        watch = DnsWatch(lab)
+        watch.start()
+        started = time.monotonic()
+        try:
+            rolled = lab.cli("--json", "update", *BATCHING, timeout=ROLLOUT_SECONDS,
+                             check=False)
+        finally:
+            watch.stop()
+        wall = time.monotonic() - started
+        assert rolled.returncode == 0, f"{rolled.stdout}\n{rolled.stderr}{lab.consoles()}"
+        report = json.loads(rolled.stdout)
+        assert report["status"] == "done", report
+        assert report["batches"] == planned["batches"], report["batches"]
+        for entry in report["nodes"]:
+            assert entry["result"] == "done", entry
+            assert entry["rebooted"] is True, entry
+            assert sorted(entry["packages"]) == ["cf-tool 1.0 → 1.1", "libcf1 (new) → 1.1",
+                                                 "linux-image-cftest 1.0 → 2.0"], entry
+            assert entry["out_of_dns_seconds"] >= 35, entry  # TTL 30 s + grace 5 s
+
+        # Throughout: Falkenstein never below 1 in any answer, the fleet never empty, every
+        # node left the answers once, and every server answered (before or after its reboot).
+        assert watch.fewest["fsn"] >= 1, watch.fewest
+        assert watch.absent == set(NODES), watch.absent
+        assert all(watch.answered.get(node, 0) > 10 for node in NODES), watch.answered
+        assert any(watch.silent.get(node, 0) for node in NODES), \
+            "no server was ever silent: did any node reboot?"
+
+        store = lab.store
+        print_overhead(store, report["batches"], wall)
+        for node in NODES:
+            assert store.get(node).state == "active", node
+            with lab.shell(node) as shell:
+                assert shell.run(BOOT_ID)[1].strip() != boots[node], f"{node} did not reboot"
+                versions = shell.run("dpkg-query -W -f '${Package} ${Version}\\n' cf-tool "
+                                     "cf-extra linux-image-cftest")[1].split("\n")
+                assert sorted(line for line in versions if line) == [
+                    "cf-extra 1.0", "cf-tool 1.1", "linux-image-cftest 2.0"], versions
+                assert shell.run("test -e /var/run/reboot-required", check=False)[0] != 0
+        # And every server answers with every node again.
+        for node, addresses in answers(lab, ANYWHERE).items():
+            assert addresses == {lab.fleet.node(name).ipv4 for name in NODES}, (node, addresses)
+        # Nothing left to do: a second rollout updates nothing.
+        again = json.loads(lab.cli("--json", "update", timeout=900).stdout)
+        assert again["batches"] == [], again
+    finally:
+        for node in NODES:
+            with contextlib.suppress(Exception), lab.shell(node) as shell:
+                restore_sources(shell)
+        repo.stop()
+        lab.fleet_path.write_text(text)
 
 
 def test_a_failing_disk_alerts_and_drains_its_node_from_every_server(
