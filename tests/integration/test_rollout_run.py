@@ -44,32 +44,48 @@ from pdns_fixture import PowerDnsServer, ServerFactory
 from sshd_fixture import Sshd
 from webhook_fixture import Webhook
 
+from clonefleet import nodefacts
 from clonefleet.dnsmap import ENDPOINT_FACT, build_geoip_database, drain_node, publish
 from clonefleet.dnsmap.powerdns import ask
 from clonefleet.dnsmap.verify import ANYWHERE
 from clonefleet.image.chroot import mounted, overlay
 from clonefleet.inventory import Fleet, load_fleet
+from clonefleet.lab.qemu import free_port
 from clonefleet.rollout import lock
 from clonefleet.rollout.plan import make_plan
 from clonefleet.rollout.progress import PROGRESS_FACT, STEPS, Progress, RunOptions
+from clonefleet.rollout.report import RolloutStopped
 from clonefleet.rollout.run import Event, Rollout
+from clonefleet.ssh import generate_ed25519
 from clonefleet.state import FLEET_FACTS, StateStore, open_store
+from clonefleet.unlockers import fleet_keystore
 
 pytestmark = pytest.mark.integration
 
 
-def fleet_text(ssh_key: Path, alert_url: str) -> str:
+# Ashburn on a Hetzner Cloud project (`cloud=True`): its node's reboot is then waited for
+# the way a real server's is, by SSH banner at its Dropbear address (the lab provider would
+# fail at once, finding no VM). No API call is made on that path; the token is never read.
+CLOUD_PROVIDER = """
+[providers.cloud]
+driver = "hetzner-cloud"
+token_env = "CLONEFLEET_TEST_UNSET_HCLOUD_TOKEN"
+"""
+
+
+def fleet_text(ssh_key: Path, alert_url: str, cloud: bool = False) -> str:
     """fsn-1 and fsn-2 in fsn (min_active 1), ash-1 in ash; one routed name with a TTL of 1 s
     and a grace of 1 s, so that drains settle quickly."""
+    ash = replace(ASH, min_active=0, provider="cloud" if cloud else ASH.provider)
     return fleet_toml(
         "rollrun", "rollrun.clonefleet.test",
-        [replace(FSN, min_active=1), replace(ASH, min_active=0)],
+        [replace(FSN, min_active=1), ash],
         [FleetNode("fsn-1", "fsn", "RR-FSN1", ipv4="192.0.2.11"),
          FleetNode("fsn-2", "fsn", "RR-FSN2", ipv4="192.0.2.12"),
          FleetNode("ash-1", "ash", "RR-ASH1", ipv4="198.51.100.21")],
         settings={"ssh_key": str(ssh_key), "min_active_total": 1, "dns_grace_seconds": 1,
                   "alert_urls": [alert_url]},
-        routed=[{"name": "edge", "ttl": 1}])
+        routed=[{"name": "edge", "ttl": 1}]) + (CLOUD_PROVIDER if cloud else "")
 
 
 EDGE = "edge.rollrun.clonefleet.test."
@@ -80,16 +96,24 @@ SECURITY = (
     Package("libcf1", "1.1"),
     Package("cf-broken", "1.1",
             postinst="echo 'cf-broken: cannot migrate its data' >&2\nexit 1\n"),
+    # Upgraded only where the old one is installed: a "kernel" asking for a reboot.
+    Package("linux-image-cftest", "2.0",
+            postinst="touch /var/run/reboot-required\n"
+                     "echo linux-image-cftest >> /var/run/reboot-required.pkgs\n"),
 )
+KERNEL_OLD = Package("linux-image-cftest", "1.0")
 UPDATES = (Package("cf-extra", "1.1"),)
-# No systemd in a chroot: the health check's probe gets the answers of a booted system.
+# No systemd in a chroot: the health check's probe gets the answers of a booted system, and
+# a reboot takes the node's sshd down for good (a server that never comes back).
 SYSTEMCTL = """#!/bin/sh
 case "$1" in
     is-system-running) echo running ;;
+    reboot) kill "$(cat /run/cftest-sshd.pid)" ;;
 esac
 exit 0
 """
 RUN_TIMEOUT = 600
+BOOT_TIMEOUT = 8.0
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +204,8 @@ class RollFleet:
 
 def _make_fleet(base: Path, repo: AptRepo, tmp_path: Path, pdns_factory: ServerFactory,
                 monkeypatch: pytest.MonkeyPatch,
-                installed: dict[str, tuple[Package, ...]]) -> Iterator[RollFleet]:
+                installed: dict[str, tuple[Package, ...]],
+                cloud: bool = False) -> Iterator[RollFleet]:
     monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "state"))
     webhook = Webhook()
     with ExitStack() as stack, sshd_chroot_folder() as folder:
@@ -196,6 +221,7 @@ def _make_fleet(base: Path, repo: AptRepo, tmp_path: Path, pdns_factory: ServerF
             shim.chmod(0o755)
             sshd = Sshd(folder / f"sshd-{name}", extra_config=f"ChrootDirectory {merged}\n")
             stack.callback(sshd.stop)
+            (merged / "run" / "cftest-sshd.pid").write_text(str(sshd.process.pid))
             roots[name], sshds[name] = merged, sshd
         first = sshds["fsn-1"]
         for sshd in sshds.values():
@@ -206,7 +232,7 @@ def _make_fleet(base: Path, repo: AptRepo, tmp_path: Path, pdns_factory: ServerF
             (key.parent / "authorized_keys").read_text())
         path = tmp_path / "inventory" / "rollrun.toml"
         path.parent.mkdir()
-        path.write_text(fleet_text(key, webhook.url))
+        path.write_text(fleet_text(key, webhook.url, cloud))
         fleet = load_fleet(path)
         state_dir = tmp_path / "state" / "rollrun"
         store = open_store(state_dir)
@@ -238,6 +264,17 @@ def broken_fleet(debian_root: Path, rollout_repo: AptRepo, tmp_path: Path,  # no
                  monkeypatch: pytest.MonkeyPatch) -> Iterator[RollFleet]:
     yield from _make_fleet(debian_root, rollout_repo, tmp_path, pdns_factory, monkeypatch,
                            {"fsn-1": BASE, "fsn-2": BASE, "ash-1": (*BASE, BROKEN_OLD)})
+
+
+@pytest.fixture
+def kernel_fleet(debian_root: Path, rollout_repo: AptRepo, tmp_path: Path,  # noqa: F811
+                 pdns_factory: ServerFactory,
+                 monkeypatch: pytest.MonkeyPatch) -> Iterator[RollFleet]:
+    """ash-1 (on the cloud provider) has the old "kernel": its update needs a reboot."""
+    monkeypatch.setenv("CLONEFLEET_AGE_KEY", str(tmp_path / "age.key"))
+    yield from _make_fleet(debian_root, rollout_repo, tmp_path, pdns_factory, monkeypatch,
+                           {"fsn-1": BASE, "fsn-2": BASE, "ash-1": (*BASE, KERNEL_OLD)},
+                           cloud=True)
 
 
 def _assert_updated(roll: RollFleet, node: str) -> None:
@@ -318,6 +355,58 @@ def test_a_failing_upgrade_leaves_the_node_drained_alerts_and_halts(
     assert "[CRITICAL] ash-1: update failed at upgrade" in titles
     assert "[CRITICAL] rollout 1 halted" in titles
     assert roll.installed("fsn-2", "cf-tool") == "1.0"  # the rollout stopped before it
+
+
+def test_a_node_that_does_not_come_back_from_its_reboot_stays_drained_and_halts(
+        kernel_fleet: RollFleet, tmp_path: Path) -> None:
+    roll = kernel_fleet
+    # ash-1 as provisioned: its passphrase escrowed, its Dropbear pinned at an address where
+    # nothing will answer after the reboot (its sshd dies with the reboot and nothing
+    # comes back).
+    fleet_keystore(roll.state_dir, roll.store).create("ash-1")
+    roll.store.set_fact("ash-1", nodefacts.UNLOCK_ACCESS, {"host": "127.0.0.1",
+                                                           "port": free_port()})
+    roll.store.set_fact("ash-1", nodefacts.DROPBEAR_HOST_KEY, generate_ed25519().public_line)
+    events: list[Event] = []
+    rollout = Rollout(roll.fleet, roll.store, roll.state_dir, sink=events.append,
+                      poll_seconds=0.5, boot_timeout=BOOT_TIMEOUT)
+    watch = roll.watch()
+    started = time.monotonic()
+    try:
+        with pytest.raises(RolloutStopped) as stopped:
+            rollout.start(lambda: make_plan(roll.fleet, roll.store), RunOptions())
+    finally:
+        watch.stop()
+    elapsed = time.monotonic() - started
+    watch.check_minimums()
+    report = stopped.value.report
+    assert report.status == "halted-on-failure" and report.exit_code == 40
+    nodes = {node.node: node for node in report.nodes}
+    assert nodes["fsn-1"].result == "done" and nodes["fsn-1"].rebooted is False
+    ash = nodes["ash-1"]
+    assert ash.result == "failed" and ash.failed_step == "reboot", ash
+    assert "Dropbear in the initramfs" in ash.reason and f"{BOOT_TIMEOUT:g}" in ash.reason, \
+        ash.reason
+    assert nodes["fsn-2"].result == "not started"
+    # Bounded by the boot timeout, not by the provider's default (20 minutes).
+    assert elapsed < 300, elapsed
+    # Nothing lost: the upgrade that needed the reboot is recorded, the reboot was announced,
+    # and the node stays out of DNS with the reason until someone looks at it.
+    assert sorted(ash.packages) == ["cf-tool 1.0 → 1.1", "libcf1 (new) → 1.1",
+                                    "linux-image-cftest 1.0 → 2.0"]
+    assert roll.installed("ash-1", "linux-image-cftest") == "2.0"
+    progress = roll.progress("ash-1")
+    assert progress is not None and progress.reboot_reasons, progress
+    record = roll.store.get("ash-1")
+    assert record is not None and record.state == "drained"
+    assert record.reason.startswith("rollout 1: reboot failed: "), record.reason
+    assert not roll.store.health("ash-1")[0].ok
+    for server in roll.servers:
+        answer = ask(server.endpoint, EDGE, "A", client=ANYWHERE)
+        assert roll.fleet.nodes["ash-1"].ipv4 not in answer.addresses
+    assert "[CRITICAL] ash-1: update failed at reboot" in roll.webhook.titles()
+    assert roll.installed("fsn-2", "cf-tool") == "1.0"
+    assert lock.current_owner(roll.store) == (None, False)
 
 
 def test_a_killed_rollout_is_resumed_with_nothing_lost_and_a_second_one_is_refused(
