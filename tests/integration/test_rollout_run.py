@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -39,6 +39,7 @@ from apt_repo_fixture import (  # noqa: F401  (fixtures)
     point_root_at,
     sshd_chroot_folder,
 )
+from dns_watch import DnsWatch
 from fleet_text import ASH, FSN, FleetNode, fleet_toml
 from pdns_fixture import PowerDnsServer, ServerFactory
 from sshd_fixture import Sshd
@@ -128,54 +129,6 @@ def rollout_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AptRepo]:
 
 
 @dataclass
-class DnsWatch:
-    """Asks every server for the routed name every 0.1 s while running; per region the
-    fewest of its nodes any server answered with, and per node whether any answer lacked it."""
-
-    fleet: Fleet
-    servers: list[PowerDnsServer]
-    fewest: dict[str, int] = field(default_factory=dict)
-    absent: set[str] = field(default_factory=set)
-    samples: int = 0
-    errors: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        by_address = {node.ipv4: node for node in self.fleet.nodes.values()}
-        while not self._stop.wait(0.1):
-            for server in self.servers:
-                try:
-                    answer = ask(server.endpoint, EDGE, "A", client=ANYWHERE, timeout=1)
-                except Exception as error:  # recorded, asserted on
-                    self.errors.append(f"{server.name}: {error}")
-                    continue
-                served = {by_address[address].name for address in answer.addresses
-                          if address in by_address}
-                self.absent |= set(self.fleet.nodes) - served
-                for region in self.fleet.regions:
-                    count = sum(1 for name in served
-                                if self.fleet.nodes[name].region == region)
-                    self.fewest[region] = min(self.fewest.get(region, count), count)
-                self.samples += 1
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def check_minimums(self) -> None:
-        assert not self.errors, self.errors[:3]
-        assert self.samples > 20
-        for name, region in self.fleet.regions.items():
-            assert self.fewest[name] >= region.min_active, (name, self.fewest)
-
-
-@dataclass
 class RollFleet:
     fleet: Fleet
     store: StateStore
@@ -185,9 +138,8 @@ class RollFleet:
     state_dir: Path
 
     def watch(self) -> DnsWatch:
-        watch = DnsWatch(self.fleet, self.servers)
-        watch.start()
-        return watch
+        return DnsWatch(self.fleet, {server.name: server.endpoint for server in self.servers},
+                        EDGE).start()
 
     def installed(self, node: str, package: str) -> str:
         return chroot(self.roots[node], "dpkg-query", "-W", "-f", "${Version}", package)
