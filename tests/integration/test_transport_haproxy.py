@@ -213,7 +213,10 @@ def test_http_redirects_to_https(transport: Transport) -> None:
 
 
 def test_health_url_follows_the_app(transport: Transport) -> None:
-    assert transport.https_get(HOSTNAMES[0], HEALTH_URI).status == 200
+    healthy = transport.https_get(HOSTNAMES[0], HEALTH_URI)
+    assert healthy.status == 200
+    # HAProxy answers it itself, with the HSTS header every HTTPS answer carries.
+    assert healthy.getheader("Strict-Transport-Security") == "max-age=63072000"
     assert transport.http_get(HEALTH_URI).status == 200  # no redirect, no certificate needed
 
     _stop(transport.app)
