@@ -12,8 +12,11 @@ are left as they are (`--no-refresh`: N nodes sharing one root cannot all run ap
 at once). Prints, from one run, the wall time per N, per node, and each size's ratio to the
 smallest (linear growth: the ratio equals N ÷ N-smallest).
 
-What this does not measure: the orchestration overhead of a real rollout (wall time ÷ the
-nodes' upgrade + reboot + unlock + boot), which needs lab VMs that reboot.
+With `--from-fleet FLEET.toml` it measures instead a real rollout that already ran on that
+fleet (the last one, read from its state store; e.g. the lab fleet's after
+`tests/vm/test_lab_fleet.py`, or a production fleet's): its orchestration overhead, wall time
+÷ the work no orchestrator can avoid (per batch, the slowest node's upgrade + reboot, which
+holds its boot, unlock and sshd's return). See `clonefleet.rollout.overhead`.
 """
 
 from __future__ import annotations
@@ -110,11 +113,48 @@ def no_op_rollout(folder: Path, key: Path, sshds: list[Sshd], count: int) -> flo
     return wall
 
 
+def print_last_rollout(fleet_path: Path) -> None:
+    """The overhead of the last rollout recorded in the fleet's state store."""
+    from clonefleet.errors import ClonefleetError
+    from clonefleet.inventory import load_fleet
+    from clonefleet.paths import fleet_state_dir
+    from clonefleet.rollout.overhead import orchestration_overhead
+    from clonefleet.rollout.progress import PROGRESS_FACT, RUN_FACT, Progress, RunRecord
+    from clonefleet.state import FLEET_FACTS, open_store
+
+    try:
+        fleet = load_fleet(fleet_path)
+        store = open_store(fleet_state_dir(fleet.name), fleet.state)
+        run = RunRecord.from_fact(store.get_fact(FLEET_FACTS, RUN_FACT))
+        if run is None:
+            raise SystemExit(f"bench: fleet {fleet.name} has no recorded rollout")
+        progress = {}
+        for node in fleet.nodes:
+            entry = Progress.from_fact(store.get_fact(node, PROGRESS_FACT))
+            if entry is not None and entry.run == run.id:
+                progress[node] = entry
+        result = orchestration_overhead(run.started_at, progress)
+    except ClonefleetError as error:
+        raise SystemExit(f"bench: {error}") from None
+    print(f"rollout {run.id} on {fleet.name} ({run.status}): batches "
+          f"{' → '.join('+'.join(batch) for batch in result.batches)}")
+    for node, entry in sorted(progress.items()):
+        print(f"  {node}: " + ", ".join(f"{step} {seconds:.1f} s"
+                                        for step, seconds in entry.seconds.items()))
+    print(f"wall {result.wall:.1f} s; per batch the slowest upgrade + reboot, summed: "
+          f"{result.unavoidable:.1f} s; overhead ratio {result.ratio:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="10,50,200",
                         help="comma-separated fleet sizes, smallest first")
+    parser.add_argument("--from-fleet", type=Path, default=None,
+                        help="print the overhead of the last rollout this fleet ran instead")
     arguments = parser.parse_args()
+    if arguments.from_fleet is not None:
+        print_last_rollout(arguments.from_fleet)
+        return
     sizes = sorted(int(text) for text in arguments.sizes.split(",") if text.strip())
     if os.geteuid() != 0:
         raise SystemExit("bench: needs root (overlay mounts, chroot, sshd)")

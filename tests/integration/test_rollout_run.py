@@ -53,8 +53,16 @@ from clonefleet.image.chroot import mounted, overlay
 from clonefleet.inventory import Fleet, load_fleet
 from clonefleet.lab.qemu import free_port
 from clonefleet.rollout import lock
+from clonefleet.rollout.overhead import orchestration_overhead
 from clonefleet.rollout.plan import make_plan
-from clonefleet.rollout.progress import PROGRESS_FACT, STEPS, Progress, RunOptions
+from clonefleet.rollout.progress import (
+    PROGRESS_FACT,
+    RUN_FACT,
+    STEPS,
+    Progress,
+    RunOptions,
+    RunRecord,
+)
 from clonefleet.rollout.report import RolloutStopped
 from clonefleet.rollout.run import Event, Rollout
 from clonefleet.ssh import generate_ed25519
@@ -114,6 +122,7 @@ esac
 exit 0
 """
 RUN_TIMEOUT = 600
+ROOT = Path(__file__).resolve().parent.parent.parent
 BOOT_TIMEOUT = 8.0
 
 
@@ -268,6 +277,18 @@ def test_restart_only_rollout_updates_every_node_and_keeps_every_region_at_its_m
     assert batches == [("fsn-1",), ("ash-1",), ("fsn-2",)]
     assert roll_fleet.webhook.received == []
     assert lock.current_owner(store) == (None, False)
+    # The overhead read back from what the run recorded: the same batches, and the bench's
+    # --from-fleet prints it from the store.
+    run = RunRecord.from_fact(store.get_fact(FLEET_FACTS, RUN_FACT))
+    assert run is not None
+    read_back = orchestration_overhead(run.started_at, {
+        node.node: roll_fleet.progress(node.node) for node in report.nodes})  # type: ignore[misc]
+    assert read_back.batches == report.batches and read_back.ratio > 1, read_back
+    bench = subprocess.run([sys.executable, str(ROOT / "bench" / "rollout.py"), "--from-fleet",
+                            str(fleet.path)], capture_output=True, text=True, timeout=120)
+    assert bench.returncode == 0, bench.stderr
+    assert "batches fsn-1 → ash-1 → fsn-2" in bench.stdout, bench.stdout
+    assert f"overhead ratio {read_back.ratio:.2f}" in bench.stdout, bench.stdout
     # Nothing left to do: a second rollout updates nothing and drains nothing.
     again = rollout.start(lambda: make_plan(fleet, store), RunOptions())
     assert again.batches == () and {node.result for node in again.nodes} == {"skipped"}

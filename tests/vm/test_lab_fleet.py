@@ -47,8 +47,10 @@ from clonefleet.dnsmap.powerdns import ask
 from clonefleet.dnsmap.verify import ANYWHERE
 from clonefleet.inventory import load_fleet
 from clonefleet.lab.qemu import free_port
+from clonefleet.rollout.overhead import orchestration_overhead
+from clonefleet.rollout.progress import PROGRESS_FACT, RUN_FACT, Progress, RunRecord
 from clonefleet.ssh import RemoteShell
-from clonefleet.state import StateStore
+from clonefleet.state import FLEET_FACTS, StateStore
 
 from .conftest import LAB_FLEET, ROOT, Lab, open_lab
 from .raid_checks import check_boots_from_either_disk, check_mirrored_uefi_node
@@ -324,24 +326,21 @@ def restore_sources(shell: RemoteShell) -> None:
               "/etc/apt/; fi", check=False)
 
 
-def print_overhead(store: StateStore, batches: list[list[str]], wall: float) -> None:
-    """The rollout's orchestration overhead: its wall time ÷ the work no orchestrator can
-    avoid (per batch, the slowest node's upgrade + reboot, which holds its unlock and boot;
-    batches run one after the other). Printed for the run's log (-s)."""
-    unavoidable = 0.0
-    for batch in batches:
-        per_node = {}
-        for node in batch:
-            seconds = {step.step: step.seconds for step in store.steps(node)
-                       if step.status == "done"}
-            per_node[node] = seconds.get("update: upgrade", 0.0) + \
-                seconds.get("update: reboot", 0.0)
-            print(f"{node}: " + ", ".join(f"{name.removeprefix('update: ')} {value:.1f} s"
-                                          for name, value in seconds.items()
-                                          if name.startswith("update: ")))
-        unavoidable += max(per_node.values())
-    print(f"rollout wall {wall:.1f} s; upgrade + reboot of the slowest node per batch "
-          f"{unavoidable:.1f} s; overhead ratio {wall / unavoidable:.2f}")
+def print_overhead(store: StateStore, wall: float) -> None:
+    """The rollout's orchestration overhead (`clonefleet.rollout.overhead`, as
+    `bench/rollout.py --from-fleet` prints it) and the wall time this test saw, for the run's
+    log (-s)."""
+    run = RunRecord.from_fact(store.get_fact(FLEET_FACTS, RUN_FACT))
+    assert run is not None
+    progress = {node: entry for node in NODES
+                if (entry := Progress.from_fact(store.get_fact(node, PROGRESS_FACT)))}
+    for node, entry in progress.items():
+        print(f"{node}: " + ", ".join(f"{step} {seconds:.1f} s"
+                                      for step, seconds in entry.seconds.items()))
+    result = orchestration_overhead(run.started_at, progress)
+    print(f"rollout wall {result.wall:.1f} s (the CLI's: {wall:.1f} s); upgrade + reboot of "
+          f"the slowest node per batch {result.unavoidable:.1f} s; overhead ratio "
+          f"{result.ratio:.2f}")
 
 
 def check_batches(batches: list[list[str]]) -> None:
@@ -407,7 +406,7 @@ def test_a_security_update_needing_a_reboot_rolls_across_the_fleet(
         assert watch.silences, "no server was ever silent: did any node reboot?"
 
         store = lab.store
-        print_overhead(store, report["batches"], wall)
+        print_overhead(store, wall)
         for node in NODES:
             assert store.get(node).state == "active", node
             with lab.shell(node) as shell:

@@ -1,0 +1,54 @@
+"""A finished rollout's orchestration overhead, read back from what it recorded: pure.
+
+The work no orchestrator can avoid is, per batch, the slowest node's upgrade and reboot (the
+reboot step holds the node's boot, its unlock through Dropbear and sshd's return); batches
+run one after the other. The overhead is the rollout's wall time ÷ that sum: 1.0 would be
+an orchestrator costing nothing (no drain wait, no health check, no undrain, no gaps).
+
+Batches are read back from the nodes' progress: a batch starts only once every node of the
+one before it has ended, so a node whose drain began before the current batch's last node
+ended belongs to that batch. Meant for a rollout that ran to its end in one go (a resumed
+one's step times do not add up to its wall time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from clonefleet.errors import ClonefleetError
+from clonefleet.rollout.progress import REBOOT, UPGRADE, Progress
+
+
+@dataclass(frozen=True)
+class Overhead:
+    wall: float  # the run's start → its last node's last step
+    unavoidable: float  # per batch, the slowest node's upgrade + reboot, summed
+    batches: tuple[tuple[str, ...], ...]
+
+    @property
+    def ratio(self) -> float:
+        return self.wall / self.unavoidable if self.unavoidable > 0 else float("inf")
+
+
+def orchestration_overhead(started_at: float, progress: Mapping[str, Progress]) -> Overhead:
+    """`progress`: the nodes' progress in one run (`PROGRESS_FACT`), `started_at` the run's
+    start (`RunRecord.started_at`). Nodes that did not finish are left out."""
+    spans = sorted((entry.left_dns_at, entry.left_dns_at + sum(entry.seconds.values()), node,
+                    entry.seconds.get(UPGRADE, 0.0) + entry.seconds.get(REBOOT, 0.0))
+                   for node, entry in progress.items()
+                   if entry.result == "done" and entry.left_dns_at is not None)
+    if not spans:
+        raise ClonefleetError("no node finished that rollout: nothing to measure")
+    batches: list[list[tuple[str, float]]] = []
+    batch_end = float("-inf")
+    for start, end, node, work in spans:
+        if not batches or start >= batch_end:
+            batches.append([])
+            batch_end = end
+        batches[-1].append((node, work))
+        batch_end = max(batch_end, end)
+    wall = max(end for _, end, _, _ in spans) - started_at
+    unavoidable = sum(max(work for _, work in batch) for batch in batches)
+    return Overhead(wall, unavoidable,
+                    tuple(tuple(node for node, _ in batch) for batch in batches))
