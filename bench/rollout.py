@@ -15,8 +15,9 @@ smallest (linear growth: the ratio equals N ÷ N-smallest).
 With `--from-fleet FLEET.toml` it measures instead a real rollout that already ran on that
 fleet (the last one, read from its state store; e.g. the lab fleet's after
 `tests/vm/test_lab_fleet.py`, or a production fleet's): its orchestration overhead, wall time
-÷ the work no orchestrator can avoid (per batch, the slowest node's upgrade + reboot, which
-holds its boot, unlock and sshd's return). See `clonefleet.rollout.overhead`.
+÷ the sum of every node's upgrade + reboot (which holds its boot, unlock and sshd's return),
+and wall time ÷ the critical path (per batch the slowest node's). See
+`clonefleet.rollout.overhead`.
 """
 
 from __future__ import annotations
@@ -141,8 +142,9 @@ def print_last_rollout(fleet_path: Path) -> None:
     for node, entry in sorted(progress.items()):
         print(f"  {node}: " + ", ".join(f"{step} {seconds:.1f} s"
                                         for step, seconds in entry.seconds.items()))
-    print(f"wall {result.wall:.1f} s; per batch the slowest upgrade + reboot, summed: "
-          f"{result.unavoidable:.1f} s; overhead ratio {result.ratio:.2f}")
+    print(f"wall {result.wall:.1f} s; every node's upgrade + reboot, summed: "
+          f"{result.work:.1f} s (ratio {result.ratio_to_sum:.2f}); per batch the slowest "
+          f"one's, summed: {result.unavoidable:.1f} s; overhead ratio {result.ratio:.2f}")
 
 
 def main() -> None:

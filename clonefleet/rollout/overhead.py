@@ -1,9 +1,11 @@
 """A finished rollout's orchestration overhead, read back from what it recorded: pure.
 
-The work no orchestrator can avoid is, per batch, the slowest node's upgrade and reboot (the
-reboot step holds the node's boot, its unlock through Dropbear and sshd's return); batches
-run one after the other. The overhead is the rollout's wall time ÷ that sum: 1.0 would be
-an orchestrator costing nothing (no drain wait, no health check, no undrain, no gaps).
+Two ratios. `ratio_to_sum`: the wall time ÷ the sum of every node's unavoidable work (its
+upgrade and reboot; the reboot step holds the node's boot, its unlock through Dropbear and
+sshd's return): below 1 when batches update nodes side by side. `ratio`: the wall time ÷ the
+critical path, per batch the slowest node's upgrade and reboot, batches one after the other:
+1.0 would be an orchestrator costing nothing (no drain wait, no health check, no undrain,
+no gaps).
 
 Batches are read back from the nodes' progress: a batch starts only once every node of the
 one before it has ended, so a node whose drain began before the current batch's last node
@@ -25,10 +27,15 @@ class Overhead:
     wall: float  # the run's start → its last node's last step
     unavoidable: float  # per batch, the slowest node's upgrade + reboot, summed
     batches: tuple[tuple[str, ...], ...]
+    work: float = 0.0  # every node's upgrade + reboot, summed
 
     @property
     def ratio(self) -> float:
         return self.wall / self.unavoidable if self.unavoidable > 0 else float("inf")
+
+    @property
+    def ratio_to_sum(self) -> float:
+        return self.wall / self.work if self.work > 0 else float("inf")
 
 
 def orchestration_overhead(started_at: float, progress: Mapping[str, Progress]) -> Overhead:
@@ -51,4 +58,5 @@ def orchestration_overhead(started_at: float, progress: Mapping[str, Progress]) 
     wall = max(end for _, end, _, _ in spans) - started_at
     unavoidable = sum(max(work for _, work in batch) for batch in batches)
     return Overhead(wall, unavoidable,
-                    tuple(tuple(node for node, _ in batch) for batch in batches))
+                    tuple(tuple(node for node, _ in batch) for batch in batches),
+                    sum(work for _, _, _, work in spans))

@@ -28,6 +28,9 @@ def test_two_batches_read_back_from_when_each_node_left_dns() -> None:
     assert result.unavoidable == pytest.approx((49.1 + 418.5) + (42.4 + 169.0))
     assert result.wall == pytest.approx(1773.6 - 990.0)
     assert result.ratio == pytest.approx(result.wall / result.unavoidable)
+    assert result.work == pytest.approx(49.1 + 418.5 + 49.4 + 391.3 + 42.4 + 169.0)
+    assert result.ratio_to_sum == pytest.approx(result.wall / result.work)
+    assert result.ratio_to_sum < 1 < result.ratio  # two nodes side by side in the first batch
 
 
 def test_a_node_starting_after_the_whole_batch_ended_opens_the_next_batch() -> None:

@@ -338,9 +338,9 @@ def print_overhead(store: StateStore, wall: float) -> None:
         print(f"{node}: " + ", ".join(f"{step} {seconds:.1f} s"
                                       for step, seconds in entry.seconds.items()))
     result = orchestration_overhead(run.started_at, progress)
-    print(f"rollout wall {result.wall:.1f} s (the CLI's: {wall:.1f} s); upgrade + reboot of "
-          f"the slowest node per batch {result.unavoidable:.1f} s; overhead ratio "
-          f"{result.ratio:.2f}")
+    print(f"rollout wall {result.wall:.1f} s (the CLI's: {wall:.1f} s); every node's upgrade "
+          f"+ reboot {result.work:.1f} s (ratio {result.ratio_to_sum:.2f}); the slowest per "
+          f"batch {result.unavoidable:.1f} s (overhead ratio {result.ratio:.2f})")
 
 
 def check_batches(batches: list[list[str]]) -> None:
