@@ -120,20 +120,15 @@ def print_last_rollout(fleet_path: Path) -> None:
     from clonefleet.inventory import load_fleet
     from clonefleet.paths import fleet_state_dir
     from clonefleet.rollout.overhead import orchestration_overhead
-    from clonefleet.rollout.progress import PROGRESS_FACT, RUN_FACT, Progress, RunRecord
-    from clonefleet.state import FLEET_FACTS, open_store
+    from clonefleet.rollout.progress import last_run
+    from clonefleet.state import open_store
 
     try:
         fleet = load_fleet(fleet_path)
         store = open_store(fleet_state_dir(fleet.name), fleet.state)
-        run = RunRecord.from_fact(store.get_fact(FLEET_FACTS, RUN_FACT))
+        run, progress = last_run(store, fleet.nodes)
         if run is None:
             raise SystemExit(f"bench: fleet {fleet.name} has no recorded rollout")
-        progress = {}
-        for node in fleet.nodes:
-            entry = Progress.from_fact(store.get_fact(node, PROGRESS_FACT))
-            if entry is not None and entry.run == run.id:
-                progress[node] = entry
         result = orchestration_overhead(run.started_at, progress)
     except ClonefleetError as error:
         raise SystemExit(f"bench: {error}") from None

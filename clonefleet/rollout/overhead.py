@@ -25,9 +25,9 @@ from clonefleet.rollout.progress import REBOOT, UPGRADE, Progress
 @dataclass(frozen=True)
 class Overhead:
     wall: float  # the run's start → its last node's last step
+    work: float  # every node's upgrade + reboot, summed
     unavoidable: float  # per batch, the slowest node's upgrade + reboot, summed
     batches: tuple[tuple[str, ...], ...]
-    work: float = 0.0  # every node's upgrade + reboot, summed
 
     @property
     def ratio(self) -> float:
@@ -57,6 +57,5 @@ def orchestration_overhead(started_at: float, progress: Mapping[str, Progress]) 
         batch_end = max(batch_end, end)
     wall = max(end for _, end, _, _ in spans) - started_at
     unavoidable = sum(max(work for _, work in batch) for batch in batches)
-    return Overhead(wall, unavoidable,
-                    tuple(tuple(node for node, _ in batch) for batch in batches),
-                    sum(work for _, _, _, work in spans))
+    return Overhead(wall, sum(work for _, _, _, work in spans), unavoidable,
+                    tuple(tuple(node for node, _ in batch) for batch in batches))

@@ -19,9 +19,12 @@ rebooting it, the health check only reads).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from clonefleet.state import StateStore
 
 RUN_FACT = "rollout_run"
 PROGRESS_FACT = "rollout_progress"
@@ -174,3 +177,18 @@ def unfinished(progress: Mapping[str, Progress | None], states: Mapping[str, str
                   if entry is not None and entry.run == run and UNDRAIN not in entry.done
                   and DRAIN in (*entry.done, entry.current)
                   and states.get(node) in ("draining", "drained", "updating"))
+
+
+def last_run(store: StateStore, nodes: Iterable[str]) -> tuple[RunRecord | None,
+                                                               dict[str, Progress]]:
+    """The fleet's last recorded rollout and, among `nodes`, the progress of those it ran."""
+    from clonefleet.state import FLEET_FACTS
+
+    run = RunRecord.from_fact(store.get_fact(FLEET_FACTS, RUN_FACT))
+    progress: dict[str, Progress] = {}
+    if run is not None:
+        for node in nodes:
+            entry = Progress.from_fact(store.get_fact(node, PROGRESS_FACT))
+            if entry is not None and entry.run == run.id:
+                progress[node] = entry
+    return run, progress

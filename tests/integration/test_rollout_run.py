@@ -57,11 +57,10 @@ from clonefleet.rollout.overhead import orchestration_overhead
 from clonefleet.rollout.plan import make_plan
 from clonefleet.rollout.progress import (
     PROGRESS_FACT,
-    RUN_FACT,
     STEPS,
     Progress,
     RunOptions,
-    RunRecord,
+    last_run,
 )
 from clonefleet.rollout.report import RolloutStopped
 from clonefleet.rollout.run import Event, Rollout
@@ -279,10 +278,9 @@ def test_restart_only_rollout_updates_every_node_and_keeps_every_region_at_its_m
     assert lock.current_owner(store) == (None, False)
     # The overhead read back from what the run recorded: the same batches, and the bench's
     # --from-fleet prints it from the store.
-    run = RunRecord.from_fact(store.get_fact(FLEET_FACTS, RUN_FACT))
-    assert run is not None
-    read_back = orchestration_overhead(run.started_at, {
-        node.node: roll_fleet.progress(node.node) for node in report.nodes})  # type: ignore[misc]
+    run, progress = last_run(store, fleet.nodes)
+    assert run is not None and sorted(progress) == sorted(fleet.nodes)
+    read_back = orchestration_overhead(run.started_at, progress)
     assert read_back.batches == report.batches and read_back.ratio > 1, read_back
     bench = subprocess.run([sys.executable, str(ROOT / "bench" / "rollout.py"), "--from-fleet",
                             str(fleet.path)], capture_output=True, text=True, timeout=120)

@@ -48,9 +48,9 @@ from clonefleet.dnsmap.verify import ANYWHERE
 from clonefleet.inventory import load_fleet
 from clonefleet.lab.qemu import free_port
 from clonefleet.rollout.overhead import orchestration_overhead
-from clonefleet.rollout.progress import PROGRESS_FACT, RUN_FACT, Progress, RunRecord
+from clonefleet.rollout.progress import last_run
 from clonefleet.ssh import RemoteShell
-from clonefleet.state import FLEET_FACTS, StateStore
+from clonefleet.state import StateStore
 
 from .conftest import LAB_FLEET, ROOT, Lab, open_lab
 from .raid_checks import check_boots_from_either_disk, check_mirrored_uefi_node
@@ -330,10 +330,8 @@ def print_overhead(store: StateStore, wall: float) -> None:
     """The rollout's orchestration overhead (`clonefleet.rollout.overhead`, as
     `bench/rollout.py --from-fleet` prints it) and the wall time this test saw, for the run's
     log (-s)."""
-    run = RunRecord.from_fact(store.get_fact(FLEET_FACTS, RUN_FACT))
+    run, progress = last_run(store, NODES)
     assert run is not None
-    progress = {node: entry for node in NODES
-                if (entry := Progress.from_fact(store.get_fact(node, PROGRESS_FACT)))}
     for node, entry in progress.items():
         print(f"{node}: " + ", ".join(f"{step} {seconds:.1f} s"
                                       for step, seconds in entry.seconds.items()))
