@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +32,15 @@ class ChildRun:
 
 
 def run_child(module: str, fleet_path: Path, arguments: Sequence[str],
-              timeout: float) -> ChildRun:
+              timeout: float, env: Mapping[str, str] | None = None) -> ChildRun:
+    """`env`: variables set for the child on top of this process's environment."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "result.json"
         process = subprocess.run(
             [sys.executable, "-m", module, "--fleet", str(Path(fleet_path).resolve()),
              "--out", str(out), *arguments],
-            capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT)
+            capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT,
+            env={**os.environ, **env} if env else None)
         if os.environ.get("CLONEFLEET_VERBOSE"):
             sys.stderr.write(process.stderr)
         data = json.loads(out.read_text()) if out.exists() else None

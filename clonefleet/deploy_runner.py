@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 
 def run(fleet_path: str, nodes: list[str], deploy_ref: str,
-        dry_run: bool = False) -> dict[str, Any]:
+        dry_run: bool = False, chroot: str | None = None) -> dict[str, Any]:
     """Apply `deploy_ref` to `nodes` (or, with `dry_run`, only find what it would change) and
     return each node's result. Before a real run, every service's before-deploy hook runs for
     every reachable node (and the host data is computed again when one changed something);
@@ -52,6 +52,8 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str,
     store = open_store(state_dir, fleet.state)
     secrets = open_secrets(state_dir)
     hosts = host_data(fleet, store, state_dir, nodes)
+    if chroot is not None:
+        return _run_in_chroot(fleet, store, secrets, hosts, nodes, deploy_ref, chroot)
     before_errors: dict[str, str] = {}
     if not dry_run and hosts:
         from clonefleet.deploy_hooks import run_before_deploy
@@ -84,6 +86,31 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str,
     if not dry_run:
         _after_deploy(fleet, store, secrets, nodes, results, succeeded)
     return results
+
+
+def _run_in_chroot(fleet: Fleet, store: StateStore, secrets: SecretStore,
+                   hosts: list[tuple[str, dict[str, Any]]], nodes: list[str],
+                   deploy_ref: str, root: str) -> dict[str, Any]:
+    """Apply the deploy offline (`clonefleet_offline`) to a root filesystem at `root` on this
+    machine, through pyinfra's `@chroot` connector, with the node's own host data: the node
+    layer of an install (`clonefleet.image.bake`). Nothing is recorded in the store: no hook
+    runs and no lazy value (a drain token) is made, so the node's first real deploy still
+    delivers what only a deploy on the node may."""
+    from clonefleet.lazy_host_data import LazyHostData
+
+    if len(nodes) != 1 or len(hosts) != 1:
+        raise SystemExit(f"--chroot takes exactly one node with a recorded address, not "
+                         f"{' '.join(nodes) or 'none'}")
+    name, data = hosts[0]
+    target = f"@chroot/{root.lstrip('/')}"
+    data = {key: value for key, value in data.items() if not key.startswith("ssh_")}
+    data["clonefleet_offline"] = True
+    module_name, _, function_name = deploy_ref.partition(":")
+    deploy_function = getattr(importlib.import_module(module_name), function_name)
+    results: dict[str, Any] = {}
+    _run_pyinfra([(target, data)], LazyHostData({}), deploy_function, False, secrets,
+                 results, {})
+    return {name: results[target]}
 
 
 def _run_pyinfra(hosts: list[tuple[str, dict[str, Any]]], lazy: LazyHostData,
@@ -380,13 +407,17 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--dry-run", action="store_true",
                         help="Only find what the deploy would change (pyinfra's --dry --diff).")
+    parser.add_argument("--chroot", metavar="ROOT",
+                        help="Apply the deploy offline to the root filesystem at ROOT on this "
+                             "machine (one node; no hook runs).")
     parser.add_argument("nodes", nargs="+")
     arguments = parser.parse_args()
     if os.environ.get("CLONEFLEET_VERBOSE"):  # `clonefleet -v`: pyinfra's own log too
         logging.basicConfig(level=logging.DEBUG if os.environ["CLONEFLEET_VERBOSE"] > "1"
                             else logging.INFO, format="%(name)s: %(message)s")
     sys.path.insert(0, str(Path(arguments.fleet).resolve().parent.parent))
-    results = run(arguments.fleet, arguments.nodes, arguments.deploy, arguments.dry_run)
+    results = run(arguments.fleet, arguments.nodes, arguments.deploy, arguments.dry_run,
+                  arguments.chroot)
     Path(arguments.out).write_text(json.dumps(results, indent=2))
     sys.exit(1 if any(result["failed"] for result in results.values()) else 0)
 

@@ -7,8 +7,6 @@ that reached `installed` unless asked to (`wipe=True`).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +18,7 @@ from clonefleet import keyslots, nodefacts
 from clonefleet.deploy import DEFAULT_DEPLOY, describe_failure, describe_timings, run_deploy
 from clonefleet.errors import DeployError, StateError
 from clonefleet.health import require_healthy
+from clonefleet.image.bake import bake_deploy, in_memory_folder
 from clonefleet.image.base import BaseImage, ensure_base_image
 from clonefleet.image.node import NodeLayerInput, NodeSecrets, build_node_layer
 from clonefleet.install.plan import InstallPlan, make_plan
@@ -248,14 +247,15 @@ class Provisioner:
         booting = _InBackground(lambda: self._step(rescue_steps, "boot rescue", boot_rescue),
                                 name=f"clonefleet-rescue-{node.name}")
         position = len(report.steps)
-        workspace = Path(tempfile.mkdtemp(prefix="clonefleet-", dir=self.state_dir))
-        try:
+        # The layer holds the node's private keys and, with the deploy baked in, its
+        # services' secrets: it is built and kept in memory only.
+        with in_memory_folder(self.state_dir) as workspace:
             layer = workspace / f"{node.name}-layer.tar"
             layer_error: Exception | None = None
             try:
                 base = ensure_base_image(cache_dir(), self.log)
                 self._step(report, "build node layer", lambda: self._layer(
-                    base, node, plan, layer, workspace))
+                    base, node, plan, layer, workspace, report))
             except Exception as error:  # reported once the rescue boot has ended too
                 layer_error = error
             booting.join()
@@ -264,8 +264,6 @@ class Provisioner:
                 raise layer_error
             self._step(report, "install", lambda: self._run_installer(
                 base, node, plan, rescue["access"], layer, report))
-        finally:
-            shutil.rmtree(workspace, ignore_errors=True)
 
     def _create(self, node: Node) -> None:
         info = self.provider.ensure_server(node)
@@ -276,17 +274,29 @@ class Provisioner:
                              reason=f"{node.provider} server {info.server_id}")
 
     def _layer(self, base: BaseImage, node: Node, plan: InstallPlan, output: Path,
-               workspace: Path) -> None:
+               workspace: Path, report: ProvisionReport) -> None:
         ssh_key = generate_ed25519(f"root@{node.name}")
         dropbear_key = generate_ed25519(f"dropbear@{node.name}")
         secrets = NodeSecrets(ssh_key.private_openssh, ssh_key.public_line,
                               dropbear_key.private_openssh, dropbear_key.public_line)
         nic_modules = nodefacts.load(self.store, node.name).nic_modules
+
+        def bake(root: Path) -> None:
+            # The deploy the node gets after its unlock, applied offline to its layer: the
+            # node boots configured, and that deploy has little left to do.
+            started = time.monotonic()
+            result = bake_deploy(self.fleet.path, node.name, root, self.deploy_ref,
+                                 tmp_dir=workspace)
+            seconds = time.monotonic() - started
+            report.steps.append(("  bake deploy", seconds))
+            self.log(f"{node.name}: deploy baked into the node layer in {seconds:.0f} s "
+                     f"({result.changed} operations changed it)")
+
         build_node_layer(base, NodeLayerInput(
             layout=plan.layout, secrets=secrets, network=plan.network,
             operator_keys=(self.operator.public_line,), nic_modules=nic_modules,
             unlock_keys=tuple(recipient_keys(self.store))),
-            output, workspace)
+            output, workspace, bake=bake)
         # Pinned before the node first boots them; a reinstall pins fresh keys, and its
         # known_hosts entries replace the old ones at once.
         nodefacts.record_host_keys(self.store, node.name, ssh_host_key=ssh_key.public_line,

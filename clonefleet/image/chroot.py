@@ -38,11 +38,12 @@ def mounted(root: Path) -> Iterator[Path]:
             target = root / name
             target.mkdir(exist_ok=True)
             run(["mount", "--bind", f"/{name}", str(target)], what=f"bind-mount /{name}")
-            stack.callback(_umount, target)
+            stack.callback(unmount, target)
         yield root
 
 
-def _umount(path: Path) -> None:
+def unmount(path: Path) -> None:
+    """Unmount `path` (lazily: whatever still holds it lets go later); errors are ignored."""
     subprocess.run(["umount", "--lazy", str(path)], capture_output=True)
 
 
@@ -66,4 +67,4 @@ def overlay(lower: Path, workdir: Path) -> Iterator[tuple[Path, Path]]:
     try:
         yield merged, upper
     finally:
-        _umount(merged)
+        unmount(merged)

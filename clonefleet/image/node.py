@@ -9,9 +9,14 @@ over the base tarball. The initramfs is checked before the node ever reboots int
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shlex
 import shutil
+import stat
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,10 +81,12 @@ class NodeLayerInput:
 
 
 def build_node_layer(base: BaseImage, spec: NodeLayerInput, output: Path,
-                     workspace: Path) -> list[str]:
+                     workspace: Path, bake: Callable[[Path], None] | None = None) -> list[str]:
     """Write `output` (a tar of the node's files); return the initramfs file list checked.
 
-    Private host keys exist only inside `workspace`, which is removed before returning.
+    `bake(root)`, when given, runs on the layer's root filesystem after the node's own files
+    are written and before its initramfs is built (`clonefleet.image.bake`). Private host
+    keys exist only inside `workspace`, which is removed before returning.
     """
     workdir = Path(tempfile.mkdtemp(prefix=f"{spec.layout.hostname}-", dir=workspace))
     try:
@@ -88,6 +95,8 @@ def build_node_layer(base: BaseImage, spec: NodeLayerInput, output: Path,
             in_chroot(merged, "dropbearconvert openssh dropbear /run/dropbear-key "
                       "/etc/dropbear/initramfs/dropbear_ed25519_host_key >/dev/null 2>&1 "
                       "&& rm -f /run/dropbear-key", what="dropbearconvert")
+            if bake is not None:
+                bake(merged)
             in_chroot(merged, f"update-initramfs -c -k {base.kernel_version}",
                       what="update-initramfs", timeout=900)
             listing = check_initramfs(merged, base.kernel_version, spec)
@@ -328,16 +337,61 @@ def check_initramfs(root: Path, kernel_version: str, spec: NodeLayerInput) -> li
     return listing
 
 
+# In the layer's tar: the base image's files the layer deletes, NUL-separated paths relative
+# to the root. The installer removes them, then this list (`RescueInstaller`).
+DELETIONS = ".clonefleet-layer-deletions"
+
+
+def delete_listed_command(target: str) -> str:
+    """Shell: after the layer is unpacked at `target`, delete the files it lists in
+    `DELETIONS`, then the list (nothing when there is none)."""
+    listed = shlex.quote(f"{target}/{DELETIONS}")
+    return (f"if [ -f {listed} ]; then (cd {shlex.quote(target)} && xargs -0 -r rm -f -- "
+            f"< {listed}) && rm -f {listed}; fi")
+
+
+def layer_deletions(upper: Path) -> list[str]:
+    """The files an overlay's upper layer deletes from the lower one (its whiteouts: 0:0
+    character devices), as paths relative to the root. A deploy baked into the layer deletes
+    some, e.g. `systemctl enable` renames SysV K01 links to S01; a symlink to /dev/null (a
+    masked unit) is a file like any other."""
+    found = []
+    for path in upper.rglob("*"):
+        info = path.lstat()
+        if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
+            found.append(str(path.relative_to(upper)))
+    return sorted(found)
+
+
+def opaque_folders(upper: Path) -> list[str]:
+    """Folders of an upper layer that hide the lower one's whole content (overlayfs marks
+    them opaque: the folder was removed and made again)."""
+    found = []
+    for path in [upper, *upper.rglob("*")]:
+        if path.is_dir() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                if os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y":
+                    found.append(str(path.relative_to(upper)) or "/")
+    return found
+
+
 def _pack_upper(upper: Path, output: Path) -> None:
-    """Tar the overlay's upper layer: exactly the node's own files (no whiteouts expected)."""
+    """Tar the overlay's upper layer: exactly the node's own files, and the list of the base
+    image's files it deletes (`DELETIONS`) instead of overlayfs' whiteouts."""
     for leftover in ("run", "tmp", "var/tmp"):
         path = upper / leftover
         if path.is_dir():
             shutil.rmtree(path)
-    for path in upper.rglob("*"):
-        if path.is_char_device():
-            raise InstallError(f"node layer deletes {path.relative_to(upper)} from the base "
-                               "image; per-node changes must only add or replace files")
+    opaque = opaque_folders(upper)
+    if opaque:
+        raise InstallError(f"the node layer replaces whole folders of the base image "
+                           f"({', '.join(opaque)}); per-node changes must add, replace or "
+                           "delete files")
+    deletions = layer_deletions(upper)
+    for relative in deletions:
+        (upper / relative).unlink()
+    if deletions:
+        (upper / DELETIONS).write_bytes(b"".join(f"{path}\0".encode() for path in deletions))
     output.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(output, "w") as tar:
         for child in sorted(upper.iterdir()):

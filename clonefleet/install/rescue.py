@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from clonefleet.errors import InstallError
+from clonefleet.image.node import delete_listed_command
 from clonefleet.install.disks import FoundDisk, match_disks
 from clonefleet.install.plan import (
     BOOT_SIZE_MIB,
@@ -97,7 +98,7 @@ class RescueInstaller:
         self._timed("luks format", lambda: self._luks(passphrase, recovery_key))
         self._timed("filesystems", self._filesystems)
         self._timed("copy image", lambda: self._copy(image_tarball, "zstd -dc", progress))
-        self._timed("node layer", lambda: self._copy(node_layer, "cat", None))
+        self._timed("node layer", lambda: self._node_layer(node_layer))
         self._timed("bootloader", self._bootloader)
         self._timed("verify", self._verify_and_close)
 
@@ -208,6 +209,12 @@ class RescueInstaller:
                 "--xattrs-include='*'",
                 handle, progress=(lambda sent: progress(sent, total)) if progress else None,
                 what=f"unpack {source.name}")
+
+    def _node_layer(self, layer: Path) -> None:
+        """Unpack the node layer over the image, then delete the image's files it deletes
+        (`clonefleet.image.node.DELETIONS`)."""
+        self._copy(layer, "cat", None)
+        self.sh(delete_listed_command(TARGET), what="delete the files the node layer deletes")
 
     def _bootloader(self) -> None:
         devices = ", ".join(d.by_id for d in self.disks)

@@ -227,3 +227,14 @@ def test_verify_refuses_a_volume_without_the_recovery_slot(tmp_path: Path) -> No
         installer = RescueInstaller(cast(RemoteShell, shell), plan, log=lambda line: None)
         (tmp_path / "i").write_bytes(b"x")
         installer.install("passphrase", tmp_path / "i", tmp_path / "i", recovery_key="K-K")
+
+
+def test_the_files_the_layer_deletes_go_after_it_is_unpacked_and_before_grub(
+        tmp_path: Path) -> None:
+    shell, _, _ = _install("fsn-1", tmp_path)
+    layer = next(i for i, c in enumerate(shell.commands) if c.startswith("set -e; cat |"))
+    deletions = next(i for i, c in enumerate(shell.commands)
+                     if ".clonefleet-layer-deletions" in c)
+    grub = next(i for i, c in enumerate(shell.commands) if "grub-pc/install_devices" in c)
+    assert layer < deletions < grub
+    assert "xargs -0 -r rm -f --" in shell.commands[deletions]
