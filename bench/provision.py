@@ -1,6 +1,6 @@
 """Provision lab nodes from blank disks and print where the time goes.
 
-    sudo .venv/bin/python bench/provision.py [--node fsn-1] [--many 2,3]
+    sudo .venv/bin/python bench/provision.py [--node fsn-1] [--many 2,3] [--keep STATE_DIR]
 
 First one node alone: each step's duration, then the ratio of its total (wall time) to the
 sum of the parts no installer can avoid: booting the rescue system, copying the image, and
@@ -15,6 +15,7 @@ is reported separately and not counted).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -51,8 +52,8 @@ ipv4 = "192.0.2.{address}"
 """
 
 
-def one_node(fleet_path: Path, node: str) -> tuple[float, ProvisionReport]:
-    """(image seconds, the report) of provisioning `node` alone."""
+def one_node(fleet_path: Path, node: str, keep: bool = False) -> tuple[float, ProvisionReport]:
+    """(image seconds, the report) of provisioning `node` alone (left running with `keep`)."""
     from clonefleet.image import ensure_base_image
     from clonefleet.inventory import load_fleet
     from clonefleet.keystore import Keystore
@@ -74,7 +75,8 @@ def one_node(fleet_path: Path, node: str) -> tuple[float, ProvisionReport]:
     try:
         report = provisioner.provision(node)
     finally:
-        provider.delete(node)
+        if not keep:
+            provider.delete(node)
     return image_seconds, report
 
 
@@ -110,13 +112,23 @@ def main() -> None:
     parser.add_argument("--fleet", default=str(ROOT / "inventory" / "lab.toml"))
     parser.add_argument("--many", default="",
                         help="comma-separated node counts to provision at once, e.g. 2,3")
+    parser.add_argument("--keep", metavar="STATE_DIR",
+                        help="provision the single node with this state folder (new or empty) "
+                             "and leave it running, e.g. for bench/hardening.py")
     arguments = parser.parse_args()
     counts = [int(text) for text in arguments.many.split(",") if text.strip()]
 
-    with tempfile.TemporaryDirectory(prefix="clonefleet-bench-") as folder:
+    with contextlib.ExitStack() as stack:
+        folder = arguments.keep or stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="clonefleet-bench-"))
         os.environ["CLONEFLEET_STATE_DIR"] = folder
         os.environ["CLONEFLEET_AGE_KEY"] = str(Path(folder) / "age.key")
-        image_seconds, report = one_node(Path(arguments.fleet), arguments.node)
+        image_seconds, report = one_node(Path(arguments.fleet), arguments.node,
+                                         keep=bool(arguments.keep))
+    if arguments.keep:
+        print(f"{arguments.node} left running; e.g. CLONEFLEET_STATE_DIR={arguments.keep} "
+              f"CLONEFLEET_AGE_KEY={arguments.keep}/age.key .venv/bin/python "
+              f"bench/hardening.py --fleet {arguments.fleet} --node {arguments.node}")
     steps_list, total = report.steps, report.total_seconds
     steps = dict(steps_list)
     print(f"image and rescue system ready in {image_seconds:.1f} s (cached after the first run;"
