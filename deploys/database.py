@@ -25,7 +25,8 @@ failover) is pointed at it with `ALTER SYSTEM` and a reload.
 Roles, database and slots are changed only when the running server differs (passwords are
 compared with the stored SCRAM verifiers and sent as verifiers, never in clear). With
 `clonefleet_offline`: configuration files, the seed script and units, the enabled PostgreSQL
-unit and (on a replica) the enabled seed timer only.
+unit, on the primary its cluster (`pg_createcluster`, not started) and on a replica the
+enabled seed timer only.
 """
 
 from __future__ import annotations
@@ -316,7 +317,10 @@ def database() -> None:
     configured = host.get_fact(File, path=f"{CONF_DIR}/postgresql.conf") is not None
     seeded = host.get_fact(File, path=f"{DATA_DIR}/PG_VERSION") is not None
     standby = host.get_fact(File, path=f"{DATA_DIR}/standby.signal") is not None
-    if not offline and not configured:
+    # Offline (a node layer baked on the controller) only on the primary: its cluster then
+    # starts at the node's first boot. A replica's stays unmade until the node runs: made
+    # offline, its emptied data folder would fail PostgreSQL's start at every boot.
+    if not configured and (primary or not offline):
         create = f"pg_createcluster --start-conf=auto {VERSION} {CLUSTER}"
         if not primary:
             # A replica's data comes from the primary only: an empty folder until seeded, so

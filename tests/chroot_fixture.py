@@ -209,7 +209,11 @@ def _main(spec: dict[str, Any]) -> None:
             if not meta.is_complete() or not meta.did_succeed(_raise_if_not_complete=False):
                 errors.append(name)
                 continue
-            succeeded.append(name)
+            # As the deploy runner names them: each name pyinfra gives the operation's hash
+            # (two hosts' different operations can share one) and the host's own `name=`.
+            op_data = state.ops[host][op_hash]
+            own = op_data.global_arguments.get("name")
+            succeeded.extend(sorted({*state.op_meta[op_hash].names, *([own] if own else [])}))
             if meta.did_change():
                 changed.append(name)
         results[by_root.get(host.name, host.name)] = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from chroot_fixture import DeployedNodes, packages, run_deploy, tree, without_node_data
@@ -75,6 +76,13 @@ def test_first_deploy_succeeds_and_configures_every_service(
 
 # What a replica has and the database primary has not: the enabled seed timer.
 REPLICA_ONLY = {f"etc/systemd/system/timers.target.wants/{database_deploy.SEED_TIMER}"}
+# Made offline on the primary only: its cluster (pg_createcluster's configuration and data).
+PRIMARY_CLUSTER = (str(Path(database_deploy.DATA_DIR).parent).lstrip("/"),
+                   # postgresql-common's list of kernels apt must not autoremove
+                   "etc/apt/apt.conf.d/02autoremove-postgresql",
+                   *(f"{database_deploy.CONF_DIR.lstrip('/')}/{name}" for name in (
+                       "postgresql.conf", "pg_hba.conf", "pg_ident.conf", "pg_ctl.conf",
+                       "start.conf", "environment")))
 # Differs by its node's slot (node data) and names the database primary's address, which is
 # the node's own on the primary and its peer's on the replica: the same value in both roles.
 NAMING_THE_PRIMARY = {database_deploy.SEED_SCRIPT.lstrip("/")}
@@ -88,11 +96,15 @@ def test_only_the_replica_enables_its_seed_timer_and_both_have_the_seed_script(
         script = node.root / database_deploy.SEED_SCRIPT.lstrip("/")
         assert script.stat().st_mode & 0o111, name
         link = node.root / next(iter(REPLICA_ONLY))
+        cluster = node.root / database_deploy.DATA_DIR.lstrip("/") / "PG_VERSION"
         if roles[name] == "replica":
             assert link.is_symlink() and os.readlink(link) == \
                 f"/etc/systemd/system/{database_deploy.SEED_TIMER}"
+            # seeded from the primary once the node runs, never made here
+            assert not cluster.exists(), name
         else:
             assert not link.exists() and not link.is_symlink(), name
+            assert cluster.read_text().strip() == database_deploy.VERSION, name
 
 
 def test_two_nodes_of_two_regions_differ_only_in_node_data(
@@ -105,6 +117,18 @@ def test_two_nodes_of_two_regions_differ_only_in_node_data(
     assert set(replica_tree) >= REPLICA_ONLY
     for path in REPLICA_ONLY:
         replica_tree.pop(path)
+    primary_tree = ash_tree if replica_tree is fsn_tree else fsn_tree
+    cluster = [path for path in primary_tree if path.startswith(PRIMARY_CLUSTER)]
+    assert f"{database_deploy.DATA_DIR.lstrip('/')}/PG_VERSION" in cluster
+    assert not [path for path in replica_tree if path.startswith(PRIMARY_CLUSTER)]
+    for path in cluster:
+        primary_tree.pop(path)
+    # pg_createcluster gives the cluster's configuration folders to postgres; the replica's
+    # (made for its conf.d only) are root's until its cluster is made on the node
+    conf = database_deploy.CONF_DIR.lstrip("/")
+    for folder in (str(Path(conf).parent), conf):
+        primary_tree.pop(folder)
+        replica_tree.pop(folder)
 
     assert sorted(fsn_tree) == sorted(ash_tree)
     fsn_data, ash_data = node_data(deployed_nodes, "fsn-1"), node_data(deployed_nodes, "ash-1")
