@@ -96,6 +96,7 @@ def _run_in_chroot(fleet: Fleet, store: StateStore, secrets: SecretStore,
     layer of an install (`clonefleet.image.bake`). Nothing is recorded in the store: no hook
     runs and no lazy value (a drain token) is made, so the node's first real deploy still
     delivers what only a deploy on the node may."""
+    from clonefleet.image.bake import chroot_host_data
     from clonefleet.lazy_host_data import LazyHostData
 
     if len(nodes) != 1 or len(hosts) != 1:
@@ -103,8 +104,7 @@ def _run_in_chroot(fleet: Fleet, store: StateStore, secrets: SecretStore,
                          f"{' '.join(nodes) or 'none'}")
     name, data = hosts[0]
     target = f"@chroot/{root.lstrip('/')}"
-    data = {key: value for key, value in data.items() if not key.startswith("ssh_")}
-    data["clonefleet_offline"] = True
+    data = chroot_host_data(data)
     module_name, _, function_name = deploy_ref.partition(":")
     deploy_function = getattr(importlib.import_module(module_name), function_name)
     results: dict[str, Any] = {}

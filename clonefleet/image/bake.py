@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from clonefleet.child_run import run_child
 from clonefleet.errors import InstallError
@@ -30,6 +31,16 @@ BAKE_TIMEOUT = 900
 # A tmpfs takes memory only for what is written: the layer (with its initramfs, unpacked
 # once to be checked) needs a few hundred MB; the limit only stops a runaway.
 MEMORY_FOLDER_SIZE = "4g"
+
+
+def chroot_host_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A node's host data for its deploy applied offline in a chroot on the controller."""
+    baked = {key: value for key, value in data.items() if not key.startswith("ssh_")}
+    baked["clonefleet_offline"] = True
+    # An unlocker's identity is made on the node and never leaves it: the deploy on the node
+    # installs the unlocker, not a layer made on the controller.
+    baked["clonefleet_unlocker"] = False
+    return baked
 
 
 @contextmanager
