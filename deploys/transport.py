@@ -9,8 +9,10 @@ on loopback only.
 
 The configuration is checked with `haproxy -c` on the node before it replaces the live one
 (a bad configuration never goes live), and HAProxy is reloaded, never restarted, when the
-configuration or the certificate changed. With `clonefleet_offline` (a root filesystem
-without a running systemd) files are written and the unit enabled, nothing is started.
+configuration or the certificate changed; the deploy then waits until HTTPS serves the
+deployed certificate (a reload returns before HAProxy's new worker is up). With
+`clonefleet_offline` (a root filesystem without a running systemd) files are written and the
+unit enabled, nothing is started.
 
 Host data (defaults in `DEFAULTS`):
 
@@ -26,6 +28,7 @@ Host data (defaults in `DEFAULTS`):
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
@@ -34,7 +37,7 @@ import jinja2
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, files, server, systemd
 
 from deploys._files import checked_file, secret_file
 from deploys._paths import template
@@ -92,6 +95,34 @@ def haproxy_config(data: Mapping[str, Any]) -> str:
     )
 
 
+# How long a reloaded HAProxy may take to serve the new certificate (a reload only signals
+# HAProxy: its new worker loads the configuration after `systemctl reload` returned).
+SERVED_WAIT_SECONDS = 120
+
+
+def served_certificate_command(data: Mapping[str, Any],
+                               timeout: float = SERVED_WAIT_SECONDS) -> str:
+    """Shell: wait until HTTPS on this node serves the certificate in the certificate file
+    (same SHA-256 fingerprint); fail with a message after `timeout` seconds."""
+    values = {**DEFAULTS, **data}
+    address = str(values["transport_listen_addresses"][0])
+    if address in ("::", "0.0.0.0"):
+        address = "127.0.0.1"
+    elif ":" in address:
+        address = f"[{address}]"
+    target = shlex.quote(f"{address}:{int(values['transport_https_port'])}")
+    cert = shlex.quote(str(values["transport_cert_path"]))
+    fingerprint = "openssl x509 -noout -fingerprint -sha256"
+    tries = max(1, int(timeout / 0.5))
+    return (f"want=$({fingerprint} -in {cert}) || exit 1; "
+            f"for i in $(seq {tries}); do "
+            f"got=$(openssl s_client -connect {target} </dev/null 2>/dev/null | {fingerprint} "
+            "2>/dev/null); "
+            '[ "$got" = "$want" ] && exit 0; sleep 0.5; done; '
+            f"echo \"HAProxy on {target} still serves another certificate than {cert} "
+            f"{timeout:.0f} s after its reload\" >&2; exit 1")
+
+
 @deploy("clonefleet transport", data_defaults=DEFAULTS)
 def transport() -> None:
     data = {key: host.data.get(key) for key in DEFAULTS}
@@ -112,5 +143,9 @@ def transport() -> None:
     if offline():
         return
     systemd.service(name="HAProxy running", service="haproxy", running=True)
-    systemd.service(name="HAProxy reload", service="haproxy", reloaded=True,
-                    _if=lambda: certificate.did_change() or config.did_change())
+    changed = lambda: certificate.did_change() or config.did_change()  # noqa: E731
+    systemd.service(name="HAProxy reload", service="haproxy", reloaded=True, _if=changed)
+    # A deploy that returned serves what it deployed: clients and the next step (a test, a
+    # rollout's health check) see the new certificate, not the old worker's.
+    server.shell(name="HAProxy serves the deployed certificate",
+                 commands=[served_certificate_command(data)], _if=changed)

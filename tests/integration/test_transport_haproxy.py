@@ -25,7 +25,7 @@ from clonefleet.retry import RetryPolicy, wait_until
 from clonefleet.secrets import open_secrets
 from clonefleet.services.fleet_certificate import fleet_certificate
 from deploys._paths import template
-from deploys.transport import CHECK, HEALTH_URI, haproxy_config
+from deploys.transport import CHECK, HEALTH_URI, haproxy_config, served_certificate_command
 
 pytestmark = pytest.mark.integration
 
@@ -270,3 +270,44 @@ def test_haproxy_check_refuses_what_the_deploy_must_not_put_live(tmp_path: Path)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q", "-n", "0"]))
+
+
+def test_the_deploy_waits_until_a_reloaded_haproxy_serves_the_new_certificate(
+        tmp_path: Path) -> None:
+    """The deploy's wait after a reload, on a real HAProxy in master-worker mode (as Debian's
+    unit runs it): it fails while the old certificate is served, passes once the reload
+    took the new one."""
+    secrets = open_secrets(tmp_path / "state", Keystore(tmp_path / "state" / "keystore",
+                                                        tmp_path / "age.key"))
+    old = fleet_certificate(secrets, HOSTNAMES)
+    new = fleet_certificate(open_secrets(tmp_path / "other", Keystore(
+        tmp_path / "other" / "keystore", tmp_path / "other.key")), HOSTNAMES)
+    assert old.pem != new.pem
+    cert_path = tmp_path / "fleet.pem"
+    cert_path.write_text(old.pem)
+    (tmp_path / "chroot").mkdir()
+    ports = {name: free_port() for name in ("http", "https", "stats", "app")}
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(_config(tmp_path, cert_path, ports))
+    data = {"transport_listen_addresses": ["127.0.0.1"], "transport_https_port": ports["https"],
+            "transport_cert_path": str(cert_path)}
+    haproxy = subprocess.Popen(["haproxy", "-W", "-db", "-f", str(config)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: port_open(ports["https"]), what="HAProxy", timeout=10, policy=FAST)
+        served = subprocess.run(["sh", "-c", served_certificate_command(data, timeout=5)],
+                                capture_output=True, text=True, timeout=60)
+        assert served.returncode == 0, served.stderr
+
+        cert_path.write_text(new.pem)  # deployed, not reloaded yet: the old one is served
+        stale = subprocess.run(["sh", "-c", served_certificate_command(data, timeout=2)],
+                               capture_output=True, text=True, timeout=60)
+        assert stale.returncode == 1
+        assert f"still serves another certificate than {cert_path}" in stale.stderr
+
+        haproxy.send_signal(signal.SIGUSR2)  # what `systemctl reload haproxy` sends
+        reloaded = subprocess.run(["sh", "-c", served_certificate_command(data, timeout=30)],
+                                  capture_output=True, text=True, timeout=90)
+        assert reloaded.returncode == 0, reloaded.stderr
+    finally:
+        _stop(haproxy)
