@@ -123,6 +123,21 @@ def answers(lab: Lab, client: str) -> dict[str, set[str]]:
             for node, endpoint in endpoints(lab).items()}
 
 
+# Answers asked per server where one address is picked at random among two: a server that
+# still gave a drained node would show it with probability 1 - 2**-TRIES.
+TRIES = 20
+
+
+def answers_seen(lab: Lab, client: str, tries: int) -> dict[str, set[str]]:
+    """Each node's PowerDNS: every address it gave for the routed name to `client` in `tries`
+    answers."""
+    seen: dict[str, set[str]] = {}
+    for _ in range(tries):
+        for node, addresses in answers(lab, client).items():
+            seen.setdefault(node, set()).update(addresses)
+    return seen
+
+
 def client_near(lab: Lab, node: str) -> str:
     """A client network located where `node` is (its public address is in the nodes' GeoIP
     database at its region's coordinates)."""
@@ -432,7 +447,12 @@ def test_a_failing_disk_alerts_and_drains_its_node_from_every_server(
         lab: Lab, controller: Controller) -> None:
     failing_ip = lab.fleet.node(FAILING).ipv4
     near = client_near(lab, FAILING)
-    assert all(failing_ip in served for served in answers(lab, near).values())
+    region = {lab.fleet.node(name).ipv4 for name in NODES
+              if lab.fleet.node(name).region == lab.fleet.node(FAILING).region}
+    # One address per answer, picked at random among the nearest (the failing node and its
+    # region's other node): over many answers every server gives both.
+    seen = answers_seen(lab, near, TRIES)
+    assert seen == {node: region for node in NODES}, seen
 
     serve = subprocess.Popen(
         [sys.executable, "-m", "clonefleet", "--fleet", str(lab.fleet_path), "serve",
@@ -454,10 +474,8 @@ def test_a_failing_disk_alerts_and_drains_its_node_from_every_server(
         assert record.state in ("draining", "drained")
         assert record.actor == f"smartwatch@{FAILING}"
         # Every node's PowerDNS now answers the failing node's own neighbourhood without it.
-        served = answers(lab, near)
-        assert set(served) == set(NODES)
-        for node, addresses in served.items():
-            assert addresses and failing_ip not in addresses, (node, addresses)
+        served = answers_seen(lab, near, TRIES)
+        assert served == {node: region - {failing_ip} for node in NODES}, served
         print(f"smartwatch check → off every server: {time.monotonic() - started:.1f} s")
         deadline = time.monotonic() + 60
         while not any(f"[CRITICAL] {FAILING}" in title for title in controller.webhook.titles()):
