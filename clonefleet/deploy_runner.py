@@ -157,6 +157,9 @@ def _run_pyinfra(hosts: list[tuple[str, dict[str, Any]]], lazy: LazyHostData,
                 state.fail_hosts(  # type: ignore[no-untyped-call]
                     {host for host in inventory if host.name in prepare_errors})
         if not dry_run and state.active_hosts:
+            from clonefleet.deploy_facts import skip_recheck_until_changed
+
+            skip_recheck_until_changed(state)
             state.set_stage(StateStage.Execute)
             started = time.monotonic()
             try:
@@ -262,21 +265,31 @@ def _after_deploy(fleet: Fleet, store: StateStore, secrets: SecretStore, nodes: 
 
 def _prepare_each(state: Any, deploy_function: Callable[..., Any],
                   seconds: dict[str, float]) -> dict[str, str]:
-    """Prepare the deploy host by host, so that an operation that cannot even be prepared
-    (a fact that fails, a path of the wrong type) is that host's error, not everyone's.
-    Each host's preparation time (pyinfra gathers the facts the operations read) goes into
-    `seconds`."""
+    """Prepare the deploy on every host at once (one greenlet each, as the pyinfra CLI
+    does), so that an operation that cannot even be prepared (a fact that fails, a path of
+    the wrong type) is that host's error, not everyone's. Each host's preparation time
+    (pyinfra gathers the facts the operations read, each fact read once:
+    `clonefleet.deploy_facts`) goes into `seconds`."""
+    import gevent
     from pyinfra.api.deploy import add_deploy
+    from pyinfra.context import ctx_config
+
+    from clonefleet.deploy_facts import facts_read_once
 
     errors = {}
-    for host in list(state.inventory.get_active_hosts()):
+
+    def prepare(host: Any) -> None:
         started = time.monotonic()
         try:
-            add_deploy(state, deploy_function, host=host)
+            with ctx_config.use(state.config.copy()), facts_read_once(host):
+                add_deploy(state, deploy_function, host=host)
         except Exception as error:  # reported as the host's own error
             errors[host.name] = (f"cannot prepare the deploy: {type(error).__name__}: "
                                  f"{' '.join(str(error).split())[:300]}")
         seconds[host.name] = time.monotonic() - started
+
+    gevent.joinall([state.pool.spawn(prepare, host)
+                    for host in list(state.inventory.get_active_hosts())])
     return errors
 
 
