@@ -143,6 +143,9 @@ def describe_timings(timings: Mapping[str, Any]) -> str:
     if not timings:
         return ""
     slowest = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings["slowest"][:4])
-    return (f"connect {timings['connect']:.0f} s, facts {timings['prepare']:.0f} s, "
+    counts = timings.get("facts") or {}
+    read = (f" ({counts.get('in one go', 0)} in one go, {counts.get('alone', 0)} alone)"
+            if counts else "")
+    return (f"connect {timings['connect']:.0f} s, facts {timings['prepare']:.0f} s{read}, "
             f"{timings['operations']} operations {timings['execute']:.0f} s"
             + (f" (slowest: {slowest})" if slowest else ""))

@@ -16,37 +16,234 @@ Two rules remove the repeats, each exact:
   as long as no earlier operation on that node has run a command: `skip_recheck_until_changed`
   skips its second reading until then. From the first operation that ran something on a
   node, that node's later operations are read again as pyinfra always does.
+
+And one rule removes most of the round trips that are left: the facts a deploy read from a
+node are listed (`FactList`, kept in the fleet's state folder: fact names and arguments,
+never answers), and the next deploy on that node reads all of them in one command before it
+prepares (`read_in_one_go`). Nothing runs on the node while a deploy is prepared, so reading
+a fact at the start of the preparation instead of in the middle of it gives the same answer.
+A fact that cannot be read that way (one needing another shell or user, a precondition, a
+command that must exist first, an error) is simply read on its own as before, and the list
+follows what each deploy asked, so a changed deploy corrects it by its next run. A node
+layer's offline deploy (`clonefleet.image.bake`) lists its facts too, so the node's first
+deploy over SSH already starts from that list.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
+import importlib
+import json
+import shlex
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
+
+# How long the one command reading every listed fact may take (it is one `stat` or
+# `sha1sum` or so per fact: a couple of hundred short commands).
+READ_TIMEOUT = 300
+
+Key = tuple[Any, str]  # (fact class, its arguments as JSON or repr)
+
+
+def _key(fact: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Key, bool]:
+    """The key of one fact reading, and whether it can be listed (plain JSON arguments and
+    no pyinfra global argument such as `_sudo`)."""
+    try:
+        text = json.dumps([list(args), kwargs], sort_keys=True)
+    except (TypeError, ValueError):
+        return (fact, repr((args, sorted(kwargs.items())))), False
+    return (fact, text), not any(name.startswith("_") for name in kwargs)
+
+
+def _fact_name(fact: Any) -> str | None:
+    from pyinfra.api.facts import FactBase, ShortFactBase
+
+    if not isinstance(fact, type) or not issubclass(fact, FactBase) \
+            or issubclass(fact, ShortFactBase) or "<locals>" in fact.__qualname__:
+        return None
+    return f"{fact.__module__}:{fact.__qualname__}"
+
+
+def _fact_class(name: str) -> Any:
+    module, _, qualname = name.partition(":")
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
+class FactList:
+    """The facts a node's deploy read: a JSON list of {fact, args, kwargs} in a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> list[dict[str, Any]]:
+        try:
+            entries = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+        return [entry for entry in entries if isinstance(entry, dict)] \
+            if isinstance(entries, list) else []
+
+    def save(self, entries: Iterable[dict[str, Any]]) -> None:
+        from clonefleet.atomic import write_atomic
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, json.dumps(list(entries), indent=1), 0o600)
+
+
+class FactReadings:
+    """One host's fact readings during a deploy's preparation: answers known so far (read in
+    one go, or on their own), and the list of every fact asked, for the next run."""
+
+    def __init__(self, known: dict[Key, Any] | None = None) -> None:
+        self.answers: dict[Key, Any] = dict(known or {})
+        self.asked: dict[Key, dict[str, Any]] = {}
+        self.in_one_go = len(self.answers)  # answers read by `read_in_one_go`
+        self.alone = 0  # facts read on their own
+
+    def listed(self) -> list[dict[str, Any]]:
+        return list(self.asked.values())
 
 
 @contextlib.contextmanager
-def facts_read_once(host: Any) -> Iterator[None]:
-    """While preparing `host`'s operations, read each (fact, arguments) from it only once.
+def facts_read_once(host: Any, readings: FactReadings | None = None) -> Iterator[FactReadings]:
+    """While preparing `host`'s operations, read each (fact, arguments) from it only once
+    (or not at all when `readings` already holds the answer).
 
     Operations read facts through `host.get_fact`; this shadows it on this one host object
     for the duration. Answers are copied out, so an operation that edits the structure it got
-    does not change what the next one reads."""
+    does not change what the next one reads. An operation run with its own shell, user or
+    environment (pyinfra's `_sudo`, `_env`, ...) reads its facts itself, uncached."""
+    readings = readings if readings is not None else FactReadings()
     original = host.get_fact
-    answers: dict[tuple[Any, str, str], Any] = {}
 
     def get_fact(fact: Any, *args: Any, **kwargs: Any) -> Any:
-        key = (fact, repr(args), repr(sorted(kwargs.items())))
-        if key not in answers:
-            answers[key] = original(fact, *args, **kwargs)
-        return copy.deepcopy(answers[key])
+        key, listable = _key(fact, args, kwargs)
+        if _own_arguments(host):
+            readings.alone += 1
+            return original(fact, *args, **kwargs)
+        name = _fact_name(fact)
+        if listable and name is not None:
+            readings.asked.setdefault(key, {"fact": name, "args": list(args), "kwargs": kwargs})
+        if key not in readings.answers:
+            readings.alone += 1
+            readings.answers[key] = original(fact, *args, **kwargs)
+        return copy.deepcopy(readings.answers[key])
 
     host.get_fact = get_fact
     try:
-        yield
+        yield readings
     finally:
         del host.get_fact
+
+
+def _own_arguments(host: Any) -> bool:
+    """Whether the operation being prepared runs its commands differently from a plain one
+    (another user or shell, an environment, a folder, other success codes)."""
+    from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
+
+    current = host.current_op_global_arguments
+    if not current:
+        return False
+    defaults, _ = pop_global_arguments(host.state, host, {})
+    return any(current.get(name) != defaults.get(name) for name in CONNECTOR_ARGUMENT_KEYS
+               if name not in ("_timeout", "_retries", "_retry_delay", "_retry_until"))
+
+
+def read_in_one_go(host: Any, entries: list[dict[str, Any]]) -> dict[Key, Any]:
+    """Read the listed facts from `host` in one command; the answers of those read cleanly.
+    Any fact that cannot be read this way is left out (read on its own later)."""
+    from pyinfra.api.command import StringCommand
+
+    planned: list[tuple[Key, Any, str]] = []
+    for entry in entries:
+        try:
+            fact_class = _fact_class(str(entry["fact"]))
+            args, kwargs = tuple(entry.get("args") or ()), dict(entry.get("kwargs") or {})
+            if _fact_name(fact_class) is None:
+                continue
+            key, listable = _key(fact_class, args, kwargs)
+            fact = fact_class()
+            if not listable or fact.shell_executable \
+                    or fact.check_preconditions(host.state, host):
+                continue
+            text = _raw(fact.command, args, kwargs)
+            required = _raw(fact.requires_command, args, kwargs)
+        except Exception:  # a stale entry: a fact gone or changed, arguments it refuses
+            continue
+        if required:  # as pyinfra guards it; a missing command is then read alone
+            text = (f"if command -v {required} >/dev/null 2>&1; then ( {text}\n); "
+                    f"else echo {shlex.quote(MISSING_COMMAND)}; fi")
+        planned.append((key, fact, text))
+    if not planned:
+        return {}
+    status, output = host.run_shell_command(StringCommand(batch_script(
+        [text for _, _, text in planned])), _timeout=READ_TIMEOUT)
+    lines = output.stdout_lines
+    if not status or len(lines) != len(planned):
+        return {}
+    answers = {}
+    for (key, fact, _), line in zip(planned, lines, strict=True):
+        value = _answer(fact, line)
+        if value is not _UNREAD:
+            answers[key] = value
+    return answers
+
+
+_UNREAD = object()
+# What the guard prints when a fact's required command is missing (pyinfra has its own).
+MISSING_COMMAND = "__clonefleet_missing_command__"
+
+
+def _raw(attribute: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """A fact's command (or required command) as the shell text pyinfra would run."""
+    from pyinfra.api.command import StringCommand
+
+    value = attribute(*args, **kwargs) if callable(attribute) else attribute
+    if value is None:
+        return ""
+    return value.get_raw_value() if isinstance(value, StringCommand) else str(value)
+
+
+def batch_script(commands: list[str]) -> str:
+    """Shell running each command in a subshell and printing, per command, one line:
+    its exit status and its standard output in base64 (so no output can be mistaken for
+    another's)."""
+    parts = ['t=$(mktemp) || exit 1']
+    for command in commands:
+        parts.append(f"( {command}\n) > \"$t\" 2>/dev/null; printf '%s ' \"$?\"; "
+                     "base64 -w0 \"$t\"; echo")
+    parts.append('rm -f "$t"')
+    return "\n".join(parts)
+
+
+def _answer(fact: Any, line: str) -> Any:
+    """A fact's value from its line of `batch_script` output, as pyinfra would have made it
+    from the command's own output; `_UNREAD` when it failed or cannot be parsed."""
+    status, _, encoded = line.partition(" ")
+    if status != "0":
+        return _UNREAD
+    try:
+        text = base64.b64decode(encoded, validate=True).decode()
+    except ValueError:
+        return _UNREAD
+    # pyinfra's lines: the output split at newlines, each without its newline.
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if lines == [MISSING_COMMAND]:
+        return _UNREAD
+    if not lines:
+        return fact.default()
+    try:
+        return fact.process(lines)
+    except Exception:  # FactProcessError or other: read on its own, with pyinfra's error
+        return _UNREAD
 
 
 def skip_recheck_until_changed(state: Any) -> int:

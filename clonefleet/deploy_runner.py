@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from clonefleet.deploy_diff import DiffRecorder
+    from clonefleet.deploy_facts import FactList
     from clonefleet.inventory import Fleet
     from clonefleet.lazy_host_data import LazyHostData
     from clonefleet.secrets import SecretStore
@@ -53,7 +54,7 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str,
     secrets = open_secrets(state_dir)
     hosts = host_data(fleet, store, state_dir, nodes)
     if chroot is not None:
-        return _run_in_chroot(fleet, store, secrets, hosts, nodes, deploy_ref, chroot)
+        return _run_in_chroot(secrets, hosts, nodes, deploy_ref, chroot, state_dir)
     before_errors: dict[str, str] = {}
     if not dry_run and hosts:
         from clonefleet.deploy_hooks import run_before_deploy
@@ -73,7 +74,8 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str,
     lazy = _lazy_host_data(fleet, store, secrets, dry_run)
     try:
         if hosts:  # pyinfra cannot make a State of an empty inventory
-            _run_pyinfra(hosts, lazy, deploy_function, dry_run, secrets, results, succeeded)
+            _run_pyinfra(hosts, lazy, deploy_function, dry_run, secrets, results, succeeded,
+                         {name: _fact_list(state_dir, name, deploy_ref) for name, _ in hosts})
     except BaseException:
         if not dry_run:
             for name in nodes:
@@ -88,9 +90,9 @@ def run(fleet_path: str, nodes: list[str], deploy_ref: str,
     return results
 
 
-def _run_in_chroot(fleet: Fleet, store: StateStore, secrets: SecretStore,
-                   hosts: list[tuple[str, dict[str, Any]]], nodes: list[str],
-                   deploy_ref: str, root: str) -> dict[str, Any]:
+def _run_in_chroot(secrets: SecretStore, hosts: list[tuple[str, dict[str, Any]]],
+                   nodes: list[str], deploy_ref: str, root: str,
+                   state_dir: Path) -> dict[str, Any]:
     """Apply the deploy offline (`clonefleet_offline`) to a root filesystem at `root` on this
     machine, through pyinfra's `@chroot` connector, with the node's own host data: the node
     layer of an install (`clonefleet.image.bake`). Nothing is recorded in the store: no hook
@@ -108,15 +110,32 @@ def _run_in_chroot(fleet: Fleet, store: StateStore, secrets: SecretStore,
     module_name, _, function_name = deploy_ref.partition(":")
     deploy_function = getattr(importlib.import_module(module_name), function_name)
     results: dict[str, Any] = {}
+    lists = {target: _fact_list(state_dir, name, deploy_ref)}
     _run_pyinfra([(target, data)], LazyHostData({}), deploy_function, False, secrets,
-                 results, {})
+                 results, {}, lists)
+    if not results[target]["failed"]:
+        # Prepared once more, changing nothing: the facts a deploy finds nothing to do with
+        # (a file's checksum, not just its absence) are listed, so the node's first deploy
+        # over SSH reads nearly all of its facts in one go.
+        _run_pyinfra([(target, data)], LazyHostData({}), deploy_function, True, secrets, {},
+                     {}, lists, save_fact_lists=True)
     return {name: results[target]}
+
+
+def _fact_list(state_dir: Path, node: str, deploy_ref: str) -> FactList:
+    """Where the facts `deploy_ref` read on `node` are listed (each deploy reads its own)."""
+    from clonefleet.deploy_facts import FactList
+
+    return FactList(state_dir / "facts-read" / node / f"{deploy_ref.replace(':', '.')}.json")
 
 
 def _run_pyinfra(hosts: list[tuple[str, dict[str, Any]]], lazy: LazyHostData,
                  deploy_function: Callable[..., Any], dry_run: bool, secrets: SecretStore,
-                 results: dict[str, Any], succeeded: dict[str, frozenset[str]]) -> None:
-    """Connect, prepare and (unless `dry_run`) run; each host's result into `results`."""
+                 results: dict[str, Any], succeeded: dict[str, frozenset[str]],
+                 fact_lists: dict[str, FactList], save_fact_lists: bool | None = None) -> None:
+    """Connect, prepare and (unless `dry_run`) run; each host's result into `results`.
+    `fact_lists`: per inventory host, the list of facts its deploys read, saved again after
+    the preparation when `save_fact_lists` (default: not on a dry run)."""
     from pyinfra.api.config import Config
     from pyinfra.api.connect import connect_all, disconnect_all
     from pyinfra.api.exceptions import PyinfraError
@@ -140,6 +159,7 @@ def _run_pyinfra(hosts: list[tuple[str, dict[str, Any]]], lazy: LazyHostData,
     prepare_errors: dict[str, str] = {}
     phases: dict[str, float] = {}
     prepare_seconds: dict[str, float] = {}
+    fact_counts: dict[str, dict[str, int]] = {}
     try:
         state.set_stage(StateStage.Connect)
         started = time.monotonic()
@@ -151,7 +171,10 @@ def _run_pyinfra(hosts: list[tuple[str, dict[str, Any]]], lazy: LazyHostData,
         if state.active_hosts:
             state.set_stage(StateStage.Prepare)
             with recorder if dry_run else contextlib.nullcontext():
-                prepare_errors = _prepare_each(state, deploy_function, prepare_seconds)
+                prepare_errors = _prepare_each(state, deploy_function, prepare_seconds,
+                                               fact_lists, fact_counts,
+                                               not dry_run if save_fact_lists is None
+                                               else save_fact_lists)
             # A host whose deploy could not be prepared runs none of it.
             with contextlib.suppress(PyinfraError):
                 state.fail_hosts(  # type: ignore[no-untyped-call]
@@ -182,6 +205,7 @@ def _run_pyinfra(hosts: list[tuple[str, dict[str, Any]]], lazy: LazyHostData,
             results[host.name]["errors"].insert(0, prepare_errors[host.name])
         results[host.name]["timings"] = _timings(state, host, phases,
                                                  prepare_seconds.get(host.name, 0.0), collector)
+        results[host.name]["timings"]["facts"] = fact_counts.get(host.name, {})
         _connection_result(results[host.name], host, host in activated, collector)
     state.set_stage(StateStage.Disconnect)
     disconnect_all(state)
@@ -264,29 +288,43 @@ def _after_deploy(fleet: Fleet, store: StateStore, secrets: SecretStore, nodes: 
 
 
 def _prepare_each(state: Any, deploy_function: Callable[..., Any],
-                  seconds: dict[str, float]) -> dict[str, str]:
+                  seconds: dict[str, float], fact_lists: dict[str, FactList],
+                  fact_counts: dict[str, dict[str, int]], save_lists: bool) -> dict[str, str]:
     """Prepare the deploy on every host at once (one greenlet each, as the pyinfra CLI
     does), so that an operation that cannot even be prepared (a fact that fails, a path of
-    the wrong type) is that host's error, not everyone's. Each host's preparation time
-    (pyinfra gathers the facts the operations read, each fact read once:
-    `clonefleet.deploy_facts`) goes into `seconds`."""
+    the wrong type) is that host's error, not everyone's.
+
+    Facts (`clonefleet.deploy_facts`): those the host's last deploy read are read first in
+    one command, the rest on their own, each once; the list of what was read is saved for
+    the next run (`save_lists`). Each host's preparation time goes into `seconds`, its
+    fact counts into `fact_counts`."""
     import gevent
     from pyinfra.api.deploy import add_deploy
     from pyinfra.context import ctx_config
 
-    from clonefleet.deploy_facts import facts_read_once
+    from clonefleet.deploy_facts import FactReadings, facts_read_once, read_in_one_go
 
     errors = {}
 
     def prepare(host: Any) -> None:
         started = time.monotonic()
+        fact_list = fact_lists.get(host.name)
         try:
-            with ctx_config.use(state.config.copy()), facts_read_once(host):
+            known = read_in_one_go(host, fact_list.load()) if fact_list else {}
+        except Exception:  # the list is only a shortcut: read each fact on its own
+            logging.getLogger(__name__).debug("facts in one go failed", exc_info=True)
+            known = {}
+        readings = FactReadings(known)
+        try:
+            with ctx_config.use(state.config.copy()), facts_read_once(host, readings):
                 add_deploy(state, deploy_function, host=host)
         except Exception as error:  # reported as the host's own error
             errors[host.name] = (f"cannot prepare the deploy: {type(error).__name__}: "
                                  f"{' '.join(str(error).split())[:300]}")
+        if fact_list and save_lists:  # what was read up to a failure helps the next try
+            fact_list.save(readings.listed())
         seconds[host.name] = time.monotonic() - started
+        fact_counts[host.name] = {"in one go": readings.in_one_go, "alone": readings.alone}
 
     gevent.joinall([state.pool.spawn(prepare, host)
                     for host in list(state.inventory.get_active_hosts())])

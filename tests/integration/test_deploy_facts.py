@@ -52,6 +52,17 @@ def unchanged():
     counted_put(name="second", content="two", dest=TARGET + ".2")
 
 
+class Failing(FactBase):
+    def command(self):
+        return "echo half an answer; exit 3"
+
+
+@deploy("a fact that cannot be read")
+def failing_fact():
+    counted_put(name="first", content="one", dest=TARGET + ".1")
+    host.get_fact(Failing)
+
+
 @deploy("a change before a file that was up to date")
 def changed_first():
     # While preparing, TARGET.2 is up to date; by the time "second" runs, the operation
@@ -99,8 +110,23 @@ def test_a_deploy_with_nothing_to_do_reads_each_fact_once(node: tuple[Fleet, Pat
     second = run(fleet, "unchanged")
 
     assert second.changed == () and second.unchanged == 2
-    # Once each while preparing (not twice per operation), and not again while executing.
+    # Once each while preparing (not twice per operation), and not again while executing;
+    # both in one command, from the list the first deploy left.
     assert readings(target) == [f"{target}.1", f"{target}.2"]
+    assert first.timings["facts"] == {"in one go": 0, "alone": 2}
+    assert second.timings["facts"] == {"in one go": 2, "alone": 0}
+
+
+def test_a_fact_that_fails_in_one_go_is_read_alone_and_fails_as_before(
+        node: tuple[Fleet, Path]) -> None:
+    fleet, _ = node
+    results = [run_deploy(fleet.path, ["fsn-1"], "factdeploy:failing_fact",
+                          timeout=300)["fsn-1"] for _ in range(2)]
+
+    assert [result.failed for result in results] == [True, True]
+    assert results[0].errors == results[1].errors and results[0].errors, results[0]
+    # Listed by the first run, tried in one go by the second, and read alone again there.
+    assert results[1].timings["facts"] == {"in one go": 1, "alone": 1}
 
 
 def test_an_operation_after_a_change_reads_the_node_again(node: tuple[Fleet, Path]) -> None:

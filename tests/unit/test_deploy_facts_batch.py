@@ -1,0 +1,69 @@
+"""Facts read in one command give what pyinfra makes of each command run alone: the same
+lines (pyinfra splits a command's output at newlines and drops each newline), the same
+default for no output, and nothing at all for a command that failed or is missing."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from pyinfra.api.facts import FactBase
+
+from clonefleet.deploy_facts import _UNREAD, MISSING_COMMAND, _answer, batch_script
+
+COMMANDS = [
+    "printf 'a\\nb'",  # no newline at the end
+    "printf 'a\\n\\n'",  # an empty last line
+    "printf '\\n'",
+    "true",  # no output: the fact's default
+    "echo 'x  y'; echo '  indented'",
+    "echo out; echo err >&2",  # standard error is not part of a fact's output
+    "printf 'caf\\303\\251\\n'",  # UTF-8
+    "echo half; exit 4",  # failed: not an answer
+    "cat /nonexistent/file",
+    f"echo {MISSING_COMMAND}",  # the guard's answer for a missing command
+    "exit",  # ends its own subshell only
+    "echo after",
+]
+
+
+class Lines(FactBase[list[str]]):
+    def command(self) -> str:
+        return ""
+
+    def default(self) -> list[str]:
+        return ["<default>"]
+
+    def process(self, output: list[str]) -> list[str]:
+        return output
+
+
+def alone(command: str) -> object:
+    """What pyinfra's fact would be with `command` run on its own."""
+    done = subprocess.run(["sh", "-c", command], capture_output=True, timeout=10)
+    lines = [line.rstrip("\n") for line in done.stdout.decode().splitlines(keepends=True)]
+    if done.returncode != 0 or lines == [MISSING_COMMAND]:
+        return _UNREAD
+    return Lines().process(lines) if lines else Lines().default()
+
+
+def test_each_command_of_the_batch_reads_as_it_would_alone() -> None:
+    done = subprocess.run(["sh", "-c", batch_script(COMMANDS)], capture_output=True, text=True,
+                          timeout=30)
+
+    assert done.returncode == 0
+    lines = done.stdout.split("\n")[:-1]
+    assert len(lines) == len(COMMANDS)
+    got = [_answer(Lines(), line) for line in lines]
+    assert got == [alone(command) for command in COMMANDS]
+    assert got[0] == ["a", "b"] and got[1] == ["a", ""] and got[3] == ["<default>"]
+    assert got[7] is _UNREAD and got[9] is _UNREAD and got[11] == ["after"]
+
+
+@pytest.mark.parametrize("line", ["", "0 not-base64!", "x YQ==", "1 YQ==", "2 "])
+def test_a_garbled_or_failed_line_is_not_an_answer(line: str) -> None:
+    assert _answer(Lines(), line) is _UNREAD
+
+
+def test_no_output_with_exit_0_is_the_fact_s_default() -> None:
+    assert _answer(Lines(), "0 ") == ["<default>"]
