@@ -5,28 +5,27 @@ pyinfra 3 runs each operation's body twice on a real run: once while the deploy 
 earlier operation may have changed the node since). Every fact an operation reads is a
 command on the node, and pyinfra 3 keeps no cache, so a deploy that changes nothing still
 reads every file's state twice, and the same folder's state many times. On an emulated lab
-node a fact costs about a third of a second; the full-clone deploy reads some 180 of them in
-each phase.
+node a fact costs about a quarter of a second; the full-clone deploy reads some 180 of them
+in each phase.
 
-Two rules remove the repeats, each exact:
+An answer holds until a command runs on the node. From that one rule:
 
-- While a deploy is prepared nothing runs on the node, so the same fact with the same
-  arguments has the same answer: `facts_read_once` answers repeats from the first reading.
-- At execution, an operation that found nothing to do while prepared still has nothing to do
-  as long as no earlier operation on that node has run a command: `skip_recheck_until_changed`
-  skips its second reading until then. From the first operation that ran something on a
-  node, that node's later operations are read again as pyinfra always does.
+- While a deploy is prepared nothing runs on the node, so each fact with the same arguments
+  is read once (`facts_read_once`), and so are the facts the node's last deploy read, all in
+  one command before the preparation starts (`read_in_one_go`, from a `FactList`).
+- While it executes, answers are kept until the next command is handed to the node
+  (`reuse_at_execution` counts them); a fact asked after that is read again, together with
+  the facts the next operations asked while prepared, up to the next operation that will
+  run a command, in one command.
+- An operation that found nothing to do while prepared still has nothing to do as long as
+  no earlier operation on that node has run a command: it is not even run again then.
 
-And one rule removes most of the round trips that are left: the facts a deploy read from a
-node are listed (`FactList`, kept in the fleet's state folder: fact names and arguments,
-never answers), and the next deploy on that node reads all of them in one command before it
-prepares (`read_in_one_go`). Nothing runs on the node while a deploy is prepared, so reading
-a fact at the start of the preparation instead of in the middle of it gives the same answer.
-A fact that cannot be read that way (one needing another shell or user, a precondition, a
-command that must exist first, an error) is simply read on its own as before, and the list
-follows what each deploy asked, so a changed deploy corrects it by its next run. A node
-layer's offline deploy (`clonefleet.image.bake`) lists its facts too, so the node's first
-deploy over SSH already starts from that list.
+The list of a node's facts (kept in the fleet's state folder: fact names and arguments, never
+answers) follows what each deploy asked, so a changed deploy corrects it by its next run. A
+fact that cannot be read together with others (one needing another shell or user, a
+precondition, a command that must exist first, an error) is read on its own as before, with
+pyinfra's own handling. A node layer's offline deploy (`clonefleet.image.bake`) lists its
+facts too, so the node's first deploy over SSH already starts from that list.
 """
 
 from __future__ import annotations
@@ -97,23 +96,54 @@ class FactList:
 
 
 class FactReadings:
-    """One host's fact readings during a deploy's preparation: answers known so far (read in
-    one go, or on their own), and the list of every fact asked, for the next run."""
+    """One host's fact readings during a deploy: the answers that still hold, the list of
+    every fact asked (for the next run), which operation asked which while prepared, and
+    how many commands have run on the host (answers read before the last of them are
+    forgotten)."""
 
     def __init__(self, known: dict[Key, Any] | None = None) -> None:
         self.answers: dict[Key, Any] = dict(known or {})
         self.asked: dict[Key, dict[str, Any]] = {}
+        self.by_operation: dict[str, list[Key]] = {}
         self.in_one_go = len(self.answers)  # answers read by `read_in_one_go`
         self.alone = 0  # facts read on their own
+        self.ran = 0  # commands handed to the host so far
+        self.answered_at = 0  # `ran` when `answers` were read
 
     def listed(self) -> list[dict[str, Any]]:
         return list(self.asked.values())
 
+    def next_readings(self, host: Any) -> list[dict[str, Any]]:
+        """While executing: the listed facts that the operation under way and the ones after
+        it asked while prepared, up to the next operation that will run commands (after
+        which they must be read again anyway)."""
+        state = host.state
+        ops = state.ops.get(host, {})
+        keys: dict[Key, None] = {}
+        started = False
+        for op_hash in state.get_op_order():
+            if op_hash not in ops:
+                continue
+            if op_hash == host.current_op_hash:
+                started = True
+            elif not started:
+                continue
+            keys.update(dict.fromkeys(self.by_operation.get(op_hash, ())))
+            if op_hash != host.current_op_hash and (
+                    not state.should_check_for_changes()
+                    or ops[op_hash].operation_meta.will_change):
+                break
+        return [self.asked[key] for key in keys if key not in self.answers]
+
 
 @contextlib.contextmanager
 def facts_read_once(host: Any, readings: FactReadings | None = None) -> Iterator[FactReadings]:
-    """While preparing `host`'s operations, read each (fact, arguments) from it only once
-    (or not at all when `readings` already holds the answer).
+    """Read each (fact, arguments) from `host` once for as long as its answer holds: the
+    whole preparation (nothing runs then), and while executing until the next command runs
+    on the host (`reuse_at_execution` counts them); `readings` may hold answers already.
+
+    While executing, a fact that is not known is read together with the other facts the
+    next operations asked for while prepared (`FactReadings.next_readings`), in one command.
 
     Operations read facts through `host.get_fact`; this shadows it on this one host object
     for the duration. Answers are copied out, so an operation that edits the structure it got
@@ -128,8 +158,22 @@ def facts_read_once(host: Any, readings: FactReadings | None = None) -> Iterator
             readings.alone += 1
             return original(fact, *args, **kwargs)
         name = _fact_name(fact)
-        if listable and name is not None:
+        listed = listable and name is not None
+        executing = host.state.is_executing
+        if listed and not executing:
             readings.asked.setdefault(key, {"fact": name, "args": list(args), "kwargs": kwargs})
+            if host.current_op_hash:
+                asked_by = readings.by_operation.setdefault(host.current_op_hash, [])
+                if key not in asked_by:
+                    asked_by.append(key)
+        if executing:
+            if readings.ran != readings.answered_at:  # a command ran since: read again
+                readings.answers.clear()
+                readings.answered_at = readings.ran
+            if key not in readings.answers and listed:
+                answers = read_in_one_go(host, readings.next_readings(host))
+                readings.in_one_go += len(answers)
+                readings.answers.update(answers)
         if key not in readings.answers:
             readings.alone += 1
             readings.answers[key] = original(fact, *args, **kwargs)
@@ -246,26 +290,28 @@ def _answer(fact: Any, line: str) -> Any:
         return _UNREAD
 
 
-def skip_recheck_until_changed(state: Any) -> int:
-    """Make every prepared operation that would change nothing skip its execution-time
-    reading while no earlier operation on its host has run a command; the number of such
-    operations. Call after the deploy is prepared (with pyinfra's change check on), before
-    it runs."""
-    if not state.should_check_for_changes():  # nothing was learned while preparing
-        return 0
+def reuse_at_execution(state: Any, readings: dict[str, FactReadings]) -> int:
+    """Before a prepared deploy runs: count, per host, the commands its operations hand to
+    it (so that its `FactReadings` know when answers stop holding), and make every operation
+    that was prepared as changing nothing skip its execution-time reading while no earlier
+    operation on its host has run a command. The number of such operations."""
     guarded = 0
     for host in state.inventory:
         ops = state.ops.get(host, {})
+        host_readings = readings.get(host.name)
         earlier: list[Any] = []
         for op_hash in state.get_op_order():
             if op_hash not in ops:
                 continue
             op_data = ops[op_hash]
             meta = op_data.operation_meta
-            if meta.will_change is False:  # found while preparing, with the change check
+            # will_change: found while preparing, with pyinfra's change check.
+            if state.should_check_for_changes() and meta.will_change is False:
                 op_data.command_generator = _unless_changed(op_data.command_generator,
                                                             tuple(earlier))
                 guarded += 1
+            if host_readings is not None:
+                op_data.command_generator = _counted(op_data.command_generator, host_readings)
             earlier.append(meta)
     return guarded
 
@@ -278,3 +324,13 @@ def _unless_changed(generator: Callable[[], Iterator[Any]],
             yield from generator()
 
     return guarded
+
+
+def _counted(generator: Callable[[], Iterator[Any]],
+             readings: FactReadings) -> Callable[[], Iterator[Any]]:
+    def counted() -> Iterator[Any]:
+        for command in generator():
+            readings.ran += 1  # before pyinfra runs it: any later reading must be fresh
+            yield command
+
+    return counted

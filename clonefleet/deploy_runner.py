@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from clonefleet.deploy_diff import DiffRecorder
-    from clonefleet.deploy_facts import FactList
+    from clonefleet.deploy_facts import FactList, FactReadings
     from clonefleet.inventory import Fleet
     from clonefleet.lazy_host_data import LazyHostData
     from clonefleet.secrets import SecretStore
@@ -159,7 +159,8 @@ def _run_pyinfra(hosts: list[tuple[str, dict[str, Any]]], lazy: LazyHostData,
     prepare_errors: dict[str, str] = {}
     phases: dict[str, float] = {}
     prepare_seconds: dict[str, float] = {}
-    fact_counts: dict[str, dict[str, int]] = {}
+    readings: dict[str, FactReadings] = {}
+    shadows = contextlib.ExitStack()  # each host's fact readings, until the run is over
     try:
         state.set_stage(StateStage.Connect)
         started = time.monotonic()
@@ -172,7 +173,7 @@ def _run_pyinfra(hosts: list[tuple[str, dict[str, Any]]], lazy: LazyHostData,
             state.set_stage(StateStage.Prepare)
             with recorder if dry_run else contextlib.nullcontext():
                 prepare_errors = _prepare_each(state, deploy_function, prepare_seconds,
-                                               fact_lists, fact_counts,
+                                               fact_lists, readings, shadows,
                                                not dry_run if save_fact_lists is None
                                                else save_fact_lists)
             # A host whose deploy could not be prepared runs none of it.
@@ -180,9 +181,9 @@ def _run_pyinfra(hosts: list[tuple[str, dict[str, Any]]], lazy: LazyHostData,
                 state.fail_hosts(  # type: ignore[no-untyped-call]
                     {host for host in inventory if host.name in prepare_errors})
         if not dry_run and state.active_hosts:
-            from clonefleet.deploy_facts import skip_recheck_until_changed
+            from clonefleet.deploy_facts import reuse_at_execution
 
-            skip_recheck_until_changed(state)
+            reuse_at_execution(state, readings)
             state.set_stage(StateStage.Execute)
             started = time.monotonic()
             try:
@@ -193,6 +194,7 @@ def _run_pyinfra(hosts: list[tuple[str, dict[str, Any]]], lazy: LazyHostData,
                 collector.run_error = " ".join(str(error).split())[:300]
             phases["execute"] = time.monotonic() - started
     finally:
+        shadows.close()
         pyinfra_logger.removeHandler(collector)
     activated = set(inventory.iter_activated_hosts())
     for host in inventory:
@@ -205,7 +207,10 @@ def _run_pyinfra(hosts: list[tuple[str, dict[str, Any]]], lazy: LazyHostData,
             results[host.name]["errors"].insert(0, prepare_errors[host.name])
         results[host.name]["timings"] = _timings(state, host, phases,
                                                  prepare_seconds.get(host.name, 0.0), collector)
-        results[host.name]["timings"]["facts"] = fact_counts.get(host.name, {})
+        if host.name in readings:
+            results[host.name]["timings"]["facts"] = {
+                "in one go": readings[host.name].in_one_go,
+                "alone": readings[host.name].alone}
         _connection_result(results[host.name], host, host in activated, collector)
     state.set_stage(StateStage.Disconnect)
     disconnect_all(state)
@@ -289,15 +294,17 @@ def _after_deploy(fleet: Fleet, store: StateStore, secrets: SecretStore, nodes: 
 
 def _prepare_each(state: Any, deploy_function: Callable[..., Any],
                   seconds: dict[str, float], fact_lists: dict[str, FactList],
-                  fact_counts: dict[str, dict[str, int]], save_lists: bool) -> dict[str, str]:
+                  readings: dict[str, FactReadings], shadows: contextlib.ExitStack,
+                  save_lists: bool) -> dict[str, str]:
     """Prepare the deploy on every host at once (one greenlet each, as the pyinfra CLI
     does), so that an operation that cannot even be prepared (a fact that fails, a path of
     the wrong type) is that host's error, not everyone's.
 
     Facts (`clonefleet.deploy_facts`): those the host's last deploy read are read first in
     one command, the rest on their own, each once; the list of what was read is saved for
-    the next run (`save_lists`). Each host's preparation time goes into `seconds`, its
-    fact counts into `fact_counts`."""
+    the next run (`save_lists`). Each host's `FactReadings` go into `readings`, and stay in
+    use until `shadows` is closed (after the run). Each host's preparation time goes into
+    `seconds`."""
     import gevent
     from pyinfra.api.deploy import add_deploy
     from pyinfra.context import ctx_config
@@ -314,17 +321,16 @@ def _prepare_each(state: Any, deploy_function: Callable[..., Any],
         except Exception:  # the list is only a shortcut: read each fact on its own
             logging.getLogger(__name__).debug("facts in one go failed", exc_info=True)
             known = {}
-        readings = FactReadings(known)
+        readings[host.name] = shadows.enter_context(facts_read_once(host, FactReadings(known)))
         try:
-            with ctx_config.use(state.config.copy()), facts_read_once(host, readings):
+            with ctx_config.use(state.config.copy()):
                 add_deploy(state, deploy_function, host=host)
         except Exception as error:  # reported as the host's own error
             errors[host.name] = (f"cannot prepare the deploy: {type(error).__name__}: "
                                  f"{' '.join(str(error).split())[:300]}")
         if fact_list and save_lists:  # what was read up to a failure helps the next try
-            fact_list.save(readings.listed())
+            fact_list.save(readings[host.name].listed())
         seconds[host.name] = time.monotonic() - started
-        fact_counts[host.name] = {"in one go": readings.in_one_go, "alone": readings.alone}
 
     gevent.joinall([state.pool.spawn(prepare, host)
                     for host in list(state.inventory.get_active_hosts())])

@@ -52,6 +52,13 @@ def unchanged():
     counted_put(name="second", content="two", dest=TARGET + ".2")
 
 
+@deploy("a change, then two files that are up to date")
+def change_then_two():
+    server.shell(name="a change", commands=["true"])
+    counted_put(name="first", content="one", dest=TARGET + ".1")
+    counted_put(name="second", content="two", dest=TARGET + ".2")
+
+
 class Failing(FactBase):
     def command(self):
         return "echo half an answer; exit 3"
@@ -113,7 +120,8 @@ def test_a_deploy_with_nothing_to_do_reads_each_fact_once(node: tuple[Fleet, Pat
     # Once each while preparing (not twice per operation), and not again while executing;
     # both in one command, from the list the first deploy left.
     assert readings(target) == [f"{target}.1", f"{target}.2"]
-    assert first.timings["facts"] == {"in one go": 0, "alone": 2}
+    # The first run: each read alone while prepared; file.2 again after file.1 was written.
+    assert first.timings["facts"] == {"in one go": 1, "alone": 2}
     assert second.timings["facts"] == {"in one go": 2, "alone": 0}
 
 
@@ -140,3 +148,19 @@ def test_an_operation_after_a_change_reads_the_node_again(node: tuple[Fleet, Pat
     assert (target.parent / "file.2").read_text() == "two"
     # Read while preparing (up to date then) and again after the removal ran.
     assert readings(target) == [f"{target}.2", f"{target}.2"]
+
+
+def test_after_a_change_the_next_operations_facts_are_read_in_one_go(
+        node: tuple[Fleet, Path]) -> None:
+    fleet, target = node
+    run(fleet, "unchanged")
+    readings(target)
+
+    result = run(fleet, "change_then_two")
+
+    assert result.changed == ("factdeploy:change_then_two | a change",) \
+        or len(result.changed) == 1, result.changed
+    # Prepared: each file read once (alone: this deploy has no list yet). Executed: both read
+    # again after the change, in one command, and each only once.
+    assert readings(target) == [f"{target}.1", f"{target}.2", f"{target}.1", f"{target}.2"]
+    assert result.timings["facts"] == {"in one go": 2, "alone": 2}
