@@ -30,11 +30,11 @@ facts too, so the node's first deploy over SSH already starts from that list.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import copy
 import importlib
 import json
+import secrets
 import shlex
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -226,14 +226,18 @@ def read_in_one_go(host: Any, entries: list[dict[str, Any]]) -> dict[Key, Any]:
         planned.append((key, fact, text))
     if not planned:
         return {}
-    status, output = host.run_shell_command(StringCommand(batch_script(
-        [text for _, _, text in planned])), _timeout=READ_TIMEOUT)
-    lines = output.stdout_lines
-    if not status or len(lines) != len(planned):
+    marker = f"--clonefleet-fact-{secrets.token_hex(8)}"
+    try:
+        status, output = host.run_shell_command(StringCommand(batch_script(
+            [text for _, _, text in planned], marker)), _timeout=READ_TIMEOUT)
+    except Exception:  # a shortcut only: each fact is then read alone, with pyinfra's errors
+        return {}
+    outputs = split_batch(output.stdout_lines, marker) if status else None
+    if outputs is None or len(outputs) != len(planned):
         return {}
     answers = {}
-    for (key, fact, _), line in zip(planned, lines, strict=True):
-        value = _answer(fact, line)
+    for (key, fact, _), (code, lines) in zip(planned, outputs, strict=True):
+        value = _answer(fact, code, lines)
         if value is not _UNREAD:
             answers[key] = value
     return answers
@@ -254,33 +258,38 @@ def _raw(attribute: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     return value.get_raw_value() if isinstance(value, StringCommand) else str(value)
 
 
-def batch_script(commands: list[str]) -> str:
-    """Shell running each command in a subshell and printing, per command, one line:
-    its exit status and its standard output in base64 (so no output can be mistaken for
-    another's)."""
-    parts = ['t=$(mktemp) || exit 1']
-    for command in commands:
-        parts.append(f"( {command}\n) > \"$t\" 2>/dev/null; printf '%s ' \"$?\"; "
-                     "base64 -w0 \"$t\"; echo")
-    parts.append('rm -f "$t"')
-    return "\n".join(parts)
+def batch_script(commands: list[str], marker: str) -> str:
+    """Shell running each command in a subshell, standard error dropped, and after each an
+    empty line's newline and a line `MARKER STATUS`."""
+    return "\n".join(f"( {command}\n) 2>/dev/null; s=$?; echo; echo \"{marker} $s\""
+                     for command in commands)
 
 
-def _answer(fact: Any, line: str) -> Any:
-    """A fact's value from its line of `batch_script` output, as pyinfra would have made it
-    from the command's own output; `_UNREAD` when it failed or cannot be parsed."""
-    status, _, encoded = line.partition(" ")
-    if status != "0":
-        return _UNREAD
-    try:
-        text = base64.b64decode(encoded, validate=True).decode()
-    except ValueError:
-        return _UNREAD
-    # pyinfra's lines: the output split at newlines, each without its newline.
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if lines == [MISSING_COMMAND]:
+def split_batch(lines: list[str], marker: str) -> list[tuple[str, list[str]]] | None:
+    """Each command's (exit status, output lines as pyinfra makes them) from the output lines
+    of `batch_script`; None when the output does not end with a marker.
+
+    Before each marker are the command's output split at its newlines, plus the one `echo`
+    added: exactly `output.split("\\n")`. pyinfra reads a command's lines from that without
+    their newlines, so a last empty piece (the output ended with a newline, or was empty)
+    is not a line."""
+    outputs: list[tuple[str, list[str]]] = []
+    pieces: list[str] = []
+    for line in lines:
+        if line.startswith(f"{marker} "):
+            if pieces and pieces[-1] == "":
+                pieces.pop()
+            outputs.append((line[len(marker) + 1:], pieces))
+            pieces = []
+        else:
+            pieces.append(line)
+    return outputs if not pieces else None
+
+
+def _answer(fact: Any, status: str, lines: list[str]) -> Any:
+    """A fact's value from its exit status and output lines, as pyinfra would have made it;
+    `_UNREAD` when it failed or cannot be parsed."""
+    if status != "0" or lines == [MISSING_COMMAND]:
         return _UNREAD
     if not lines:
         return fact.default()

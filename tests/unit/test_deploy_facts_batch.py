@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from pyinfra.api.facts import FactBase
 
-from clonefleet.deploy_facts import _UNREAD, MISSING_COMMAND, _answer, batch_script
+from clonefleet.deploy_facts import _UNREAD, MISSING_COMMAND, _answer, batch_script, split_batch
 
 COMMANDS = [
     "printf 'a\\nb'",  # no newline at the end
@@ -47,23 +47,38 @@ def alone(command: str) -> object:
     return Lines().process(lines) if lines else Lines().default()
 
 
+MARKER = "--clonefleet-fact-test"
+
+
 def test_each_command_of_the_batch_reads_as_it_would_alone() -> None:
-    done = subprocess.run(["sh", "-c", batch_script(COMMANDS)], capture_output=True, text=True,
+    done = subprocess.run(["sh", "-c", batch_script(COMMANDS, MARKER)], capture_output=True,
                           timeout=30)
 
-    assert done.returncode == 0
-    lines = done.stdout.split("\n")[:-1]
-    assert len(lines) == len(COMMANDS)
-    got = [_answer(Lines(), line) for line in lines]
+    assert done.returncode == 0 and done.stderr == b""
+    # Lines as pyinfra reads a command's output: split at newlines, each without its own.
+    lines = [line.rstrip("\n") for line in done.stdout.decode().splitlines(keepends=True)]
+    outputs = split_batch(lines, MARKER)
+    assert outputs is not None and len(outputs) == len(COMMANDS)
+    got = [_answer(Lines(), status, output) for status, output in outputs]
     assert got == [alone(command) for command in COMMANDS]
-    assert got[0] == ["a", "b"] and got[1] == ["a", ""] and got[3] == ["<default>"]
+    assert got[0] == ["a", "b"] and got[1] == ["a", ""] and got[2] == [""]
+    assert got[3] == ["<default>"] and got[4] == ["x  y", "  indented"]
     assert got[7] is _UNREAD and got[9] is _UNREAD and got[11] == ["after"]
 
 
-@pytest.mark.parametrize("line", ["", "0 not-base64!", "x YQ==", "1 YQ==", "2 "])
-def test_a_garbled_or_failed_line_is_not_an_answer(line: str) -> None:
-    assert _answer(Lines(), line) is _UNREAD
+def test_output_cut_short_is_no_answer() -> None:
+    assert split_batch(["a", f"{MARKER} 0", "b"], MARKER) is None
+    assert split_batch(["a", "", f"{MARKER} 0"], MARKER) == [("0", ["a"])]
 
 
-def test_no_output_with_exit_0_is_the_fact_s_default() -> None:
-    assert _answer(Lines(), "0 ") == ["<default>"]
+@pytest.mark.parametrize("status", ["1", "127", ""])
+def test_a_failed_command_is_not_an_answer(status: str) -> None:
+    assert _answer(Lines(), status, ["x"]) is _UNREAD
+
+
+def test_a_fact_that_cannot_process_its_output_is_read_alone() -> None:
+    class Strict(Lines):
+        def process(self, output: list[str]) -> list[str]:
+            raise ValueError(output)
+
+    assert _answer(Strict(), "0", ["x"]) is _UNREAD
