@@ -111,6 +111,8 @@ BANNER = (
 
 # Lynis' profile: cron folders and sshd's settings readable by root only (they reveal what
 # runs when, and how access is guarded); sudoers.d as sudo itself expects it.
+# /boot/grub/grub.cfg (the installer writes it so too: clonefleet/install/rescue.py).
+GRUB_CFG_MODE = "600"
 RESTRICTED_DIRECTORIES = ("/etc/cron.d", "/etc/cron.daily", "/etc/cron.hourly",
                           "/etc/cron.weekly", "/etc/cron.monthly")
 
@@ -252,4 +254,4 @@ def _permissions() -> None:
     if host.get_fact(File, path="/boot/grub/grub.cfg"):
         # grub.cfg names the kernel command line and disks; update-grub resets it to 444.
         files.file(name="Permissions /boot/grub/grub.cfg", path="/boot/grub/grub.cfg",
-                   mode="600")
+                   mode=GRUB_CFG_MODE)

@@ -34,6 +34,11 @@ from clonefleet.keyslots import INSTALL_SLOTS, RECOVERY, Pbkdf, active_slots, ad
 from clonefleet.ssh import RemoteShell
 
 Step = Callable[[str], None]
+
+# grub.cfg names the kernel command line and the disks: root only, as the hardening deploy
+# keeps it (deploys/hardening.py; update-grub itself leaves it readable by everyone), so the
+# node's first deploy finds nothing to change there.
+GRUB_CFG_MODE = "600"
 TARGET = "/mnt/clonefleet"
 ESP_MOUNT = "/boot/efi"  # inside the target
 # The path UEFI firmware boots from a disk with no boot entry in its NVRAM (a replaced disk,
@@ -229,7 +234,7 @@ class RescueInstaller:
                 "set -e; export DEBIAN_FRONTEND=noninteractive; "
                 f"echo 'grub-pc grub-pc/install_devices multiselect {devices}' "
                 "| debconf-set-selections; "
-                f"{installs}; update-grub"),
+                f"{installs}; update-grub; chmod {GRUB_CFG_MODE} /boot/grub/grub.cfg"),
             what="grub-install (BIOS)", timeout=900)
         for disk in self.disks:
             self._efi_bootloader(disk)

@@ -148,6 +148,16 @@ def test_grub_goes_on_every_disk_for_bios_and_to_every_esp_for_uefi(tmp_path: Pa
     assert plan.serials[0] in shell.commands[order[1]]
 
 
+def test_grub_cfg_is_left_as_the_hardening_deploy_keeps_it(tmp_path: Path) -> None:
+    from clonefleet.install.rescue import GRUB_CFG_MODE
+    from deploys.hardening import GRUB_CFG_MODE as HARDENED
+
+    shell, _, _ = _install("fsn-1", tmp_path)
+    bios = _one(shell.commands, "grub-pc/install_devices")
+    assert GRUB_CFG_MODE == HARDENED == "600"
+    assert bios.index("update-grub") < bios.index("chmod 600 /boot/grub/grub.cfg")
+
+
 def test_a_rescue_booted_with_uefi_is_installed_and_logged(tmp_path: Path) -> None:
     shell, _, logged = _install("fsn-1", tmp_path, uefi=True)
     assert any("booted UEFI" in line for line in logged)
