@@ -149,6 +149,10 @@ def main() -> None:
         print(f"deploy: {describe_timings(report.deploy_timings)}")
         for name, seconds in report.deploy_timings["slowest"]:
             print(f"  {seconds:7.1f} s  {name}")
+        # After the bake only what needs the running node should change; each change makes
+        # the operations after it read the node again (clonefleet/deploy_facts.py).
+        print(f"deploy changed {len(report.deploy_changes)}: "
+              + "; ".join(report.deploy_changes))
 
     for count in counts:
         with tempfile.TemporaryDirectory(prefix="clonefleet-bench-") as folder:
