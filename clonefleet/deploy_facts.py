@@ -302,34 +302,32 @@ def _answer(fact: Any, status: str, lines: list[str]) -> Any:
 def reuse_at_execution(state: Any, readings: dict[str, FactReadings]) -> int:
     """Before a prepared deploy runs: count, per host, the commands its operations hand to
     it (so that its `FactReadings` know when answers stop holding), and make every operation
-    that was prepared as changing nothing skip its execution-time reading while no earlier
-    operation on its host has run a command. The number of such operations."""
+    that was prepared as changing nothing skip its execution-time reading while no command
+    has run on its host yet. The number of such operations."""
     guarded = 0
     for host in state.inventory:
-        ops = state.ops.get(host, {})
         host_readings = readings.get(host.name)
-        earlier: list[Any] = []
+        if host_readings is None:  # not prepared: it runs nothing
+            continue
+        ops = state.ops.get(host, {})
         for op_hash in state.get_op_order():
             if op_hash not in ops:
                 continue
             op_data = ops[op_hash]
-            meta = op_data.operation_meta
             # will_change: found while preparing, with pyinfra's change check.
-            if state.should_check_for_changes() and meta.will_change is False:
+            if state.should_check_for_changes() and op_data.operation_meta.will_change is False:
                 op_data.command_generator = _unless_changed(op_data.command_generator,
-                                                            tuple(earlier))
+                                                            host_readings)
                 guarded += 1
-            if host_readings is not None:
-                op_data.command_generator = _counted(op_data.command_generator, host_readings)
-            earlier.append(meta)
+            op_data.command_generator = _counted(op_data.command_generator, host_readings)
     return guarded
 
 
 def _unless_changed(generator: Callable[[], Iterator[Any]],
-                    earlier: tuple[Any, ...]) -> Callable[[], Iterator[Any]]:
+                    readings: FactReadings) -> Callable[[], Iterator[Any]]:
     def guarded() -> Iterator[Any]:
-        # `executed`: the operation ran at least one command (even one that failed).
-        if any(meta.executed for meta in earlier):
+        # Every command an operation yields is counted (`_counted`), even one that failed.
+        if readings.ran:
             yield from generator()
 
     return guarded
