@@ -66,15 +66,19 @@ class Shell(Protocol):
 @dataclass(frozen=True)
 class Pbkdf:
     """The key derivation for a new slot: argon2id with this much memory; `iterations`
-    fixed (tests) or, when None, benchmarked by cryptsetup as luksFormat does."""
+    fixed (tests) or, when None, benchmarked by cryptsetup as luksFormat does, for
+    cryptsetup's default unlock time or `iter_time_ms` (tests)."""
 
     memory_kib: int
     iterations: int | None = None
+    iter_time_ms: int | None = None
 
     def arguments(self) -> str:
         text = f"--pbkdf argon2id --pbkdf-memory {int(self.memory_kib)}"
         if self.iterations is not None:
             text += f" --pbkdf-force-iterations {int(self.iterations)}"
+        elif self.iter_time_ms is not None:
+            text += f" --iter-time {int(self.iter_time_ms)}"
         return text
 
 
@@ -121,6 +125,45 @@ def add_key_command(device: str, slot: int, pbkdf: Pbkdf, existing: str,
     body = (f"cryptsetup luksAddKey --batch-mode {pbkdf.arguments()} --key-slot {int(slot)} "
             f'--key-file "$d/existing" {shlex.quote(device)} "$d/new"')
     return _with_secret_files(("existing", "new"), body), _secrets_input(existing, new)
+
+
+VOLUME_KEY_BYTES = 64  # aes-xts-plain64 with two 256-bit keys (LUKS2's default, said aloud)
+
+
+def format_command(device: str, pbkdf: Pbkdf, uuid: str, label: str, passphrase: str,
+                   recovery_key: str | None, open_as: str | None) -> tuple[str, bytes]:
+    """(command, stdin) making `device` a LUKS2 volume with `passphrase` in the escrow slot
+    and `recovery_key` (when given) in the recovery slot, then mapping it as `open_as`.
+
+    The volume key is drawn once into the same private tmpfs folder as the secrets, so the
+    recovery slot is added and the volume opened with it: no key derivation to unlock slot
+    0 again, and no second benchmark (the recovery slot costs the iterations cryptsetup
+    measured for slot 0, read from the header). The folder goes when the command ends.
+    """
+    names = ("passphrase", "recovery") if recovery_key is not None else ("passphrase",)
+    escrow, recovery = INSTALL_SLOTS[ESCROW], INSTALL_SLOTS[RECOVERY]
+    target = shlex.quote(device)
+    body = (f'head -c {VOLUME_KEY_BYTES} /dev/urandom > "$d/volume-key"; '
+            f"cryptsetup luksFormat --batch-mode --type luks2 --cipher aes-xts-plain64 "
+            f"--key-size {VOLUME_KEY_BYTES * 8} {pbkdf.arguments()} --key-slot {escrow} "
+            f"--uuid {shlex.quote(uuid)} --label {shlex.quote(label)} "
+            f'--volume-key-file "$d/volume-key" --key-file "$d/passphrase" {target}; ')
+    if recovery_key is not None:
+        iterations = (str(int(pbkdf.iterations)) if pbkdf.iterations is not None else
+                      f"$(cryptsetup luksDump {target} | sed -n "
+                      f"'/^  {escrow}: luks2/,/^  [0-9]*: /s/^\\tTime cost: *//p' | head -n 1)")
+        memory = Pbkdf(pbkdf.memory_kib)
+        body += (f"t={iterations}; "
+                 f'case "$t" in ""|*[!0-9]*) echo "no argon2 time cost for key slot {escrow} '
+                 f'in the LUKS header" >&2; exit 92;; esac; '
+                 f"cryptsetup luksAddKey --batch-mode {memory.arguments()} "
+                 f'--pbkdf-force-iterations "$t" --key-slot {recovery} '
+                 f'--volume-key-file "$d/volume-key" {target} "$d/recovery"; ')
+    if open_as is not None:
+        body += (f'cryptsetup open --allow-discards --volume-key-file "$d/volume-key" '
+                 f"{target} {shlex.quote(open_as)}; ")
+    secrets_in = (passphrase,) if recovery_key is None else (passphrase, recovery_key)
+    return _with_secret_files(names, body), _secrets_input(*secrets_in)
 
 
 def kill_slot_command(device: str, slot: int, remaining: str) -> tuple[str, bytes]:

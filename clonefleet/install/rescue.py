@@ -30,7 +30,7 @@ from clonefleet.install.plan import (
     PART_ROOT,
     InstallPlan,
 )
-from clonefleet.keyslots import INSTALL_SLOTS, RECOVERY, Pbkdf, active_slots, add_key_command
+from clonefleet.keyslots import INSTALL_SLOTS, Pbkdf, active_slots, format_command
 from clonefleet.ssh import RemoteShell
 
 Step = Callable[[str], None]
@@ -165,23 +165,14 @@ class RescueInstaller:
         return self._part(disk, PART_BOOT), self._part(disk, PART_ROOT)
 
     def _luks(self, passphrase: str, recovery_key: str | None = None) -> None:
+        """Slot 0 holds the escrowed passphrase, slot 1 (when given) the offline recovery key;
+        then the volume is mapped as `root`. One command (`clonefleet.keyslots`): both
+        secrets on stdin into files on the rescue system's tmpfs, removed when it ends."""
         _, root = self._devices()
-        secret = passphrase.encode()  # exact bytes, no newline: unlock sends the same
-        self.sh(
-            f"cryptsetup luksFormat --batch-mode --type luks2 --pbkdf argon2id "
-            f"--pbkdf-memory {self.plan.pbkdf_memory_kib} --uuid {self.plan.layout.luks_uuid} "
-            f"--label cf-root --key-file - {root}",
-            input_data=secret, what="cryptsetup luksFormat")
-        if recovery_key is not None:
-            # Slot 0 holds the escrowed passphrase (luksFormat's first free slot), slot 1 the
-            # offline recovery key: both secrets on stdin, into files on the rescue
-            # system's tmpfs that the command removes (see clonefleet.keyslots).
-            command, stdin = add_key_command(root, INSTALL_SLOTS[RECOVERY],
-                                             Pbkdf(self.plan.pbkdf_memory_kib), passphrase,
-                                             recovery_key)
-            self.sh(command, input_data=stdin, what="cryptsetup luksAddKey (recovery key)")
-        self.sh(f"cryptsetup open --allow-discards --key-file - {root} root",
-                input_data=secret, what="cryptsetup open")
+        command, stdin = format_command(root, Pbkdf(self.plan.pbkdf_memory_kib),
+                                        self.plan.layout.luks_uuid, "cf-root", passphrase,
+                                        recovery_key, open_as="root")
+        self.sh(command, input_data=stdin, what="cryptsetup luksFormat, luksAddKey and open")
 
     def _filesystems(self) -> None:
         boot, _ = self._devices()

@@ -28,6 +28,8 @@ from clonefleet.keyslots import (
     LuksVolume,
     Pbkdf,
     add_key_command,
+    format_command,
+    slot_memory_kib,
 )
 from clonefleet.keystore import Keystore
 from clonefleet.providers.base import ServerInfo, SshAccess
@@ -163,6 +165,36 @@ def test_installer_recovery_slot_opens_the_volume_next_to_the_escrowed_passphras
     command, _ = add_key_command("/dev/x", 1, FAST, "old-secret", "new-secret")
     assert "old-secret" not in command and "new-secret" not in command
     assert lab.store.get_fact(NODE, keyslots.LUKS_SLOTS) == {ESCROW: 0, RECOVERY: 1}
+
+
+def test_installer_format_gives_both_slots_the_cost_cryptsetup_measured_once(
+        lab: Lab) -> None:
+    """The installer's one command: luksFormat benchmarks slot 0, the recovery slot is added
+    with the volume key at slot 0's iterations (read back from the header), nothing is left
+    on the tmpfs. (Mapping the volume needs device-mapper, which the lab VMs exercise.)"""
+    before = leftover_secret_folders()
+    path = lab.folder / "fresh.luks"
+    with path.open("wb") as handle:
+        handle.truncate(20 << 20)
+    passphrase, recovery_key = keyslots.new_passphrase(), keyslots.new_recovery_key()
+    quick = Pbkdf(memory_kib=64, iter_time_ms=100)  # still benchmarked by luksFormat
+    command, stdin = format_command(str(path), quick, LUKS_UUID, "cf-root", passphrase,
+                                    recovery_key, open_as=None)
+    assert passphrase not in command and recovery_key not in command
+
+    lab.shell.run(f"set -e; {command}", input_data=stdin, what="format")
+
+    volume = LuksVolume(lab.shell, str(path), "test node")
+    dump = volume.dump()
+    assert volume.slots() == [INSTALL_SLOTS[ESCROW], INSTALL_SLOTS[RECOVERY]]
+    costs = [line.split(":")[1].strip() for line in dump.splitlines()
+             if line.strip().startswith("Time cost:")]
+    assert len(costs) == 2 and costs[0] == costs[1] and int(costs[0]) >= 4
+    assert slot_memory_kib(dump, 1) == 64 and LUKS_UUID in dump and "cf-root" in dump
+    assert volume.opens(passphrase) == INSTALL_SLOTS[ESCROW]
+    assert volume.opens(recovery_key) == INSTALL_SLOTS[RECOVERY]
+    assert volume.opens(keyslots.new_passphrase()) is None
+    assert leftover_secret_folders() == before
 
 
 def test_rotation_replaces_the_escrowed_passphrase_and_keeps_the_recovery_key(
