@@ -34,6 +34,7 @@ import contextlib
 import copy
 import importlib
 import json
+import logging
 import secrets
 import shlex
 from collections.abc import Callable, Iterable, Iterator
@@ -137,7 +138,8 @@ class FactReadings:
 
 
 @contextlib.contextmanager
-def facts_read_once(host: Any, readings: FactReadings | None = None) -> Iterator[FactReadings]:
+def facts_read_once(host: Any, readings: FactReadings | None = None,
+                    read: Callable[..., Any] | None = None) -> Iterator[FactReadings]:
     """Read each (fact, arguments) from `host` once for as long as its answer holds: the
     whole preparation (nothing runs then), and while executing until the next command runs
     on the host (`reuse_at_execution` counts them); `readings` may hold answers already.
@@ -148,9 +150,11 @@ def facts_read_once(host: Any, readings: FactReadings | None = None) -> Iterator
     Operations read facts through `host.get_fact`; this shadows it on this one host object
     for the duration. Answers are copied out, so an operation that edits the structure it got
     does not change what the next one reads. An operation run with its own shell, user or
-    environment (pyinfra's `_sudo`, `_env`, ...) reads its facts itself, uncached."""
+    environment (pyinfra's `_sudo`, `_env`, ...) reads its facts itself, uncached.
+
+    `read`: how a fact is read on its own (default: pyinfra's `host.get_fact`)."""
     readings = readings if readings is not None else FactReadings()
-    original = host.get_fact
+    original = read or host.get_fact
 
     def get_fact(fact: Any, *args: Any, **kwargs: Any) -> Any:
         key, listable = _key(fact, args, kwargs)
@@ -184,6 +188,28 @@ def facts_read_once(host: Any, readings: FactReadings | None = None) -> Iterator
         yield readings
     finally:
         del host.get_fact
+
+
+def answer_or_default(host: Any) -> Callable[..., Any]:
+    """A fact reader for a pass that only lists the facts a deploy asks (`facts_read_once`'s
+    `read`): a fact that cannot be read where the pass runs (a running systemd's unit states
+    in a chroot, a database that is not running) answers its default instead of failing the
+    host, and pyinfra's error for it is not shown."""
+    from pyinfra.api.facts import get_fact
+
+    def read(fact: Any, *args: Any, **kwargs: Any) -> Any:
+        pyinfra_logger = logging.getLogger("pyinfra")
+        level = pyinfra_logger.level
+        pyinfra_logger.setLevel(logging.CRITICAL)
+        try:
+            return get_fact(host.state, host, fact, args=args, kwargs=kwargs,
+                            apply_failed_hosts=False)
+        except Exception:
+            return fact().default() if _fact_name(fact) else None
+        finally:
+            pyinfra_logger.setLevel(level)
+
+    return read
 
 
 def _own_arguments(host: Any) -> bool:

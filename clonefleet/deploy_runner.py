@@ -114,11 +114,14 @@ def _run_in_chroot(secrets: SecretStore, hosts: list[tuple[str, dict[str, Any]]]
     _run_pyinfra([(target, data)], LazyHostData({}), deploy_function, False, secrets,
                  results, {}, lists)
     if not results[target]["failed"]:
-        # Prepared once more, changing nothing: the facts a deploy finds nothing to do with
-        # (a file's checksum, not just its absence) are listed, so the node's first deploy
-        # over SSH reads nearly all of its facts in one go.
-        _run_pyinfra([(target, data)], LazyHostData({}), deploy_function, True, secrets, {},
-                     {}, lists, save_fact_lists=True)
+        # Prepared once more as the node's first deploy over SSH will prepare it (online),
+        # changing nothing, only to list the facts it asks: those of files it finds nothing
+        # to do with (a file's checksum, not just its absence) and those only a running node
+        # can answer (a unit's state), which answer their default here. That deploy then
+        # reads nearly all of its facts in one go.
+        online = {**data, "clonefleet_offline": False}
+        _run_pyinfra([(target, online)], LazyHostData({}), deploy_function, True, secrets,
+                     {}, {}, lists, save_fact_lists=True, list_only=True)
     return {name: results[target]}
 
 
@@ -132,10 +135,12 @@ def _fact_list(state_dir: Path, node: str, deploy_ref: str) -> FactList:
 def _run_pyinfra(hosts: list[tuple[str, dict[str, Any]]], lazy: LazyHostData,
                  deploy_function: Callable[..., Any], dry_run: bool, secrets: SecretStore,
                  results: dict[str, Any], succeeded: dict[str, frozenset[str]],
-                 fact_lists: dict[str, FactList], save_fact_lists: bool | None = None) -> None:
+                 fact_lists: dict[str, FactList], save_fact_lists: bool | None = None,
+                 list_only: bool = False) -> None:
     """Connect, prepare and (unless `dry_run`) run; each host's result into `results`.
     `fact_lists`: per inventory host, the list of facts its deploys read, saved again after
-    the preparation when `save_fact_lists` (default: not on a dry run)."""
+    the preparation when `save_fact_lists` (default: not on a dry run). `list_only` (with
+    `dry_run`): a fact that cannot be read answers its default (`answer_or_default`)."""
     from pyinfra.api.config import Config
     from pyinfra.api.connect import connect_all, disconnect_all
     from pyinfra.api.exceptions import PyinfraError
@@ -175,7 +180,7 @@ def _run_pyinfra(hosts: list[tuple[str, dict[str, Any]]], lazy: LazyHostData,
                 prepare_errors = _prepare_each(state, deploy_function, prepare_seconds,
                                                fact_lists, readings, shadows,
                                                not dry_run if save_fact_lists is None
-                                               else save_fact_lists)
+                                               else save_fact_lists, list_only)
             # A host whose deploy could not be prepared runs none of it.
             with contextlib.suppress(PyinfraError):
                 state.fail_hosts(  # type: ignore[no-untyped-call]
@@ -295,7 +300,7 @@ def _after_deploy(fleet: Fleet, store: StateStore, secrets: SecretStore, nodes: 
 def _prepare_each(state: Any, deploy_function: Callable[..., Any],
                   seconds: dict[str, float], fact_lists: dict[str, FactList],
                   readings: dict[str, FactReadings], shadows: contextlib.ExitStack,
-                  save_lists: bool) -> dict[str, str]:
+                  save_lists: bool, list_only: bool = False) -> dict[str, str]:
     """Prepare the deploy on every host at once (one greenlet each, as the pyinfra CLI
     does), so that an operation that cannot even be prepared (a fact that fails, a path of
     the wrong type) is that host's error, not everyone's.
@@ -304,12 +309,17 @@ def _prepare_each(state: Any, deploy_function: Callable[..., Any],
     one command, the rest on their own, each once; the list of what was read is saved for
     the next run (`save_lists`). Each host's `FactReadings` go into `readings`, and stay in
     use until `shadows` is closed (after the run). Each host's preparation time goes into
-    `seconds`."""
+    `seconds`. `list_only`: facts that cannot be read answer their default."""
     import gevent
     from pyinfra.api.deploy import add_deploy
     from pyinfra.context import ctx_config
 
-    from clonefleet.deploy_facts import FactReadings, facts_read_once, read_in_one_go
+    from clonefleet.deploy_facts import (
+        FactReadings,
+        answer_or_default,
+        facts_read_once,
+        read_in_one_go,
+    )
 
     errors = {}
 
@@ -321,10 +331,13 @@ def _prepare_each(state: Any, deploy_function: Callable[..., Any],
         except Exception:  # the list is only a shortcut: read each fact on its own
             logging.getLogger(__name__).debug("facts in one go failed", exc_info=True)
             known = {}
-        readings[host.name] = shadows.enter_context(facts_read_once(host, FactReadings(known)))
+        readings[host.name] = shadows.enter_context(facts_read_once(
+            host, FactReadings(known), answer_or_default(host) if list_only else None))
         try:
             with ctx_config.use(state.config.copy()):
                 add_deploy(state, deploy_function, host=host)
+                if list_only:
+                    _ask_to_the_end(state, host)
         except Exception as error:  # reported as the host's own error
             errors[host.name] = (f"cannot prepare the deploy: {type(error).__name__}: "
                                  f"{' '.join(str(error).split())[:300]}")
@@ -335,6 +348,21 @@ def _prepare_each(state: Any, deploy_function: Callable[..., Any],
     gevent.joinall([state.pool.spawn(prepare, host)
                     for host in list(state.inventory.get_active_hosts())])
     return errors
+
+
+def _ask_to_the_end(state: Any, host: Any) -> None:
+    """Run each prepared operation of `host` to its end, commands discarded: pyinfra stops
+    preparing an operation at its first command, so the facts it would ask after that (a
+    unit's enabled state after "start it") would not be listed otherwise."""
+    from pyinfra.context import ctx_host, ctx_state
+
+    with ctx_state.use(state), ctx_host.use(host):
+        for op_hash in state.get_op_order():
+            op_data = state.ops.get(host, {}).get(op_hash)
+            if op_data is not None:
+                with contextlib.suppress(Exception):  # listing only: what it asked is kept
+                    for _command in op_data.command_generator():
+                        pass
 
 
 SLOWEST = 8  # operations named in a deploy's timings

@@ -6,6 +6,8 @@ issued, no DNS endpoint), and a second bake of the same tree changes nothing."""
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,19 @@ def test_a_bake_configures_and_enables_the_node_and_records_nothing(
                          tmp_dir=memory)
     assert second.changed == 0, second
     assert second.unchanged >= first.changed
+
+    # The facts the node's first deploy over SSH will ask are listed for it to read in one
+    # go: the files it finds in place, and those only the running node answers.
+    listed = json.loads((chroot_fleet.state_dir / "facts-read" / NODE /
+                         "deploys.full.node.json").read_text())
+    asked = {(entry["fact"].rpartition(":")[2], json.dumps(entry["kwargs"], sort_keys=True))
+             for entry in listed}
+    chrony = json.dumps({"machine": None, "services": ["chrony.service"], "user_mode": False,
+                         "user_name": None})
+    # a running systemd's answers: the unit's state, and whether it is enabled, which the
+    # deploy asks only after its first command ("start it") for a unit found stopped here
+    assert {("SystemdStatus", chrony), ("SystemdEnabled", chrony)} <= asked
+    assert ("Sha256File", json.dumps({"path": "/etc/haproxy/haproxy.cfg"})) in asked
 
 
 def test_a_bake_that_fails_names_the_node_and_the_cause(
