@@ -137,8 +137,10 @@ def format_command(device: str, pbkdf: Pbkdf, uuid: str, label: str, passphrase:
 
     The volume key is drawn once into the same private tmpfs folder as the secrets, so the
     recovery slot is added and the volume opened with it: no key derivation to unlock slot
-    0 again, and no second benchmark (the recovery slot costs the iterations cryptsetup
-    measured for slot 0, read from the header). The folder goes when the command ends.
+    0 again, and no second benchmark. The recovery slot costs exactly what cryptsetup's
+    benchmark gave slot 0, read back from the header: its iterations, and its memory and
+    threads too (the benchmark lowers the memory below `pbkdf.memory_kib` on a CPU too slow
+    for the minimum of 4 iterations at that size). The folder goes when the command ends.
     """
     names = ("passphrase", "recovery") if recovery_key is not None else ("passphrase",)
     escrow, recovery = INSTALL_SLOTS[ESCROW], INSTALL_SLOTS[RECOVERY]
@@ -149,16 +151,18 @@ def format_command(device: str, pbkdf: Pbkdf, uuid: str, label: str, passphrase:
             f"--uuid {shlex.quote(uuid)} --label {shlex.quote(label)} "
             f'--volume-key-file "$d/volume-key" --key-file "$d/passphrase" {target}; ')
     if recovery_key is not None:
-        iterations = (str(int(pbkdf.iterations)) if pbkdf.iterations is not None else
-                      f"$(cryptsetup luksDump {target} | sed -n "
-                      f"'/^  {escrow}: luks2/,/^  [0-9]*: /s/^\\tTime cost: *//p' | head -n 1)")
-        memory = Pbkdf(pbkdf.memory_kib)
-        body += (f"t={iterations}; "
-                 f'case "$t" in ""|*[!0-9]*) echo "no argon2 time cost for key slot {escrow} '
-                 f'in the LUKS header" >&2; exit 92;; esac; '
-                 f"cryptsetup luksAddKey --batch-mode {memory.arguments()} "
-                 f'--pbkdf-force-iterations "$t" --key-slot {recovery} '
-                 f'--volume-key-file "$d/volume-key" {target} "$d/recovery"; ')
+        # Only digits are captured, so the eval sets t, m and p and nothing else.
+        fields = ";".join(f"s/^\\t{field}: *\\([0-9][0-9]*\\)$/{name}=\\1/p"
+                          for field, name in (("Time cost", "t"), ("Memory", "m"),
+                                              ("Threads", "p")))
+        body += (f"t= m= p=; eval \"$(cryptsetup luksDump {target} | sed -n "
+                 f"'/^  {escrow}: luks2/,/^  [0-9]*: /{{{fields}}}')\"; "
+                 f'[ -n "$t" ] && [ -n "$m" ] && [ -n "$p" ] || {{ echo "no argon2 costs '
+                 f'for key slot {escrow} in the LUKS header" >&2; exit 92; }}; '
+                 f"cryptsetup luksAddKey --batch-mode --pbkdf argon2id "
+                 f'--pbkdf-force-iterations "$t" --pbkdf-memory "$m" --pbkdf-parallel "$p" '
+                 f'--key-slot {recovery} --volume-key-file "$d/volume-key" {target} '
+                 f'"$d/recovery"; ')
     if open_as is not None:
         body += (f'cryptsetup open --allow-discards --volume-key-file "$d/volume-key" '
                  f"{target} {shlex.quote(open_as)}; ")

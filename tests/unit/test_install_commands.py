@@ -225,10 +225,11 @@ def test_recovery_key_goes_to_slot_1_on_stdin_between_format_and_open(tmp_path: 
     assert format_at < add_at < open_at
     add = luks[add_at:].split(";")[0]
     assert "--key-slot 1" in add and "/dev/md/root" in add and '"$d/recovery"' in add
-    assert f"--pbkdf-memory {plan.pbkdf_memory_kib}" in add
+    assert f"--pbkdf-memory {plan.pbkdf_memory_kib}" in luks[format_at:add_at]
     # The recovery slot is added with the volume key, not by unlocking slot 0 again, and
-    # costs the iterations luksFormat measured for slot 0 (no second benchmark).
-    assert '--volume-key-file "$d/volume-key"' in add and '--pbkdf-force-iterations "$t"' in add
+    # costs what luksFormat's benchmark gave slot 0 (no second benchmark).
+    assert '--volume-key-file "$d/volume-key"' in add
+    assert '--pbkdf-force-iterations "$t" --pbkdf-memory "$m" --pbkdf-parallel "$p"' in add
     assert "--volume-key-file" in luks[open_at:].split(";")[0]
     assert key not in luks and "passphrase\n" not in luks
     assert shell.inputs[shell.commands.index(luks)] == f"passphrase\n{key}\n".encode()
