@@ -7,7 +7,6 @@ issued, no DNS endpoint), and a second bake of the same tree changes nothing."""
 from __future__ import annotations
 
 import json
-
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
