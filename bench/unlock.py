@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from clonefleet import nodefacts  # noqa: E402
+from clonefleet.cli import configure_logging  # noqa: E402
 from clonefleet.inventory import load_fleet  # noqa: E402
 from clonefleet.known_hosts import public_key_blob  # noqa: E402
 from clonefleet.liveprobe import presented_host_key  # noqa: E402
@@ -90,6 +91,9 @@ def main() -> None:
                                             "already (used as it is, kept)")
     parser.add_argument("--keep", action="store_true", help="keep the provisioned VM")
     arguments = parser.parse_args()
+    # As the CLI does: the polls below meet many connections that fail during the banner,
+    # and paramiko would print a traceback for each.
+    configure_logging(0)
     fleet_path = Path(arguments.fleet).resolve()
     fleet = load_fleet(fleet_path)
     node = arguments.node
