@@ -49,12 +49,18 @@ def clonefleet(fleet: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "clonefleet", "--fleet", str(fleet), *args]
 
 
-def first_seen(access: SshAccess, pinned: str, what: str, started: float) -> float:
-    """Poll until `access` presents `pinned`; the monotonic time it was first seen."""
+def first_seen(access: SshAccess, pinned: str, what: str, started: float,
+               helper: subprocess.Popen[bytes] | None = None) -> float:
+    """Poll until `access` presents `pinned`; the monotonic time it was first seen. Stops
+    at once if `helper` (the person's `clonefleet unlock`) failed meanwhile."""
     while True:
         presented = presented_host_key(access, timeout=2.0, prefer="ssh-ed25519")
         if presented is not None and public_key_blob(presented) == pinned:
             return time.monotonic()
+        if helper is not None and helper.poll() not in (None, 0):
+            error = helper.stderr.read().decode(errors="replace") if helper.stderr else ""
+            raise SystemExit(f"bench: `clonefleet unlock` exited {helper.returncode}: "
+                             f"{error.strip()[-400:]}")
         if time.monotonic() - started > WAIT:
             raise SystemExit(f"bench: {what} did not answer with its pinned key in {WAIT:.0f} s")
         time.sleep(0.5)
@@ -75,7 +81,7 @@ def one_reboot(fleet_path: Path, node_name: str, state_dir: Path,
                           f"{node_name}'s Dropbear", started)
     helper = while_waiting()
     sshd = first_seen(facts.require_ssh(), public_key_blob(str(facts.ssh_host_key)),
-                      f"{node_name}'s sshd", dropbear)
+                      f"{node_name}'s sshd", dropbear, helper)
     if helper is not None and helper.wait(WAIT) != 0:
         raise SystemExit(f"bench: clonefleet unlock {node_name} exited {helper.returncode}")
     return sshd - dropbear
@@ -88,7 +94,9 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=15.0,
                         help="unlockd's seconds between passes (its default: 15)")
     parser.add_argument("--state-dir", help="a fleet state folder whose NODE is deployed "
-                                            "already (used as it is, kept)")
+                                            "already (used as it is, kept; its keystore's "
+                                            "age identity from CLONEFLEET_AGE_KEY, or the "
+                                            "folder's age.key)")
     parser.add_argument("--keep", action="store_true", help="keep the provisioned VM")
     arguments = parser.parse_args()
     # As the CLI does: the polls below meet many connections that fail during the banner,
@@ -102,6 +110,9 @@ def main() -> None:
     try:
         if arguments.state_dir:
             os.environ["CLONEFLEET_STATE_DIR"] = arguments.state_dir
+            own_key = Path(arguments.state_dir) / "age.key"
+            if "CLONEFLEET_AGE_KEY" not in os.environ and own_key.exists():
+                os.environ["CLONEFLEET_AGE_KEY"] = str(own_key)  # as bench/provision.py keeps
         else:
             os.environ["CLONEFLEET_STATE_DIR"] = folder
             os.environ["CLONEFLEET_AGE_KEY"] = str(Path(folder) / "age.key")
@@ -118,7 +129,7 @@ def main() -> None:
 
             def person() -> subprocess.Popen[bytes]:
                 return subprocess.Popen(clonefleet(fleet_path, "unlock", node), cwd=ROOT,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
             by_person = one_reboot(fleet_path, node, state_dir, person)
             print(f"person running `clonefleet unlock` at once: {by_person:7.1f} s "
