@@ -4,7 +4,8 @@ The node is `firmware = "uefi"` in the lab fleet: its VM boots OVMF, so this als
 UEFI path (an ESP with GRUB at the removable path on each disk). BIOS GRUB is installed on
 both disks too (the hybrid layout); the single-disk test boots that one under SeaBIOS.
 
-The booted node's LUKS passphrase is rotated (and its SSH host keys with
+The booted node's LUKS passphrase is rotated, a hard power cycle is unlocked with the paper
+recovery key typed at the initramfs' cryptroot-unlock (and its SSH host keys rotated with
 CLONEFLEET_TEST_HOST_KEY_ROTATION=1), and its two reboots are hard power cycles that
 `clonefleet unlockd` handles by itself (tests/vm/unlockd_checks.py): an initramfs key the
 controller does not pin is sent nothing and alerted, then, once re-pinned, the policy unlocks
@@ -25,6 +26,7 @@ from .raid_checks import (
     check_boots_from_either_disk,
     check_key_rotation,
     check_mirrored_uefi_node,
+    check_recovery_key_unlocks_a_boot,
 )
 from .unlockd_checks import (
     UnlockdReboots,
@@ -65,6 +67,7 @@ def test_two_disk_node_mirrors_under_luks_and_boots_from_either_disk(lab: Lab,
     check_mirrored_uefi_node(lab, NODE)
     # Rotated before the reboots below: each of them unlocks with the new passphrase.
     check_key_rotation(lab, NODE, report["recovery_key"])
+    check_recovery_key_unlocks_a_boot(lab, NODE, report["recovery_key"])
     if ROTATE_HOST_KEYS:
         # The first reboot then presents the new initramfs key while the controller pins the
         # one from before the rotation.
