@@ -312,7 +312,7 @@ def _prepare_each(state: Any, deploy_function: Callable[..., Any],
     `seconds`. `list_only`: facts that cannot be read answer their default."""
     import gevent
     from pyinfra.api.deploy import add_deploy
-    from pyinfra.context import ctx_config
+    from pyinfra.context import ctx_config, ctx_inventory, ctx_state
 
     from clonefleet.deploy_facts import (
         FactReadings,
@@ -345,8 +345,13 @@ def _prepare_each(state: Any, deploy_function: Callable[..., Any],
             fact_list.save(readings[host.name].listed())
         seconds[host.name] = time.monotonic() - started
 
-    gevent.joinall([state.pool.spawn(prepare, host)
-                    for host in list(state.inventory.get_active_hosts())])
+    # pyinfra's state context is one for all greenlets (only host and config are local):
+    # set for the whole preparation, as pyinfra's CLI does, so that one host's add_deploy
+    # leaving it does not reset it under another host still preparing (which then failed
+    # with "State.get_meta_for_host() missing 1 required positional argument").
+    with ctx_state.use(state), ctx_inventory.use(state.inventory):
+        gevent.joinall([state.pool.spawn(prepare, host)
+                        for host in list(state.inventory.get_active_hosts())])
     return errors
 
 
