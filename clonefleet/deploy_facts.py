@@ -274,7 +274,7 @@ def read_in_one_go(host: Any, entries: list[dict[str, Any]]) -> dict[Key, Any]:
     if outputs is None or len(outputs) != len(commands):
         return {}
     answers = {}
-    for (key, fact, _), (code, lines) in zip(planned, outputs, strict=False):
+    for (key, fact, _), (code, lines) in zip(planned, outputs[:len(planned)], strict=True):
         value = _answer(fact, code, lines)
         if value is not _UNREAD:
             answers[key] = value

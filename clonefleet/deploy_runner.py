@@ -358,10 +358,11 @@ def _prepare_each(state: Any, deploy_function: Callable[..., Any],
 def _ask_to_the_end(state: Any, host: Any) -> None:
     """Run each prepared operation of `host` to its end, commands discarded: pyinfra stops
     preparing an operation at its first command, so the facts it would ask after that (a
-    unit's enabled state after "start it") would not be listed otherwise."""
-    from pyinfra.context import ctx_host, ctx_state
+    unit's enabled state after "start it") would not be listed otherwise. Called inside
+    `_prepare_each`, which holds pyinfra's state context; the host context is per greenlet."""
+    from pyinfra.context import ctx_host
 
-    with ctx_state.use(state), ctx_host.use(host):
+    with ctx_host.use(host):
         for op_hash in state.get_op_order():
             op_data = state.ops.get(host, {}).get(op_hash)
             if op_data is not None:

@@ -13,6 +13,7 @@ from clonefleet.ssh import wait_for_ssh
 from clonefleet.unlock import unlock
 
 from .conftest import Lab
+from .unlockd_checks import BOOT_SECONDS
 
 BOOTX64 = "EFI/BOOT/BOOTX64.EFI"
 
@@ -112,9 +113,6 @@ def check_key_rotation(lab: Lab, node_name: str, recovery_key: str) -> None:
     assert status["rotated_at"] == rotated["rotated_at"] and not status["rotation_pending"]
 
 
-RECOVERY_BOOT_SECONDS = 1200.0  # power-on to Dropbear, or unlock to sshd, on a slow TCG guest
-
-
 def check_recovery_key_unlocks_a_boot(lab: Lab, node_name: str, recovery_key: str) -> None:
     """A hard power cycle, then the paper recovery key typed at the node's own
     cryptroot-unlock through Dropbear, as a person holding it would (the escrowed passphrase
@@ -126,10 +124,10 @@ def check_recovery_key_unlocks_a_boot(lab: Lab, node_name: str, recovery_key: st
     lab.provider.boot_disk(node)
     answer = unlock(facts.require_unlock(), lab.state_dir / "id_ed25519",
                     fleet_known_hosts(lab.state_dir).path, recovery_key,
-                    timeout=RECOVERY_BOOT_SECONDS, what=node_name)
+                    timeout=BOOT_SECONDS, what=node_name)
     assert "unlocked" in answer or "set up successfully" in answer, answer
-    with wait_for_ssh(lambda: lab.shell(node_name), RECOVERY_BOOT_SECONDS,
+    with wait_for_ssh(lambda: lab.shell(node_name), BOOT_SECONDS,
                       f"{node_name} sshd") as shell:
         assert "is active" in shell.run("cryptsetup status root")[1]
         uptime = float(shell.run("cut -d' ' -f1 /proc/uptime")[1])
-        assert uptime < 2 * RECOVERY_BOOT_SECONDS, "the node did not reboot"
+        assert uptime < 2 * BOOT_SECONDS, "the node did not reboot"
