@@ -27,7 +27,7 @@ from clonefleet.inventory import Fleet, Node
 from clonefleet.keystore import Keystore
 from clonefleet.known_hosts import fleet_known_hosts
 from clonefleet.paths import cache_dir
-from clonefleet.providers.base import Provider, SshAccess
+from clonefleet.providers.base import Provider, SshAccess, node_network
 from clonefleet.ssh import (
     OperatorKey,
     RemoteShell,
@@ -163,7 +163,7 @@ class Provisioner:
             description["note"] = "already provisioned; use --wipe to reinstall"
         if "install" in steps:
             description["install"] = make_plan(self.fleet, node,
-                                               self.provider.network(node)).describe()
+                                               node_network(self.provider, node)).describe()
             if current not in BEFORE_INSTALL:
                 description["warning"] = (f"--wipe: {node.name} is {current}; its disks will "
                                           "be erased")
@@ -228,7 +228,7 @@ class Provisioner:
 
     def _install(self, node: Node, report: ProvisionReport) -> None:
         self._step(report, "create server", lambda: self._create(node))
-        network = self.provider.network(node)
+        network = node_network(self.provider, node)
         plan = make_plan(self.fleet, node, network)
         nodefacts.record_private_address(self.store, node.name, network.private_address)
         rescue: dict[str, SshAccess] = {}

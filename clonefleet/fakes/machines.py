@@ -225,16 +225,22 @@ class LabMachines:
     @staticmethod
     def _keys(spec: MachineSpec) -> list[str]:
         from clonefleet.image.base import DROPBEAR_PORT
+        from clonefleet.providers.lab import FORWARDED
 
-        return [f"{spec.public_ipv4}:22", f"{spec.public_ipv4}:{DROPBEAR_PORT}"]
+        return [f"{spec.public_ipv4}:22", f"{spec.public_ipv4}:{DROPBEAR_PORT}",
+                *(f"{spec.public_ipv4}:{guest.replace(':', '/')}" for guest in FORWARDED)]
 
     def _route(self, spec: MachineSpec, info: ServerInfo) -> None:
+        """The VM's sshd, Dropbear and other forwards (DNS, PowerDNS API, HTTP(S)) under
+        the public address the fake reports."""
         if not spec.public_ipv4:
             return
         from clonefleet.providers.routes import update_routes
 
-        ssh_key, dropbear_key = self._keys(spec)
+        ssh_key, dropbear_key, *_ = self._keys(spec)
         update_routes(self.routes, add={
             ssh_key: f"{info.ssh.host}:{info.ssh.port}",
             dropbear_key: f"{info.unlock.host}:{info.unlock.port}",
+            **{f"{spec.public_ipv4}:{guest}": f"{host}:{port}"
+               for guest, (host, port) in info.forwarded_ports.items()},
         })

@@ -60,7 +60,7 @@ TOP_KEYS = {"fleet", "regions", "nodes", "routed", "admins", "providers", "servi
 REGION_KEYS = {"provider", "location", "latitude", "longitude", "min_active", "unlock"}
 NODE_KEYS = {
     "region", "provider", "disks", "server_type", "server_id", "memory_mb", "disk_size_gb",
-    "ipv4", "ipv6", "network", "labels",
+    "ipv4", "ipv6", "network", "labels", "private_address", "private_interface",
 }
 NETWORK_KEYS = {"address", "prefix", "gateway", "interface", "ipv6_address", "ipv6_gateway"}
 ROUTED_KEYS = {"name", "ttl", "answers"}
@@ -453,9 +453,10 @@ class _Providers:
             check.fail(f"{prefix}.max_parallel", f"{limit} would let no node be provisioned",
                        "set 1 or more, or remove it for no limit of the provider's own")
         if settings.get("lab_routes"):
+            routes = LabRoutes(self._routes_file)
             return ProviderConfig(name=name, driver=driver.name, settings=settings,
                                   fleet_path=self.path, fleet_name=self.fleet_name,
-                                  route=LabRoutes(self._routes_file))
+                                  route=routes, forwards=routes.forwards)
         return ProviderConfig(name=name, driver=driver.name, settings=settings,
                               fleet_path=self.path, fleet_name=self.fleet_name)
 
@@ -613,6 +614,7 @@ def _nodes(check: _Checker, table: dict[str, Any], regions: dict[str, Region],
     nodes: dict[str, Node] = {}
     seen_serials: dict[str, str] = {}
     seen_addresses: dict[str, str] = {}
+    seen_private: dict[str, str] = {}
     for name, value in table.items():
         prefix = f"nodes.{name}"
         check.name(name, prefix, "node")
@@ -661,6 +663,11 @@ def _nodes(check: _Checker, table: dict[str, Any], regions: dict[str, Region],
         elif driver is not None and driver.name != "lab" and not ipv4:
             check.fail(f"{prefix}.ipv4", "missing for a provider node",
                        "add the server's public IPv4 address")
+        private_address = _private_address(check, body, prefix, seen_private)
+        private_interface = check.typed(body, "private_interface", prefix, str, default="eth1")
+        if private_interface != "eth1" and not private_address:
+            check.fail(f"{prefix}.private_interface", "set without private_address",
+                       'add private_address = "10.99.0.101/24" or remove it')
         memory = check.typed(body, "memory_mb", prefix, int, default=2048)
         if memory < 1024:
             check.fail(f"{prefix}.memory_mb", f"{memory} MiB is too small",
@@ -678,9 +685,38 @@ def _nodes(check: _Checker, table: dict[str, Any], regions: dict[str, Region],
             server_type=check.typed(body, "server_type", prefix, str, default=""),
             server_id=str(check.typed(body, "server_id", prefix, (str, int), default="")),
             memory_mb=memory, disk_size_gb=size, ipv4=ipv4, ipv6=ipv6, network=network,
+            private_address=private_address, private_interface=private_interface,
             labels=dict(labels), provider_settings=provider_settings,
         )
     return nodes
+
+
+def _private_address(check: _Checker, body: dict[str, Any], prefix: str,
+                     seen: dict[str, str]) -> str:
+    """`private_address`: an IPv4 address with its prefix length, no other node's."""
+    value = check.typed(body, "private_address", prefix, str, default="")
+    if not value:
+        return ""
+    where = f"{prefix}.private_address"
+    try:
+        if "/" not in value:
+            raise ValueError("no prefix length")
+        interface = ipaddress.IPv4Interface(value)
+    except ValueError:
+        check.fail(where, f"{value!r} is not an IPv4 address with its prefix length",
+                   'write it as the provider\'s private network gives it, e.g. '
+                   '"10.99.0.101/24"')
+        return ""
+    if interface.ip in (interface.network.network_address,
+                        interface.network.broadcast_address) and interface.network.prefixlen < 31:
+        check.fail(where, f"{value} is its network's own address, not a host's",
+                   "use a host address of the network")
+    address = str(interface.ip)
+    if address in seen:
+        check.fail(where, f"address {address} is also node {seen[address]!r}'s private address",
+                   "give every node its own address")
+    seen[address] = prefix.split(".", 1)[1]
+    return str(value)
 
 
 def _network(check: _Checker, body: dict[str, Any], prefix: str) -> StaticNetwork:

@@ -48,6 +48,11 @@ class Node:
     ipv4: str = ""
     ipv6: str = ""
     network: StaticNetwork | None = None
+    # The node's address on the provider's private network (Hetzner vSwitch or Cloud
+    # network, OVH vRack): "10.99.0.101/24" on `private_interface`; "" for the provider's
+    # own (a lab VM's seat on the lab's LAN) or none.
+    private_address: str = ""
+    private_interface: str = "eth1"
     labels: dict[str, str] = field(default_factory=dict)
     # The driver's own per-node keys (e.g. hetzner-robot's robot_server), validated against
     # the driver's `node_keys`; only keys the fleet file sets.

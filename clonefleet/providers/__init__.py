@@ -43,5 +43,6 @@ def provider_for(fleet: Fleet, node: Node, fleet_state_dir: Path,
     if config.settings.get("lab_routes"):
         from clonefleet.providers.routes import LabRoutes, routes_path
 
-        config = dataclasses.replace(config, route=LabRoutes(routes_path(fleet_state_dir)))
+        routes = LabRoutes(routes_path(fleet_state_dir))
+        config = dataclasses.replace(config, route=routes, forwards=routes.forwards)
     return get_provider(config, fleet_state_dir, log)

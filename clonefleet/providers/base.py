@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -65,6 +65,16 @@ def static_network(network: StaticNetwork) -> InitramfsNetwork:
                             ipv6_address=network.ipv6_address, ipv6_gateway=ipv6_gateway)
 
 
+def node_network(provider: Provider, node: Node) -> InitramfsNetwork:
+    """The node's network as its provider gives it, with the fleet file's `private_address`
+    (a provider's private network: vSwitch, Cloud network, vRack) on top when set."""
+    network = provider.network(node)
+    if node.private_address:
+        network = replace(network, private_address=node.private_address,
+                          private_interface=node.private_interface)
+    return network
+
+
 def _prefix_to_netmask(prefix: int) -> str:
     value = (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
     return ".".join(str((value >> shift) & 0xFF) for shift in (24, 16, 8, 0))
@@ -106,6 +116,9 @@ class ProviderConfig:
     # Lab fakes only: maps the address the API reports (public IP, port 22) to where the
     # lab VM behind it really answers (127.0.0.1, a forwarded port). Identity otherwise.
     route: Callable[[SshAccess], SshAccess] = lambda access: access
+    # Lab fakes only: the lab VM's other forwarded ports for a public address
+    # ({"udp/53": ("127.0.0.1", 40123), ...}), as `ServerInfo.forwarded_ports`. Empty otherwise.
+    forwards: Callable[[str], Mapping[str, tuple[str, int]]] = lambda host: {}
 
 
 class Provider(Protocol):

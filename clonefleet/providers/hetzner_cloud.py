@@ -537,7 +537,8 @@ class HetznerCloudProvider:
                           ssh=self.config.route(SshAccess(ipv4, 22)),
                           unlock=self.config.route(SshAccess(ipv4, DROPBEAR_PORT)),
                           # Hetzner Cloud servers are KVM guests with virtio NICs.
-                          nic_modules=("virtio_net",), details=details)
+                          nic_modules=("virtio_net",), details=details,
+                          forwarded_ports=self.config.forwards(ipv4))
 
     def boot_rescue(self, node: Node, ssh_public_keys: list[str]) -> SshAccess:
         """Enable rescue with `ssh_public_keys` and reset (or power on) into it; waits for

@@ -227,7 +227,8 @@ class HetznerRobotProvider:
         return ServerInfo(node=node_name, server_id=str(server.number), status=status,
                           ssh=self.config.route(SshAccess(server.ip, SSH_PORT)),
                           unlock=self.config.route(SshAccess(server.ip, UNLOCK_PORT)),
-                          nic_modules=NIC_MODULES, details=details)
+                          nic_modules=NIC_MODULES, details=details,
+                          forwarded_ports=self.config.forwards(server.ip))
 
     def boot_rescue(self, node: Node, ssh_public_keys: list[str]) -> SshAccess:
         server = self._ready(node)

@@ -413,7 +413,7 @@ class OvhDedicatedProvider:
             node=node.name, server_id=service, status=self._status(service, server),
             ssh=self.config.route(SshAccess(ip, 22)),
             unlock=self.config.route(SshAccess(ip, DROPBEAR_PORT)),
-            nic_modules=NIC_MODULES,
+            nic_modules=NIC_MODULES, forwarded_ports=self.config.forwards(ip),
             details={"ip": ip, "datacenter": str(server.get("datacenter", "")),
                      "state": str(server.get("state", "")),
                      "boot_id": str(server.get("bootId", ""))})
@@ -493,7 +493,8 @@ class OvhDedicatedProvider:
                 node=service, server_id=service, status=self._status(service, server),
                 ssh=self.config.route(SshAccess(ip, 22)),
                 unlock=self.config.route(SshAccess(ip, DROPBEAR_PORT)),
-                nic_modules=NIC_MODULES, details={"ip": ip}))
+                nic_modules=NIC_MODULES, details={"ip": ip},
+                forwarded_ports=self.config.forwards(ip)))
         return servers
 
     def network(self, node: Node) -> InitramfsNetwork:

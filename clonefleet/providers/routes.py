@@ -4,7 +4,9 @@ A fake API reports public addresses (203.0.113.10:22) as the real one would; the
 behind it answers on a forwarded loopback port. `LabMachines` records each VM's forwards in
 `<fleet state>/lab/routes.json` ({"IP:PORT": "127.0.0.1:PORT"}); a provider table with
 `lab_routes = true` maps every `SshAccess` its driver returns through that file, re-read on
-each call because VMs come and go while a driver runs.
+each call because VMs come and go while a driver runs. The VM's other forwards (DNS, the
+PowerDNS API, HTTP(S)) are there too, keyed "IP:PROTO/PORT" ("203.0.113.10:udp/53"): the
+driver reports them as the server's `forwarded_ports`, as the lab driver does for its own.
 """
 
 from __future__ import annotations
@@ -68,6 +70,13 @@ class LabRoutes:
                 "have VMs, or set lab_routes = false for a real provider")
         host, port = _split(target)
         return replace(access, host=host, port=port)
+
+    def forwards(self, host: str) -> dict[str, tuple[str, int]]:
+        """The VM's other forwarded ports behind public address `host`, by "PROTO/PORT"."""
+        prefix = f"{host}:"
+        return {key[len(prefix):]: _split(target)
+                for key, target in read_routes(self.file()).items()
+                if key.startswith(prefix) and "/" in key[len(prefix):]}
 
 
 @contextlib.contextmanager

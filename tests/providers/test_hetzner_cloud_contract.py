@@ -56,7 +56,9 @@ def provider_for(fake: HcloudFake, tmp_path: Path, logs: list[str], **settings: 
                  ) -> HetznerCloudProvider:
     config = ProviderConfig(name="hcloud", driver="hetzner-cloud",
                             settings={"api_url": fake.url, **settings},
-                            route=lambda access: SshAccess("127.0.0.1", 20000 + access.port))
+                            route=lambda access: SshAccess("127.0.0.1", 20000 + access.port),
+                            forwards=lambda host: {"udp/53": ("127.0.0.1", 20053),
+                                                   "seen-for": (host, 0)})
     return HetznerCloudProvider(config, tmp_path, logs.append, fleet_name="testfleet",
                                 operator_public_key=lambda: OPERATOR, timing=FAST)
 
@@ -96,8 +98,11 @@ def test_ensure_server_creates_a_labelled_server_with_the_operator_key_and_waits
     assert info.status == "disk" and server.status == "running"
     assert machines.calls == [("created", info.server_id, "fsn-1"),
                               ("power_on", info.server_id, "disk")]
-    # Addresses come from the API and go through the provider's route.
+    # Addresses come from the API and go through the provider's route; the other forwarded
+    # ports (lab fakes only) are the ones for the server's public IPv4.
     assert info.ssh == SshAccess("127.0.0.1", 20022)
+    assert info.forwarded_ports == {"udp/53": ("127.0.0.1", 20053),
+                                    "seen-for": (server.ipv4, 0)}
     assert info.unlock == SshAccess("127.0.0.1", 22222)
     assert info.details["location"] == "fsn1" and info.nic_modules == ("virtio_net",)
 

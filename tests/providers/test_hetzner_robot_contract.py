@@ -130,7 +130,8 @@ def make_driver(fake: RobotFake, ssh: SshStub | None, tmp_path: Path, logs: list
         return dataclasses.replace(access, host="127.0.0.1", port=ssh.port)
 
     config = ProviderConfig(name="robot", driver="hetzner-robot",
-                            settings={"api_url": fake.url, **settings}, route=route)
+                            settings={"api_url": fake.url, **settings}, route=route,
+                            forwards=lambda host: {"udp/53": (host, 40053)})
     return HetznerRobotProvider(config, tmp_path, logs.append, env=ENV if env is None else env,
                                 boot_timeout=3.0, in_process_timeout=0.3, poll=FAST,
                                 retry_timeout=0.3, retry_policy=FAST, probe_patience=2.0)
@@ -205,7 +206,10 @@ def test_boot_rescue_stores_the_key_arms_resets_and_boots_rescue_with_it(
     assert machines.calls == [("power_on", "321", "rescue")]
     assert machines.keys["321"] == [" ".join(OPERATOR.public_line.split()[:2])]
     assert (access.host, access.port) == ("127.0.0.1", ssh.port)
-    assert driver.info(node()).status == "rescue"
+    info = driver.info(node())
+    assert info.status == "rescue"
+    # Lab fakes' other forwarded ports: the ones for the server's public IPv4.
+    assert info.forwarded_ports == {"udp/53": ("203.0.113.70", 40053)}
     assert fake.api.servers[321].rescue is None  # consumed by that boot
 
 

@@ -101,7 +101,8 @@ def make_provider(fake: OvhFake, banner: BannerServer, logs: list[str], tmp_path
         return SshAccess("127.0.0.1", banner.port) if access.port == 22 else access
 
     config = ProviderConfig(name=name, driver="ovh",
-                            settings={"api_url": fake.url, **settings}, route=route)
+                            settings={"api_url": fake.url, **settings}, route=route,
+                            forwards=lambda host: {"tcp/443": (host, 40443)})
     return OvhDedicatedProvider(config, tmp_path, logs.append, api_timeout=3.0,
                                 api_policy=FAST, task_timeout=5.0, poll=FAST,
                                 ssh_timeout=3.0, probe_patience=1.0)
@@ -146,6 +147,7 @@ def test_adopts_the_ordered_server_by_service_name_without_changing_it(lab: Lab)
     assert info.status == "disk"
     assert info.ssh == SshAccess("127.0.0.1", lab.banner.port)  # through config.route
     assert info.unlock == SshAccess(IP, 2222)
+    assert info.forwarded_ports == {"tcp/443": (IP, 40443)}  # for the server's own IP
     assert info.details["ip"] == IP
     assert lab.calls() == []  # adopting reads only: no PUT, no reboot
 

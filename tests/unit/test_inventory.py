@@ -163,6 +163,28 @@ def test_static_network_prefix_is_checked(tmp_path: Path) -> None:
     assert error.key == "nodes.n1.network.prefix"
 
 
+def test_private_address_is_an_ipv4_interface_of_one_node(tmp_path: Path) -> None:
+    fleet = load_fleet(write(tmp_path, GOOD.replace(
+        'ipv4 = "192.0.2.1"', 'ipv4 = "192.0.2.1"\nprivate_address = "10.99.0.101/24"')))
+    assert (fleet.nodes["n1"].private_address, fleet.nodes["n1"].private_interface) == (
+        "10.99.0.101/24", "eth1")
+    for value, said in (("10.99.0.101", "with its prefix length"),
+                        ("10.99.0.0/24", "network's own address"),
+                        ("fd00::1/64", "IPv4 address")):
+        error = error_for(tmp_path, GOOD.replace(
+            'ipv4 = "192.0.2.1"', f'ipv4 = "192.0.2.1"\nprivate_address = "{value}"'))
+        assert error.key == "nodes.n1.private_address" and said in str(error), str(error)
+    two = GOOD.replace('ipv4 = "192.0.2.1"', 'ipv4 = "192.0.2.1"\n'
+                       'private_address = "10.99.0.101/24"') + (
+        '\n[nodes.n2]\nregion = "fsn"\ndisks = ["SER-2"]\nipv4 = "192.0.2.2"\n'
+        'private_address = "10.99.0.101/24"\n')
+    error = error_for(tmp_path, two)
+    assert error.key == "nodes.n2.private_address" and "'n1'" in str(error), str(error)
+    error = error_for(tmp_path, GOOD.replace('ipv4 = "192.0.2.1"', 'ipv4 = "192.0.2.1"\n'
+                                             'private_interface = "ens10"'))
+    assert error.key == "nodes.n1.private_interface"
+
+
 def test_duplicate_routed_name_is_refused(tmp_path: Path) -> None:
     error = error_for(tmp_path, GOOD.replace('[[routed]]\nname = "edge"',
                                              '[[routed]]\nname = "edge"\n\n[[routed]]\n'

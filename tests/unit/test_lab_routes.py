@@ -84,8 +84,10 @@ def test_provider_for_uses_the_nodes_table_and_routes_through_the_state_folder(
     provider = provider_for(fleet, fleet.node("c1"), state)
     assert isinstance(provider, _Echo)
     assert provider.config.name == "cloud-lab" and provider.config.driver == "echo"
-    update_routes(routes_path(state), add={"203.0.113.10:22": "127.0.0.1:40022"})
+    update_routes(routes_path(state), add={"203.0.113.10:22": "127.0.0.1:40022",
+                                           "203.0.113.10:tcp/8081": "127.0.0.1:40081"})
     assert provider.config.route(SshAccess("203.0.113.10", 22)) == SshAccess("127.0.0.1", 40022)
+    assert provider.config.forwards("203.0.113.10") == {"tcp/8081": ("127.0.0.1", 40081)}
     lab = provider_for(fleet, fleet.node("l1"), state)
     assert type(lab).__name__ == "LabProvider"
 
@@ -102,7 +104,9 @@ class FakeLab:
         ssh, dropbear = self.ports[node.name]
         return ServerInfo(node=node.name, server_id=f"lab-{node.name}",
                           status=self.status.get(node.name, "off"),  # type: ignore[arg-type]
-                          ssh=SshAccess("127.0.0.1", ssh), unlock=SshAccess("127.0.0.1", dropbear))
+                          ssh=SshAccess("127.0.0.1", ssh), unlock=SshAccess("127.0.0.1", dropbear),
+                          forwarded_ports={"udp/53": ("127.0.0.1", ssh + 53),
+                                           "tcp/443": ("127.0.0.1", ssh + 443)})
 
     def ensure_server(self, node: Node) -> ServerInfo:
         self.calls.append(("ensure_server", node.name, node.disks))
@@ -142,8 +146,12 @@ def test_lab_machines_boot_lab_vms_and_record_where_they_answer(tmp_path: Path) 
     # driver records when it first sees the server already lead to the VM.
     assert lab.calls == [("ensure_server", "vm-a", ("SER-A", "SER-B"))]
     routes = json.loads((tmp_path / "lab" / "routes.json").read_text())
+    # The VM's other forwards too (DNS, HTTPS), keyed by protocol: a driver reports them as
+    # the server's forwarded ports, as the lab driver does for its own VMs.
     assert routes == {"203.0.113.10:22": "127.0.0.1:40022",
-                      "203.0.113.10:2222": "127.0.0.1:40222"}
+                      "203.0.113.10:2222": "127.0.0.1:40222",
+                      "203.0.113.10:udp/53": "127.0.0.1:40075",
+                      "203.0.113.10:tcp/443": "127.0.0.1:40465"}
     assert machines.running("4711") is None
     machines.power_on("4711", "rescue", ["ssh-ed25519 AAAA op"])
     assert lab.calls[-2:] == [("ensure_server", "vm-a", ("SER-A", "SER-B")),
@@ -151,6 +159,9 @@ def test_lab_machines_boot_lab_vms_and_record_where_they_answer(tmp_path: Path) 
     assert machines.running("4711") == "rescue"
     route = LabRoutes(routes_path(tmp_path))
     assert route(SshAccess("203.0.113.10", 2222)) == SshAccess("127.0.0.1", 40222)
+    assert route.forwards("203.0.113.10") == {"udp/53": ("127.0.0.1", 40075),
+                                              "tcp/443": ("127.0.0.1", 40465)}
+    assert route.forwards("203.0.113.1") == {}  # another server's (or none): nothing
 
     machines.power_on("4711", "disk", [])
     assert lab.calls[-1] == ("boot_disk", "vm-a", None)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from clonefleet.image.node import interfaces_text, kernel_cmdline, onlink_script
-from clonefleet.inventory import StaticNetwork
-from clonefleet.providers.base import InitramfsNetwork, static_network
+from clonefleet.inventory import Node, StaticNetwork
+from clonefleet.providers.base import InitramfsNetwork, node_network, static_network
 
 pytestmark = pytest.mark.unit
 
@@ -151,3 +151,26 @@ def test_root_wait_is_set_after_debians_sleep_unless_rootdelay_was_given(
     subprocess.run(["sh", str(script)], check=True,
                    env={"PATH": "/usr/bin:/bin", "CLONEFLEET_CONF": str(conf), "ROOTDELAY": "60"})
     assert not (conf / "param.conf").exists()
+
+
+class Static:
+    """A provider whose network is Hetzner's /32 (nothing private of its own)."""
+
+    def network(self, node: Node) -> InitramfsNetwork:
+        return InitramfsNetwork(mode="static", address="10.0.2.15", prefix=32,
+                                gateway="10.0.2.2", onlink_gateway=True)
+
+
+def test_the_fleet_files_private_address_joins_the_providers_network() -> None:
+    node = Node(name="fsn-1", region="fsn", provider="robot", disks=("A",),
+                private_address="10.99.0.101/24", private_interface="eth1")
+    network = node_network(Static(), node)  # type: ignore[arg-type]
+    assert (network.address, network.prefix, network.onlink_gateway) == ("10.0.2.15", 32, True)
+    assert (network.private_address, network.private_interface) == ("10.99.0.101/24", "eth1")
+    text = interfaces_text(network)
+    assert "iface eth1 inet static\n    address 10.99.0.101/24\n" in text
+    assert "address 10.0.2.15/32" in text
+
+    other = Node(name="fsn-2", region="fsn", provider="robot", disks=("B",))
+    plain = node_network(Static(), other)  # type: ignore[arg-type]
+    assert plain.private_address == "" and "eth1" not in interfaces_text(plain)
