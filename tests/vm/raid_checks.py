@@ -1,5 +1,5 @@
-"""Checks of a two-disk lab node (RAID1 under LUKS, booting OVMF), shared by the RAID module
-and the lab fleet module: the same node layout, proved the same way in both."""
+"""Checks of a two-disk lab node (RAID1 under LUKS, booting OVMF) and its key slots, for the
+lab fleet module (tests/vm/test_lab_fleet.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from collections.abc import Callable
 from clonefleet import nodefacts
 from clonefleet.keyslots import LuksVolume, active_slots, device_for
 from clonefleet.known_hosts import fleet_known_hosts
-from clonefleet.ssh import wait_for_ssh
+from clonefleet.lab import qemu
+from clonefleet.ssh import generate_ed25519, wait_for_ssh
 from clonefleet.unlock import unlock
 
 from .conftest import Lab
@@ -114,16 +115,33 @@ def check_key_rotation(lab: Lab, node_name: str, recovery_key: str) -> None:
 
 
 def check_recovery_key_unlocks_a_boot(lab: Lab, node_name: str, recovery_key: str) -> None:
-    """A hard power cycle, then the paper recovery key typed at the node's own
-    cryptroot-unlock through Dropbear, as a person holding it would (the escrowed passphrase
-    is never sent, and no unlockd runs): the volume opens and the node comes up to its
-    pinned sshd."""
+    """A hard power cycle: the node stops in its initramfs (Dropbear answers, sshd does not);
+    while the controller pins another initramfs key, `clonefleet unlock` refuses to send
+    anything; then the paper recovery key typed at the node's own cryptroot-unlock through
+    Dropbear, as a person holding it would (the escrowed passphrase is never sent, and no
+    unlockd runs): the volume opens and the node comes up to its pinned sshd."""
     node = lab.fleet.node(node_name)
     facts = nodefacts.load(lab.store, node_name)
     lab.provider.power_off(node)
     lab.provider.boot_disk(node)
+    config = qemu.VmConfig.load(lab.state_dir / "lab" / node_name)
+    qemu.wait_for_port(config.dropbear_port, config=config, timeout=BOOT_SECONDS,
+                       what="Dropbear")
+    assert not qemu.answers(config.ssh_port)
+
+    # A changed Dropbear host key is refused, never auto-accepted.
+    known_hosts = fleet_known_hosts(lab.state_dir)
+    pinned = str(facts.dropbear_host_key)
+    nodefacts.replace_host_keys(lab.store, node_name, known_hosts,
+                                {nodefacts.DROPBEAR: generate_ed25519().public_line})
+    refused = lab.cli("unlock", node_name, check=False)
+    assert refused.returncode == 8, refused.stderr
+    assert "not the key pinned at install time" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not qemu.answers(config.ssh_port)
+    nodefacts.replace_host_keys(lab.store, node_name, known_hosts, {nodefacts.DROPBEAR: pinned})
     answer = unlock(facts.require_unlock(), lab.state_dir / "id_ed25519",
-                    fleet_known_hosts(lab.state_dir).path, recovery_key,
+                    known_hosts.path, recovery_key,
                     timeout=BOOT_SECONDS, what=node_name)
     assert "unlocked" in answer or "set up successfully" in answer, answer
     with wait_for_ssh(lambda: lab.shell(node_name), BOOT_SECONDS,

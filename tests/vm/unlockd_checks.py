@@ -16,12 +16,12 @@ reboot of a TCG guest costs minutes; these checks add probes, not reboots).
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import TracebackType
 
 from webhook_fixture import Webhook
@@ -30,25 +30,19 @@ from clonefleet import nodefacts
 from clonefleet.known_hosts import fleet_known_hosts, public_key_blob
 from clonefleet.liveprobe import fingerprint
 
-from .conftest import LAB_FLEET, ROOT, Lab
+from .conftest import ROOT, Lab
 
 INTERVAL = 5.0  # seconds between unlockd's passes here (15 by default)
 BOOT_SECONDS = 1200.0  # power-on to Dropbear, or unlock to sshd, on a slow TCG guest
 
 
-def unlockd_fleet(state_root: Path, hook: Webhook, policy: str = "immediate") -> Path:
-    """The lab fleet with alerts to `hook` and an `[unlock]` policy."""
-    path = state_root / "lab.toml"
-    text = LAB_FLEET.read_text().replace(
-        "[fleet]\n", f'[fleet]\nalert_urls = ["{hook.url}"]\n', 1)
-    path.write_text(f'{text}\n[unlock]\nunexpected = "{policy}"\n')
-    return path
-
-
 def set_policy(lab: Lab, policy: str) -> None:
+    """The fleet file's `[unlock] unexpected` policy (the table must be there already)."""
     text = lab.fleet_path.read_text()
-    head, _, _ = text.rpartition("[unlock]\n")
-    lab.fleet_path.write_text(f'{head}[unlock]\nunexpected = "{policy}"\n')
+    changed, count = re.subn(r'(?m)^(\[unlock\]\nunexpected = )"[a-z-]+"$',
+                             lambda match: f'{match.group(1)}"{policy}"', text)
+    assert count == 1, f"no [unlock] table with a policy in {lab.fleet_path}"
+    lab.fleet_path.write_text(changed)
 
 
 def wait_for(condition: Callable[[], bool], seconds: float, what: str,
