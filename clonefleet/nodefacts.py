@@ -116,10 +116,30 @@ def load(store: StateStore, node: str) -> NodeFacts:
     )
 
 
-def load_pinned(store: StateStore, node: str, known_hosts: KnownHosts) -> NodeFacts:
+def load_pinned(store: StateStore, node: str, known_hosts: KnownHosts,
+                loopback_as: str = "") -> NodeFacts:
     """The node's facts, after writing its pinned host keys to the fleet's known_hosts:
-    call this before connecting to the node, and connect with that file."""
-    return load_pinned_many(store, [node], known_hosts)[node]
+    call this before connecting to the node, and connect with that file. `loopback_as`:
+    see `seen_from`."""
+    return load_pinned_many(store, [node], known_hosts, loopback_as)[node]
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def seen_from(facts: NodeFacts, loopback_as: str) -> NodeFacts:
+    """The node's SSH and Dropbear addresses as another machine reaches them: an address on
+    the controller's loopback (a lab VM's forwarded port) is `loopback_as` there (qemu's
+    10.0.2.2, from another lab VM). Unchanged when `loopback_as` is empty."""
+    if not loopback_as:
+        return facts
+
+    def moved(access: SshAccess | None) -> SshAccess | None:
+        if access is None or access.host not in LOOPBACK_HOSTS:
+            return access
+        return dataclasses.replace(access, host=loopback_as)
+
+    return dataclasses.replace(facts, ssh=moved(facts.ssh), unlock=moved(facts.unlock))
 
 
 def sshd_shell(facts: NodeFacts, known_hosts: KnownHosts, key_path: Path,
@@ -133,10 +153,10 @@ def sshd_shell(facts: NodeFacts, known_hosts: KnownHosts, key_path: Path,
 
 
 def load_pinned_many(store: StateStore, nodes: Iterable[str],
-                     known_hosts: KnownHosts) -> dict[str, NodeFacts]:
+                     known_hosts: KnownHosts, loopback_as: str = "") -> dict[str, NodeFacts]:
     """`load_pinned` for several nodes, in one write of known_hosts. A node without pinned
     keys loses any entries it had (a retired node's, say), so nothing stale is trusted."""
-    facts = {node: load(store, node) for node in nodes}
+    facts = {node: seen_from(load(store, node), loopback_as) for node in nodes}
     known_hosts.replace_nodes({node: value.host_key_entries() for node, value in facts.items()})
     return facts
 

@@ -25,6 +25,8 @@ Host data (defaults in `data_defaults`):
   "etcd://HOST:PORT[,HOST:PORT...]/PREFIX" (required)
 + unlocker_config_dir: the identity and the environment file (/etc/clonefleet-unlockd)
 + unlocker_interval: seconds between passes
++ unlocker_loopback_as: where the node reaches addresses recorded on the controller's
+  loopback ("" for none; a lab VM's: qemu's "10.0.2.2")
 + clonefleet_offline: a root filesystem without running systemd (see `deploys.base`)
 
 **Examples:**
@@ -101,6 +103,7 @@ def identity(path: str, comment: str):  # type: ignore[no-untyped-def]
     "unlocker_store_url": "",
     "unlocker_config_dir": "/etc/clonefleet-unlockd",
     "unlocker_interval": 15,
+    "unlocker_loopback_as": "",
 })
 def unlocker() -> None:
     store_url = host.data.unlocker_store_url
@@ -128,7 +131,8 @@ def unlocker() -> None:
     environment = files.template(name="unlocker store address",
                                  src=template("unlocker/unlocker.env.j2"),
                                  dest=f"{config_dir}/unlocker.env", mode="600",
-                                 store_url=store_url)
+                                 store_url=store_url,
+                                 loopback_as=host.data.unlocker_loopback_as)
     unit_file = files.template(name=f"systemd unit {UNIT}",
                                src=template("unlocker/clonefleet-unlockd.service.j2"),
                                dest=f"/etc/systemd/system/{UNIT}", mode="644",

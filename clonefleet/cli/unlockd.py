@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -62,18 +63,32 @@ def _default_work_dir() -> Path:
                    "or ~/.local/state/clonefleet-unlockd).")
 @click.option("--name", "holder", default=None,
               help="This instance's name in leases and records (default: HOST:PID).")
+@click.option("--loopback-as", default="", metavar="ADDRESS",
+              help="Unlocker mode: reach node addresses recorded on the controller's loopback "
+                   "(a lab VM's forwarded ports) at ADDRESS (10.0.2.2 from a lab VM).")
 @pass_context
 def unlockd(ctx: Context, once: bool, interval: float, lease_ttl: float,
             confirm_timeout: float, probe_timeout: float, state_url: str | None,
-            identity: Path | None, work_dir: Path | None, holder: str | None) -> None:
+            identity: Path | None, work_dir: Path | None, holder: str | None,
+            loopback_as: str) -> None:
     from clonefleet.errors import ConfigError
     from clonefleet.fleetrun import failure_error
     from clonefleet.unlockd.instance import controller_unlockd, unlocker_store, unlocker_unlockd
     from clonefleet.unlockd.service import Settings
 
+    if loopback_as:
+        try:
+            ipaddress.ip_address(loopback_as)
+        except ValueError:
+            raise ConfigError(f"--loopback-as {loopback_as!r} is not an IP address; give the "
+                              "address the controller's loopback has from here, e.g. "
+                              "10.0.2.2") from None
+        if state_url is None:
+            raise ConfigError("--loopback-as is for unlocker mode (--state, --identity): on "
+                              "the controller the recorded addresses are its own")
     settings = Settings(holder=holder or f"{socket.gethostname()}:{os.getpid()}",
                         interval=interval, probe_timeout=probe_timeout, lease_ttl=lease_ttl,
-                        confirm_timeout=confirm_timeout)
+                        confirm_timeout=confirm_timeout, loopback_as=loopback_as)
     started = time.monotonic()
 
     def log(message: str) -> None:

@@ -38,8 +38,14 @@ def host_data(context: ServiceContext) -> dict[str, Any]:
     placement = context.fleet.unlockers
     if context.node.name not in placement.nodes:
         return {"clonefleet_unlocker": False}
+    from clonefleet.services.controller import LAB_CONTROLLER_ADDRESS, is_lab_vm
+
     return {"clonefleet_unlocker": True, "unlocker_store_url": placement.store_url,
-            "unlocker_config_dir": CONFIG_DIR}
+            "unlocker_config_dir": CONFIG_DIR,
+            # A lab VM reaches the other VMs' recorded addresses (forwarded ports on the
+            # controller's loopback) at qemu's gateway.
+            "unlocker_loopback_as": LAB_CONTROLLER_ADDRESS
+            if is_lab_vm(context.fleet, context.node) else ""}
 
 
 def make_identity_command(path: str, comment: str) -> str:

@@ -61,6 +61,9 @@ class Settings:
     lease_ttl: float = 90.0  # a dead holder's boots go to another instance after this
     confirm_timeout: float = 600.0  # how long sshd may take to answer after an unlock
     parallel: int = 8
+    # Where this instance reaches addresses recorded on the controller's loopback (a lab
+    # VM's forwarded ports): "" on the controller itself, qemu's 10.0.2.2 on a lab VM.
+    loopback_as: str = ""
 
     @property
     def attempt_timeout(self) -> float:
@@ -176,7 +179,8 @@ class Unlockd:
     # -- one node -------------------------------------------------------------------------
 
     def handle_node(self, node: str) -> NodeOutcome:
-        facts = nodefacts.load_pinned(self.store, node, self.known_hosts)
+        facts = nodefacts.load_pinned(self.store, node, self.known_hosts,
+                                        self.settings.loopback_as)
         seen_at = self.clock()
         # Not asking any provider: an unlocker holds no provider credentials.
         status = probe_node(facts, self.known_hosts, lambda: "unknown",
@@ -321,7 +325,8 @@ class Unlockd:
                     boots.WAITING, boots.HELD):
                 return NodeOutcome(node, "initramfs", "none", "unlocked by another instance")
             passphrase = self.passphrase(node)
-            access = nodefacts.load_pinned(self.store, node, self.known_hosts).require_unlock()
+            access = nodefacts.load_pinned(self.store, node, self.known_hosts,
+                                           self.settings.loopback_as).require_unlock()
             self.store.renew_lease(name, holder)
             self.log(f"{node}: unlocking boot {boot.marker} ({why})")
             started = time.monotonic()
@@ -372,7 +377,8 @@ class Unlockd:
         """Wait (bounded) for sshd to answer with its pinned key; record the step."""
         started = time.monotonic()
         deadline = started + self.settings.confirm_timeout
-        facts = nodefacts.load_pinned(self.store, node, self.known_hosts)
+        facts = nodefacts.load_pinned(self.store, node, self.known_hosts,
+                                        self.settings.loopback_as)
         if facts.ssh is None:
             return False
         probe: PortProbe | None = None

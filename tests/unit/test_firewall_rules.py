@@ -3,12 +3,14 @@ controller, WireGuard's port open to all."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 from services_fixture import service_fleet
 
+from clonefleet.providers.base import ProviderConfig
 from clonefleet.services import mesh, registry, service_host_data
 from clonefleet.services.controller import controller_networks
 from deploys._paths import render
@@ -81,6 +83,19 @@ def test_the_mesh_service_and_the_base_data_give_the_firewall_interface_port_con
     assert 'iifname "mesh0" tcp dport { 8081 } accept' in rules
     # (a lab node also sees the controller as qemu's gateway)
     assert "ip saddr { 10.0.2.2/32, 192.0.2.200/32 } tcp dport { 8081 } accept" in rules
+
+
+def test_a_fake_providers_lab_vm_sees_the_controller_at_qemus_gateway_and_a_real_node_not(
+        tmp_path: Path) -> None:
+    lab = service_fleet(tmp_path)
+    fleet, node = lab.fleet, lab.fleet.node("fsn-1")
+    for lab_routes, expected in ((True, ["10.0.2.2/32"]), (False, [])):
+        config = ProviderConfig(name="robot", driver="hetzner-robot",
+                                settings={"lab_routes": lab_routes})
+        robot = dataclasses.replace(fleet, controller_addresses=(),
+                                    providers={**fleet.providers, "robot": config})
+        assert controller_networks(robot, dataclasses.replace(node, provider="robot")) == \
+            expected
 
 
 def test_services_backend_ports_are_joined_and_postgresql_is_reachable_over_the_mesh_only(

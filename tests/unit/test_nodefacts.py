@@ -151,6 +151,27 @@ def test_load_pinned_writes_the_nodes_keys_and_forgets_keys_no_longer_recorded(
     assert known_hosts.entries() == []
 
 
+def test_seen_from_a_lab_vm_the_controllers_loopback_is_qemus_gateway(
+        store: StateStore, tmp_path: Path) -> None:
+    known_hosts = KnownHosts(tmp_path / "known_hosts")
+    ssh_key = generate_ed25519("root@fsn-1").public_line
+    nodefacts.record_server(store, "fsn-1", server())
+    nodefacts.record_host_keys(store, "fsn-1", ssh_host_key=ssh_key,
+                               dropbear_host_key=generate_ed25519().public_line)
+
+    facts = nodefacts.load_pinned(store, "fsn-1", known_hosts, loopback_as="10.0.2.2")
+
+    assert (facts.ssh, facts.unlock) == (SshAccess("10.0.2.2", 10022),
+                                         SshAccess("10.0.2.2", 12222))
+    # The pins are written for the addresses this side connects to.
+    assert known_hosts.keys_for("10.0.2.2", 10022) == [" ".join(ssh_key.split()[:2])]
+    assert known_hosts.keys_for("127.0.0.1", 10022) == []
+    # An address that is not the controller's loopback is reached as recorded.
+    public = dataclasses.replace(facts, ssh=SshAccess("203.0.113.10", 22), unlock=None)
+    assert nodefacts.seen_from(public, "10.0.2.2") == public
+    assert nodefacts.seen_from(public, "") is public
+
+
 def test_forwarded_ports_and_the_private_address_round_trip(store: StateStore) -> None:
     info = dataclasses.replace(server(), forwarded_ports={"tcp/8081": ("127.0.0.1", 40123),
                                                           "udp/53": ("127.0.0.1", 40124)})

@@ -119,6 +119,18 @@ def test_unlockd_state_without_identity_is_refused_in_one_line(lab: Lab) -> None
     assert "needs both --state and --identity" in line
 
 
+def test_unlockd_loopback_as_is_an_address_for_unlocker_mode_only(lab: Lab) -> None:
+    result = lab.run("unlockd", "--once", "--loopback-as", "qemu-gateway", "--state",
+                     "etcd://127.0.0.1:2379/clonefleet/x", "--identity", "/nonexistent")
+    assert result.exit_code == 2
+    [line] = result.output.strip().splitlines()
+    assert "'qemu-gateway' is not an IP address" in line and "10.0.2.2" in line
+    result = lab.run("unlockd", "--once", "--loopback-as", "10.0.2.2")
+    assert result.exit_code == 2
+    [line] = result.output.strip().splitlines()
+    assert "--loopback-as is for unlocker mode" in line
+
+
 def test_unlockd_once_on_the_controller_with_nothing_to_watch_publishes_the_policy(
         lab: Lab) -> None:
     result = lab.run("--json", "unlockd", "--once")

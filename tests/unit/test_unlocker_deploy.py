@@ -45,9 +45,11 @@ def test_the_unlocker_gets_debian_packages_the_archive_its_own_key_and_a_hardene
     assert not any("__pycache__" in name for name in names)
     environment = (files / "etc/clonefleet-unlockd/unlocker.env").read_text()
     assert f"CLONEFLEET_UNLOCKD_STATE={URL}\n" in environment
+    assert "CLONEFLEET_UNLOCKD_LOOPBACK_AS=\n" in environment  # a real node: none
     unit = (files / "etc/systemd/system/clonefleet-unlockd.service").read_text()
     assert "ExecStart=/usr/local/bin/clonefleet-unlockd --state ${CLONEFLEET_UNLOCKD_STATE}" \
            in unit
+    assert "--loopback-as ${CLONEFLEET_UNLOCKD_LOOPBACK_AS}" in unit
     for line in ("LoadCredential=identity:/etc/clonefleet-unlockd/identity", "DynamicUser=yes",
                  "StateDirectory=clonefleet-unlockd", "ProtectSystem=strict"):
         assert line in unit

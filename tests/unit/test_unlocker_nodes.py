@@ -5,6 +5,7 @@ and revoke nodes taken off the list."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from fleet_text import FSN, FleetNode, fleet_toml
 from clonefleet.errors import KeystoreError
 from clonefleet.inventory import Fleet, load_fleet
 from clonefleet.keystore import Keystore
+from clonefleet.providers.base import ProviderConfig
 from clonefleet.services import DeployOutcome, ServiceContext
 from clonefleet.services.unlocker import (
     IDENTITY_OPERATION,
@@ -99,8 +101,25 @@ def test_only_listed_nodes_get_the_unlocker_and_the_store_address_they_reach(
     data = host_data(_context(fleet, "fsn-1", controller.store))
     assert data["clonefleet_unlocker"] is True
     assert data["unlocker_store_url"] == "etcd://10.66.0.1:2379/clonefleet/un"
+    # A lab VM reaches the other VMs' recorded addresses (ports forwarded on the
+    # controller's loopback) at qemu's gateway.
+    assert data["unlocker_loopback_as"] == "10.0.2.2"
     other = host_data(_context(fleet, "nbg-1", controller.store))
     assert other == {"clonefleet_unlocker": False}
+
+
+def test_an_unlocker_on_a_real_providers_node_reaches_the_recorded_addresses_as_they_are(
+        controller: Controller) -> None:
+    fleet = controller.load(["fsn-1"])
+    node = fleet.node("fsn-1")
+    real = dataclasses.replace(fleet, nodes={**fleet.nodes, "fsn-1": dataclasses.replace(
+        node, provider="cloud")}, providers={**fleet.providers, "cloud": ProviderConfig(
+            name="cloud", driver="hetzner-cloud", settings={"lab_routes": False})})
+    assert host_data(_context(real, "fsn-1", controller.store))["unlocker_loopback_as"] == ""
+    faked = dataclasses.replace(real, providers={**fleet.providers, "cloud": ProviderConfig(
+        name="cloud", driver="hetzner-cloud", settings={"lab_routes": True})})
+    assert host_data(_context(faked, "fsn-1", controller.store))["unlocker_loopback_as"] == \
+        "10.0.2.2"
 
 
 def test_a_deployed_unlocker_node_is_granted_once_and_opens_every_passphrase(

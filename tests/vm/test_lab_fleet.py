@@ -144,10 +144,7 @@ def fleet_text(controller: Controller, robot_port: int, cloud_port: int) -> str:
     text = LAB_FLEET.read_text()
     replacements = [
         ("[fleet]\n", f'[fleet]\ncontrol_url = "http://10.0.2.2:{controller.serve_port}"\n'
-                      f'alert_urls = ["{guest_alert_url(controller)}"]\n'
-                      # Connections forwarded from the controller reach every VM from qemu's
-                      # gateway: the backend ports (PowerDNS API) must admit it.
-                      'controller_addresses = ["10.0.2.2/32"]\n'),
+                      f'alert_urls = ["{guest_alert_url(controller)}"]\n'),
         ("[regions.fsn]\n", f"""[providers.robot]
 driver = "hetzner-robot"
 api_url = "http://127.0.0.1:{robot_port}"
