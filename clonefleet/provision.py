@@ -364,11 +364,14 @@ class Provisioner:
                          passphrase, what=node.name, log=self.log,
                          timeout=max(30.0, timeout - (time.monotonic() - started)))
         self.log(f"{node.name}: {message}")
+        unlocked_at = time.time()
         # The boot unlockd may be watching is done: no instance sends to it again.
         boot = boots.current_boot(self.store, node.name)
         if boot is not None and boot.status in (boots.WAITING, boots.HELD):
             boots.record_unlock(self.store, node.name, boot.marker, by=self.actor,
-                                at=time.time())
+                                at=unlocked_at)
+        # The reboot a rollout or `power reset` announced is this one, unlocked: spent.
+        boots.reboot_done(self.store, node.name, unlocked_at)
         if wait_for_sshd:
             self.wait_for_sshd(node, timeout)
         record = self.store.get(node.name)

@@ -149,6 +149,22 @@ def expect_reboot(store: StateStore, node: str, *, by: str, reason: str = "",
                                            "by": by, "reason": reason})
 
 
+def reboot_done(store: StateStore, node: str, at: float) -> bool:
+    """The node was unlocked at `at` by someone else than unlockd (a rollout, `clonefleet
+    unlock`): a reboot announced before then has happened, so the announcement is spent and
+    the node's next boot is unexpected again (else a power loss within the hour after a
+    rollout would pass for the rollout's reboot and skip the policy). An announcement made
+    after `at` is left for the boot it announces. Returns whether one was spent."""
+    with store.transaction():
+        expected = store.get_fact(node, EXPECTED_REBOOT)
+        if expected is None:
+            return False
+        if isinstance(expected, dict) and float(expected.get("at", 0)) > at:
+            return False
+        store.delete_fact(node, EXPECTED_REBOOT)
+        return True
+
+
 def approve(store: StateStore, node: str, *, by: str, at: float | None = None) -> float:
     """Record an operator's approval to unlock the node's current (or next) boot."""
     moment = time.time() if at is None else at

@@ -489,7 +489,10 @@ def test_manual_unlock_records_the_boot_so_unlockd_sends_nothing_more(
     assert service.run_once()[0].action == "waiting"
     provisioner = Provisioner(load_fleet(fleet_path), store, state_dir,
                               NoProvider(), keystore, log=lambda _: None)  # type: ignore[arg-type]
+    # A reboot announced before (a rollout's, a `power reset`): this unlock spends it.
+    boots.expect_reboot(store, NODE, by="clonefleet update", at=time.time() - 60)
     provisioner.unlock(NODE, wait_for_sshd=False, timeout=30)
+    assert store.get_fact(NODE, boots.EXPECTED_REBOOT) is None
     boots.approve(store, NODE, by="operator")  # even approved: the boot is done
     [outcome] = service.run_once()
     assert outcome.action == "none" and "unlocked already" in outcome.detail

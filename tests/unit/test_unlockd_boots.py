@@ -60,6 +60,21 @@ def test_expected_reboot_is_used_by_the_next_boot_only(store: StateStore) -> Non
     assert second is not None and not second.expected
 
 
+def test_a_reboot_unlocked_without_unlockd_spends_its_announcement(store: StateStore) -> None:
+    # A rollout announced its reboot and unlocked the node itself, no unlockd watching.
+    boots.expect_reboot(store, "n1", by="clonefleet update", at=95.0)
+    assert boots.reboot_done(store, "n1", 100.0)
+    assert store.get_fact("n1", boots.EXPECTED_REBOOT) is None
+    # So a power loss minutes later is unexpected again: the policy decides.
+    boot, _ = boots.saw_initramfs(store, "n1", 400.0)
+    assert boot is not None and not boot.expected
+    # An announcement made after that unlock is for a later reboot: kept.
+    boots.expect_reboot(store, "n1", by="clonefleet power reset", at=500.0)
+    assert not boots.reboot_done(store, "n1", 450.0)
+    assert store.get_fact("n1", boots.EXPECTED_REBOOT)["by"] == "clonefleet power reset"
+    assert not boots.reboot_done(store, "n2", 450.0)  # nothing announced: nothing spent
+
+
 def test_stale_expected_reboot_does_not_make_a_boot_expected(store: StateStore) -> None:
     boots.expect_reboot(store, "n1", by="rollout", at=100.0)
     boot, _ = boots.saw_initramfs(store, "n1", 100.0 + boots.EXPECTED_WINDOW + 1)
