@@ -127,13 +127,19 @@ def test_a_malformed_fact_is_a_one_line_state_error_naming_node_and_key(
     assert message.startswith(f"node fsn-1: fact {key!r} is ") and "\n" not in message
 
 
-def test_load_pinned_writes_the_nodes_keys_and_forgets_keys_no_longer_recorded(
-        store: StateStore, tmp_path: Path) -> None:
-    known_hosts = KnownHosts(tmp_path / "known_hosts")
+def provisioned(store: StateStore) -> str:
+    """fsn-1 recorded as provision leaves it (addresses, both host keys): its sshd key."""
     ssh_key = generate_ed25519("root@fsn-1").public_line
     nodefacts.record_server(store, "fsn-1", server())
     nodefacts.record_host_keys(store, "fsn-1", ssh_host_key=ssh_key,
                                dropbear_host_key=generate_ed25519().public_line)
+    return ssh_key
+
+
+def test_load_pinned_writes_the_nodes_keys_and_forgets_keys_no_longer_recorded(
+        store: StateStore, tmp_path: Path) -> None:
+    known_hosts = KnownHosts(tmp_path / "known_hosts")
+    ssh_key = provisioned(store)
 
     facts = nodefacts.load_pinned(store, "fsn-1", known_hosts)
 
@@ -154,10 +160,7 @@ def test_load_pinned_writes_the_nodes_keys_and_forgets_keys_no_longer_recorded(
 def test_seen_from_a_lab_vm_the_controllers_loopback_is_qemus_gateway(
         store: StateStore, tmp_path: Path) -> None:
     known_hosts = KnownHosts(tmp_path / "known_hosts")
-    ssh_key = generate_ed25519("root@fsn-1").public_line
-    nodefacts.record_server(store, "fsn-1", server())
-    nodefacts.record_host_keys(store, "fsn-1", ssh_host_key=ssh_key,
-                               dropbear_host_key=generate_ed25519().public_line)
+    ssh_key = provisioned(store)
 
     facts = nodefacts.load_pinned(store, "fsn-1", known_hosts, loopback_as="10.0.2.2")
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from clonefleet.fakes import serve as fakes
+from clonefleet.fakes.machines import LabMachines
 from clonefleet.inventory import Fleet, load_fleet
 from clonefleet.keystore import Keystore
 from clonefleet.providers.base import SshAccess
@@ -104,3 +106,31 @@ def open_lab(tmp_path_factory: pytest.TempPathFactory,
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def open_lab_behind_fakes(tmp_path_factory: pytest.TempPathFactory,
+                          fleet: Callable[[Path], tuple[Path, Path]], providers: tuple[str, ...],
+                          env_extra: dict[str, str]) -> Iterator[Lab]:
+    """`open_lab` with the API fakes of `providers` serving: `fleet(state_root)` writes and
+    returns (the fleet file the machine room builds each server's VM from, the one clonefleet
+    is given), usually the same file. Each fake's servers are lab VMs of the fleet's state
+    folder: Robot's and OVH's exist from the start, powered off; Cloud's when the driver
+    creates them. The fakes stop after the VMs are gone."""
+    started: list[fakes.Served] = []
+
+    def serve(state_root: Path) -> Path:
+        truth, given = fleet(state_root)
+        loaded = load_fleet(truth)
+        for provider in providers:
+            machines = LabMachines(state_root / loaded.name, nodes={
+                node.name: node for node in fakes.provider_nodes(loaded, provider)})
+            served = fakes.build(loaded, provider, machines, delay=0.5)
+            served.fake.start()
+            started.append(served)
+        return given
+
+    try:
+        yield from open_lab(tmp_path_factory, serve, env_extra)
+    finally:
+        for served in started:
+            served.fake.shutdown()

@@ -58,8 +58,6 @@ from webhook_fixture import Webhook
 from clonefleet.dnsmap import Endpoints
 from clonefleet.dnsmap.powerdns import ask
 from clonefleet.dnsmap.verify import ANYWHERE
-from clonefleet.fakes import serve as fakes
-from clonefleet.fakes.machines import LabMachines
 from clonefleet.fakes.serve import DEFAULT_CREDENTIALS
 from clonefleet.inventory import load_fleet
 from clonefleet.lab import qemu
@@ -69,7 +67,7 @@ from clonefleet.rollout.progress import last_run
 from clonefleet.ssh import RemoteShell
 from clonefleet.state import StateStore
 
-from .conftest import LAB_FLEET, ROOT, Lab, open_lab
+from .conftest import LAB_FLEET, ROOT, Lab, open_lab_behind_fakes
 from .raid_checks import (
     check_boots_from_either_disk,
     check_key_rotation,
@@ -183,27 +181,12 @@ def guest_alert_url(controller: Controller) -> str:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory, controller: Controller) -> Iterator[Lab]:
-    started: list[fakes.Served] = []
-
-    def fleet(state_root: Path) -> Path:
+    def fleet(state_root: Path) -> tuple[Path, Path]:
         path = state_root / "lab.toml"
         path.write_text(fleet_text(controller, free_port(), free_port()))
-        loaded = load_fleet(path)
-        # The machine room: each fake's servers are lab VMs of this fleet's state folder
-        # (Robot's exists from the start, powered off; Cloud's when the driver creates it).
-        for provider in ("robot", "cloud"):
-            machines = LabMachines(state_root / loaded.name, nodes={
-                node.name: node for node in fakes.provider_nodes(loaded, provider)})
-            served = fakes.build(loaded, provider, machines, delay=0.5)
-            served.fake.start()
-            started.append(served)
-        return path
+        return path, path
 
-    try:
-        yield from open_lab(tmp_path_factory, fleet, CREDENTIALS)
-    finally:
-        for served in started:
-            served.fake.shutdown()
+    yield from open_lab_behind_fakes(tmp_path_factory, fleet, ("robot", "cloud"), CREDENTIALS)
 
 
 def fetch(url: str) -> str:

@@ -14,12 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from clonefleet.fakes import serve
-from clonefleet.fakes.machines import LabMachines
 from clonefleet.fakes.serve import DEFAULT_CREDENTIALS
-from clonefleet.inventory import load_fleet
 
-from .conftest import Lab, open_lab
+from .conftest import Lab, open_lab_behind_fakes
 
 pytestmark = pytest.mark.vm
 OVH = "gra-1"
@@ -70,30 +67,18 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    started: list[serve.Served] = []
-
-    def fleet(state_root: Path) -> Path:
+    def fleet(state_root: Path) -> tuple[Path, Path]:
         port = free_port()
         # The machine room builds the server's VM from the right fleet file: its disk has
         # serial CFLAB-GRA1-A. The file clonefleet is given at first names another serial,
         # as a fleet file with a typo would.
         truth = state_root / "ovhlab-truth.toml"
         truth.write_text(FLEET.format(ovh_serial=GOOD_SERIAL, ovh_port=port))
-        actual = load_fleet(truth)
-        machines = LabMachines(state_root / actual.name, nodes={
-            node.name: node for node in serve.provider_nodes(actual, "ovhlab")})
-        served = serve.build(actual, "ovhlab", machines, delay=0.5)
-        served.fake.start()
-        started.append(served)
-        path = state_root / "ovhlab.toml"
-        path.write_text(FLEET.format(ovh_serial=WRONG_SERIAL, ovh_port=port))
-        return path
+        given = state_root / "ovhlab.toml"
+        given.write_text(FLEET.format(ovh_serial=WRONG_SERIAL, ovh_port=port))
+        return truth, given
 
-    try:
-        yield from open_lab(tmp_path_factory, fleet, ENV)
-    finally:
-        for served in started:
-            served.fake.shutdown()
+    yield from open_lab_behind_fakes(tmp_path_factory, fleet, ("ovhlab",), ENV)
 
 
 def test_a_node_failing_mid_install_is_finished_by_a_rerun_once_fixed(lab: Lab) -> None:
