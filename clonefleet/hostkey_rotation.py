@@ -12,7 +12,8 @@ place and reload sshd (`systemctl reload ssh`: a new sshd process reads it; open
 stay), wait until sshd presents it, then pin it; a fresh pinned login proves the pin.
 
 Dropbear (initramfs): make the new key beside the old one, record it as pending, move it into
-place and rebuild the initramfs (`update-initramfs -u -k all`), then pin it. Dropbear runs only
+place and rebuild the initramfs (`update-initramfs -u -k all`, then `sync`: a power loss
+right after must not boot the old initramfs under the new pin), then pin it. Dropbear runs only
 while the node waits for its passphrase, so nothing connects to it between the swap and the
 pin; the next boot presents the new key.
 
@@ -58,7 +59,9 @@ class NodeKeyFiles:
     sshd_key: str = "/etc/ssh/ssh_host_ed25519_key"
     dropbear_key: str = "/etc/dropbear/initramfs/dropbear_ed25519_host_key"
     reload_sshd: str = "systemctl reload ssh"
-    rebuild_initramfs: str = "update-initramfs -u -k all"
+    # Flushed before the pin moves: update-initramfs leaves the new image in the page cache,
+    # and a power cut right after the rotation booted the old one (lab fleet test).
+    rebuild_initramfs: str = "update-initramfs -u -k all && sync"
 
 
 NODE_KEY_FILES = NodeKeyFiles()

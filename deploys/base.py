@@ -77,7 +77,9 @@ def dropbear_unlock_keys() -> None:
         if not offline():
             # The initramfs holds its own copy; the next boot's Dropbear reads that one.
             server.shell(name="initramfs rebuilt with the unlock keys",
-                         commands=["update-initramfs -u -k all"], _if=dropbear.did_change)
+                         # Flushed: a power cut must not boot the old keys' initramfs.
+                         commands=["update-initramfs -u -k all && sync"],
+                         _if=dropbear.did_change)
 
 
 @deploy("clonefleet base", data_defaults={
