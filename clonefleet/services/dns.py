@@ -33,7 +33,7 @@ from clonefleet.inventory import Fleet
 from clonefleet.providers.registry import Setting
 from clonefleet.secrets import random_token
 from clonefleet.services import DeployOutcome, ServiceContext
-from clonefleet.services.controller import controller_networks
+from clonefleet.services.controller import controller_networks, is_lab_vm
 
 NAME = "dns"
 API_KEY_SECRET = "pdns_api_key"
@@ -139,7 +139,7 @@ def record_endpoint(context: ServiceContext, outcome: DeployOutcome) -> None:
         return
     # A lab VM's fleet-file addresses are documentation addresses, never reachable: without
     # the port forwards its provider records, there is no way to reach its server yet.
-    if (context.node.provider == "lab"
+    if (is_lab_vm(context.fleet, context.node)
             and not context.store.get_fact(context.node.name, FORWARDED_PORTS_FACT)):
         return
     context.store.set_fact(context.node.name, ENDPOINT_FACT, endpoint_fact(context))

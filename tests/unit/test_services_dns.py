@@ -158,6 +158,16 @@ def test_hook_leaves_a_lab_node_without_port_forwards_unrecorded(
     assert store.get_fact("fsn-1", ENDPOINT_FACT) is None               # reachable
 
 
+def test_hook_leaves_a_fake_providers_vm_without_port_forwards_unrecorded(
+        tmp_path: Path, store: SqliteStateStore, secrets: SecretStore) -> None:
+    # A fake's server is a lab VM too (lab_routes): its reported address is never reachable.
+    path = tmp_path / "fake.toml"
+    path.write_text(TWO_REGION_FLEET.replace('provider = "lab"', 'provider = "cloud"') +
+                    '\n[providers.cloud]\ndriver = "hetzner-cloud"\nlab_routes = true\n')
+    after_deploy(context(load_fleet(path), store, secrets, "fsn-1"), succeeded())
+    assert store.get_fact("fsn-1", ENDPOINT_FACT) is None
+
+
 def test_a_malformed_forwarded_port_is_an_endpoint_error_naming_the_fact(
         fleet: Fleet, store: SqliteStateStore, secrets: SecretStore) -> None:
     store.set_fact("fsn-1", "forwarded_ports", {"udp/53": "127.0.0.1:40124"})
