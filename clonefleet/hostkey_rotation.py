@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from clonefleet import nodefacts
 from clonefleet.errors import HostKeyMismatchError, StateError
+from clonefleet.image.node import REBUILD_INITRAMFS
 from clonefleet.keyslots import now_iso
 from clonefleet.known_hosts import KnownHosts, public_key_blob
 from clonefleet.liveprobe import fingerprint, presented_host_key
@@ -59,9 +60,7 @@ class NodeKeyFiles:
     sshd_key: str = "/etc/ssh/ssh_host_ed25519_key"
     dropbear_key: str = "/etc/dropbear/initramfs/dropbear_ed25519_host_key"
     reload_sshd: str = "systemctl reload ssh"
-    # Flushed before the pin moves: update-initramfs leaves the new image in the page cache,
-    # and a power cut right after the rotation booted the old one (lab fleet test).
-    rebuild_initramfs: str = "update-initramfs -u -k all && sync"
+    rebuild_initramfs: str = REBUILD_INITRAMFS  # flushed before the pin moves
 
 
 NODE_KEY_FILES = NodeKeyFiles()

@@ -69,7 +69,7 @@ def dropbear_unlock_keys() -> None:
     empty), and the initramfs rebuilt when they changed (not offline)."""
     unlock_keys = list(host.data.get("clonefleet_unlock_keys") or [])
     if unlock_keys:
-        from clonefleet.image.node import initramfs_authorized_keys
+        from clonefleet.image.node import REBUILD_INITRAMFS, initramfs_authorized_keys
 
         dropbear = files.put(name="Dropbear (initramfs): the keys that may unlock",
                              src=StringIO(initramfs_authorized_keys(unlock_keys)),
@@ -77,9 +77,7 @@ def dropbear_unlock_keys() -> None:
         if not offline():
             # The initramfs holds its own copy; the next boot's Dropbear reads that one.
             server.shell(name="initramfs rebuilt with the unlock keys",
-                         # Flushed: a power cut must not boot the old keys' initramfs.
-                         commands=["update-initramfs -u -k all && sync"],
-                         _if=dropbear.did_change)
+                         commands=[REBUILD_INITRAMFS], _if=dropbear.did_change)
 
 
 @deploy("clonefleet base", data_defaults={

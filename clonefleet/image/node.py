@@ -30,6 +30,12 @@ UNLOCK_ONLY = ('no-port-forwarding,no-agent-forwarding,no-X11-forwarding,no-pty,
                'command="/bin/cryptroot-unlock"')
 
 
+# Rebuild a booted node's initramfs (its Dropbear keys changed), flushed before anything
+# relies on it: update-initramfs leaves the new image in the page cache, and a power cut
+# right after a host-key rotation booted the old one (lab fleet test).
+REBUILD_INITRAMFS = "update-initramfs -u -k all && sync"
+
+
 def initramfs_authorized_keys(keys: tuple[str, ...] | list[str]) -> str:
     """Dropbear's initramfs authorized_keys: each key may run cryptroot-unlock, nothing else.
     The node layer writes it at install, the base deploy (`clonefleet_unlock_keys`) after a
