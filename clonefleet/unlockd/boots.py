@@ -30,6 +30,9 @@ from typing import Any
 
 from clonefleet.state import StateStore
 
+# Who unlockd's transitions name (drain, boot).
+ACTOR = "clonefleet unlockd"
+
 BOOT = "unlockd_boot"
 EXPECTED_REBOOT = "expected_reboot"
 APPROVAL = "unlock_approval"
@@ -137,8 +140,21 @@ def saw_initramfs(store: StateStore, node: str, at: float) -> tuple[Boot | None,
         new = Boot(marker=str(int(at * 1000)), first_seen=at, status=WAITING,
                    expected=is_expected,
                    expected_by=str(expected.get("by", "")) if is_expected and
-                   isinstance(expected, dict) else "")
+                   isinstance(expected, dict) else "",
+                   drained=boot is not None and boot.drained and still_out(store, node))
         return _write(store, node, new), True
+
+
+def still_out(store: StateStore, node: str) -> bool:
+    """unlockd took the node out of DNS and nobody has put it back (or taken it out again
+    for another reason) since: the boot after such a boot inherits the duty to return it.
+    Without this, a node that rebooted again before it was returned (say, the controller's
+    instance, the one that can return nodes, was down for both boots) stayed out for good."""
+    record = store.get(node)
+    if record is None or record.state not in ("draining", "drained"):
+        return False
+    went_out = [entry for entry in store.history(node) if entry.to_state == "draining"]
+    return bool(went_out) and went_out[-1].actor == ACTOR
 
 
 def expect_reboot(store: StateStore, node: str, *, by: str, reason: str = "",

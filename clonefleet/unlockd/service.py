@@ -37,7 +37,7 @@ from clonefleet.unlock import BadPassphrase, TooManyTries, UnlockNotReady, send_
 from clonefleet.unlockd import boots
 from clonefleet.unlockd.policy import FleetUnlockPolicy, UnlockPolicy, decide
 
-ACTOR = "clonefleet unlockd"
+ACTOR = boots.ACTOR
 # The fleet fact through which a controller's unlockd tells unlockers elsewhere (which have
 # no fleet file) the policy, each node's region and where alerts go.
 PUBLISHED = "unlockd_config"

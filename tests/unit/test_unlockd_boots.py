@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from etcd_fixture import Backend
 
-from clonefleet.state import StateStore
+from clonefleet.state import StateStore, lifecycle
 from clonefleet.unlockd import boots
 
 
@@ -133,3 +133,34 @@ def test_an_unlocker_without_a_published_policy_waits_for_approvals(
     policy, regions, urls = published_config(store)
     assert policy.for_region("fsn") == UnlockPolicy("after", 600.0)
     assert regions == {"n1": "fsn"} and urls == ["json://127.0.0.1:9/alerts"]
+
+
+def unlockd_drained_boot(store: StateStore) -> boots.Boot:
+    """Boot 1 of an active node that unlockd drained, then saw up (not returned yet)."""
+    store.set_state("n1", "active", actor="test")
+    first, _ = boots.saw_initramfs(store, "n1", 100.0)
+    assert first is not None
+    store.apply("n1", lifecycle.DRAIN, actor=boots.ACTOR, reason="unexpected reboot")
+    boots.update_boot(store, "n1", first.marker, drained=True)
+    boots.saw_sshd(store, "n1", 200.0)
+    return first
+
+
+def test_a_boot_before_the_drained_node_was_returned_inherits_its_return(
+        store: StateStore) -> None:
+    # The controller's instance (the one that returns nodes) was down for both boots: the
+    # second boot must still bring the node back, or it stays out of DNS for good.
+    unlockd_drained_boot(store)
+    second, new = boots.saw_initramfs(store, "n1", 300.0)
+    assert new and second is not None and second.drained
+
+
+@pytest.mark.parametrize("meanwhile", ["returned", "drained by an operator"])
+def test_a_node_someone_else_moved_since_is_not_returned_by_the_next_boot(
+        store: StateStore, meanwhile: str) -> None:
+    unlockd_drained_boot(store)
+    store.apply("n1", lifecycle.UNDRAIN, actor="operator", reason="back")
+    if meanwhile == "drained by an operator":
+        store.apply("n1", lifecycle.DRAIN, actor="operator", reason="maintenance")
+    second, _ = boots.saw_initramfs(store, "n1", 300.0)
+    assert second is not None and not second.drained
