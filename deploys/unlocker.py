@@ -113,7 +113,8 @@ def unlocker() -> None:
                          "data unlocker_store_url = 'etcd://HOST:PORT/PREFIX'")
     installed = host.get_fact(DebPackages)
     if any(package not in installed for package in PACKAGES):
-        # The node image has most of them but no package lists: fetch them only when needed.
+        # The node image has them all (clonefleet.image.base); a node from elsewhere may
+        # not, and has no package lists: fetch them only when needed.
         apt.update(name="apt package lists (for the unlocker's packages)")
     apt.packages(name="unlocker needs (Debian packages)", packages=PACKAGES)
 

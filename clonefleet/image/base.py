@@ -42,6 +42,11 @@ APT_PACKAGES = (
     # packaged services kept from starting (see FULL_CLONE_UNITS)
     "pdns-server", "pdns-backend-sqlite3", "pdns-backend-geoip", "haproxy", "postgresql",
     "wireguard-tools", "prometheus-node-exporter",
+    # an unlocker (deploys/unlocker.py, on the nodes the fleet file names) runs on Debian's
+    # python3 with these: every node has them, so any node can become one without apt
+    "python3-click", "python3-rich", "python3-requests", "python3-cryptography",
+    "python3-bcrypt", "python3-nacl",
+    "python3-futurist", "python3-pbr",
 )
 # The packages above enable their services on install. The image ships them disabled: each
 # service's deploy enables what it has configured, and an emulated lab VM must not spend its
@@ -83,7 +88,7 @@ MASKED_GENERATORS = (
     "systemd-integritysetup-generator", "systemd-veritysetup-generator",
     "systemd-system-update-generator", "systemd-rc-local-generator", "systemd-run-generator",
 )
-BUILD_VERSION = "8"  # bump when the configuration below changes
+BUILD_VERSION = "9"  # bump when the configuration below changes
 LAST_USED = "last-used"  # touched whenever the image is handed out
 UNUSED_IMAGE_SECONDS = 7 * 24 * 3600
 
@@ -211,8 +216,10 @@ def _configure(root: Path) -> None:
     conf_hook = root / "etc/cryptsetup-initramfs/conf-hook"
     conf_hook.write_text(conf_hook.read_text() + "\nCRYPTSETUP=y\n")
     (root / "etc/dropbear/initramfs/dropbear.conf").write_text(
-        "# clonefleet: unlock-only Dropbear: no passwords, no forwarding, idle timeout\n"
-        f'DROPBEAR_OPTIONS="-p {DROPBEAR_PORT} -s -j -k -I 120"\n'
+        "# clonefleet: unlock-only Dropbear: no passwords, no forwarding, idle timeout; its\n"
+        "# log on the console (-E: the initramfs has no syslog), so the console shows each\n"
+        "# login and the key that made it: who unlocked this boot\n"
+        f'DROPBEAR_OPTIONS="-p {DROPBEAR_PORT} -s -j -k -I 120 -E"\n'
     )
     grub_d = root / "etc/default/grub.d"
     grub_d.mkdir(parents=True, exist_ok=True)

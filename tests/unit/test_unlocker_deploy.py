@@ -65,3 +65,14 @@ def test_without_a_store_address_the_deploy_is_refused_before_anything_runs(
     assert result.returncode != 0
     assert "unlocker_store_url" in result.stderr and "[unlock] store_url" in result.stderr
     assert not (tmp_path / "commands.json").exists()
+
+
+def test_every_node_image_has_the_unlockers_packages() -> None:
+    # Any node can become an unlocker without apt: under emulation (and behind a firewall
+    # with no mirror) a first unlocker deploy that fetched package lists took minutes.
+    from clonefleet.image import base
+    from deploys.unlocker import PACKAGES
+
+    image = set(base.PACKAGES + base.APT_PACKAGES + base.HARDENING_PACKAGES)
+    missing = set(PACKAGES) - image - {"openssh-client"}  # openssh-server's dependency
+    assert not missing, missing
