@@ -20,7 +20,7 @@ from clonefleet.keystore import Keystore
 from clonefleet.providers.base import SshAccess
 from clonefleet.providers.lab import LabProvider
 from clonefleet.ssh import RemoteShell
-from clonefleet.state import SqliteStateStore, open_store
+from clonefleet.state import StateStore, open_store
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB_FLEET = ROOT / "inventory" / "lab.toml"
@@ -38,8 +38,8 @@ class Lab:
         return self.state_root / self.fleet.name
 
     @property
-    def store(self) -> SqliteStateStore:
-        return open_store(self.state_dir)
+    def store(self) -> StateStore:
+        return open_store(self.state_dir, self.fleet.state)
 
     @property
     def provider(self) -> LabProvider:

@@ -1,6 +1,7 @@
 """The lab fleet end to end, provisioned once per run and shared by every test below (none
 needs a fresh install): three VMs in two regions on the lab's LAN, each behind another
-provider, so one fleet proves three drivers:
+provider, so one fleet proves three drivers; its state is on a real etcd (the shared store
+the nodes' unlockers need):
 
 - fsn-1 is a Hetzner dedicated server as the `hetzner-robot` driver sees one (the Robot API
   is the local fake): a /32 with an off-link gateway and nothing else (10.0.2.15/32 via
@@ -20,9 +21,13 @@ DNS-01 answered by the nodes' own PowerDNS, a deploy distributes it and every no
 serves it on 443 (HTTP/2) in front of the app, and the whole node deploy again then changes
 nothing; `clonefleet update` rolls a "security update" needing a reboot over the three
 (each drained, upgraded, rebooted, unlocked through Dropbear, checked and put back) while a
-thread asks every node's PowerDNS that Falkenstein never drops below its minimum; the
-mission's loop: fsn-2's smartwatch is fed a failing NVMe recording, alerts the operators and
-drains fsn-2 through `clonefleet serve`, and no node's PowerDNS answers with fsn-2 any more;
+thread asks every node's PowerDNS that Falkenstein never drops below its minimum; fsn-1
+and ash-1 become unlockers (one deploy) and, with nothing of clonefleet running on the
+controller, unlock fsn-2 after two hard power cycles: one of them per boot with both up,
+the other alone once the first is stopped (tests/vm/unlocker_checks.py), and the
+controller's unlockd, back, returns the healthy node to DNS; the mission's loop: fsn-2's
+smartwatch is fed a failing NVMe recording, alerts the operators and drains fsn-2 through
+`clonefleet serve`, and no node's PowerDNS answers with fsn-2 any more;
 fsn-2's LUKS passphrase is rotated, a hard power cycle is refused by `clonefleet unlock`
 while the controller pins another initramfs key and then unlocked with the paper recovery
 key; last, because it degrades the mirror, fsn-2 boots from either disk alone, each boot a
@@ -51,6 +56,7 @@ from apt_repo_fixture import INSTALLED, OTHER_UPGRADES, SECURITY_UPGRADES, AptRe
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from dns_watch import DnsWatch
+from etcd_fixture import EtcdServer
 from node_replay import CHECK, install_replay
 from pebble_fixture import Pebble, start_pebble
 from webhook_fixture import Webhook
@@ -75,10 +81,19 @@ from .raid_checks import (
     check_recovery_key_unlocks_a_boot,
 )
 from .unlockd_checks import (
+    UnlockdProcess,
     UnlockdReboots,
     check_host_key_rotation,
     current_dropbear_key,
     foreign_key,
+    wait_for,
+)
+from .unlocker_checks import (
+    NodeUnlockers,
+    add_unlockers,
+    check_unlocker_service,
+    set_unlocker,
+    unlocker_fingerprints,
 )
 
 # Selectable alone with `bash scripts/test -m fleet tests/vm/test_lab_fleet.py`.
@@ -87,6 +102,8 @@ NODES = ("fsn-1", "fsn-2", "ash-1")
 ROBOT_NODE = "fsn-1"
 RAID_NODE = "fsn-2"
 CLOUD_NODE = "ash-1"
+# The nodes that unlock the others (fsn-2 among them) while the controller is down.
+UNLOCKERS = (ROBOT_NODE, CLOUD_NODE)
 FAILING = "fsn-2"  # its region keeps fsn-1: the drain leaves Falkenstein at its minimum
 ROBOT_SERVER = 321
 # The provider nodes' addresses on the fleet's private network (the lab's LAN), as a
@@ -125,6 +142,18 @@ class Controller:
 
 
 @pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """The fleet's shared state store: a real etcd on the controller's loopback (the nodes'
+    unlockers reach it at qemu's 10.0.2.2)."""
+    server = EtcdServer(tmp_path_factory.mktemp("etcd"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
 def controller() -> Iterator[Controller]:
     ours = Controller(Webhook(), free_port())
     try:
@@ -135,13 +164,16 @@ def controller() -> Iterator[Controller]:
         ours.webhook.stop()
 
 
-def fleet_text(controller: Controller, robot_port: int, cloud_port: int) -> str:
-    """The lab fleet as shipped, with where the agents send drain requests and alerts (the
-    controller as a guest sees it: qemu's 10.0.2.2 is this machine's loopback), fsn-1 a
-    Robot server and ash-1 a Cloud server, both with their private addresses."""
+def fleet_text(controller: Controller, robot_port: int, cloud_port: int,
+               etcd_port: int) -> str:
+    """The lab fleet as shipped, with its state on etcd, where the agents send drain
+    requests and alerts (the controller as a guest sees it: qemu's 10.0.2.2 is this
+    machine's loopback), fsn-1 a Robot server and ash-1 a Cloud server, both with their
+    private addresses."""
     text = LAB_FLEET.read_text()
     replacements = [
-        ("[fleet]\n", f'[fleet]\ncontrol_url = "http://10.0.2.2:{controller.serve_port}"\n'
+        ("[fleet]\n", f'[fleet]\nstate = "etcd://127.0.0.1:{etcd_port}"\n'
+                      f'control_url = "http://10.0.2.2:{controller.serve_port}"\n'
                       f'alert_urls = ["{guest_alert_url(controller)}"]\n'),
         ("[regions.fsn]\n", f"""[providers.robot]
 driver = "hetzner-robot"
@@ -180,10 +212,11 @@ def guest_alert_url(controller: Controller) -> str:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory, controller: Controller) -> Iterator[Lab]:
+def lab(tmp_path_factory: pytest.TempPathFactory, controller: Controller,
+        etcd: EtcdServer) -> Iterator[Lab]:
     def fleet(state_root: Path) -> tuple[Path, Path]:
         path = state_root / "lab.toml"
-        path.write_text(fleet_text(controller, free_port(), free_port()))
+        path.write_text(fleet_text(controller, free_port(), free_port(), etcd.client_port))
         return path, path
 
     yield from open_lab_behind_fakes(tmp_path_factory, fleet, ("robot", "cloud"), CREDENTIALS)
@@ -663,6 +696,79 @@ def test_a_security_update_needing_a_reboot_rolls_across_the_fleet(
                 restore_sources(shell)
         repo.stop()
         lab.fleet_path.write_text(text)
+
+
+def test_two_nodes_unlock_a_third_while_the_controller_is_down(
+        lab: Lab, controller: Controller, etcd: EtcdServer) -> None:
+    # fsn-1 and ash-1 become unlockers (one deploy: their keys made there and granted, every
+    # node's Dropbear trusting them from its rebuilt initramfs), reaching the fleet's etcd
+    # at qemu's 10.0.2.2. Then fsn-2, active, is power-cycled twice behind clonefleet's
+    # back with nothing of clonefleet running on the controller (etcd stands for the
+    # fleet's cluster): first with both unlockers up (one of them, never both, sends the
+    # passphrase), then with that one stopped (the other alone is enough). Last the
+    # controller's unlockd comes back and returns the healthy node to DNS.
+    add_unlockers(lab, UNLOCKERS, f"etcd://{GUEST_LOOPBACK}:{etcd.client_port}")
+    deployed = json.loads(lab.cli("--json", "deploy", *NODES, timeout=2400).stdout)
+    for node in NODES:
+        assert not deployed[node]["failed"], deployed[node]
+    keys = unlocker_fingerprints(lab)
+    assert sorted(keys) == sorted(UNLOCKERS), keys
+    for node in UNLOCKERS:
+        check_unlocker_service(lab, node)
+    target = NodeUnlockers(lab, RAID_NODE)
+    assert state_of(lab, RAID_NODE) == "active"
+    alerts = len([title for title in controller.webhook.titles()
+                  if title.startswith(f"{RAID_NODE}: rebooted")])
+    try:
+        both = target.power_cycle_and_wait()
+        print(f"unlockers: {RAID_NODE} up in {both.seconds:.0f} s, {both.deliveries}")
+        winner = both.unlocked_by.split(":")[0]
+        assert winner in UNLOCKERS, both
+        # One unlocker logged into the node's Dropbear for this boot, never the other.
+        assert both.deliveries and set(both.deliveries) == {keys[winner]}, (both, keys)
+        # An unexpected reboot of an active node: drained in the store by the unlocker.
+        assert state_of(lab, RAID_NODE) in ("draining", "drained") and both.boot.drained
+
+        set_unlocker(lab, winner, running=False)
+        other = next(node for node in UNLOCKERS if node != winner)
+        alone = target.power_cycle_and_wait()
+        print(f"unlockers: {RAID_NODE} up in {alone.seconds:.0f} s, {alone.deliveries}")
+        assert alone.unlocked_by.split(":")[0] == other, alone
+        assert alone.deliveries and set(alone.deliveries) == {keys[other]}, (alone, keys)
+        # Still out of DNS, and this boot inherits the duty to return it.
+        assert alone.boot.drained, alone.boot
+        # One alert per boot reached the operators, from the unlockers (claimed in the store).
+        titles = [title for title in controller.webhook.titles()
+                  if title.startswith(f"{RAID_NODE}: rebooted")]
+        assert len(titles) == alerts + 2, controller.webhook.titles()
+    finally:
+        for node in UNLOCKERS:
+            with contextlib.suppress(Exception):
+                set_unlocker(lab, node, running=False)
+
+    # The controller is back: its unlockd checks the node over sshd and returns it.
+    near = client_near(lab, RAID_NODE)
+    region = {lab.fleet.node(name).ipv4 for name in NODES
+              if lab.fleet.node(name).region == lab.fleet.node(RAID_NODE).region}
+    text = lab.fleet_path.read_text()
+    # The controller sends its alerts to the webhook on its own loopback (see below).
+    lab.fleet_path.write_text(text.replace(guest_alert_url(controller), controller.webhook.url))
+    try:
+        with UnlockdProcess(lab, "back") as unlockd:
+            wait_for(lambda: state_of(lab, RAID_NODE) == "active", 600,
+                     "the controller's unlockd returning the node to DNS", unlockd.log)
+    finally:
+        lab.fleet_path.write_text(text)
+    [health] = lab.store.health(RAID_NODE)
+    assert health.ok and health.source == "unlockd", health
+    served = answers_seen(lab, near, TRIES)
+    assert served == {node: region for node in NODES}, served
+
+
+def state_of(lab: Lab, node: str) -> str:
+    record = lab.store.get(node)
+    assert record is not None, f"{node} has no record"
+    return record.state
 
 
 def test_a_failing_disk_alerts_and_drains_its_node_from_every_server(
