@@ -105,8 +105,8 @@ def etcd_available() -> bool:
     return Path(ETCD).exists()
 
 
-@pytest.fixture(scope="session")
-def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+def running_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """A fixture's body: an etcd in a fresh temporary folder, stopped afterwards."""
     if not etcd_available():
         pytest.fail("etcd is not installed: run scripts/setup (Debian package etcd-server)")
     server = EtcdServer(tmp_path_factory.mktemp("etcd"))
@@ -115,6 +115,11 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    yield from running_etcd(tmp_path_factory)
 
 
 BACKENDS = [pytest.param("sqlite", marks=pytest.mark.unit),
@@ -129,4 +134,5 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return Backend.sqlite(tmp_path)
 
 
-__all__ = ["Backend", "EtcdServer", "SqliteStateStore", "backend", "etcd_server"]
+__all__ = ["Backend", "EtcdServer", "SqliteStateStore", "backend", "etcd_server",
+           "running_etcd"]

@@ -56,7 +56,7 @@ from apt_repo_fixture import INSTALLED, OTHER_UPGRADES, SECURITY_UPGRADES, AptRe
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from dns_watch import DnsWatch
-from etcd_fixture import EtcdServer
+from etcd_fixture import EtcdServer, running_etcd
 from node_replay import CHECK, install_replay
 from pebble_fixture import Pebble, start_pebble
 from webhook_fixture import Webhook
@@ -128,6 +128,10 @@ BATCHING = ("--batch-size", "2", "--max-unavailable-per-region", "1")
 # `keys rotate-host-keys` on fsn-2 before its last reboots, on request: its reboot onto the
 # rotated Dropbear key has not passed on a VM yet (docs/keys.md).
 ROTATE_HOST_KEYS = os.environ.get("CLONEFLEET_TEST_HOST_KEY_ROTATION") == "1"
+# Unlockers on fsn-1 and ash-1 unlocking fsn-2 with the controller down, on request: their
+# deploy (three initramfs rebuilds at once) and two more reboots of fsn-2 cost about 25 min
+# on two emulating cores, more than the suite's time budget leaves.
+NODE_UNLOCKERS = os.environ.get("CLONEFLEET_TEST_NODE_UNLOCKERS") == "1"
 
 
 @dataclass
@@ -145,12 +149,7 @@ class Controller:
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
     """The fleet's shared state store: a real etcd on the controller's loopback (the nodes'
     unlockers reach it at qemu's 10.0.2.2)."""
-    server = EtcdServer(tmp_path_factory.mktemp("etcd"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from running_etcd(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -698,6 +697,8 @@ def test_a_security_update_needing_a_reboot_rolls_across_the_fleet(
         lab.fleet_path.write_text(text)
 
 
+@pytest.mark.skipif(not NODE_UNLOCKERS, reason="on request: its deploy and two reboots cost "
+                    "about 25 min under emulation; CLONEFLEET_TEST_NODE_UNLOCKERS=1 runs it")
 def test_two_nodes_unlock_a_third_while_the_controller_is_down(
         lab: Lab, controller: Controller, etcd: EtcdServer) -> None:
     # fsn-1 and ash-1 become unlockers (one deploy: their keys made there and granted, every
@@ -708,9 +709,12 @@ def test_two_nodes_unlock_a_third_while_the_controller_is_down(
     # passphrase), then with that one stopped (the other alone is enough). Last the
     # controller's unlockd comes back and returns the healthy node to DNS.
     add_unlockers(lab, UNLOCKERS, f"etcd://{GUEST_LOOPBACK}:{etcd.client_port}")
-    deployed = json.loads(lab.cli("--json", "deploy", *NODES, timeout=2400).stdout)
+    started = time.monotonic()
+    deployed = json.loads(lab.cli("--json", "deploy", *NODES, timeout=3600).stdout)
+    print(f"unlockers: deploy {time.monotonic() - started:.0f} s")
     for node in NODES:
         assert not deployed[node]["failed"], deployed[node]
+        print(f"{node}: changed {deployed[node]['changed']}")
     keys = unlocker_fingerprints(lab)
     assert sorted(keys) == sorted(UNLOCKERS), keys
     for node in UNLOCKERS:
@@ -721,20 +725,22 @@ def test_two_nodes_unlock_a_third_while_the_controller_is_down(
                   if title.startswith(f"{RAID_NODE}: rebooted")])
     try:
         both = target.power_cycle_and_wait()
-        print(f"unlockers: {RAID_NODE} up in {both.seconds:.0f} s, {both.deliveries}")
-        winner = both.unlocked_by.split(":")[0]
-        assert winner in UNLOCKERS, both
+        print(f"unlockers: {RAID_NODE} up in {both.seconds:.0f} s, by {both.unlocked_by}, "
+              f"logins {both.deliveries}")
         # One unlocker logged into the node's Dropbear for this boot, never the other.
-        assert both.deliveries and set(both.deliveries) == {keys[winner]}, (both, keys)
+        [winner] = [node for node in UNLOCKERS if keys[node] in both.deliveries]
+        assert set(both.deliveries) == {keys[winner]}, (both, keys)
+        assert both.unlocked_by.startswith(f"{winner}:"), both
         # An unexpected reboot of an active node: drained in the store by the unlocker.
         assert state_of(lab, RAID_NODE) in ("draining", "drained") and both.boot.drained
 
         set_unlocker(lab, winner, running=False)
         other = next(node for node in UNLOCKERS if node != winner)
         alone = target.power_cycle_and_wait()
-        print(f"unlockers: {RAID_NODE} up in {alone.seconds:.0f} s, {alone.deliveries}")
-        assert alone.unlocked_by.split(":")[0] == other, alone
+        print(f"unlockers: {RAID_NODE} up in {alone.seconds:.0f} s, by {alone.unlocked_by}, "
+              f"logins {alone.deliveries}")
         assert alone.deliveries and set(alone.deliveries) == {keys[other]}, (alone, keys)
+        assert alone.unlocked_by.startswith(f"{other}:"), alone
         # Still out of DNS, and this boot inherits the duty to return it.
         assert alone.boot.drained, alone.boot
         # One alert per boot reached the operators, from the unlockers (claimed in the store).
