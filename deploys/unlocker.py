@@ -9,7 +9,8 @@ pbr; what Debian 12 lacks or ships too old is sent from the controller as one ar
 /opt/clonefleet-unlockd/lib (`deploys._archive`): clonefleet itself, paramiko (Debian's 2.12
 is older than the 3.4 clonefleet needs), etcd3gw (Debian's 2.0 is older than 2.7) and pyrage
 (a Rust extension built for the stable ABI, `cp310-abi3-manylinux_2_17`: the controller's
-wheel loads in Debian 12's python3.11 as it is). A package whose version reads its own
+wheel loads in Debian 12's python3.11 as it is), and smartwatch (whose apprise sender delivers
+the unlocker's alerts). A package whose version reads its own
 metadata (paramiko) is shipped with its `.dist-info`.
 
 The identity is made on the node (`ssh-keygen`, ed25519, 0600, in
@@ -65,11 +66,15 @@ UNIT = "clonefleet-unlockd.service"
 
 
 def code_sources() -> list[tuple[str, str]]:
-    """(name under lib, local folder) of everything shipped: clonefleet, and each package
-    in `SHIPPED` with its `.dist-info` (paramiko reads its version from it)."""
+    """(name under lib, local folder) of everything shipped: clonefleet, smartwatch, and
+    each package in `SHIPPED` with its `.dist-info` (paramiko reads its version from it)."""
     import clonefleet
+    import smartwatch
 
-    sources = [("clonefleet", str(Path(clonefleet.__file__).resolve().parent))]
+    # smartwatch: its apprise sender delivers unlockd's alerts (smartwatch.notify: apprise
+    # and the standard library only, no pySMART).
+    sources = [(package.__name__, str(Path(str(package.__file__)).resolve().parent))
+               for package in (clonefleet, smartwatch)]
     for distribution, package in SHIPPED.items():
         found = metadata.distribution(distribution)
         info = next(part.parts[0] for part in found.files or ()

@@ -9,11 +9,9 @@ single summary, so a node that loses a whole controller does not page fifty time
 from __future__ import annotations
 
 import logging
-import sys
-from dataclasses import dataclass
-from typing import Protocol
 
 from smartwatch.history import StoredFinding
+from smartwatch.notify import AppriseNotifier, LogNotifier, Notice, Notifier
 from smartwatch.policy import CRITICAL, Finding
 
 log = logging.getLogger("smartwatch")
@@ -26,20 +24,6 @@ DRAIN_REFUSED = "drain-refused"
 DRAIN_REJECTED = "drain-rejected"
 DRAIN_UNDELIVERED = "drain-undelivered"
 SUMMARY = "summary"
-
-
-@dataclass(frozen=True)
-class Notice:
-    kind: str
-    key: str
-    severity: str  # "warning" | "critical" | "ok"
-    title: str
-    body: str
-    value: int | None = None
-
-
-class Notifier(Protocol):
-    def send(self, notice: Notice) -> bool: ...
 
 
 def plan(node: str, current: list[Finding], stored: dict[str, StoredFinding], now: float,
@@ -107,35 +91,4 @@ def _advice(finding: Finding) -> str:
     return "\n\nNo action is taken automatically; watch the disk and plan a replacement."
 
 
-class AppriseNotifier:
-    """Sends notices to every apprise URL configured (mailto://, json://, ntfy://, ...)."""
-
-    def __init__(self, urls: tuple[str, ...] | list[str], timeout: float = 20.0) -> None:
-        import apprise
-
-        # apprise logs every unusable URL and failed send itself (warning and error levels);
-        # smartwatch reports the outcome in one line of its own.
-        logging.getLogger("apprise").setLevel(logging.CRITICAL)
-        self.urls = list(urls)
-        self.timeout = timeout
-        self.apprise = apprise.Apprise()
-        for url in self.urls:
-            if not self.apprise.add(url):
-                raise ValueError(f"apprise does not understand the alert URL {url!r}")
-
-    def send(self, notice: Notice) -> bool:
-        import apprise
-
-        notify_type = {CRITICAL: apprise.NotifyType.FAILURE, "warning": apprise.NotifyType.WARNING,
-                       "ok": apprise.NotifyType.SUCCESS}.get(notice.severity,
-                                                             apprise.NotifyType.INFO)
-        return bool(self.apprise.notify(body=notice.body, title=notice.title,
-                                        notify_type=notify_type))
-
-
-class LogNotifier:
-    """Without alert URLs, notices go to stderr (the journal under systemd)."""
-
-    def send(self, notice: Notice) -> bool:
-        sys.stderr.write(f"{notice.title}\n")
-        return True
+__all__ = ["AppriseNotifier", "LogNotifier", "Notice", "Notifier"]

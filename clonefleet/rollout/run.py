@@ -81,7 +81,7 @@ class Notifier:
     """The fleet's alert channel: smartwatch's apprise sender, the same URLs."""
 
     def __init__(self, urls: Sequence[str]) -> None:
-        from smartwatch.alerts import AppriseNotifier
+        from smartwatch.notify import AppriseNotifier
 
         try:
             self.sender = AppriseNotifier(tuple(urls))
@@ -90,7 +90,7 @@ class Notifier:
                 from None
 
     def send(self, title: str, body: str) -> bool:
-        from smartwatch.alerts import Notice
+        from smartwatch.notify import Notice
 
         try:
             return self.sender.send(Notice(kind="rollout", key="rollout", severity="critical",

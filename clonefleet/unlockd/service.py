@@ -423,7 +423,7 @@ def apprise_alert(urls: Sequence[str], log: Callable[[str], None]) -> Alert:
     when there are none."""
     if not urls:
         return lambda title, body: log(f"ALERT {title}: {body}")
-    from smartwatch.alerts import AppriseNotifier, Notice
+    from smartwatch.notify import AppriseNotifier, Notice
 
     notifier = AppriseNotifier(tuple(urls))
 

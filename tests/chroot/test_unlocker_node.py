@@ -37,6 +37,7 @@ from chroot_fixture import run_deploy as run_chroot_deploy
 from dropbear_fixture import Dropbear, dropbear_available, make_dropbear
 from etcd_fixture import EtcdServer, etcd_server  # noqa: F401  (a fixture: the session's etcd)
 from sshd_fixture import Sshd, sshd_fleet
+from webhook_fixture import Webhook
 
 from clonefleet import nodefacts
 from clonefleet.deploy import DeployResult, run_deploy
@@ -94,17 +95,30 @@ class ServedNode:
         return self.node.root
 
 
-def _fleet_file(folder: Path, sshd: Sshd, url: str, unlockers: str) -> Fleet:
-    """The one-node fleet of `sshd_fleet`, on etcd, with `unlockers` in [unlock]."""
+def _fleet_file(folder: Path, sshd: Sshd, url: str, unlockers: str,
+                alert_url: str = "") -> Fleet:
+    """The one-node fleet of `sshd_fleet`, on etcd, with `unlockers` in [unlock] and its
+    alerts to `alert_url`."""
     path = sshd_fleet(folder, sshd, "unlockernode")
-    text = path.read_text().replace("[fleet]\n", f'[fleet]\nstate = "{url}"\n', 1)
+    alerts = f'alert_urls = ["{alert_url}"]\n' if alert_url else ""
+    text = path.read_text().replace("[fleet]\n", f'[fleet]\nstate = "{url}"\n{alerts}', 1)
     path.write_text(text.split("\n[unlock]\n")[0] + f"\n[unlock]\nunlockers = [{unlockers}]\n")
     return load_fleet(path)
 
 
 @pytest.fixture(scope="module")
+def webhook() -> Iterator[Webhook]:
+    """Where the fleet's alerts go (the grant publishes the URL for unlockers)."""
+    receiver = Webhook()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+@pytest.fixture(scope="module")
 def served(node_image: Path, etcd_server: EtcdServer,  # noqa: F811
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedNode]:
+           tmp_path_factory: pytest.TempPathFactory, webhook: Webhook) -> Iterator[ServedNode]:
     tmp_path = tmp_path_factory.mktemp("unlocker-node")
     url = (f"etcd://127.0.0.1:{etcd_server.client_port}/clonefleet/"
            f"unlockernode-{os.urandom(4).hex()}")
@@ -116,7 +130,7 @@ def served(node_image: Path, etcd_server: EtcdServer,  # noqa: F811
         node = nodes[UNLOCKER]
         sshd = Sshd(folder / "sshd", extra_config=f"ChrootDirectory {node.root}\n")
         try:
-            fleet = _fleet_file(tmp_path, sshd, url, f'"{UNLOCKER}"')
+            fleet = _fleet_file(tmp_path, sshd, url, f'"{UNLOCKER}"', webhook.url)
             store = open_store(tmp_path / "state" / "unlockernode", fleet.state)
             store.set_state(UNLOCKER, "deployed", actor="test")
             store.set_fact(UNLOCKER, nodefacts.SSH_ACCESS, {"host": "127.0.0.1",
@@ -200,8 +214,8 @@ def _boot_when_unlocked(dropbear: Dropbear, sshd: Sshd, stop: threading.Event) -
         time.sleep(0.05)
 
 
-def test_the_installed_unlocker_unlocks_another_node_once(served: ServedNode,
-                                                          tmp_path: Path) -> None:
+def test_the_installed_unlocker_unlocks_another_node_once(served: ServedNode, tmp_path: Path,
+                                                          webhook: Webhook) -> None:
     store = served.store
     dropbear = make_dropbear(tmp_path / "dropbear", served.keystore.get(WAITING))
     # What the base deploy writes into every node's initramfs for a granted unlocker.
@@ -234,6 +248,9 @@ def test_the_installed_unlocker_unlocks_another_node_once(served: ServedNode,
         assert done.returncode == 0, done.stdout + done.stderr
         assert WAITING in done.stdout and "unlocked" in done.stdout, done.stdout + done.stderr
         assert dropbear.deliveries() == ["ok"]  # exactly one passphrase, the right one
+        # Its alert went out through apprise on the node's python3 (the shipped smartwatch
+        # sender): an unlocker with alert URLs once could not even start without it.
+        assert f"{WAITING}: rebooted, waiting for unlock" in webhook.titles(), webhook.received
         steps = {(step.step, step.status) for step in store.steps(WAITING)}
         assert {("unlockd unlock", "done"), ("unlockd confirm sshd", "done")} <= steps, steps
 

@@ -38,7 +38,7 @@ def test_the_unlocker_gets_debian_packages_the_archive_its_own_key_and_a_hardene
     with tarfile.open(files / "opt/clonefleet-unlockd/lib-upload.tar") as archive:
         names = set(archive.getnames())
     assert {"clonefleet/unlockd/service.py", "etcd3gw/client.py", "pyrage/__init__.py",
-            "paramiko/__init__.py"} <= names
+            "paramiko/__init__.py", "smartwatch/notify.py"} <= names
     assert any(name.startswith("pyrage/pyrage.") and name.endswith(".so") for name in names)
     assert any(name.startswith("paramiko-") and name.endswith(".dist-info/METADATA")
                for name in names)
@@ -76,3 +76,15 @@ def test_every_node_image_has_the_unlockers_packages() -> None:
     image = set(base.PACKAGES + base.APT_PACKAGES + base.HARDENING_PACKAGES)
     missing = set(PACKAGES) - image - {"openssh-client"}  # openssh-server's dependency
     assert not missing, missing
+
+
+def test_the_alert_sender_an_unlocker_ships_needs_no_smart_agent_dependencies() -> None:
+    # The unlocker ships smartwatch for its apprise sender, not pySMART: importing the
+    # sender must not pull in the agent (an unlocker with alert URLs once could not start).
+    code = ("import sys, smartwatch.notify, clonefleet.unlockd.service as s; "
+            "s.apprise_alert(['json://127.0.0.1:9/'], print); "
+            "print(sorted(m for m in sys.modules "
+            "if m == 'pySMART' or m.startswith('smartwatch.')))")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=60, check=True).stdout
+    assert shown.strip() == "['smartwatch.notify']", shown
