@@ -29,12 +29,14 @@ UNLOCK_TABLE = "[unlock]\n"
 
 
 def add_unlockers(lab: Lab, nodes: tuple[str, ...], store_url: str) -> None:
-    """Name `nodes` as the fleet's unlockers, reaching the store at `store_url`."""
+    """Name `nodes` as the fleet's unlockers, reaching the store at `store_url`: two keys
+    added at the end of the [unlock] table, the file's last (its first line stays the policy,
+    which `unlockd_checks.set_policy` rewrites)."""
     text = lab.fleet_path.read_text()
-    assert text.count(UNLOCK_TABLE) == 1, f"no single [unlock] table in {lab.fleet_path}"
-    lab.fleet_path.write_text(text.replace(
-        UNLOCK_TABLE, f"{UNLOCK_TABLE}unlockers = {json.dumps(list(nodes))}\n"
-                      f'store_url = "{store_url}"\n'))
+    tables = re.findall(r"(?m)^\[[^\]]+\]$", text)
+    assert tables and tables[-1] == UNLOCK_TABLE.strip(), f"[unlock] is not last: {tables}"
+    lab.fleet_path.write_text(text.rstrip("\n") + f"\nunlockers = {json.dumps(list(nodes))}\n"
+                              f'store_url = "{store_url}"\n')
 
 
 def unlocker_fingerprints(lab: Lab) -> dict[str, str]:
