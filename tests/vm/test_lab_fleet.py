@@ -21,11 +21,12 @@ DNS-01 answered by the nodes' own PowerDNS, a deploy distributes it and every no
 serves it on 443 (HTTP/2) in front of the app, and the whole node deploy again then changes
 nothing; `clonefleet update` rolls a "security update" needing a reboot over the three
 (each drained, upgraded, rebooted, unlocked through Dropbear, checked and put back) while a
-thread asks every node's PowerDNS that Falkenstein never drops below its minimum; fsn-1
-and ash-1 become unlockers (one deploy) and, with nothing of clonefleet running on the
-controller, unlock fsn-2 after two hard power cycles: one of them per boot with both up,
-the other alone once the first is stopped (tests/vm/unlocker_checks.py), and the
-controller's unlockd, back, returns the healthy node to DNS; the mission's loop: fsn-2's
+thread asks every node's PowerDNS that Falkenstein never drops below its minimum; on
+request (NODE_UNLOCKERS) fsn-1 and ash-1 become unlockers (one deploy) and, with nothing of
+clonefleet running on the controller, unlock fsn-2 after two hard power cycles: one of them
+per boot with both up, the other alone once the first is stopped
+(tests/vm/unlocker_checks.py), and the controller's unlockd, back, returns the healthy node
+to DNS; the mission's loop: fsn-2's
 smartwatch is fed a failing NVMe recording, alerts the operators and drains fsn-2 through
 `clonefleet serve`, and no node's PowerDNS answers with fsn-2 any more;
 fsn-2's LUKS passphrase is rotated, a hard power cycle is refused by `clonefleet unlock`
