@@ -31,8 +31,9 @@ smartwatch is fed a failing NVMe recording, alerts the operators and drains fsn-
 `clonefleet serve`, and no node's PowerDNS answers with fsn-2 any more;
 fsn-2's LUKS passphrase is rotated, a hard power cycle is refused by `clonefleet unlock`
 while the controller pins another initramfs key and then unlocked with the paper recovery
-key; last, because it degrades the mirror, fsn-2 boots from either disk alone, each boot a
-hard power cycle handled by `clonefleet unlockd` (tests/vm/unlockd_checks.py).
+key; last, because it degrades the mirror, fsn-2's host keys are rotated and it boots from
+either disk alone, each boot a hard power cycle handled by `clonefleet unlockd`, the first
+presenting the rotated Dropbear key (tests/vm/unlockd_checks.py).
 
 The OVH driver's node, made to fail mid-install, is tests/vm/test_provision_ovh.py.
 """
@@ -85,8 +86,6 @@ from .unlockd_checks import (
     UnlockdProcess,
     UnlockdReboots,
     check_host_key_rotation,
-    current_dropbear_key,
-    foreign_key,
     wait_for,
 )
 from .unlocker_checks import (
@@ -126,9 +125,6 @@ BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
 # timeout (20 min) and its unlock: generous, it is a bound, not an expectation.
 ROLLOUT_SECONDS = 5400
 BATCHING = ("--batch-size", "2", "--max-unavailable-per-region", "1")
-# `keys rotate-host-keys` on fsn-2 before its last reboots, on request: its reboot onto the
-# rotated Dropbear key has not passed on a VM yet (docs/keys.md).
-ROTATE_HOST_KEYS = os.environ.get("CLONEFLEET_TEST_HOST_KEY_ROTATION") == "1"
 # Unlockers on fsn-1 and ash-1 unlocking fsn-2 with the controller down, on request: their
 # deploy (three initramfs rebuilds at once) and two more reboots of fsn-2 cost about 25 min
 # on two emulating cores, more than the suite's time budget leaves.
@@ -850,12 +846,8 @@ def test_the_mirrored_node_boots_from_either_disk_alone_under_unlockd(
     text = lab.fleet_path.read_text()
     assert text.count(guest_alert_url(controller)) == 1
     lab.fleet_path.write_text(text.replace(guest_alert_url(controller), controller.webhook.url))
-    if ROTATE_HOST_KEYS:
-        # The first reboot then presents the new initramfs key while the controller pins the
-        # one from before the rotation.
-        pinned, presented = check_host_key_rotation(lab, RAID_NODE)
-    else:
-        # The controller pins a key the node's initramfs does not present.
-        pinned, presented = foreign_key(), current_dropbear_key(lab, RAID_NODE)
+    # Both host keys rotated; the first reboot then presents the new initramfs key while the
+    # controller pins the one from before the rotation (as if its pin had not moved).
+    pinned, presented = check_host_key_rotation(lab, RAID_NODE)
     check_boots_from_either_disk(lab, RAID_NODE, UnlockdReboots(
         lab, RAID_NODE, controller.webhook, (pinned, presented)))

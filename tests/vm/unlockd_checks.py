@@ -7,7 +7,7 @@ reboot of a TCG guest costs minutes; these checks add probes, not reboots).
   cycles behind clonefleet's back (the provider's power off and on, nothing recorded as
   expected), with `clonefleet unlockd` running as its own process and no `clonefleet unlock`:
   for the first boot the controller pins another initramfs key than the node presents (the
-  key from before a rotation, or a foreign one: to the controller the node's key changed),
+  key from before `check_host_key_rotation`: to the controller the node's key changed),
   so unlockd sends nothing and alerts; after `keys repin` it unlocks the node by itself
   (policy "immediate"). The second boot, under policy "approve", waits until `clonefleet
   unlock --approve`.
@@ -103,17 +103,6 @@ def check_host_key_rotation(lab: Lab, node_name: str) -> tuple[str, str]:
                          )[1].strip() == "0"
     return (public_key_blob(str(before.dropbear_host_key)),
             public_key_blob(str(after.dropbear_host_key)))
-
-
-def foreign_key() -> str:
-    """A fresh ed25519 public key no node has."""
-    from clonefleet.ssh import generate_ed25519
-
-    return public_key_blob(generate_ed25519("not-the-node").public_line)
-
-
-def current_dropbear_key(lab: Lab, node_name: str) -> str:
-    return public_key_blob(str(nodefacts.load(lab.store, node_name).dropbear_host_key))
 
 
 class UnlockdReboots:
