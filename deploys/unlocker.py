@@ -10,8 +10,8 @@ pbr; what Debian 12 lacks or ships too old is sent from the controller as one ar
 is older than the 3.4 clonefleet needs), etcd3gw (Debian's 2.0 is older than 2.7) and pyrage
 (a Rust extension built for the stable ABI, `cp310-abi3-manylinux_2_17`: the controller's
 wheel loads in Debian 12's python3.11 as it is), and smartwatch (whose apprise sender delivers
-the unlocker's alerts). A package whose version reads its own
-metadata (paramiko) is shipped with its `.dist-info`.
+the unlocker's alerts). A package whose version reads its own metadata (paramiko) is shipped
+with its `.dist-info`.
 
 The identity is made on the node (`ssh-keygen`, ed25519, 0600, in
 `<unlocker_config_dir>/identity`) when absent, and never leaves it: the controller reads only

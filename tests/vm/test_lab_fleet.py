@@ -750,22 +750,34 @@ def test_two_nodes_unlock_a_third_while_the_controller_is_down(
                 set_unlocker(lab, node, running=False)
 
     # The controller is back: its unlockd checks the node over sshd and returns it.
-    near = client_near(lab, RAID_NODE)
-    region = {lab.fleet.node(name).ipv4 for name in NODES
-              if lab.fleet.node(name).region == lab.fleet.node(RAID_NODE).region}
-    text = lab.fleet_path.read_text()
-    # The controller sends its alerts to the webhook on its own loopback (see below).
-    lab.fleet_path.write_text(text.replace(guest_alert_url(controller), controller.webhook.url))
-    try:
-        with UnlockdProcess(lab, "back") as unlockd:
-            wait_for(lambda: state_of(lab, RAID_NODE) == "active", 600,
-                     "the controller's unlockd returning the node to DNS", unlockd.log)
-    finally:
-        lab.fleet_path.write_text(text)
+    near, region = client_near(lab, RAID_NODE), region_addresses(lab, RAID_NODE)
+    with alerts_from_the_controller(lab, controller), UnlockdProcess(lab, "back") as unlockd:
+        wait_for(lambda: state_of(lab, RAID_NODE) == "active", 600,
+                 "the controller's unlockd returning the node to DNS", unlockd.log)
     [health] = lab.store.health(RAID_NODE)
     assert health.ok and health.source == "unlockd", health
     served = answers_seen(lab, near, TRIES)
     assert served == {node: region for node in NODES}, served
+
+
+def region_addresses(lab: Lab, node: str) -> set[str]:
+    """The public addresses of every node in `node`'s region."""
+    return {lab.fleet.node(name).ipv4 for name in NODES
+            if lab.fleet.node(name).region == lab.fleet.node(node).region}
+
+
+@contextlib.contextmanager
+def alerts_from_the_controller(lab: Lab, controller: Controller) -> Iterator[None]:
+    """While the controller itself sends alerts (unlockd on this machine), the fleet file
+    names the webhook as this machine reaches it (its loopback), not as the agents on the
+    nodes do (qemu's 10.0.2.2): one receiver, the address each side knows it by."""
+    text = lab.fleet_path.read_text()
+    assert text.count(guest_alert_url(controller)) == 1
+    lab.fleet_path.write_text(text.replace(guest_alert_url(controller), controller.webhook.url))
+    try:
+        yield
+    finally:
+        lab.fleet_path.write_text(text)
 
 
 def state_of(lab: Lab, node: str) -> str:
@@ -777,9 +789,7 @@ def state_of(lab: Lab, node: str) -> str:
 def test_a_failing_disk_alerts_and_drains_its_node_from_every_server(
         lab: Lab, controller: Controller) -> None:
     failing_ip = lab.fleet.node(FAILING).ipv4
-    near = client_near(lab, FAILING)
-    region = {lab.fleet.node(name).ipv4 for name in NODES
-              if lab.fleet.node(name).region == lab.fleet.node(FAILING).region}
+    near, region = client_near(lab, FAILING), region_addresses(lab, FAILING)
     # One address per answer, picked at random among the nearest (the failing node and its
     # region's other node): over many answers every server gives both.
     seen = answers_seen(lab, near, TRIES)
@@ -840,14 +850,9 @@ def test_key_rotation_and_the_paper_recovery_key_on_the_mirrored_node(
 
 def test_the_mirrored_node_boots_from_either_disk_alone_under_unlockd(
         lab: Lab, controller: Controller) -> None:
-    # unlockd runs on the controller, which reaches the webhook on its own loopback (the
-    # agents on the nodes reach the same one through qemu's 10.0.2.2): one receiver, the
-    # address each side knows it by.
-    text = lab.fleet_path.read_text()
-    assert text.count(guest_alert_url(controller)) == 1
-    lab.fleet_path.write_text(text.replace(guest_alert_url(controller), controller.webhook.url))
-    # Both host keys rotated; the first reboot then presents the new initramfs key while the
-    # controller pins the one from before the rotation (as if its pin had not moved).
-    pinned, presented = check_host_key_rotation(lab, RAID_NODE)
-    check_boots_from_either_disk(lab, RAID_NODE, UnlockdReboots(
-        lab, RAID_NODE, controller.webhook, (pinned, presented)))
+    with alerts_from_the_controller(lab, controller):  # unlockd runs on the controller
+        # Both host keys rotated; the first reboot then presents the new initramfs key while
+        # the controller pins the one from before the rotation (as if its pin had not moved).
+        pinned, presented = check_host_key_rotation(lab, RAID_NODE)
+        check_boots_from_either_disk(lab, RAID_NODE, UnlockdReboots(
+            lab, RAID_NODE, controller.webhook, (pinned, presented)))

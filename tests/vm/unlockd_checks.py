@@ -105,6 +105,12 @@ def check_host_key_rotation(lab: Lab, node_name: str) -> tuple[str, str]:
             public_key_blob(str(after.dropbear_host_key)))
 
 
+def steps_recorded(lab: Lab, node: str, step: str, status: str | None = None) -> int:
+    """How many `step` records the node has (with `status`, if given)."""
+    return sum(record.step == step and status in (None, record.status)
+               for record in lab.store.steps(node))
+
+
 class UnlockdReboots:
     """The `unlock` of `check_boots_from_either_disk`: unlockd, not an operator (see above)."""
 
@@ -118,13 +124,11 @@ class UnlockdReboots:
     def __call__(self, index: int, power_cycle: Callable[[], None]) -> None:
         (self.changed_key_then_immediate if index == 0 else self.approve)(power_cycle)
 
-    def unlocks(self) -> list[str]:
-        return [step.detail for step in self.lab.store.steps(self.node)
-                if step.step == "unlockd unlock"]
+    def unlocks(self) -> int:
+        return steps_recorded(self.lab, self.node, "unlockd unlock")
 
     def confirmed(self) -> int:
-        return sum(step.step == "unlockd confirm sshd" and step.status == "done"
-                   for step in self.lab.store.steps(self.node))
+        return steps_recorded(self.lab, self.node, "unlockd confirm sshd", "done")
 
     def changed_key_then_immediate(self, power_cycle: Callable[[], None]) -> None:
         lab, node = self.lab, self.node
@@ -132,7 +136,7 @@ class UnlockdReboots:
         nodefacts.replace_host_keys(lab.store, node, fleet_known_hosts(lab.state_dir),
                                     {nodefacts.DROPBEAR: self.old_key})
         set_policy(lab, "immediate")
-        unlocks, confirmed = len(self.unlocks()), self.confirmed()
+        unlocks, confirmed = self.unlocks(), self.confirmed()
         with UnlockdProcess(lab, "first") as unlockd:
             power_cycle()
             wait_for(lambda: any("possible impostor" in title for title in self.hook.titles()),
@@ -142,7 +146,7 @@ class UnlockdReboots:
                          if "possible impostor" in str(message.get("title")))
             assert fingerprint(self.new_key) in str(alert.get("message")), alert
             time.sleep(3 * INTERVAL)  # a few more passes: still nothing sent
-            assert len(self.unlocks()) == unlocks, unlockd.log()
+            assert self.unlocks() == unlocks, unlockd.log()
             assert sum("possible impostor" in title for title in self.hook.titles()) == 1
             live = json.loads(lab.cli("--json", "status", "--live", node, check=False).stdout)
             assert "host-key-mismatch" in json.dumps(live), live
@@ -151,20 +155,20 @@ class UnlockdReboots:
             assert repinned["changes"] == 1, repinned
             wait_for(lambda: self.confirmed() > confirmed, 2 * BOOT_SECONDS,
                      "unlockd unlocking the node and seeing its sshd", unlockd.log)
-            assert len(self.unlocks()) == unlocks + 1, unlockd.log()
+            assert self.unlocks() == unlocks + 1, unlockd.log()
             assert "unexpected reboot; policy: unlock at once" in unlockd.log()
 
     def approve(self, power_cycle: Callable[[], None]) -> None:
         lab, node = self.lab, self.node
         set_policy(lab, "approve")
-        unlocks, confirmed = len(self.unlocks()), self.confirmed()
+        unlocks, confirmed = self.unlocks(), self.confirmed()
         with UnlockdProcess(lab, "second") as unlockd:
             power_cycle()
             wait_for(lambda: "policy: waits for `clonefleet unlock --approve" in unlockd.log(),
                      BOOT_SECONDS, "unlockd waiting for an approval", unlockd.log)
             time.sleep(3 * INTERVAL)
-            assert len(self.unlocks()) == unlocks, unlockd.log()
+            assert self.unlocks() == unlocks, unlockd.log()
             lab.cli("unlock", "--approve", node)
             wait_for(lambda: self.confirmed() > confirmed, 2 * BOOT_SECONDS,
                      "unlockd unlocking the approved node and seeing its sshd", unlockd.log)
-            assert len(self.unlocks()) == unlocks + 1, unlockd.log()
+            assert self.unlocks() == unlocks + 1, unlockd.log()

@@ -21,7 +21,7 @@ from clonefleet.liveprobe import fingerprint
 from clonefleet.unlockd import boots
 
 from .conftest import Lab
-from .unlockd_checks import BOOT_SECONDS, wait_for
+from .unlockd_checks import BOOT_SECONDS, steps_recorded, wait_for
 
 UNIT = "clonefleet-unlockd.service"
 DELIVERY = re.compile(r"Pubkey auth succeeded for 'root' with \S+ key (SHA256:[A-Za-z0-9+/=]+)")
@@ -81,12 +81,10 @@ class NodeUnlockers:
         self.config = qemu.VmConfig.load(lab.state_dir / "lab" / target)
 
     def unlocks(self) -> int:
-        return sum(step.step == "unlockd unlock" and step.status == "done"
-                   for step in self.lab.store.steps(self.target))
+        return steps_recorded(self.lab, self.target, "unlockd unlock", "done")
 
     def confirmed(self) -> int:
-        return sum(step.step == "unlockd confirm sshd" and step.status == "done"
-                   for step in self.lab.store.steps(self.target))
+        return steps_recorded(self.lab, self.target, "unlockd confirm sshd", "done")
 
     def console_size(self) -> int:
         return self.config.console_log.stat().st_size
