@@ -82,7 +82,8 @@ Exit codes:
                    "halting.")
 @click.option("--boot-timeout", type=click.FloatRange(min=1), default=None,
               help="Seconds a reboot may take to Dropbear, and after the unlock to sshd "
-                   "(default: the provider's).")
+                   "(default: the provider's). A node silent past it is power-reset once "
+                   "through its provider.")
 @click.option("--resume", is_flag=True,
               help="Continue the rollout that stopped (with the options it started with).")
 @click.option("--take-over-lock", is_flag=True,

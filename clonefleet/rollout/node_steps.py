@@ -36,6 +36,7 @@ from clonefleet.health import require_healthy
 from clonefleet.inventory import Fleet
 from clonefleet.known_hosts import fleet_known_hosts
 from clonefleet.rollout.apt import Upgrade, parse_simulation, reboot_packages
+from clonefleet.rollout.boot_wait import wait_for_boot
 from clonefleet.rollout.progress import (
     DRAIN,
     HEALTH,
@@ -353,14 +354,23 @@ class NodeUpdate:
                 self._sh(shell, "nohup sh -c 'sleep 2; systemctl reboot' >/dev/null 2>&1 &",
                          "reboot")
         provisioner = self._provisioner()
-        message = provisioner.unlock(self.node, wait_for_sshd=True,
-                                     timeout=context.boot_timeout)
+        # A node silent past the boot time is power-reset once through its provider.
+        waited = wait_for_boot(
+            provisioner, self.node, context.boot_timeout, context.log,
+            announce=lambda reason: expect_reboot(context.store, self.node, by=context.actor,
+                                                  reason=f"rollout: {reason}"))
+        if waited.unlock:
+            unlocked = "unlocked (" + provisioner.unlock(
+                self.node, wait_for_sshd=True, timeout=context.boot_timeout) + ")"
+        else:
+            unlocked = "not unlocked here"
         with self._shell() as shell:
             _, boot = self._sh(shell, BOOT_ID, "boot id")
         if self.progress.boot_id and boot.strip() == self.progress.boot_id:
             raise StepFailed("sshd answers but the node did not reboot (same boot id)")
         self._save(replace(self.progress, rebooted=True))
-        return f"rebooted, unlocked ({message}), sshd answers with its pinned key"
+        how = f"{waited.note}; " if waited.note else ""
+        return f"rebooted, {how}{unlocked}, sshd answers with its pinned key"
 
     def _provisioner(self) -> Provisioner:
         from clonefleet.fleetrun import build_provisioner

@@ -329,9 +329,40 @@ class _Node:
         pass
 
 
+class _Provider:
+    """The node's provider as the reboot step may use it: its boot time, reset, power on."""
+
+    boot_timeout = 600.0
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def reset(self, node: Any) -> None:
+        self.asked.append(f"reset {node.name}")
+
+    def power_on(self, node: Any) -> bool:
+        self.asked.append(f"on {node.name}")
+        return True
+
+
 class _Unlocker:
-    def __init__(self, node: _Node, new_boot: str) -> None:
-        self.node, self.new_boot, self.calls = node, new_boot, 0
+    """The provisioner as the reboot step uses it: wait for Dropbear, then unlock. The first
+    `silent` waits for Dropbear find nothing (a reboot that hung)."""
+
+    def __init__(self, node: _Node, new_boot: str, silent: int = 0) -> None:
+        self.node, self.new_boot, self.calls, self.silent = node, new_boot, 0, silent
+        self.provider = _Provider()
+        self.waits: list[float] = []
+        self.fleet: Fleet | None = None  # set by _reboot_step
+
+    def wait_for_dropbear(self, node: Any, timeout: float | None = None) -> None:
+        from clonefleet.retry import GaveUp
+
+        assert timeout is not None
+        self.waits.append(timeout)
+        if len(self.waits) <= self.silent:
+            raise GaveUp(f"{node.name}: wait for Dropbear in the initramfs", timeout, 3,
+                         OSError("no Dropbear in the initramfs banner"))
 
     def unlock(self, name: str, *, wait_for_sshd: bool, timeout: float | None) -> str:
         self.calls += 1
@@ -346,6 +377,7 @@ def _reboot_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, node: _Node,
     from clonefleet.rollout import node_steps
 
     fleet = _fleet(tmp_path)
+    unlocker.fleet = fleet
     store = _store(tmp_path, fleet)
     context = node_steps.NodeRun(fleet, store, tmp_path / "states" / "upd", 5, actor="test")
     update = node_steps.NodeUpdate(context, "fsn-1", progress)
@@ -412,6 +444,111 @@ def test_reboot_step_fails_when_the_node_comes_back_from_the_same_boot(
                           Progress(5, done=(DRAIN, UPGRADE), boot_id="boot-1"))
     with pytest.raises(StepFailed, match="did not reboot"):
         update.reboot()
+
+
+def _probed_as(monkeypatch: pytest.MonkeyPatch, live: str, detail: str) -> list[str]:
+    """What `status --live` would say of the node once the wait for Dropbear ran out."""
+    from clonefleet.liveprobe import LiveStatus
+    from clonefleet.rollout import boot_wait
+
+    probed: list[str] = []
+
+    def probe(provisioner: Any, node: Any) -> LiveStatus:
+        probed.append(node.name)
+        return LiveStatus(node.name, live, detail)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(boot_wait, "live_status", probe)
+    return probed
+
+
+def test_a_reboot_that_hangs_is_power_reset_once_then_unlocked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clonefleet.unlockd.boots import EXPECTED_REBOOT
+
+    node = _Node("boot-1", flag="yes\nlinux-image-cftest\n")
+    unlocker = _Unlocker(node, "boot-2", silent=1)
+    probed = _probed_as(monkeypatch, "unreachable", "no SSH answer; the provider says 'disk'")
+    update = _reboot_step(tmp_path, monkeypatch, node, unlocker,
+                          Progress(5, done=(DRAIN, UPGRADE), boot_id="boot-1"))
+    update.context.boot_timeout = 45.0
+    detail = update.reboot()
+    assert probed == ["fsn-1"]
+    assert unlocker.provider.asked == ["reset fsn-1"]
+    # Both waits had the whole boot time; then the usual unlock.
+    assert unlocker.waits == [45.0, 45.0] and unlocker.calls == 1
+    assert update.progress.rebooted
+    assert "power reset through " in detail and "no SSH answer; the provider says 'disk'" \
+        in detail and detail.endswith("unlocked (cryptsetup: root set up successfully), "
+                                      "sshd answers with its pinned key"), detail
+    # The reset is announced as the rollout's: unlockd unlocks the boot at once.
+    expected = update.context.store.get_fact("fsn-1", EXPECTED_REBOOT)
+    assert expected["reason"] == "rollout: power reset after a hung reboot", expected
+
+
+def test_a_node_that_hangs_again_after_its_reset_fails_the_step_reset_only_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clonefleet.rollout.boot_wait import BootHung
+
+    node = _Node("boot-1", flag="yes\n")
+    unlocker = _Unlocker(node, "boot-2", silent=2)
+    _probed_as(monkeypatch, "unreachable", "no SSH answer; the provider says 'running'")
+    update = _reboot_step(tmp_path, monkeypatch, node, unlocker,
+                          Progress(5, done=(DRAIN, UPGRADE), boot_id="boot-1"))
+    with pytest.raises(BootHung) as hung:
+        update.reboot()
+    assert unlocker.provider.asked == ["reset fsn-1"] and unlocker.calls == 0
+    message = str(hung.value)
+    assert "power reset through " in message and "silent again: fsn-1: wait for Dropbear " \
+        "in the initramfs: gave up after 600 s" in message, message
+    assert not update.progress.rebooted
+
+
+def test_a_node_found_off_after_its_reboot_is_powered_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = _Node("boot-1", flag="yes\n")
+    unlocker = _Unlocker(node, "boot-2", silent=1)
+    _probed_as(monkeypatch, "off", "the provider says it is powered off")
+    update = _reboot_step(tmp_path, monkeypatch, node, unlocker,
+                          Progress(5, done=(DRAIN, UPGRADE), boot_id="boot-1"))
+    assert "power on through " in update.reboot()
+    assert unlocker.provider.asked == ["on fsn-1"] and unlocker.calls == 1
+
+
+def test_a_node_unlocked_meanwhile_is_not_reset_nor_unlocked_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = _Node("boot-1", flag="yes\n")
+    unlocker = _Unlocker(node, "boot-2", silent=1)
+
+    def unlocked_by_unlockd(provisioner: Any, name: Any) -> Any:
+        from clonefleet.liveprobe import LiveStatus
+
+        node.boot, node.flag, node.up = "boot-2", "no\n", True
+        return LiveStatus("fsn-1", "sshd", "sshd answers with the pinned key")
+
+    from clonefleet.rollout import boot_wait
+
+    monkeypatch.setattr(boot_wait, "live_status", unlocked_by_unlockd)
+    update = _reboot_step(tmp_path, monkeypatch, node, unlocker,
+                          Progress(5, done=(DRAIN, UPGRADE), boot_id="boot-1"))
+    detail = update.reboot()
+    assert unlocker.provider.asked == [] and unlocker.calls == 0
+    assert "unlocked meanwhile" in detail and "not unlocked here" in detail, detail
+    assert update.progress.rebooted
+
+
+def test_a_node_presenting_another_key_after_its_reboot_is_neither_reset_nor_sent_anything(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clonefleet.rollout.boot_wait import BootHung
+
+    node = _Node("boot-1", flag="yes\n")
+    unlocker = _Unlocker(node, "boot-2", silent=1)
+    _probed_as(monkeypatch, "host-key-mismatch",
+               "dropbear at 127.0.0.1:2222 presents SHA256:other; nothing was sent to it")
+    update = _reboot_step(tmp_path, monkeypatch, node, unlocker,
+                          Progress(5, done=(DRAIN, UPGRADE), boot_id="boot-1"))
+    with pytest.raises(BootHung, match="presents SHA256:other; nothing was sent"):
+        update.reboot()
+    assert unlocker.provider.asked == [] and unlocker.calls == 0
 
 
 def test_no_reboot_needed_is_said_and_nothing_is_unlocked(
