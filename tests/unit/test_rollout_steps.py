@@ -461,15 +461,25 @@ def _probed_as(monkeypatch: pytest.MonkeyPatch, live: str, detail: str) -> list[
     return probed
 
 
+def _hung_reboot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, silent: int, live: str,
+                 detail: str) -> tuple[Any, _Unlocker, list[str]]:
+    """A reboot step whose first `silent` waits for Dropbear find nothing, the node then
+    probed as `live`: the step, its provisioner and the nodes probed."""
+    node = _Node("boot-1", flag="yes\nlinux-image-cftest\n")
+    unlocker = _Unlocker(node, "boot-2", silent=silent)
+    probed = _probed_as(monkeypatch, live, detail)
+    update = _reboot_step(tmp_path, monkeypatch, node, unlocker,
+                          Progress(5, done=(DRAIN, UPGRADE), boot_id="boot-1"))
+    return update, unlocker, probed
+
+
 def test_a_reboot_that_hangs_is_power_reset_once_then_unlocked(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from clonefleet.unlockd.boots import EXPECTED_REBOOT
 
-    node = _Node("boot-1", flag="yes\nlinux-image-cftest\n")
-    unlocker = _Unlocker(node, "boot-2", silent=1)
-    probed = _probed_as(monkeypatch, "unreachable", "no SSH answer; the provider says 'disk'")
-    update = _reboot_step(tmp_path, monkeypatch, node, unlocker,
-                          Progress(5, done=(DRAIN, UPGRADE), boot_id="boot-1"))
+    update, unlocker, probed = _hung_reboot(
+        tmp_path, monkeypatch, silent=1, live="unreachable",
+        detail="no SSH answer; the provider says 'disk'")
     update.context.boot_timeout = 45.0
     detail = update.reboot()
     assert probed == ["fsn-1"]
@@ -489,11 +499,8 @@ def test_a_node_that_hangs_again_after_its_reset_fails_the_step_reset_only_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from clonefleet.rollout.boot_wait import BootHung
 
-    node = _Node("boot-1", flag="yes\n")
-    unlocker = _Unlocker(node, "boot-2", silent=2)
-    _probed_as(monkeypatch, "unreachable", "no SSH answer; the provider says 'running'")
-    update = _reboot_step(tmp_path, monkeypatch, node, unlocker,
-                          Progress(5, done=(DRAIN, UPGRADE), boot_id="boot-1"))
+    update, unlocker, _ = _hung_reboot(tmp_path, monkeypatch, silent=2, live="unreachable",
+                                       detail="no SSH answer; the provider says 'running'")
     with pytest.raises(BootHung) as hung:
         update.reboot()
     assert unlocker.provider.asked == ["reset fsn-1"] and unlocker.calls == 0
@@ -505,11 +512,8 @@ def test_a_node_that_hangs_again_after_its_reset_fails_the_step_reset_only_once(
 
 def test_a_node_found_off_after_its_reboot_is_powered_on(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    node = _Node("boot-1", flag="yes\n")
-    unlocker = _Unlocker(node, "boot-2", silent=1)
-    _probed_as(monkeypatch, "off", "the provider says it is powered off")
-    update = _reboot_step(tmp_path, monkeypatch, node, unlocker,
-                          Progress(5, done=(DRAIN, UPGRADE), boot_id="boot-1"))
+    update, unlocker, _ = _hung_reboot(tmp_path, monkeypatch, silent=1, live="off",
+                                       detail="the provider says it is powered off")
     assert "power on through " in update.reboot()
     assert unlocker.provider.asked == ["on fsn-1"] and unlocker.calls == 1
 
@@ -540,12 +544,9 @@ def test_a_node_presenting_another_key_after_its_reboot_is_neither_reset_nor_sen
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from clonefleet.rollout.boot_wait import BootHung
 
-    node = _Node("boot-1", flag="yes\n")
-    unlocker = _Unlocker(node, "boot-2", silent=1)
-    _probed_as(monkeypatch, "host-key-mismatch",
-               "dropbear at 127.0.0.1:2222 presents SHA256:other; nothing was sent to it")
-    update = _reboot_step(tmp_path, monkeypatch, node, unlocker,
-                          Progress(5, done=(DRAIN, UPGRADE), boot_id="boot-1"))
+    update, unlocker, _ = _hung_reboot(
+        tmp_path, monkeypatch, silent=1, live="host-key-mismatch",
+        detail="dropbear at 127.0.0.1:2222 presents SHA256:other; nothing was sent to it")
     with pytest.raises(BootHung, match="presents SHA256:other; nothing was sent"):
         update.reboot()
     assert unlocker.provider.asked == [] and unlocker.calls == 0
