@@ -115,19 +115,22 @@ def check_key_rotation(lab: Lab, node_name: str, recovery_key: str) -> None:
 
 
 def check_recovery_key_unlocks_a_boot(lab: Lab, node_name: str, recovery_key: str) -> None:
-    """A hard power cycle: the node stops in its initramfs (Dropbear answers, sshd does not);
+    """A hard reset (the provider's `reset`, here qemu's reset button through QMP: what a
+    rollout does to a node silent after its reboot, and `clonefleet power reset`): the node
+    stops in its initramfs (Dropbear answers, sshd does not);
     while the controller pins another initramfs key, `clonefleet unlock` refuses to send
     anything; then the paper recovery key typed at the node's own cryptroot-unlock through
     Dropbear, as a person holding it would (the escrowed passphrase is never sent, and no
     unlockd runs): the volume opens and the node comes up to its pinned sshd."""
     node = lab.fleet.node(node_name)
     facts = nodefacts.load(lab.store, node_name)
-    lab.provider.power_off(node)
-    lab.provider.boot_disk(node)
     config = qemu.VmConfig.load(lab.state_dir / "lab" / node_name)
+    running = qemu.running_pid(config)
+    lab.provider.reset(node)
     qemu.wait_for_port(config.dropbear_port, config=config, timeout=BOOT_SECONDS,
                        what="Dropbear")
     assert not qemu.answers(config.ssh_port)
+    assert qemu.running_pid(config) == running  # the same VM, reset, not restarted
 
     # A changed Dropbear host key is refused, never auto-accepted.
     known_hosts = fleet_known_hosts(lab.state_dir)

@@ -29,7 +29,8 @@ per boot with both up, the other alone once the first is stopped
 to DNS; the mission's loop: fsn-2's
 smartwatch is fed a failing NVMe recording, alerts the operators and drains fsn-2 through
 `clonefleet serve`, and no node's PowerDNS answers with fsn-2 any more;
-fsn-2's LUKS passphrase is rotated, a hard power cycle is refused by `clonefleet unlock`
+fsn-2's LUKS passphrase is rotated, a hard reset (qemu's reset button, what a rollout
+does to a node silent after its reboot) is refused by `clonefleet unlock`
 while the controller pins another initramfs key and then unlocked with the paper recovery
 key; last, because it degrades the mirror, fsn-2's host keys are rotated and it boots from
 either disk alone, each boot a hard power cycle handled by `clonefleet unlockd`, the first
