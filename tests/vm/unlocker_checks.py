@@ -30,13 +30,16 @@ UNLOCK_TABLE = "[unlock]\n"
 
 def add_unlockers(lab: Lab, nodes: tuple[str, ...], store_url: str) -> None:
     """Name `nodes` as the fleet's unlockers, reaching the store at `store_url`: two keys
-    added at the end of the [unlock] table, the file's last (its first line stays the policy,
-    which `unlockd_checks.set_policy` rewrites)."""
+    added at the end of the [unlock] table, wherever it sits among the file's tables (its
+    first line stays the policy, which `unlockd_checks.set_policy` rewrites)."""
     text = lab.fleet_path.read_text()
-    tables = re.findall(r"(?m)^\[[^\]]+\]$", text)
-    assert tables and tables[-1] == UNLOCK_TABLE.strip(), f"[unlock] is not last: {tables}"
-    lab.fleet_path.write_text(text.rstrip("\n") + f"\nunlockers = {json.dumps(list(nodes))}\n"
-                              f'store_url = "{store_url}"\n')
+    start = text.index(UNLOCK_TABLE)
+    following = re.search(r"(?m)^\[", text[start + len(UNLOCK_TABLE):])
+    end = start + len(UNLOCK_TABLE) + following.start() if following else len(text)
+    table = text[start:end].rstrip("\n")
+    added = f"\nunlockers = {json.dumps(list(nodes))}\nstore_url = \"{store_url}\"\n"
+    lab.fleet_path.write_text(text[:start] + table + added +
+                              ("\n" + text[end:] if end < len(text) else ""))
 
 
 def unlocker_fingerprints(lab: Lab) -> dict[str, str]:
