@@ -73,7 +73,8 @@ pytestmark = pytest.mark.integration
 
 # Ashburn on a Hetzner Cloud project (`cloud=True`): its node's reboot is then waited for
 # the way a real server's is, by SSH banner at its Dropbear address (the lab provider would
-# fail at once, finding no VM). No API call is made on that path; the token is never read.
+# fail at once, finding no VM). No API call is made on that path until a node stays silent
+# past the boot time: then its one power reset asks for the token, which is never set.
 CLOUD_PROVIDER = """
 [providers.cloud]
 driver = "hetzner-cloud"
