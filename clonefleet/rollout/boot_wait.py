@@ -32,6 +32,7 @@ from clonefleet.liveprobe import LiveStatus, probe_node
 
 if TYPE_CHECKING:
     from clonefleet.inventory import Node
+    from clonefleet.power import PowerAction
     from clonefleet.provision import Provisioner
 
 Probe = Callable[["Provisioner", "Node"], LiveStatus]
@@ -55,12 +56,16 @@ def live_status(provisioner: Provisioner, node: Node) -> LiveStatus:
 
 
 def wait_for_boot(provisioner: Provisioner, node_name: str, timeout: float | None,
-                  log: Callable[[str], None], *, announce: Callable[[str], None],
+                  log: Callable[[str], None], *,
+                  announce: Callable[[str, PowerAction], None],
                   probe: Probe | None = None,
                   clock: Callable[[], float] = time.monotonic) -> BootWait:
     """Wait for the rebooting node's Dropbear; power-reset it once if it stays silent.
-    `announce(reason)` runs before the reset: it tells unlockd the coming boot is expected
+    The reset is `clonefleet power`'s (`clonefleet.power.power`): `announce(node, action)`
+    runs before it and tells unlockd the coming boot is expected
     (`clonefleet.unlockd.boots.expect_reboot`), as the reboot itself was."""
+    from clonefleet.power import power
+
     node = provisioner.fleet.node(node_name)
     limit = timeout or provisioner.provider.boot_timeout
     started = clock()
@@ -78,19 +83,15 @@ def wait_for_boot(provisioner: Provisioner, node_name: str, timeout: float | Non
                                            "answers with its pinned key (unlocked meanwhile)")
     if status.live not in ("unreachable", "off"):
         raise BootHung(f"{first}; then: {status.detail}")
-    action = "power on" if status.live == "off" else "power reset"
-    note = f"no sign of life {silent:.0f} s after the reboot ({status.detail}): {action} " \
-           f"through {node.provider}"
+    action: PowerAction = "on" if status.live == "off" else "reset"
+    note = f"no sign of life {silent:.0f} s after the reboot ({status.detail}): power " \
+           f"{action} through {node.provider}"
     log(f"{node_name}: {note}")
-    announce(f"{action} after a hung reboot")
-    try:
-        if status.live == "off":
-            provisioner.provider.power_on(node)
-        else:
-            provisioner.provider.reset(node)
-    except ClonefleetError as error:
-        raise BootHung(f"{first}; {action} through {node.provider} failed: "
-                       f"{' '.join(str(error).split())}") from error
+    [outcome] = power(action, [node_name], provisioner.fleet, lambda _: provisioner.provider,
+                      log=log, announce=announce)
+    if not outcome.ok:
+        raise BootHung(f"{first}; power {action} through {node.provider} failed: "
+                       f"{outcome.error}") from outcome.failure
     try:
         provisioner.wait_for_dropbear(node, limit)
     except ClonefleetError as error:

@@ -357,8 +357,9 @@ class NodeUpdate:
         # A node silent past the boot time is power-reset once through its provider.
         waited = wait_for_boot(
             provisioner, self.node, context.boot_timeout, context.log,
-            announce=lambda reason: expect_reboot(context.store, self.node, by=context.actor,
-                                                  reason=f"rollout: {reason}"))
+            announce=lambda node, action: expect_reboot(
+                context.store, node, by=context.actor,
+                reason=f"rollout: power {action} after a hung reboot"))
         if waited.unlock:
             unlocked = "unlocked (" + provisioner.unlock(
                 self.node, wait_for_sshd=True, timeout=context.boot_timeout) + ")"
