@@ -5,7 +5,10 @@ nothing is ever read-then-written unguarded and nothing is ever half-applied. A 
 operation (a transition, a DNS serial, a fact) retries its own read-check-write until its
 guard holds; a `transaction()` block cannot be re-run, so it buffers its writes, commits them
 in one etcd transaction, and raises `StateConflict` (nothing written) if its guard fails.
-Blocks also take a store-wide lock so that they wait for each other like SQLite writers.
+Writers wait for each other like SQLite writers: blocks take a store-wide lock, and a single
+operation's write succeeds only while no block holds it (else it waits for the block to end
+and tries again), so a block's guard fails only when its lock was lost (its holder cut off
+from the cluster for longer than `LOCK_TTL`) or a writer ignored it.
 Locks and leases are etcd leases: a crashed holder's lock frees itself after `LOCK_TTL`.
 
 Talks to etcd's JSON gateway (`/v3/`, etcd >= 3.4) through `etcd3gw`'s HTTP client; keys
@@ -299,15 +302,25 @@ class _Transaction(_Reader):
                      for start, end, read_at in ranges]
         return compares
 
-    def commit(self, what: str) -> bool:
-        """Write everything at once if nothing read has changed since; False if it had."""
+    def commit(self, what: str, unless_held: bytes | None = None) -> tuple[bool, bool]:
+        """Write everything at once if nothing read has changed since and, given
+        `unless_held`, no one holds that lock key: (written, whether the lock was held)."""
         if not self.writes:
-            return True
+            return True, False
         operations = [_put(key, value) if value is not None
                       else {"request_delete_range": {"key": _b64(key)}}
                       for key, value in self.writes.items()]
-        response = self.cluster.txn(self._compares(), operations, what=what)
-        return bool(response.get("succeeded"))
+        compares = self._compares()
+        failure = []
+        if unless_held is not None:
+            compares.append(_not_exists(unless_held))
+            failure = [{"request_range": {"key": _b64(unless_held)}}]
+        response = self.cluster.txn(compares, operations, failure, what=what)
+        if response.get("succeeded"):
+            return True, False
+        held = unless_held is not None and bool(
+            _key_values(response["responses"][0]["response_range"]))
+        return False, held
 
 
 class EtcdStateStore(LifecycleWrites):
@@ -319,6 +332,7 @@ class EtcdStateStore(LifecycleWrites):
         self.lock_ttl = lock_ttl
         self.prefix = config.key_prefix(fleet).encode()
         self.cluster = _Cluster(config)
+        self._mutex = self._key("mutex", "transaction")  # held by `transaction()` blocks
         self._local = threading.local()
 
     def __repr__(self) -> str:
@@ -336,18 +350,48 @@ class EtcdStateStore(LifecycleWrites):
 
     def _atomic(self, work: Callable[[_Transaction], T], what: str) -> T:
         """Run `work` (reads and buffered writes) as one guarded etcd transaction: inside an
-        open `transaction()` it joins it; alone it retries until its guard holds."""
+        open `transaction()` it joins it; alone it writes only while no block holds the
+        transaction lock (waiting for one that does, as a SQLite writer waits) and retries
+        until its guard holds. A write between a block's reads and its commit would fail
+        that block, which cannot be re-run."""
         outer = self._open()
         if outer is not None:
             return work(outer)
-        for _ in range(CAS_ATTEMPTS):
+        attempts = 0
+        blocks_deadline: float | None = None  # all its waits for blocks together
+        while attempts < CAS_ATTEMPTS:
             transaction = _Transaction(self.cluster)
             result = work(transaction)
-            if transaction.commit(what):
+            written, held = transaction.commit(what, unless_held=self._mutex)
+            if written:
                 return result
+            if held:
+                if blocks_deadline is None:
+                    blocks_deadline = time.monotonic() + TRANSACTION_LOCK_SECONDS
+                self._wait_for_blocks(what, blocks_deadline)
+                continue
+            attempts += 1
             time.sleep(random.uniform(0, 0.01))  # let the winner's neighbours go first
         raise StateConflict(f"{what}: the keys it reads kept changing ({CAS_ATTEMPTS} tries); "
                             "run the command again")
+
+    def _wait_for_blocks(self, what: str, deadline: float) -> None:
+        """Until no `transaction()` block holds the lock; `StateError` at `deadline`
+        (time.monotonic()), as long after the first wait as a block waits for another."""
+
+        def free() -> bool | None:
+            values, _ = self.cluster.range(self._mutex)
+            return True if not values else None
+
+        try:
+            wait_until(free, what="the state transaction lock",
+                       timeout=max(0.0, deadline - time.monotonic()), policy=LOCK_POLL,
+                       transient=lambda error: False)
+        except TimedOut:
+            raise StateError(
+                f"{what}: the state transaction lock (etcd key {self._mutex.decode()}) still "
+                f"held after {TRANSACTION_LOCK_SECONDS:.0f} s; another clonefleet process is "
+                "working, retry later") from None
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -356,19 +400,19 @@ class EtcdStateStore(LifecycleWrites):
         if self._open() is not None:
             yield
             return
-        with self._hold(self._key("mutex", "transaction"), "the state transaction lock",
-                        TRANSACTION_LOCK_SECONDS):
+        with self._hold(self._mutex, "the state transaction lock", TRANSACTION_LOCK_SECONDS):
             transaction = _Transaction(self.cluster)
             self._local.transaction = transaction
             try:
                 yield
             finally:
                 self._local.transaction = None
-            if not transaction.commit("a state transaction"):
+            written, _ = transaction.commit("a state transaction")
+            if not written:
                 raise StateConflict(
                     "another process changed the state this operation read before it could "
-                    "write (outside the transaction lock); nothing was written: run the "
-                    "command again")
+                    "write (this one's hold on the transaction lock lapsed); nothing was "
+                    "written: run the command again")
 
     def close(self) -> None:
         """Nothing to close: HTTP connections are per thread and closed with it."""

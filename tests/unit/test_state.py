@@ -3,6 +3,7 @@ history, facts, steps, health, DNS serials, locks, leases, and safety across pro
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import subprocess
 import sys
@@ -328,19 +329,90 @@ def test_bad_lease_names_are_refused(backend: Backend, name: str) -> None:
         backend.open().take_lease(name, "me", ttl=5)
 
 
+def test_a_single_write_during_another_block_waits_for_it_and_both_land(
+        backend: Backend) -> None:
+    # A rollout drains two nodes at once: one node's block reads every node while the other
+    # node's thread moves its own node on with a single operation. The block must commit
+    # and the single write land after it, as SQLite writers wait for each other.
+    store = backend.open()
+    for node in ("a", "b"):
+        store.set_state(node, "active", actor="t")
+    read = threading.Event()
+    errors: list[BaseException] = []
+
+    def block() -> None:
+        own = backend.open()
+        try:
+            with own.transaction():
+                active = [record.name for record in own.all() if record.state == "active"]
+                read.set()
+                time.sleep(0.5)  # the single write below is tried meanwhile
+                own.apply("a", lifecycle.DRAIN, actor="block",
+                          reason=f"saw {len(active)} active")
+        except BaseException as error:
+            errors.append(error)
+            raise
+
+    def single() -> None:
+        assert read.wait(10)
+        try:
+            backend.open().apply("b", lifecycle.DRAIN, actor="single", reason="alone")
+        except BaseException as error:
+            errors.append(error)
+            raise
+
+    threads = [threading.Thread(target=block), threading.Thread(target=single)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(40)
+    assert errors == []
+    drains = [(move.node, move.actor, move.reason) for move in store.history()
+              if move.to_state == "draining"]
+    assert drains == [("a", "block", "saw 2 active"), ("b", "single", "alone")]
+
+
 @pytest.mark.integration
-def test_etcd_transaction_whose_reads_changed_outside_writes_nothing(
+def test_etcd_block_whose_lock_lapsed_and_reads_changed_writes_nothing(
         etcd_server: EtcdServer, tmp_path: Path) -> None:
+    from clonefleet.state.etcd import EtcdStateStore
+
     backend = Backend.etcd(etcd_server, tmp_path)
     store, other = backend.open(), backend.open()
+    assert isinstance(store, EtcdStateStore)
     store.set_state("n1", "active", actor="t")
     with pytest.raises(StateConflict, match="nothing was written"), store.transaction():
         assert store.get("n1").state == "active"  # type: ignore[union-attr]
-        other.set_state("n1", "draining", actor="other")  # a write outside any block
+        # The block's process is cut off for longer than the lock's lease: it lapses...
+        mutex = store.cluster.range(store.prefix + b"mutex/transaction")[0][0]
+        assert store.cluster.revoke(json.loads(mutex.value)["lease"])
+        other.set_state("n1", "draining", actor="other")  # ...and another writer goes on
         store.set_state("n1", "drained", actor="t")
         store.set_fact("n1", "drained_by", "t")
     assert store.get("n1").state == "draining"  # type: ignore[union-attr]
     assert store.get_fact("n1", "drained_by") is None
+
+
+@pytest.mark.integration
+def test_etcd_single_write_waits_at_most_as_long_as_a_block_then_says_why(
+        etcd_server: EtcdServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clonefleet.state import etcd
+
+    monkeypatch.setattr(etcd, "TRANSACTION_LOCK_SECONDS", 1.0)
+    backend = Backend.etcd(etcd_server, tmp_path)
+    store, other = backend.open(), backend.open()
+    store.set_state("n1", "active", actor="t")
+    with store.transaction():
+        store.get("n1")
+        started = time.monotonic()
+        with pytest.raises(StateError, match=r"writing fact 'k' of 'n1': the state transaction "
+                                             r"lock \(etcd key .*mutex/transaction\) still "
+                                             r"held after 1 s"):
+            other.set_fact("n1", "k", 1)  # the same thread: it can never be released
+        assert 1.0 <= time.monotonic() - started < 5
+        store.set_state("n1", "drained", actor="t")
+    assert store.get("n1").state == "drained"  # type: ignore[union-attr]
+    assert other.get_fact("n1", "k") is None
 
 
 @pytest.mark.integration
