@@ -23,6 +23,8 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
+from clonefleet.errors import one_line  # noqa: E402
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -196,7 +198,7 @@ def _run_pyinfra(hosts: list[tuple[str, dict[str, Any]]], lazy: LazyHostData,
             except PyinfraError as error:
                 # "No hosts remaining", or an operation that raised (an SFTP upload
                 # refused): the latter leaves its host's operations unrun.
-                collector.run_error = " ".join(str(error).split())[:300]
+                collector.run_error = one_line(error, 300)
             phases["execute"] = time.monotonic() - started
     finally:
         shadows.close()

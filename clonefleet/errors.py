@@ -7,6 +7,14 @@ The CLI catches `ClonefleetError` only, prints its one-line message and exits wi
 from __future__ import annotations
 
 
+def one_line(value: object, limit: int = 0) -> str:
+    """`value` as text on one line (runs of whitespace, newlines included, become one space),
+    cut at `limit` characters if given: for an error's text in a table row, a log line or a
+    recorded reason."""
+    text = " ".join(str(value).split())
+    return text[:limit] if limit else text
+
+
 class ClonefleetError(Exception):
     """Base of every error the user can act on. `str(error)` is the one line to print.
 

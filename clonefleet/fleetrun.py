@@ -28,7 +28,7 @@ from clonefleet.deploy import (
     require_addresses,
     run_deploy,
 )
-from clonefleet.errors import ClonefleetError, ConfigError, DeployError
+from clonefleet.errors import ClonefleetError, ConfigError, DeployError, one_line
 from clonefleet.inventory import Fleet
 from clonefleet.keystore import Keystore
 from clonefleet.providers import provider_for
@@ -125,7 +125,7 @@ class NodeOutcome:
             return ""
         text = str(self.error) if isinstance(self.error, ClonefleetError) \
             else f"{type(self.error).__name__}: {self.error}"
-        return " ".join(text.split())
+        return one_line(text)
 
     @property
     def recovery_key(self) -> str:
@@ -214,7 +214,7 @@ class PlanOutcome:
         if self.plan is not None:
             return self.plan
         error = self.error
-        return {"node": self.node, "error": " ".join(str(error).split()),
+        return {"node": self.node, "error": one_line(error),
                 "error_kind": type(error).__name__,
                 "exit_code": int(getattr(error, "exit_code", 1))}
 
@@ -500,7 +500,7 @@ class FleetRun:
             problem = error or DeployError(describe_failure(result) if result is not None
                                            else "the deploy reported nothing for this node")
             fields = {"ok": False, "failed_step": "deploy",
-                      "error": " ".join(str(problem).split()),
+                      "error": one_line(problem),
                       "error_kind": type(problem).__name__, "exit_code": problem.exit_code}
         self.emit(name, "result", state=None, seconds=round(time.monotonic() - began, 1),
                   changed=len(result.changed) if result else 0,

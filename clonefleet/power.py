@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from clonefleet.dnsmap.model import build_map
-from clonefleet.errors import ClonefleetError, ConfigError
+from clonefleet.errors import ClonefleetError, ConfigError, one_line
 from clonefleet.fleetrun import failure_error
 from clonefleet.inventory import Fleet, Node
 from clonefleet.providers.base import Provider
@@ -95,7 +95,7 @@ def power(action: PowerAction, nodes: Sequence[str], fleet: Fleet,
                 announce(name, action)
             changed, message = _apply(action, provider, node)
         except ClonefleetError as error:
-            text = " ".join(str(error).split())
+            text = one_line(error)
             log(f"{name}: power {action} failed: {text}")
             outcomes.append(PowerOutcome(name, action, False, False, "", clock() - started,
                                          error=text, exit_code=error.exit_code,

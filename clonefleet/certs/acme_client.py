@@ -23,6 +23,7 @@ from josepy.jwk import JWK, JWKEC, JWKRSA
 from clonefleet.certs.errors import AcmeRefused, AcmeUnreachable, CertError
 from clonefleet.certs.keys import key_pem, load_key
 from clonefleet.certs.settings import CertSettings
+from clonefleet.errors import one_line
 
 USER_AGENT = "clonefleet"
 NETWORK_SECONDS = 30
@@ -48,7 +49,7 @@ def acme_errors(what: str, directory_url: str) -> Iterator[None]:
             f"{what}: ACME server {directory_url} unreachable ({type(error).__name__}); check "
             "[services.certs] directory_url and this controller's network") from None
     except errors.ValidationError as error:
-        raise AcmeRefused(f"{what}: {_one_line(error)}; check that every node's DNS server "
+        raise AcmeRefused(f"{what}: {one_line(error, 400)}; check that every node's DNS server "
                           "answers for the fleet's domain from the internet") from None
     except errors.TimeoutError:
         raise AcmeRefused(f"{what}: the ACME server did not finish in time; run the command "
@@ -56,19 +57,15 @@ def acme_errors(what: str, directory_url: str) -> Iterator[None]:
     except messages.Error as error:
         if error.code == "accountDoesNotExist":
             raise AccountUnknown(f"{what}: the ACME server does not know the stored account "
-                                 f"({_one_line(error)})") from None
-        raise AcmeRefused(f"{what}: the ACME server refused: {_one_line(error)}") from None
+                                 f"({one_line(error, 400)})") from None
+        raise AcmeRefused(f"{what}: the ACME server refused: {one_line(error, 400)}") from None
     except errors.Error as error:
-        raise AcmeRefused(f"{what}: {_one_line(error) or type(error).__name__}") from None
+        raise AcmeRefused(f"{what}: {one_line(error, 400) or type(error).__name__}") from None
 
 
 def _short(error: BaseException) -> str:
     text = str(error)
     return text.split("(Caused by ")[-1].rstrip(")")[:200] if text else type(error).__name__
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:400]
 
 
 def account_jwk(pem: str) -> tuple[JWK, JWASignature]:

@@ -7,6 +7,7 @@ import click
 
 from clonefleet.cli import Context, pass_context
 from clonefleet.cli.display import print_table
+from clonefleet.errors import one_line
 
 ROTATE_HELP = """Give NODE's disk a new escrowed unlock passphrase.
 
@@ -117,7 +118,7 @@ def status(ctx: Context, nodes: tuple[str, ...], live: bool) -> None:
                 finally:
                     volume.shell.close()
             except ClonefleetError as error:
-                result.live_error = " ".join(str(error).split())
+                result.live_error = one_line(error)
         results.append(result)
     host_keys = {name: hostkey_rotation.host_key_status(ctx.store, name) for name in names}
     if ctx.as_json:

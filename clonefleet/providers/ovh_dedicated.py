@@ -35,7 +35,7 @@ import ovh.client
 import ovh.config
 import ovh.exceptions
 
-from clonefleet.errors import ClonefleetError, ConfigError, ProviderError
+from clonefleet.errors import ClonefleetError, ConfigError, ProviderError, one_line
 from clonefleet.image.base import DROPBEAR_PORT
 from clonefleet.inventory import Node
 from clonefleet.providers.base import (
@@ -533,7 +533,7 @@ _BUILTIN_ENDPOINTS = frozenset(ovh.client.ENDPOINTS)
 def _first_line(error: BaseException) -> str:
     """python-ovh's `str()` adds the query id on a second line; keep the first argument."""
     text = str(error.args[0]) if error.args else str(error)
-    return " ".join(text.split()) or type(error).__name__
+    return one_line(text) or type(error).__name__
 
 
 def create(config: ProviderConfig, state_dir: Path,

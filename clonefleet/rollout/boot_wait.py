@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from clonefleet import nodefacts
-from clonefleet.errors import ClonefleetError
+from clonefleet.errors import ClonefleetError, one_line
 from clonefleet.liveprobe import LiveStatus, probe_node
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def wait_for_boot(provisioner: Provisioner, node_name: str, timeout: float | Non
         provisioner.wait_for_dropbear(node, limit)
         return BootWait(unlock=True)
     except ClonefleetError as error:
-        first = " ".join(str(error).split())
+        first = one_line(error)
     silent = clock() - started
     status = (probe or live_status)(provisioner, node)
     if status.live == "initramfs":

@@ -25,6 +25,8 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+from clonefleet.errors import one_line  # noqa: E402
+
 # How many nodes are read at once: each is one SSH session doing little.
 PARALLEL = 50
 CONNECT_TIMEOUT = 20
@@ -61,7 +63,7 @@ def gather(fleet_path: str, nodes: list[str], refresh: bool = True) -> dict[str,
     class Callbacks(BaseStateCallback):
         @staticmethod
         def host_connect_error(state: Any, host: Any, error: Any) -> None:
-            connect_errors[host.name] = " ".join(str(error).split())[:300]
+            connect_errors[host.name] = one_line(error, 300)
 
     said: dict[str, list[str]] = {}
 

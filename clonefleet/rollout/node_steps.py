@@ -31,7 +31,7 @@ from clonefleet import nodefacts
 from clonefleet.dnsmap.drain import DrainResult, drain_node, undrain_node, wait_until_drained
 from clonefleet.dnsmap.endpoints import Endpoints
 from clonefleet.dnsmap.errors import DrainRefused
-from clonefleet.errors import ClonefleetError
+from clonefleet.errors import ClonefleetError, one_line
 from clonefleet.health import require_healthy
 from clonefleet.inventory import Fleet
 from clonefleet.known_hosts import fleet_known_hosts
@@ -192,7 +192,7 @@ class NodeUpdate:
                 raise
             except Exception as error:
                 seconds = time.monotonic() - started
-                message = " ".join(str(error).split())[:500] or type(error).__name__
+                message = one_line(error, 500) or type(error).__name__
                 self.context.store.record_step(self.node, STEP_PREFIX + step, "failed",
                                                seconds, message)
                 self._save(self.progress.failed(step, message))

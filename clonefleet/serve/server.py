@@ -54,7 +54,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 
 from clonefleet.dnsmap import DrainRefused, DrainResult, drain_node
 from clonefleet.dnsmap.errors import DrainNotConfirmed
-from clonefleet.errors import ClonefleetError, ConfigError
+from clonefleet.errors import ClonefleetError, ConfigError, one_line
 from clonefleet.inventory import Fleet
 from clonefleet.serve.metrics import metrics_registry
 from clonefleet.serve.tokens import token_owner
@@ -128,7 +128,7 @@ class DrainService:
             return 401, dict(UNAUTHORIZED)
         if not isinstance(reason, str) or not reason.strip():
             return 400, {"result": "bad-request", "error": "'reason' must be a non-empty text"}
-        reason = " ".join(reason.split())[:MAX_REASON]
+        reason = one_line(reason, MAX_REASON)
         self.store.set_fact(node, LAST_REQUEST_FACT,
                             {"request_id": request_id, "reason": reason})
         with self._lock:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from clonefleet import nodefacts
-from clonefleet.errors import ClonefleetError, LeaseHeld, LeaseLost, StateError
+from clonefleet.errors import ClonefleetError, LeaseHeld, LeaseLost, StateError, one_line
 from clonefleet.known_hosts import KnownHosts
 from clonefleet.liveprobe import LiveStatus, PortProbe, probe_node, probe_port
 from clonefleet.state import FLEET_FACTS, StateStore, lifecycle
@@ -172,7 +172,7 @@ class Unlockd:
         try:
             return self.handle_node(node)
         except ClonefleetError as error:
-            message = " ".join(str(error).split())
+            message = one_line(error)
             self._log_once(node, f"{node}: {message}")  # once, not every pass
             return NodeOutcome(node, "unknown", "error", message)
 
