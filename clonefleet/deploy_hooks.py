@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from clonefleet.errors import one_line
 from clonefleet.inventory import Fleet
 from clonefleet.secrets import SecretStore
 from clonefleet.services import DeployOutcome, ServiceContext, after_deploy, before_deploy
@@ -25,7 +26,7 @@ def run_after_deploy(fleet: Fleet, store: StateStore, secrets: SecretStore,
             after_deploy(ServiceContext(fleet, fleet.node(name), store, secrets), outcome)
         except Exception as error:  # one node's hook must not lose the others' results
             errors[name] = (f"after the deploy: {type(error).__name__}: "
-                            f"{' '.join(str(error).split())[:300]}")
+                            f"{one_line(error, 300)}")
     return errors
 
 
@@ -40,5 +41,5 @@ def run_before_deploy(fleet: Fleet, store: StateStore, secrets: SecretStore,
                                                    secrets)) or changed
         except Exception as error:  # one node's hook must not stop the others' deploys
             errors[name] = (f"before the deploy: {type(error).__name__}: "
-                            f"{' '.join(str(error).split())[:300]}")
+                            f"{one_line(error, 300)}")
     return changed, errors

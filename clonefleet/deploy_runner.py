@@ -342,7 +342,7 @@ def _prepare_each(state: Any, deploy_function: Callable[..., Any],
                     _ask_to_the_end(state, host)
         except Exception as error:  # reported as the host's own error
             errors[host.name] = (f"cannot prepare the deploy: {type(error).__name__}: "
-                                 f"{' '.join(str(error).split())[:300]}")
+                                 f"{one_line(error, 300)}")
         if fact_list and save_lists:  # what was read up to a failure helps the next try
             fact_list.save(readings[host.name].listed())
         seconds[host.name] = time.monotonic() - started

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import paramiko
 
-from clonefleet.errors import ClonefleetError
+from clonefleet.errors import ClonefleetError, one_line
 from clonefleet.known_hosts import KnownHosts, public_key_blob
 from clonefleet.nodefacts import DROPBEAR, SSHD, NodeFacts, load_pinned_many
 from clonefleet.providers.base import SshAccess
@@ -171,7 +171,7 @@ def classify(node: str, probes: Sequence[PortProbe],
         status = provider_status()
     except (ClonefleetError, OSError) as error:
         return LiveStatus(node, "unreachable", "no SSH answer, and the provider cannot be "
-                                               f"asked: {' '.join(str(error).split())}",
+                                               f"asked: {one_line(error)}",
                           probes, "unknown")
     if status == "off":
         return LiveStatus(node, "off", "the provider says it is powered off", probes, status)

@@ -18,7 +18,7 @@ from rich.table import Column
 from clonefleet.cli import Context, pass_context
 from clonefleet.cli.display import print_table, progress_display, status_text
 from clonefleet.deploy import CHANGES_PENDING, DEFAULT_DEPLOY, describe_failure
-from clonefleet.errors import ConfigError, DeployError
+from clonefleet.errors import ConfigError, DeployError, one_line
 from clonefleet.fleetrun import (
     DEFAULT_PARALLEL,
     FleetResult,
@@ -101,7 +101,7 @@ def _print_plans(ctx: Context, outcomes: list[PlanOutcome]) -> None:
         if outcome.plan is not None:
             _print_plan(outcome.plan)
         else:
-            click.echo(f"{outcome.node}: no plan: {' '.join(str(outcome.error).split())}")
+            click.echo(f"{outcome.node}: no plan: {one_line(outcome.error)}")
 
 
 def _print_summary(ctx: Context, result: FleetResult) -> None:

@@ -95,5 +95,5 @@ def wait_for_boot(provisioner: Provisioner, node_name: str, timeout: float | Non
     try:
         provisioner.wait_for_dropbear(node, limit)
     except ClonefleetError as error:
-        raise BootHung(f"{note}; silent again: {' '.join(str(error).split())}") from error
+        raise BootHung(f"{note}; silent again: {one_line(error)}") from error
     return BootWait(unlock=True, note=note)

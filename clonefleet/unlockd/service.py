@@ -258,7 +258,7 @@ class Unlockd:
             try:
                 work()
             except ClonefleetError as error:
-                self._log_once(node, f"{node}: {' '.join(str(error).split())}")
+                self._log_once(node, f"{node}: {one_line(error)}")
 
         return run
 
@@ -296,7 +296,7 @@ class Unlockd:
         except ClonefleetError as error:
             # The drain may be recorded while a DNS server lags behind (DrainNotConfirmed):
             # what counts below is the state it left.
-            self.log(f"{node}: drain: {' '.join(str(error).split())}")
+            self.log(f"{node}: drain: {one_line(error)}")
         record = self.store.get(node)
         if record is not None and record.state in ("draining", "drained"):
             boots.update_boot(self.store, node, boot.marker, drained=True)
