@@ -83,9 +83,10 @@ token_env = "CLONEFLEET_TEST_UNSET_HCLOUD_TOKEN"
 """
 
 
-def fleet_text(ssh_key: Path, alert_url: str, cloud: bool = False) -> str:
+def fleet_text(ssh_key: Path, alert_url: str, cloud: bool = False, state: str = "") -> str:
     """fsn-1 and fsn-2 in fsn (min_active 1), ash-1 in ash; one routed name with a TTL of 1 s
-    and a grace of 1 s, so that drains settle quickly."""
+    and a grace of 1 s, so that drains settle quickly. `state`: `[fleet] state` (empty: the
+    SQLite default)."""
     ash = replace(ASH, min_active=0, provider="cloud" if cloud else ASH.provider)
     return fleet_toml(
         "rollrun", "rollrun.clonefleet.test",
@@ -94,7 +95,7 @@ def fleet_text(ssh_key: Path, alert_url: str, cloud: bool = False) -> str:
          FleetNode("fsn-2", "fsn", "RR-FSN2", ipv4="192.0.2.12"),
          FleetNode("ash-1", "ash", "RR-ASH1", ipv4="198.51.100.21")],
         settings={"ssh_key": str(ssh_key), "min_active_total": 1, "dns_grace_seconds": 1,
-                  "alert_urls": [alert_url]},
+                  "alert_urls": [alert_url], **({"state": state} if state else {})},
         routed=[{"name": "edge", "ttl": 1}]) + (CLOUD_PROVIDER if cloud else "")
 
 
@@ -168,7 +169,6 @@ def _make_fleet(base: Path, repo: AptRepo, tmp_path: Path, pdns_factory: ServerF
                 monkeypatch: pytest.MonkeyPatch,
                 installed: dict[str, tuple[Package, ...]],
                 cloud: bool = False, state: str = "") -> Iterator[RollFleet]:
-    """`state`: the fleet file's `[fleet] state` (empty: the SQLite default)."""
     monkeypatch.setenv("CLONEFLEET_STATE_DIR", str(tmp_path / "state"))
     webhook = Webhook()
     with ExitStack() as stack, sshd_chroot_folder() as folder:
@@ -195,10 +195,7 @@ def _make_fleet(base: Path, repo: AptRepo, tmp_path: Path, pdns_factory: ServerF
             (key.parent / "authorized_keys").read_text())
         path = tmp_path / "inventory" / "rollrun.toml"
         path.parent.mkdir()
-        text = fleet_text(key, webhook.url, cloud)
-        if state:
-            text = text.replace("[fleet]\n", f'[fleet]\nstate = "{state}"\n', 1)
-        path.write_text(text)
+        path.write_text(fleet_text(key, webhook.url, cloud, state))
         fleet = load_fleet(path)
         state_dir = tmp_path / "state" / "rollrun"
         store = open_store(state_dir, fleet.state)
@@ -231,7 +228,7 @@ def etcd_fleet(debian_root: Path, rollout_repo: AptRepo, tmp_path: Path,  # noqa
     """The same fleet with its state on a real etcd (as the lab fleet's is)."""
     yield from _make_fleet(debian_root, rollout_repo, tmp_path, pdns_factory, monkeypatch,
                            {"fsn-1": BASE, "fsn-2": BASE, "ash-1": BASE},
-                           state=f"{etcd_server.url.replace('http', 'etcd', 1)}/rollrun-"
+                           state=f"etcd://127.0.0.1:{etcd_server.client_port}/rollrun-"
                                  f"{tmp_path.name}")
 
 
