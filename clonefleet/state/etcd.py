@@ -225,6 +225,18 @@ def _not_exists(key: bytes) -> dict[str, Any]:
     return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
 
 
+def _wait_for_lock(check: Callable[[], bool | None], what: str, key: bytes, timeout: float,
+                   allowed: float) -> None:
+    """Poll `check` (the lock `key` taken, or freed) until it returns True; after `timeout`
+    seconds `StateError` naming `what`, its key and `allowed` (the whole wait allowed)."""
+    try:
+        wait_until(check, what=what, timeout=timeout, policy=LOCK_POLL,
+                   transient=lambda error: False)
+    except TimedOut:
+        raise StateError(f"{what} (etcd key {key.decode()}) still held after {allowed:.0f} s; "
+                         "another clonefleet process is working, retry later") from None
+
+
 class _Reader:
     """Reads straight from the cluster (outside any transaction): no guards recorded."""
 
@@ -383,15 +395,8 @@ class EtcdStateStore(LifecycleWrites):
             values, _ = self.cluster.range(self._mutex)
             return True if not values else None
 
-        try:
-            wait_until(free, what="the state transaction lock",
-                       timeout=max(0.0, deadline - time.monotonic()), policy=LOCK_POLL,
-                       transient=lambda error: False)
-        except TimedOut:
-            raise StateError(
-                f"{what}: the state transaction lock (etcd key {self._mutex.decode()}) still "
-                f"held after {TRANSACTION_LOCK_SECONDS:.0f} s; another clonefleet process is "
-                "working, retry later") from None
+        _wait_for_lock(free, f"{what}: the state transaction lock", self._mutex,
+                       max(0.0, deadline - time.monotonic()), TRANSACTION_LOCK_SECONDS)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -605,13 +610,7 @@ class EtcdStateStore(LifecycleWrites):
                                             what=f"taking {what}")
                 return True if response.get("succeeded") else None
 
-            try:
-                wait_until(acquired, what=what, timeout=timeout, policy=LOCK_POLL,
-                           transient=lambda error: False)
-            except TimedOut:
-                raise StateError(
-                    f"{what} (etcd key {key.decode()}) still held after {timeout:.0f} s; "
-                    "another clonefleet process is working, retry later") from None
+            _wait_for_lock(acquired, what, key, timeout, timeout)
 
             def renew() -> None:
                 while not stop.wait(ttl / 3):
